@@ -1,0 +1,3 @@
+from bertfit.cli import main
+
+main()

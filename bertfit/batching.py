@@ -1,0 +1,59 @@
+"""Which examples go in which batch: seeded, length-aware, restartable, and sharded across ranks."""
+
+from __future__ import annotations
+
+import numpy as np
+
+# Examples are sorted by length inside windows of this many batches: enough to cut padding to a few
+# percent, few enough that batch order stays random and per-batch statistics stay mixed.
+BUCKET_BATCHES = 50
+
+
+def epoch_batches(lengths: np.ndarray, batch_size: int, seed: int, epoch: int, padding: str,
+                  min_size: int = 1) -> list[np.ndarray]:
+    """The global batches of one epoch: every example exactly once, order fixed by (seed, epoch) alone.
+
+    `bucket` sorts each window of BUCKET_BATCHES batches by length, then shuffles whole batches;
+    `dynamic` and `none` take batches in plain shuffled order (the HF Trainer's sampling).
+    A batch smaller than `min_size` (the world size: every rank needs an example) joins its neighbour.
+    """
+    rng = np.random.default_rng([seed, epoch])
+    order = rng.permutation(len(lengths))
+    if padding != "bucket":
+        return _merge_small([order[i:i + batch_size] for i in range(0, len(order), batch_size)], min_size)
+    window = batch_size * BUCKET_BATCHES
+    batches = []
+    for start in range(0, len(order), window):
+        chunk = order[start:start + window]
+        chunk = chunk[np.argsort(lengths[chunk], kind="stable")]
+        batches.extend(chunk[i:i + batch_size] for i in range(0, len(chunk), batch_size))
+    # The short final batch of each window stays where shuffling puts it, like any other.
+    return _merge_small([batches[i] for i in rng.permutation(len(batches))], min_size)
+
+
+def _merge_small(batches: list[np.ndarray], min_size: int) -> list[np.ndarray]:
+    merged: list[np.ndarray] = []
+    for batch in batches:
+        if len(batch) < min_size and merged:
+            merged[-1] = np.concatenate([merged[-1], batch])
+        elif merged and len(merged[-1]) < min_size:
+            merged[-1] = np.concatenate([merged[-1], batch])
+        else:
+            merged.append(batch)
+    return merged
+
+
+def rank_slice(batch: np.ndarray, rank: int, world: int) -> np.ndarray:
+    """This rank's share of a global batch: strided, so every rank gets a similar spread of lengths."""
+    return batch[rank::world]
+
+
+def eval_batches(lengths: np.ndarray, batch_size: int, rank: int = 0, world: int = 1) -> list[np.ndarray]:
+    """Length-sorted batches (least padding); rank r takes batches r, r+world, ... so no example is counted twice."""
+    order = np.argsort(lengths, kind="stable")
+    batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+    return batches[rank::world]
+
+
+def steps_per_epoch(n_batches: int, grad_accum: int) -> int:
+    return -(-n_batches // grad_accum)

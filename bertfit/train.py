@@ -1,0 +1,454 @@
+"""The training run: setup, the loop, evaluation, and what is written at the end."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import shutil
+import signal
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from bertfit import batching, checkpoint, data, models
+from bertfit.config import Config
+from bertfit.errors import BertfitError
+from bertfit.report import RunLog, write_outputs
+from bertfit.tasks import Features, Task, build_task
+
+
+class Interrupted(Exception):
+    """Raised at a step boundary after SIGINT/SIGTERM, once the checkpoint is safely written."""
+
+    def __init__(self, signum: int):
+        super().__init__(f"stopped by {signal.Signals(signum).name}; resume with --resume")
+        self.exit_code = 128 + signum
+
+
+class Diverged(BertfitError):
+    pass
+
+
+@dataclass
+class Dist:
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world > 1
+
+
+@dataclass
+class State:
+    """Everything the loop mutates; saved whole in each checkpoint."""
+
+    step: int = 0
+    epoch: int = 0
+    position: int = 0  # global batches of `epoch` already consumed
+    best_metric: Optional[float] = None
+    best_step: Optional[int] = None
+    evals_without_gain: int = 0
+    bad_steps: int = 0
+    stop_reason: Optional[str] = None
+    log_lines: int = 0
+    train_seconds: float = 0.0
+    samples_seen: int = 0
+    tokens_seen: int = 0
+    padded_tokens_seen: int = 0
+    # Training-loss sums since the last log line and since the last evaluation (flushed from the device there),
+    # and the device sums not yet flushed (saved exactly so a resumed run adds up the same numbers).
+    window: dict = field(default_factory=lambda: {"loss": 0.0, "items": 0, "correct": 0, "examples": 0})
+    since_eval: dict = field(default_factory=lambda: {"loss": 0.0, "items": 0, "correct": 0, "examples": 0})
+    pending: dict = field(default_factory=lambda: {"loss": 0.0, "correct": 0})
+
+
+@dataclass
+class Run:
+    cfg: Config
+    out: Path
+    dist: Dist
+    device: torch.device
+    task: Task
+    splits: data.Splits
+    spec: data.DataSpec
+    frames: dict
+    features: dict[str, Features]
+    tokenizer: object
+    model: torch.nn.Module
+    forward: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: object
+    scaler: torch.amp.GradScaler
+    steps_per_epoch: int
+    total_steps: int
+    log: RunLog
+    state: State
+    timings: dict
+
+
+# ---------------------------------------------------------------- setup
+
+def init_distributed() -> tuple[Dist, torch.device]:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank, local_rank = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    if torch.cuda.is_available():
+        torch.cuda.set_device(local_rank)
+        return Dist(rank, world, local_rank), torch.device("cuda", local_rank)
+    return Dist(rank, world, local_rank), torch.device("cpu")
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    if device.type != "cuda":
+        if precision == "fp16":
+            raise BertfitError("precision fp16 needs a CUDA GPU (no GPU found); use --precision fp32 or bf16")
+        return "fp32" if precision == "auto" else precision
+    if precision == "auto":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return precision
+
+
+def autocast(device: torch.device, precision: str):
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+    return torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
+
+
+def prepare_data(cfg: Config, tokenizer) -> tuple[Config, data.Splits, data.DataSpec, Task, dict, dict, dict]:
+    """Load, detect, subsample and tokenize (cached); returns the config with every auto field resolved."""
+    started = time.perf_counter()
+    splits = data.load_splits(cfg.data)
+    train_split, eval_split, test_split = data.choose_splits(splits, cfg.train_split, cfg.eval_split, cfg.test_split,
+                                                            cfg.seed, cfg.validation_fraction)
+    spec = data.detect(splits, train_split, cfg.task, cfg.text_columns, cfg.label_column, cfg.label_names)
+    model_max = min(int(getattr(tokenizer, "model_max_length", 512) or 512), 512)
+    max_length = cfg.max_length or model_max
+    if max_length > model_max:
+        raise BertfitError(f"max_length {max_length} is longer than the model accepts ({model_max}); lower it")
+    metrics = tuple(cfg.metrics) + (("matthews",) if "cola" in splits.name and "matthews" not in cfg.metrics else ())
+    cfg = cfg.resolved(task=spec.task, text_columns=spec.text_columns, label_column=spec.label_column,
+                       label_names=spec.label_names, train_split=train_split, eval_split=eval_split,
+                       test_split=test_split, max_length=max_length, metrics=list(metrics))
+    task = build_task(spec.task, spec.text_columns, spec.label_column, spec.label_names, max_length,
+                      cfg.truncation, metrics, cfg.stride, cfg.label_all_subtokens)
+    frames = {"train": data.subsample(splits.frames[train_split], cfg.max_train_samples, cfg.seed),
+              "validation": data.subsample(splits.frames[eval_split], cfg.max_eval_samples, cfg.seed)}
+    if test_split:
+        frames["test"] = splits.frames[test_split]
+    loaded = time.perf_counter()
+    features = {name: task.encode_cached(frame, tokenizer) for name, frame in frames.items()}
+    timings = {"load_seconds": loaded - started, "tokenize_seconds": time.perf_counter() - loaded}
+    return cfg, splits, spec, task, frames, features, timings
+
+
+def make_optimizer(cfg: Config, model: torch.nn.Module, device: torch.device) -> torch.optim.Optimizer:
+    """AdamW; biases and LayerNorm weights get no decay (as the HF Trainer does)."""
+    decay, no_decay = [], []
+    for name, param in model.named_parameters():
+        if param.requires_grad:
+            (no_decay if param.ndim < 2 else decay).append(param)
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.adam_beta1, cfg.adam_beta2), eps=cfg.adam_epsilon,
+                             fused=device.type == "cuda")
+
+
+def make_scheduler(cfg: Config, optimizer, total_steps: int):
+    from transformers import get_scheduler
+
+    warmup = cfg.warmup_steps or math.ceil(cfg.warmup_ratio * total_steps)
+    name = {"constant": "constant_with_warmup"}.get(cfg.scheduler, cfg.scheduler)
+    return get_scheduler(name, optimizer, num_warmup_steps=warmup, num_training_steps=total_steps)
+
+
+def prepare_output(out: Path, resume: bool, overwrite: bool) -> None:
+    if out.exists() and not out.is_dir():
+        raise BertfitError(f"output '{out}' is a file; choose a folder with --output")
+    if out.is_dir() and any(out.iterdir()) and not resume:
+        if not overwrite:
+            raise BertfitError(f"output folder '{out}' is not empty; pass --overwrite to replace it or --resume "
+                               "to continue the run in it")
+
+
+def setup(cfg: Config, resume: bool = False, overwrite: bool = False) -> Run:
+    """Everything that can fail on user input fails here, before anything is written."""
+    if not cfg.data:
+        raise BertfitError("no data given; pass --data (a hub id, mirror name, folder or file)")
+    if not cfg.output:
+        raise BertfitError("no output folder given; pass --output DIR")
+    out = Path(cfg.output)
+    prepare_output(out, resume, overwrite)
+    ranks, device = init_distributed()
+    precision = resolve_precision(cfg.precision, device)
+    compile_model = device.type == "cuda" if cfg.compile is None else cfg.compile
+    model_path = models.resolve_model(cfg.model)
+    tokenizer = models.load_tokenizer(model_path, cfg.trust_remote_code)
+    cfg, splits, spec, task, frames, features, timings = prepare_data(
+        cfg.resolved(precision=precision, compile=compile_model, world_size=ranks.world), tokenizer)
+    min_size = ranks.world
+    n_batches = len(batching.epoch_batches(features["train"].lengths, cfg.batch_size * ranks.world, cfg.seed, 0,
+                                           cfg.padding, min_size))
+    per_epoch = batching.steps_per_epoch(n_batches, cfg.grad_accum)
+    total = cfg.max_steps or math.ceil(cfg.epochs * per_epoch)
+    if isinstance(cfg.eval_every, int) and cfg.eval_every > total:
+        raise BertfitError(f"eval_every {cfg.eval_every} is larger than the whole run ({total} steps); "
+                           f"use a value up to {total} or 'epoch'")
+    torch.manual_seed(cfg.seed)
+    model = models.load_model(model_path, spec.task, spec.label_names, cfg.trust_remote_code).to(device)
+    forward = torch.compile(model) if compile_model else model
+    if ranks.enabled:
+        forward = torch.nn.parallel.DistributedDataParallel(
+            forward, device_ids=[device.index] if device.type == "cuda" else None)
+    optimizer = make_optimizer(cfg, model, device)
+    scheduler = make_scheduler(cfg, optimizer, total)
+    scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
+    state = State()
+    if resume:
+        state = restore(out, cfg, model, optimizer, scheduler, scaler)
+    elif ranks.main and out.is_dir():
+        shutil.rmtree(out)
+    log = RunLog(out / "log.jsonl", enabled=ranks.main, device=device, state=state, resumed=resume)
+    return Run(cfg, out, ranks, device, task, splits, spec, frames, features, tokenizer, model, forward, optimizer,
+               scheduler, scaler, per_epoch, total, log, state, timings)
+
+
+def restore(out: Path, cfg: Config, model, optimizer, scheduler, scaler) -> State:
+    found = checkpoint.complete(out / "checkpoints")
+    if not found:
+        raise BertfitError(f"nothing to resume in '{out}': no complete checkpoint in {out / 'checkpoints'}; "
+                           "start without --resume")
+    latest = found[-1]
+    differences = checkpoint.recipe_differences(checkpoint.saved_recipe(latest), cfg)
+    if differences:
+        raise BertfitError(f"cannot resume from {latest}: the recipe changed ({'; '.join(differences)}); "
+                           "use the original settings or start a new run")
+    saved = checkpoint.load_state(latest)
+    checkpoint.load_weights(latest, model)
+    optimizer.load_state_dict(saved["optimizer"])
+    scheduler.load_state_dict(saved["scheduler"])
+    scaler.load_state_dict(saved["scaler"])
+    checkpoint.set_rng_state(saved["rng"])
+    return State(**saved["state"])
+
+
+# ---------------------------------------------------------------- the loop
+
+def train(cfg: Config, resume: bool = False, overwrite: bool = False, console=None) -> dict:
+    run = setup(cfg, resume=resume, overwrite=overwrite)
+    cfg, state, ranks, task = run.cfg, run.state, run.dist, run.task
+    if not resume and ranks.main:
+        run.out.mkdir(parents=True, exist_ok=True)
+        (run.out / "recipe.yaml").write_text(cfg.to_yaml())
+        run.log.start(run)
+    pad_id, pad_multiple = run.tokenizer.pad_token_id, pad_multiple_for(cfg, run.device)
+    pad_length = cfg.max_length if cfg.padding == "none" else None
+    train_features = run.features["train"]
+    global_batch = cfg.batch_size * ranks.world
+    progress = run.log.progress(console, run.total_steps, state.step)
+    with progress, SignalGuard() as signals:
+        while state.step < run.total_steps and state.stop_reason is None:
+            step_started = time.perf_counter()
+            epoch_plan = batching.epoch_batches(train_features.lengths, global_batch, cfg.seed, state.epoch,
+                                                cfg.padding, ranks.world)
+            micro = epoch_plan[state.position:state.position + cfg.grad_accum]
+            # Normalise by the items of the whole optimizer step, across ranks and micro-batches: the gradient
+            # is then that of one big batch, whatever the accumulation or world size.
+            step_items = int(sum(train_features.items[b].sum() for b in micro))
+            for i, global_indices in enumerate(micro):
+                indices = batching.rank_slice(global_indices, ranks.rank, ranks.world)
+                batch = {k: v.to(run.device, non_blocking=True) for k, v in task.collate(
+                    train_features, indices, pad_id, pad_multiple, pad_length).items()}
+                labels = batch.pop("labels")
+                sync = i == len(micro) - 1 or not ranks.enabled
+                with contextlib.nullcontext() if sync else run.forward.no_sync():
+                    with autocast(run.device, cfg.precision):
+                        logits = run.forward(**batch).logits
+                    loss_sum = task.loss_sum(logits, labels)
+                    run.scaler.scale(loss_sum * ranks.world / step_items).backward()
+                run.log.accumulate(state, task, loss_sum.detach(), logits.detach(), labels,
+                                   int(train_features.items[indices].sum()), len(indices),
+                                   int(train_features.lengths[indices].sum()), batch["input_ids"].numel())
+            run.scaler.unscale_(run.optimizer)
+            grad_norm = torch.nn.utils.clip_grad_norm_(run.model.parameters(), cfg.clip_norm or float("inf"))
+            if torch.isfinite(grad_norm).item():
+                run.scaler.step(run.optimizer)
+                state.bad_steps = 0
+            else:  # the update is skipped: a non-finite gradient never reaches the weights
+                state.bad_steps += 1
+                run.log.event("bad_step", step=state.step + 1, grad_norm=str(grad_norm.item()))
+            run.scaler.update()
+            run.scheduler.step()
+            run.optimizer.zero_grad(set_to_none=True)
+            state.step += 1
+            state.position += len(micro)
+            end_of_epoch = state.position >= len(epoch_plan)
+            if end_of_epoch:
+                state.epoch, state.position = state.epoch + 1, 0
+            step_seconds = time.perf_counter() - step_started
+            state.train_seconds += step_seconds
+            progress.advance(state, sum(len(b) for b in micro), step_seconds)
+
+            if state.bad_steps >= cfg.max_bad_steps:
+                state.stop_reason = "diverged"
+            if state.step % cfg.log_every == 0:
+                run.log.train_event(run, grad_norm)
+            due = end_of_epoch if cfg.eval_every == "epoch" else state.step % cfg.eval_every == 0
+            if due or state.step == run.total_steps and state.stop_reason is None:
+                evaluate_and_select(run)
+            elif cfg.checkpoint_every and state.step % cfg.checkpoint_every == 0:
+                save_checkpoint(run)
+            received = agreed(signals.received, ranks)
+            if received:
+                save_checkpoint(run)
+                raise Interrupted(received)
+    if state.stop_reason == "diverged":
+        last_good = checkpoint.complete(run.out / "checkpoints")
+        run.log.event("diverged", step=state.step, bad_steps=state.bad_steps)
+        raise Diverged(f"training stopped at step {state.step}: {state.bad_steps} consecutive steps had non-finite "
+                       f"loss or gradients; lower --lr or use --precision fp32/bf16 (last good checkpoint: "
+                       f"{last_good[-1] if last_good else 'none'})")
+    return finish(run)
+
+
+def pad_multiple_for(cfg: Config, device: torch.device) -> int:
+    """Compiled graphs are reused across batches only if shapes repeat: round lengths to a coarse grid."""
+    if cfg.compile:
+        return 64
+    return 8 if device.type == "cuda" else 1
+
+
+def agreed(signum: int, ranks: Dist) -> int:
+    """Every rank stops at the same step: a signal seen by any rank counts for all."""
+    if not ranks.enabled:
+        return signum
+    received = torch.tensor([signum], device="cuda" if dist.get_backend() == "nccl" else "cpu")
+    dist.all_reduce(received, op=dist.ReduceOp.MAX)
+    return int(received.item())
+
+
+class SignalGuard:
+    """The first SIGINT/SIGTERM asks for a checkpoint at the next step boundary; a second one exits at once."""
+
+    def __enter__(self):
+        self.received = 0
+        self.previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+        for sig in self.previous:
+            signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        if self.received:
+            os._exit(128 + signum)  # checkpoints are renamed into place whole, so nothing is left torn
+        self.received = signum
+
+    def __exit__(self, *exc):
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+
+
+def evaluate_and_select(run: Run) -> None:
+    cfg, state = run.cfg, run.state
+    result = evaluate(run.model, run.task, run.features["validation"], run.frames["validation"],
+                      eval_batch_size(cfg), run.device, cfg.precision, run.dist, run.tokenizer.pad_token_id)
+    metric = result[cfg.metric_for_best or run.task.primary_metric]
+    improved = state.best_metric is None or (metric > state.best_metric if run.task.greater_is_better
+                                             else metric < state.best_metric)
+    if improved:
+        state.best_metric, state.best_step, state.evals_without_gain = metric, state.step, 0
+    else:
+        state.evals_without_gain += 1
+        if cfg.early_stopping and state.evals_without_gain >= cfg.early_stopping:
+            state.stop_reason = "early_stopping"
+    run.log.eval_event(run, result)
+    save_checkpoint(run)
+
+
+def eval_batch_size(cfg: Config) -> int:
+    return cfg.eval_batch_size or max(64, 2 * cfg.batch_size)
+
+
+def save_checkpoint(run: Run) -> None:
+    state = run.state
+    run.log.save_pending(state)
+    if run.dist.main:
+        state.log_lines = run.log.lines
+        training_state = {"optimizer": run.optimizer.state_dict(), "scheduler": run.scheduler.state_dict(),
+                          "scaler": run.scaler.state_dict(), "rng": checkpoint.rng_state(), "state": asdict(state)}
+        checkpoint.save(run.out / "checkpoints", state.step, run.model, training_state, run.cfg,
+                        run.cfg.keep_checkpoints, state.best_step)
+    if run.dist.enabled:
+        dist.barrier()
+
+
+@torch.no_grad()
+def evaluate(model, task: Task, features: Features, frame, batch_size: int, device: torch.device, precision: str,
+             ranks: Dist, pad_id: int) -> dict:
+    """Length-sorted batches; predictions reduced to small host arrays per batch; exact under sharding."""
+    was_training = model.training
+    model.eval()
+    started = time.perf_counter()
+    loss = torch.zeros((), dtype=torch.float64, device=device)
+    shard: dict[int, np.ndarray] = {}
+    for indices in batching.eval_batches(features.lengths, batch_size, ranks.rank, ranks.world):
+        batch = {k: v.to(device, non_blocking=True) for k, v in task.collate(
+            features, indices, pad_id, 8 if device.type == "cuda" else 1).items()}
+        labels = batch.pop("labels")
+        with autocast(device, precision):
+            logits = model(**batch).logits
+        loss += task.loss_sum(logits, labels).double()
+        predicted = task.predictions(logits).cpu().numpy()
+        for row, index in enumerate(indices):
+            shard[int(index)] = predicted[row][: features.lengths[index]] if predicted.ndim > 1 else predicted[row]
+    total_loss = float(loss)
+    if ranks.enabled:
+        gathered: list = [None] * ranks.world
+        dist.all_gather_object(gathered, (total_loss, shard))
+        total_loss = sum(part[0] for part in gathered)
+        shard = {k: v for part in gathered for k, v in part[1].items()}
+    predictions = [shard[i] for i in range(len(features))]
+    if not isinstance(predictions[0], np.ndarray) or predictions[0].ndim == 0:
+        predictions = np.asarray(predictions)
+    result = {"loss": total_loss / max(1, int(features.items.sum()))}
+    result.update(task.metrics(features, frame, predictions))
+    seconds = time.perf_counter() - started
+    result.update(runtime=seconds, samples_per_second=len(frame) / seconds if seconds else 0.0)
+    model.train(was_training)
+    return result
+
+
+def finish(run: Run) -> dict:
+    """Keep the best weights, score them on every split, and write the model folder and reports."""
+    cfg, state = run.cfg, run.state
+    if not run.log.evals:
+        evaluate_and_select(run)
+    kept_step = state.step
+    if cfg.keep_best and state.best_step is not None and state.best_step != state.step:
+        best = run.out / "checkpoints" / f"{checkpoint.PREFIX}{state.best_step:08d}"
+        checkpoint.load_weights(best, run.model)
+        kept_step = state.best_step
+    results = {"validation": next(e for e in run.log.evals if e["step"] == kept_step)["metrics"]}
+    if "test" in run.features:
+        results["test"] = evaluate(run.model, run.task, run.features["test"], run.frames["test"],
+                                   eval_batch_size(cfg), run.device, cfg.precision, run.dist,
+                                   run.tokenizer.pad_token_id)
+    summary = {"kept_step": kept_step, "best_step": state.best_step, "best_metric": state.best_metric,
+               "metric_for_best": cfg.metric_for_best or run.task.primary_metric, "stop_reason": state.stop_reason,
+               "final": run.log.evals[-1]["metrics"], **results, "train": run.log.throughput(run)}
+    if run.dist.main:
+        run.model.save_pretrained(run.out)
+        run.tokenizer.save_pretrained(run.out)
+        write_outputs(run, summary)
+    if run.dist.enabled:
+        dist.barrier()
+    return summary
