@@ -43,9 +43,16 @@ def _merge_small(batches: list[np.ndarray], min_size: int) -> list[np.ndarray]:
     return merged
 
 
-def rank_slice(batch: np.ndarray, rank: int, world: int) -> np.ndarray:
-    """This rank's share of a global batch: strided, so every rank gets a similar spread of lengths."""
-    return batch[rank::world]
+def micro_batches(step_batch: np.ndarray, grad_accum: int, rank: int, world: int) -> list[np.ndarray]:
+    """This rank's micro-batches of one optimizer step.
+
+    A step batch (batch size × accumulation × world size examples) is cut into `grad_accum` contiguous
+    micro-batches (similar lengths stay together), and each is dealt across ranks by stride, so that
+    every rank gets a similar spread of lengths. Accumulation or more ranks therefore see exactly the
+    examples one larger batch would.
+    """
+    parts = [part for part in np.array_split(step_batch, grad_accum) if len(part)]
+    return [part[rank::world] for part in parts]
 
 
 def eval_batches(lengths: np.ndarray, batch_size: int, rank: int = 0, world: int = 1) -> list[np.ndarray]:
@@ -55,5 +62,3 @@ def eval_batches(lengths: np.ndarray, batch_size: int, rank: int = 0, world: int
     return batches[rank::world]
 
 
-def steps_per_epoch(n_batches: int, grad_accum: int) -> int:
-    return -(-n_batches // grad_accum)

@@ -153,9 +153,19 @@ def parse_set_overrides(pairs: list[str]) -> dict[str, Any]:
         if "=" not in pair:
             raise BertfitError(f"--set expects key=value, got '{pair}'")
         key, raw = pair.split("=", 1)
-        value = yaml.safe_load(raw) if raw.strip() else None
-        overrides[key] = value
+        overrides[key] = _yaml_scalar(raw)
     return overrides
+
+
+def _yaml_scalar(raw: str) -> Any:
+    """YAML 1.1 reads `3e-5` as a string; recipes mean the number."""
+    value = yaml.safe_load(raw) if raw.strip() else None
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            pass
+    return value
 
 
 def load_recipe(path: Optional[str]) -> dict[str, Any]:

@@ -83,7 +83,7 @@ def read_conll(path: Path) -> pd.DataFrame:
     sentences: list[tuple[list[str], list[str]]] = []
     tokens: list[str] = []
     tags: list[str] = []
-    for number, line in enumerate(_read_text(path).splitlines(), start=1):
+    for number, line in enumerate(_read_text(path).split("\n"), start=1):
         fields = line.split()
         if not fields:
             if tokens:
@@ -104,7 +104,7 @@ def read_conll(path: Path) -> pd.DataFrame:
 
 def _read_jsonl(path: Path) -> pd.DataFrame:
     rows = []
-    for number, line in enumerate(_read_text(path).splitlines(), start=1):
+    for number, line in enumerate(_read_text(path).split("\n"), start=1):
         if not line.strip():
             continue
         try:
@@ -351,7 +351,7 @@ def _detect_text_columns(train: pd.DataFrame, label: str, file: str) -> list[str
                            f"be the text; choose with --text-column {singles[0]}")
     if singles:
         return singles
-    strings = [c for c in columns if train[c].dtype == object or str(train[c].dtype).startswith("string")]
+    strings = [c for c in columns if pd.api.types.is_string_dtype(train[c])]
     if len(strings) == 1:
         return strings
     raise BertfitError(f"no text column in '{file}' (columns: {', '.join(map(str, train.columns))}); "

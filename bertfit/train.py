@@ -56,7 +56,7 @@ class State:
 
     step: int = 0
     epoch: int = 0
-    position: int = 0  # global batches of `epoch` already consumed
+    position: int = 0  # step batches of `epoch` already consumed
     best_metric: Optional[float] = None
     best_step: Optional[int] = None
     evals_without_gain: int = 0
@@ -196,10 +196,7 @@ def setup(cfg: Config, resume: bool = False, overwrite: bool = False) -> Run:
     tokenizer = models.load_tokenizer(model_path, cfg.trust_remote_code)
     cfg, splits, spec, task, frames, features, timings = prepare_data(
         cfg.resolved(precision=precision, compile=compile_model, world_size=ranks.world), tokenizer)
-    min_size = ranks.world
-    n_batches = len(batching.epoch_batches(features["train"].lengths, cfg.batch_size * ranks.world, cfg.seed, 0,
-                                           cfg.padding, min_size))
-    per_epoch = batching.steps_per_epoch(n_batches, cfg.grad_accum)
+    per_epoch = len(plan_epoch(cfg, features["train"], 0))
     total = cfg.max_steps or math.ceil(cfg.epochs * per_epoch)
     if isinstance(cfg.eval_every, int) and cfg.eval_every > total:
         raise BertfitError(f"eval_every {cfg.eval_every} is larger than the whole run ({total} steps); "
@@ -254,19 +251,17 @@ def train(cfg: Config, resume: bool = False, overwrite: bool = False, console=No
     pad_id, pad_multiple = run.tokenizer.pad_token_id, pad_multiple_for(cfg, run.device)
     pad_length = cfg.max_length if cfg.padding == "none" else None
     train_features = run.features["train"]
-    global_batch = cfg.batch_size * ranks.world
     progress = run.log.progress(console, run.total_steps, state.step)
     with progress, SignalGuard() as signals:
         while state.step < run.total_steps and state.stop_reason is None:
             step_started = time.perf_counter()
-            epoch_plan = batching.epoch_batches(train_features.lengths, global_batch, cfg.seed, state.epoch,
-                                                cfg.padding, ranks.world)
-            micro = epoch_plan[state.position:state.position + cfg.grad_accum]
-            # Normalise by the items of the whole optimizer step, across ranks and micro-batches: the gradient
-            # is then that of one big batch, whatever the accumulation or world size.
-            step_items = int(sum(train_features.items[b].sum() for b in micro))
-            for i, global_indices in enumerate(micro):
-                indices = batching.rank_slice(global_indices, ranks.rank, ranks.world)
+            epoch_plan = plan_epoch(cfg, train_features, state.epoch)
+            step_batch = epoch_plan[state.position]
+            # Normalise by the items of the whole step batch (all ranks, all micro-batches): the gradient is
+            # then that of one big batch, whatever the accumulation or world size.
+            step_items = int(train_features.items[step_batch].sum())
+            micro = batching.micro_batches(step_batch, cfg.grad_accum, ranks.rank, ranks.world)
+            for i, indices in enumerate(micro):
                 batch = {k: v.to(run.device, non_blocking=True) for k, v in task.collate(
                     train_features, indices, pad_id, pad_multiple, pad_length).items()}
                 labels = batch.pop("labels")
@@ -291,13 +286,13 @@ def train(cfg: Config, resume: bool = False, overwrite: bool = False, console=No
             run.scheduler.step()
             run.optimizer.zero_grad(set_to_none=True)
             state.step += 1
-            state.position += len(micro)
+            state.position += 1
             end_of_epoch = state.position >= len(epoch_plan)
             if end_of_epoch:
                 state.epoch, state.position = state.epoch + 1, 0
             step_seconds = time.perf_counter() - step_started
             state.train_seconds += step_seconds
-            progress.advance(state, sum(len(b) for b in micro), step_seconds)
+            progress.advance(state, len(step_batch), step_seconds)
 
             if state.bad_steps >= cfg.max_bad_steps:
                 state.stop_reason = "diverged"
@@ -319,6 +314,12 @@ def train(cfg: Config, resume: bool = False, overwrite: bool = False, console=No
                        f"loss or gradients; lower --lr or use --precision fp32/bf16 (last good checkpoint: "
                        f"{last_good[-1] if last_good else 'none'})")
     return finish(run)
+
+
+def plan_epoch(cfg: Config, features: Features, epoch: int) -> list[np.ndarray]:
+    """The step batches of one epoch; each needs an example for every rank in every micro-batch."""
+    return batching.epoch_batches(features.lengths, cfg.effective_batch_size(), cfg.seed, epoch, cfg.padding,
+                                  min_size=cfg.grad_accum * cfg.world_size)
 
 
 def pad_multiple_for(cfg: Config, device: torch.device) -> int:

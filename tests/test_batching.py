@@ -1,0 +1,79 @@
+import numpy as np
+import pytest
+import torch
+
+from bertfit import batching
+from bertfit.config import Config
+from bertfit.train import make_scheduler
+
+LENGTHS = np.random.default_rng(0).integers(5, 300, size=1003)
+
+
+@pytest.mark.parametrize("padding", ["bucket", "dynamic", "none"])
+def test_every_example_exactly_once_per_epoch(padding):
+    for epoch in range(3):
+        batches = batching.epoch_batches(LENGTHS, 32, seed=1, epoch=epoch, padding=padding)
+        seen = np.concatenate(batches)
+        assert sorted(seen.tolist()) == list(range(len(LENGTHS)))
+        assert max(len(b) for b in batches) == 32
+
+
+def test_order_is_seeded_identical_across_restarts_and_varies_by_epoch():
+    first = batching.epoch_batches(LENGTHS, 16, seed=5, epoch=2, padding="bucket")
+    again = batching.epoch_batches(LENGTHS, 16, seed=5, epoch=2, padding="bucket")
+    assert all(np.array_equal(a, b) for a, b in zip(first, again)) and len(first) == len(again)
+    other_epoch = batching.epoch_batches(LENGTHS, 16, seed=5, epoch=3, padding="bucket")
+    other_seed = batching.epoch_batches(LENGTHS, 16, seed=6, epoch=2, padding="bucket")
+    assert not np.array_equal(first[0], other_epoch[0]) and not np.array_equal(first[0], other_seed[0])
+
+
+def padding_share(batches):
+    padded = sum(len(b) * LENGTHS[b].max() for b in batches)
+    return 1 - LENGTHS.sum() / padded
+
+
+def test_buckets_cut_padding_and_keep_batches_shuffled():
+    bucketed = batching.epoch_batches(LENGTHS, 32, 0, 0, "bucket")
+    plain = batching.epoch_batches(LENGTHS, 32, 0, 0, "dynamic")
+    assert padding_share(bucketed) < 0.1 < 0.4 < padding_share(plain)
+    maxima = [LENGTHS[b].max() for b in bucketed]
+    assert maxima != sorted(maxima)  # batch order is not sorted by length
+
+
+def test_micro_batches_are_disjoint_and_cover_the_step_batch():
+    step_batch = np.arange(20)
+    parts = [m for r in range(2) for m in batching.micro_batches(step_batch, 3, r, 2)]
+    assert sorted(np.concatenate(parts).tolist()) == list(range(20))
+    assert [len(m) for m in batching.micro_batches(step_batch, 3, 0, 2)] == [4, 4, 3]
+    assert batching.micro_batches(np.arange(2), 4, 0, 1) == [np.array([0]), np.array([1])]
+    merged = batching.epoch_batches(np.ones(33, dtype=int), 16, 0, 0, "bucket", min_size=2)
+    assert min(len(b) for b in merged) >= 2 and sum(len(b) for b in merged) == 33
+
+
+def test_eval_shards_count_every_example_once():
+    shards = [np.concatenate(batching.eval_batches(LENGTHS, 50, r, 3)) for r in range(3)]
+    assert sorted(np.concatenate(shards).tolist()) == list(range(len(LENGTHS)))
+
+
+def lr_curve(scheduler, warmup_ratio, steps=100):
+    cfg = Config(scheduler=scheduler, warmup_ratio=warmup_ratio, lr=1.0)
+    optimizer = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    schedule = make_scheduler(cfg, optimizer, steps)
+    values = []
+    for _ in range(steps):
+        values.append(schedule.get_last_lr()[0])
+        optimizer.step()
+        schedule.step()
+    return np.array(values)
+
+
+def test_scheduler_shapes():
+    linear = lr_curve("linear", 0.1)
+    assert linear[0] == 0 and linear[10] == pytest.approx(1.0) and linear[55] == pytest.approx(0.5)
+    assert np.all(np.diff(linear[:11]) > 0) and np.all(np.diff(linear[10:]) < 0)
+    constant = lr_curve("constant", 0.0)
+    assert np.all(constant == 1.0)
+    warm_constant = lr_curve("constant", 0.2)
+    assert warm_constant[0] == 0 and np.all(warm_constant[20:] == 1.0)
+    cosine = lr_curve("cosine", 0.0)
+    assert cosine[0] == 1.0 and cosine[50] == pytest.approx(0.5) and cosine[99] < 0.01

@@ -1,0 +1,68 @@
+import pytest
+
+from bertfit.config import Config, build_config, parse_set_overrides
+from bertfit.errors import BertfitError
+
+
+def test_defaults_are_the_documented_recipe():
+    cfg = Config()
+    assert (cfg.model, cfg.lr, cfg.batch_size, cfg.seed, cfg.scheduler) == ("bert-base-uncased", 5e-5, 16, 42, "linear")
+    assert (cfg.adam_beta1, cfg.adam_beta2, cfg.adam_epsilon) == (0.9, 0.999, 1e-8)
+    assert cfg.eval_every == "epoch" and cfg.padding == "bucket"
+
+
+def test_recipe_then_overrides(tmp_path):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("model: bert-base-uncased\nlr: 2.0e-5\nepochs: 3\nbatch_size: 16\neval_every: 750\n")
+    overrides = {"epochs": None, **parse_set_overrides(["model=minilm", "epochs=1", "eval_every=epoch"])}
+    cfg = build_config(str(recipe), overrides)
+    assert cfg.model == "minilm" and cfg.epochs == 1 and cfg.lr == 2e-5 and cfg.eval_every == "epoch"
+    assert build_config(str(recipe)).eval_every == 750
+
+
+def test_set_values_are_typed_as_yaml():
+    assert parse_set_overrides(["lr=3e-5", "batch_size=8", "text_columns=[a, b]", "keep_best=false"]) == {
+        "lr": 3e-5, "batch_size": 8, "text_columns": ["a", "b"], "keep_best": False}
+
+
+def test_hf_trainer_names_are_accepted(tmp_path):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("learning_rate: 1.0e-5\nper_device_train_batch_size: 8\nnum_train_epochs: 2\n"
+                      "lr_scheduler_type: cosine\nmax_grad_norm: 0.5\ngradient_accumulation_steps: 4\n")
+    cfg = build_config(str(recipe))
+    assert (cfg.lr, cfg.batch_size, cfg.epochs, cfg.scheduler, cfg.clip_norm, cfg.grad_accum) == (
+        1e-5, 8, 2, "cosine", 0.5, 4)
+
+
+def test_saved_recipe_round_trips(tmp_path):
+    cfg = build_config(None, {"model": "minilm", "data": "sst2", "eval_every": 10, "text_columns": "a,b"})
+    again = build_config(None, __import__("yaml").safe_load(cfg.to_yaml()))
+    assert again == cfg and again.text_columns == ["a", "b"]
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"lr": -1}, "invalid value for 'lr': Input should be greater than 0 (got -1)"),
+    ({"batch_size": 0}, "invalid value for 'batch_size': Input should be greater than 0 (got 0)"),
+    ({"scheduler": "exponential"}, "invalid value for 'scheduler': Input should be 'linear', 'constant' or 'cosine' (got 'exponential')"),
+    ({"eval_every": 0}, "invalid value for 'eval_every'"),
+    ({"learning_rat": 1e-5}, "unknown recipe key 'learning_rat'; did you mean 'lr'?"),
+    ({"warmup_ration": 0.1}, "unknown recipe key 'warmup_ration'; did you mean 'warmup_ratio'?"),
+    ({"text_columns": ["a", "b", "c"]}, "text_columns takes one column, or two for text pairs"),
+])
+def test_bad_values_are_one_clear_line(overrides, message):
+    with pytest.raises(BertfitError) as err:
+        build_config(None, overrides)
+    assert message in str(err.value) and "\n" not in str(err.value)
+
+
+def test_bad_recipe_files(tmp_path):
+    with pytest.raises(BertfitError, match="recipe file 'missing.yaml' not found"):
+        build_config("missing.yaml")
+    broken = tmp_path / "b.yaml"
+    broken.write_text("lr: [1\n")
+    with pytest.raises(BertfitError, match="is not valid YAML"):
+        build_config(str(broken))
+    listed = tmp_path / "l.yaml"
+    listed.write_text("- lr\n")
+    with pytest.raises(BertfitError, match="must be a mapping"):
+        build_config(str(listed))

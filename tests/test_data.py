@@ -1,0 +1,120 @@
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from bertfit import data
+from bertfit.errors import BertfitError
+from conftest import SAMPLES, SHARED_DATA
+
+
+def detect_source(source, **kwargs):
+    splits = data.load_splits(str(source))
+    train, _, _ = data.choose_splits(splits, "train", None, None, 42, 0.1)
+    return splits, data.detect(splits, train, kwargs.get("task", "auto"), kwargs.get("text_columns"),
+                               kwargs.get("label_column"), kwargs.get("label_names"))
+
+
+@pytest.mark.parametrize("name, task, text, label, labels", [
+    ("sst2_200.csv", "classification", ["sentence"], "label", ["0", "1"]),
+    ("imdb_100.jsonl", "classification", ["text"], "label", ["0", "1"]),
+    ("rte_100.tsv", "classification", ["sentence1", "sentence2"], "label", ["entailment", "not_entailment"]),
+    ("conll_50.conll", "token", ["tokens"], "ner_tags", None),
+])
+def test_every_sample_file_is_detected(name, task, text, label, labels):
+    splits, spec = detect_source(SAMPLES / name)
+    assert (spec.task, spec.text_columns, spec.label_column) == (task, text, label)
+    if labels:
+        assert spec.label_names == labels
+    assert set(splits.frames) == {"train", "validation"}  # a single file gets a seeded validation split
+
+
+def test_conll_sample_parses_sentences_and_tags():
+    frame = data.read_conll(SAMPLES / "conll_50.conll")
+    assert len(frame) == 50
+    assert frame["tokens"][0] == ["EU", "rejects", "German", "call", "to", "boycott", "British", "lamb", "."]
+    assert frame["ner_tags"][0] == ["B-ORG", "O", "B-MISC", "O", "O", "O", "B-MISC", "O", "O"]
+    _, spec = detect_source(SAMPLES / "conll_50.conll")
+    assert spec.label_names[0] == "O" and spec.tag_scheme == "IOB2"
+    assert spec.label_names.index("B-PER") + 1 == spec.label_names.index("I-PER")
+
+
+def test_conll_docstart_and_blank_lines(tmp_path):
+    path = tmp_path / "x.conll"
+    path.write_text("-DOCSTART- -X- O O\n\nJohn NNP B-PER\nruns VBZ O\n\n\nParis NNP B-LOC\n")
+    frame = data.read_conll(path)
+    assert frame["tokens"].tolist() == [["John", "runs"], ["Paris"]]
+    assert frame["ner_tags"].tolist() == [["B-PER", "O"], ["B-LOC"]]
+
+
+def test_mirror_names_and_hub_aliases_resolve_offline():
+    for name in ("sst2", "glue/sst2", "tweet_eval/sentiment", "conll2003", "glue/stsb"):
+        assert data.mirror_folder(name) is not None, name
+    splits, spec = detect_source("glue/sst2")
+    assert spec.label_names == ["negative", "positive"] and len(splits.frames["validation"]) == 872
+
+
+def test_pairs_and_regression_are_detected():
+    _, rte = detect_source("rte")
+    assert rte.text_columns == ["sentence1", "sentence2"] and rte.label_names == ["entailment", "not_entailment"]
+    _, stsb = detect_source("stsb")
+    assert stsb.task == "regression" and stsb.label_names is None
+
+
+@pytest.mark.parametrize("columns, expected", [
+    ({"premise": ["a"], "hypothesis": ["b"], "label": [0]}, ["premise", "hypothesis"]),
+    ({"question": ["a"], "sentence": ["b"], "label": [1]}, ["question", "sentence"]),
+    ({"review": ["good"], "sentiment": ["pos"]}, ["review"]),
+    ({"tweet": ["hi"], "target": [0]}, ["tweet"]),
+    ({"body": ["x"], "category": ["a"]}, ["body"]),
+])
+def test_common_column_names(tmp_path, columns, expected):
+    path = tmp_path / "d.jsonl"
+    rows = [dict(zip(columns, values)) for values in zip(*columns.values())] * 10
+    path.write_text("\n".join(json.dumps(r) for r in rows))
+    _, spec = detect_source(path)
+    assert spec.text_columns == expected
+
+
+def test_string_labels_sorted_and_overridable(tmp_path):
+    path = tmp_path / "d.csv"
+    pd.DataFrame({"text": [f"t{i}" for i in range(20)], "label": ["pos", "neg"] * 10}).to_csv(path, index=False)
+    assert detect_source(path)[1].label_names == ["neg", "pos"]
+    assert detect_source(path, label_names=["pos", "neg"])[1].label_names == ["pos", "neg"]
+
+
+def test_carved_validation_and_subsample_are_seeded():
+    splits = data.load_splits(str(SAMPLES / "sst2_200.csv"))
+    data.choose_splits(splits, "train", None, None, 7, 0.1)
+    again = data.load_splits(str(SAMPLES / "sst2_200.csv"))
+    data.choose_splits(again, "train", None, None, 7, 0.1)
+    assert splits.frames["validation"].equals(again.frames["validation"]) and len(splits.frames["validation"]) == 20
+    assert not set(splits.frames["validation"]["sentence"]) & set(splits.frames["train"]["sentence"])
+    frame = pd.DataFrame({"x": range(100)})
+    first, second = data.subsample(frame, 10, 3), data.subsample(frame, 10, 3)
+    assert first.equals(second) and first["x"].is_monotonic_increasing and first["x"].max() > 50
+
+
+def test_iob1_is_converted_and_iob2_repaired():
+    iob1 = [["I-PER", "I-PER", "O", "I-LOC"], ["I-ORG", "B-ORG", "O"]]
+    converted, scheme, repaired = data.normalise_tags(iob1)
+    assert scheme == "IOB1" and repaired == 0
+    assert converted == [["B-PER", "I-PER", "O", "B-LOC"], ["B-ORG", "B-ORG", "O"]]
+    iob2 = [["B-PER", "I-PER", "O", "B-LOC"], ["O", "I-MISC", "O"], ["B-ORG"]]
+    converted, scheme, repaired = data.normalise_tags(iob2)
+    assert scheme == "IOB2" and repaired == 1 and converted[1] == ["O", "B-MISC", "O"]
+    bioes = [["S-PER", "O", "B-LOC", "E-LOC"]]
+    assert data.normalise_tags(bioes) == (bioes, "BIOES", 0)
+
+
+def test_tag_order_puts_o_first_then_types():
+    assert data.order_tags({"I-PER", "B-LOC", "O", "B-PER", "I-LOC"}) == ["O", "B-LOC", "I-LOC", "B-PER", "I-PER"]
+
+
+def test_tweet_mirror_has_no_train_split_and_says_so():
+    splits = data.load_splits("tweet_sentiment")
+    with pytest.raises(BertfitError, match="has no 'train' split .*train_split=NAME"):
+        data.choose_splits(splits, "train", None, None, 42, 0.1)
+    train, eval_split, test = data.choose_splits(splits, "test", "validation", None, 42, 0.1)
+    assert (train, eval_split, test) == ("test", "validation", None)

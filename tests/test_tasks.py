@@ -1,0 +1,142 @@
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from bertfit.tasks import (IGNORE, ClassificationTask, Features, RegressionTask, TokenTask, _truncate,
+                           classification_metrics, regression_metrics, token_metrics)
+
+TAGS = ["O", "B-LOC", "I-LOC", "B-PER", "I-PER"]
+
+
+def token_task(max_length=16, stride=4, all_subtokens=False):
+    return TokenTask(["tokens"], "ner_tags", TAGS, max_length, "head", (), stride=stride,
+                     label_all_subtokens=all_subtokens)
+
+
+def test_collation_pads_masks_and_keeps_pairs(minilm_tokenizer):
+    task = ClassificationTask(["a", "b"], "label", ["no", "yes"], 64)
+    frame = pd.DataFrame({"a": ["short one", "a somewhat longer first sentence here"], "b": ["x", "y z"],
+                          "label": [0, 1]})
+    features = task.encode(frame, minilm_tokenizer)
+    batch = task.collate(features, np.array([0, 1]), minilm_tokenizer.pad_token_id, pad_multiple=8)
+    longest = int(features.lengths.max())
+    assert batch["input_ids"].shape == (2, -(-longest // 8) * 8)
+    assert batch["attention_mask"].sum(1).tolist() == features.lengths.tolist()
+    assert (batch["input_ids"][0, features.lengths[0]:] == minilm_tokenizer.pad_token_id).all()
+    assert batch["token_type_ids"][0].tolist()[: features.lengths[0]].count(1) == 2  # "x [SEP]"
+    assert batch["labels"].tolist() == [0, 1]
+    fixed = task.collate(features, np.array([0]), minilm_tokenizer.pad_token_id, pad_length=64)
+    assert fixed["input_ids"].shape == (1, 64)
+
+
+@pytest.mark.parametrize("mode, expected", [
+    ("head", [101, 1, 2, 3, 4, 5, 6, 102]),
+    ("tail", [101, 7, 8, 9, 10, 11, 12, 102]),
+    ("head+tail", [101, 1, 8, 9, 10, 11, 12, 102]),
+])
+def test_truncation_modes_keep_special_tokens(mode, expected):
+    ids = [101] + list(range(1, 13)) + [102]
+    assert _truncate(ids, 8, mode) == expected
+
+
+def test_long_texts_are_truncated_and_profiled(minilm_tokenizer):
+    task = ClassificationTask(["text"], "label", ["a", "b"], 16, truncation="head+tail")
+    words = " ".join(f"w{i}" for i in range(60))
+    features = task.encode(pd.DataFrame({"text": [words, "short"], "label": [0, 1]}), minilm_tokenizer)
+    assert features.lengths.tolist()[0] == 16 and features.full_lengths[0] > 16
+    assert features.input_ids[0][0] == minilm_tokenizer.cls_token_id
+    assert features.input_ids[0][-1] == minilm_tokenizer.sep_token_id
+
+
+def test_regression_labels_are_floats(minilm_tokenizer):
+    task = RegressionTask(["a", "b"], "score", None, 32)
+    features = task.encode(pd.DataFrame({"a": ["x"], "b": ["y"], "score": [3.8]}), minilm_tokenizer)
+    batch = task.collate(features, np.array([0]), 0)
+    assert batch["labels"].dtype == torch.float32 and batch["labels"].item() == pytest.approx(3.8)
+
+
+def test_first_subtoken_carries_the_label(minilm_tokenizer):
+    words = ["Schwarzenegger", "visited", "Ouagadougou"]
+    assert len(minilm_tokenizer.tokenize("schwarzenegger")) > 1 and len(minilm_tokenizer.tokenize("ouagadougou")) > 1
+    frame = pd.DataFrame({"tokens": [words], "ner_tags": [["B-PER", "O", "B-LOC"]]})
+    features = token_task(max_length=64).encode(frame, minilm_tokenizer)
+    assert len(features) == 1
+    labels, word_ids = features.labels[0], features.word_ids[0]
+    labelled = np.flatnonzero(labels != IGNORE)
+    assert [TAGS[labels[i]] for i in labelled] == ["B-PER", "O", "B-LOC"]
+    assert word_ids[labelled].tolist() == [0, 1, 2]
+    assert labels[0] == IGNORE and labels[-1] == IGNORE  # [CLS], [SEP]
+    assert features.items[0] == 3
+    every = token_task(max_length=64, all_subtokens=True).encode(frame, minilm_tokenizer)
+    tagged = [TAGS[t] for t in every.labels[0] if t != IGNORE]
+    assert tagged[0] == "B-PER" and set(tagged[1:tagged.index("O")]) == {"I-PER"}
+    assert every.word_ids[0][every.word_ids[0] >= 0].tolist() == [0, 1, 2]  # predictions still one per word
+
+
+def test_long_sentence_windows_predict_every_word_exactly_once(minilm_tokenizer):
+    words = [f"word{i}" if i % 3 else "Ouagadougou" for i in range(40)]
+    tags = ["B-LOC" if i % 3 == 0 else "O" for i in range(40)]
+    frame = pd.DataFrame({"tokens": [words, ["short"]], "ner_tags": [tags, ["O"]]})
+    task = token_task(max_length=16, stride=4)
+    features = task.encode(frame, minilm_tokenizer)
+    windows = np.flatnonzero(features.example_ids == 0)
+    assert len(windows) > 3 and all(features.lengths[w] <= 16 for w in windows)
+    predicted_words = np.concatenate([features.word_ids[w][features.word_ids[w] >= 0] for w in windows])
+    assert sorted(predicted_words.tolist()) == list(range(40))
+    labelled = sum(int((features.labels[w] != IGNORE).sum()) for w in windows)
+    assert labelled == 40
+    # Stitching: perfect per-window predictions give back every tag, each word from exactly one window.
+    perfect = [np.where(f >= 0, np.maximum(lab, 0), 0) for f, lab in zip(features.word_ids, features.labels)]
+    assert task.word_predictions(features, frame, perfect) == [tags, ["O"]]
+    assert task.metrics(features, frame, perfect)["f1"] == 1.0
+
+
+def test_features_round_trip_through_the_cache_format(tmp_path, minilm_tokenizer):
+    frame = pd.DataFrame({"tokens": [["John", "lives", "in", "Paris"]] * 3, "ner_tags": [["B-PER", "O", "O", "B-LOC"]] * 3})
+    features = token_task(max_length=8, stride=2).encode(frame, minilm_tokenizer)
+    features.save(tmp_path / "f.npz")
+    again = Features.load(tmp_path / "f.npz")
+    for name in ("input_ids", "labels", "word_ids"):
+        assert all(np.array_equal(a, b) for a, b in zip(getattr(features, name), getattr(again, name)))
+    assert np.array_equal(features.example_ids, again.example_ids) and np.array_equal(features.items, again.items)
+
+
+def test_classification_metrics_match_sklearn():
+    from sklearn.metrics import accuracy_score, f1_score, matthews_corrcoef, precision_score, recall_score
+
+    labels = np.array([0, 1, 1, 0, 1, 1, 0, 0, 1, 1])
+    preds = np.array([0, 1, 0, 0, 1, 1, 1, 0, 1, 0])
+    got = classification_metrics(labels, preds, 2, matthews=True)
+    assert got["accuracy"] == pytest.approx(0.7) and got["accuracy"] == accuracy_score(labels, preds)
+    assert got["f1"] == pytest.approx(f1_score(labels, preds)) == pytest.approx(8 / 11)
+    assert got["precision"] == pytest.approx(precision_score(labels, preds)) == pytest.approx(0.8)
+    assert got["recall"] == pytest.approx(recall_score(labels, preds)) == pytest.approx(4 / 6)
+    assert got["matthews"] == pytest.approx(matthews_corrcoef(labels, preds))
+    three = classification_metrics(np.array([0, 1, 2, 2, 1, 0]), np.array([0, 2, 2, 2, 1, 1]), 3, matthews=False)
+    assert three["recall_macro"] == pytest.approx((0.5 + 0.5 + 1.0) / 3)
+    assert three["f1_macro"] == pytest.approx(f1_score([0, 1, 2, 2, 1, 0], [0, 2, 2, 2, 1, 1], average="macro"))
+
+
+def test_regression_metrics_match_scipy():
+    from scipy.stats import pearsonr, spearmanr
+
+    labels = np.array([0.0, 1.5, 2.0, 3.5, 5.0])
+    preds = np.array([0.5, 1.0, 2.5, 3.0, 4.0])
+    got = regression_metrics(labels, preds)
+    assert got["pearson"] == pytest.approx(pearsonr(preds, labels)[0])
+    assert got["spearman"] == pytest.approx(spearmanr(preds, labels)[0]) == pytest.approx(1.0)
+    assert got["mse"] == pytest.approx(np.mean((preds - labels) ** 2)) == pytest.approx(0.4)
+
+
+def test_seqeval_metrics_against_hand_computed_values():
+    true = [["B-PER", "I-PER", "O", "B-LOC"], ["B-ORG", "O", "B-LOC", "I-LOC"]]
+    pred = [["B-PER", "I-PER", "O", "O"], ["B-ORG", "O", "B-LOC", "O"]]
+    # Gold entities: PER, LOC, ORG, LOC(2 words) = 4; predicted: PER, ORG, LOC(1 word) = 3; correct: PER, ORG = 2.
+    got = token_metrics(true, pred)
+    assert got["precision"] == pytest.approx(2 / 3)
+    assert got["recall"] == pytest.approx(2 / 4)
+    assert got["f1"] == pytest.approx(2 * (2 / 3) * 0.5 / (2 / 3 + 0.5))
+    assert got["accuracy"] == pytest.approx(6 / 8)
+    assert got["per_type"]["LOC"] == {"precision": 0.0, "recall": 0.0, "f1": 0.0, "support": 2}
+    assert got["per_type"]["PER"]["f1"] == 1.0

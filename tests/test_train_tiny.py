@@ -1,0 +1,108 @@
+"""End-to-end runs of the real loop on tiny random BERTs: outputs, determinism, equivalences, user errors."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from conftest import SAMPLES, run_cli
+from bertfit.report import TIMING_FIELDS
+
+
+def tiny_args(model, out, *extra, data=SAMPLES / "sst2_200.csv"):
+    return ["train", "--model", model, "--data", data, "--output", out, "--batch-size", 16, "--max-steps", 6,
+            "--eval-every", 3, "--lr", "1e-3", *extra]
+
+
+def log_without_timings(path: Path) -> list[dict]:
+    def strip(value):
+        if isinstance(value, dict):
+            return {k: strip(v) for k, v in value.items() if k not in TIMING_FIELDS and not k.endswith("_seconds")}
+        return value
+
+    return [strip(json.loads(line)) for line in path.read_text().splitlines()]
+
+
+def test_run_folder_is_complete_and_pipeline_ready(tiny_bert, tmp_path, capsys):
+    out = tmp_path / "run"
+    code, stdout, stderr = run_cli(tiny_args(tiny_bert, out, "--label-names", "negative,positive"), capsys)
+    assert code == 0, stderr
+    for name in ("config.json", "model.safetensors", "tokenizer.json", "metrics.json", "log.jsonl", "recipe.yaml",
+                 "README.md", "results.md"):
+        assert (out / name).is_file(), name
+    assert "Training Loss |    Epoch |     Step | Validation Loss | Accuracy" in stdout
+    recipe = (out / "recipe.yaml").read_text()
+    assert "task: classification" in recipe and "- sentence" in recipe and "precision: fp32" in recipe
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert set(metrics["validation"]) >= {"loss", "accuracy", "f1", "precision", "recall"}
+    assert metrics["best_step"] in (3, 6) and metrics["train"]["samples_per_second"] > 0
+    card = (out / "README.md").read_text()
+    assert "optimizer: Adam with betas=(0.9,0.999) and epsilon=1e-08" in card
+    assert "lr_scheduler_type: linear" in card and "| Training Loss | Epoch | Step | Validation Loss |" in card
+    events = [json.loads(line)["event"] for line in (out / "log.jsonl").read_text().splitlines()]
+    assert events[0] == "start" and events.count("eval") == 2 and events[-1] == "end"
+
+    from transformers import pipeline
+
+    classify = pipeline("text-classification", model=str(out))
+    assert classify("a fine film")[0]["label"] in ("negative", "positive")
+    config = json.loads((out / "config.json").read_text())
+    assert config["id2label"] == {"0": "negative", "1": "positive"}
+
+
+def test_cpu_runs_are_deterministic(tiny_bert, tmp_path, capsys):
+    for name in ("a", "b"):
+        assert run_cli(tiny_args(tiny_bert, tmp_path / name), capsys)[0] == 0
+    first, second = (log_without_timings(tmp_path / n / "log.jsonl") for n in ("a", "b"))
+    assert first == second
+    assert (tmp_path / "a" / "model.safetensors").read_bytes() == (tmp_path / "b" / "model.safetensors").read_bytes()
+
+
+def test_gradient_accumulation_equals_the_larger_batch(tiny_bert_no_dropout, tmp_path, capsys):
+    base = ["--max-steps", 4, "--eval-every", 2, "--padding", "dynamic"]
+    big = ["train", "--model", tiny_bert_no_dropout, "--data", SAMPLES / "sst2_200.csv", "--lr", "1e-3", *base]
+    assert run_cli(big + ["--output", tmp_path / "big", "--batch-size", 16], capsys)[0] == 0
+    assert run_cli(big + ["--output", tmp_path / "acc", "--batch-size", 4, "--grad-accum", 4], capsys)[0] == 0
+    big_log, acc_log = (log_without_timings(tmp_path / n / "log.jsonl") for n in ("big", "acc"))
+    big_evals = [e for e in big_log if e["event"] == "eval"]
+    acc_evals = [e for e in acc_log if e["event"] == "eval"]
+    for a, b in zip(big_evals, acc_evals):
+        assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-5)
+        assert a["metrics"]["loss"] == pytest.approx(b["metrics"]["loss"], rel=1e-5)
+
+
+def test_best_checkpoint_is_kept_and_early_stopping_stops(tiny_bert, tmp_path, capsys):
+    out = tmp_path / "run"
+    args = tiny_args(tiny_bert, out, "--early-stopping", 1, "--metric-for-best", "loss", "--lr", "5e-2")
+    code, _, stderr = run_cli(args, capsys)
+    assert code == 0, stderr
+    metrics = json.loads((out / "metrics.json").read_text())
+    evals = [json.loads(l) for l in (out / "log.jsonl").read_text().splitlines() if '"eval"' in l]
+    if metrics["stop_reason"] == "early_stopping":
+        assert len(evals) < 2 or evals[-1]["metrics"]["loss"] >= metrics["best_metric"]
+    assert metrics["kept_step"] == metrics["best_step"]
+    assert (out / "checkpoints" / f"step-{metrics['best_step']:08d}").is_dir()
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--precision", "fp16"], "precision fp16 needs a CUDA GPU (no GPU found); use --precision fp32 or bf16"),
+    (["--eval-every", 500], "eval_every 500 is larger than the whole run (6 steps)"),
+    (["--text-column", "review"], "column 'review' not found in"),
+    (["--max-length", 4096], "max_length 4096 is longer than the model accepts (512)"),
+])
+def test_user_errors_are_one_line_exit_2_and_write_nothing(tiny_bert, tmp_path, capsys, extra, message):
+    out = tmp_path / "run"
+    code, _, stderr = run_cli(tiny_args(tiny_bert, out, *extra), capsys)
+    assert code == 2 and message in stderr and "Traceback" not in stderr
+    assert len(stderr.strip().splitlines()) == 1
+    assert not out.exists()
+
+
+def test_output_folder_not_empty_needs_overwrite(tiny_bert, tmp_path, capsys):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    code, _, stderr = run_cli(tiny_args(tiny_bert, out), capsys)
+    assert code == 2 and "is not empty; pass --overwrite" in stderr and (out / "keep.txt").exists()
+    assert run_cli(tiny_args(tiny_bert, out, "--overwrite"), capsys)[0] == 0
+    assert not (out / "keep.txt").exists()
