@@ -16,7 +16,7 @@ from bertfit.errors import BertfitError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Fine-tune BERT-family encoders fast, reproducibly, with honest reports.")
-console = Console(highlight=False, soft_wrap=True)
+console = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 160)
 errors = Console(stderr=True, highlight=False, soft_wrap=True)
 
 Opt = typer.Option
@@ -147,6 +147,75 @@ def predict(run: str = typer.Argument(..., help="run folder"),
     else:
         for prediction in predictions:
             print(json.dumps(prediction, ensure_ascii=False))
+
+
+@app.command()
+def inspect(data: str = Opt(..., help="dataset (as for train)"),
+            model: Optional[str] = Opt(None, help="tokenizer for token lengths [default: minilm, bert-base-uncased's vocabulary]"),
+            max_length: int = Opt(512, help="cut at which truncation is counted"),
+            task: str = Opt("auto"), text_column: Optional[List[str]] = Opt(None, "--text-column"),
+            label_column: Optional[str] = Opt(None), as_json: bool = Opt(False, "--json", help="print JSON"),
+            debug: bool = Opt(False, "--debug")):
+    """Profile a dataset: sizes, labels, lengths and truncation, empties, duplicates, leakage, tag repairs."""
+    from bertfit.inspection import inspect_source
+
+    report = inspect_source(data, model or "minilm", max_length, task, text_column or None, label_column)
+    if as_json:
+        print(json.dumps(report, indent=2))
+        return
+    print_profile(report)
+
+
+def print_profile(report: dict) -> None:
+    from rich.table import Table
+
+    from bertfit.inspection import summary_lines
+
+    table = Table(title=f"{report['dataset']} ({report['task']})")
+    for column in ("split", "rows", "labels / tags", "imbalance", "tokens p50/p95/max", "truncated", "duplicates",
+                   "empty"):
+        table.add_column(column, overflow="fold")
+    for name, split in report["splits"].items():
+        labels = split.get("labels") or split.get("entity_counts") or split.get("label_stats") or {}
+        tokens = split.get("tokens")
+        table.add_row(name, f"{split['rows']:,}", ", ".join(f"{k} {v:,}" if isinstance(v, int) else f"{k} {v:.2f}"
+                                                          for k, v in labels.items()),
+                      f"{split['imbalance_ratio']:.2f}" if "imbalance_ratio" in split else "",
+                      f"{tokens['percentiles']['p50']}/{tokens['percentiles']['p95']}/{tokens['max']}" if tokens else "",
+                      f"{tokens['truncated_share']:.1%} at {tokens['max_length']}" if tokens else "",
+                      f"{split['duplicates']:,} ({split['normalised_duplicates']:,} normalised)",
+                      f"{split['empty_texts']:,}")
+    console.print(table)
+    for line in summary_lines(report):
+        if line.startswith(("leakage", "tag scheme")) or "different labels" in line or "not in train" in line:
+            console.print(line, markup=False)
+
+
+@app.command()
+def doctor(run: str = typer.Argument(..., help="run folder"), debug: bool = Opt(False, "--debug")):
+    """Diagnose a finished run: findings with evidence and advice (also written to diagnosis.json and the card)."""
+    from pathlib import Path
+
+    from bertfit.report import finalise
+
+    findings = finalise(Path(run))
+    if not findings:
+        console.print("no findings: losses, metrics, data and speed look healthy")
+    for finding in findings:
+        console.print(f"[{finding['severity']}] {finding['title']}", markup=False)
+        console.print(f"  evidence: {finding['evidence']}", markup=False)
+        console.print(f"  advice:   {finding['advice']}", markup=False)
+
+
+@app.command()
+def card(run: str = typer.Argument(..., help="run folder"), debug: bool = Opt(False, "--debug")):
+    """Regenerate the model card (README.md), plots and diagnosis of a run from its files."""
+    from pathlib import Path
+
+    from bertfit.report import finalise
+
+    finalise(Path(run))
+    console.print(f"wrote {Path(run) / 'README.md'}")
 
 
 def main() -> None:

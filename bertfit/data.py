@@ -313,8 +313,11 @@ def _is_list_column(frame: pd.DataFrame, column: str) -> bool:
 
 
 def detect(splits: Splits, train_split: str, task: str, text_columns: Optional[list[str]],
-           label_column: Optional[str], label_names: Optional[list[str]]) -> DataSpec:
-    """Decide the task and columns from the training split, then check every split against them."""
+           label_column: Optional[str], label_names: Optional[list[str]], strict: bool = True) -> DataSpec:
+    """Decide the task and columns from the training split, then check every split against them.
+
+    `strict=False` (for `bertfit inspect`) lets empty texts and unseen labels through to be counted.
+    """
     train = splits.frames[train_split]
     file = splits.files.get(train_split, train_split)
     columns = list(train.columns)
@@ -336,7 +339,7 @@ def detect(splits: Splits, train_split: str, task: str, text_columns: Optional[l
     spec = DataSpec(kind, text_columns, label, None)
     if kind == "classification":
         spec.label_names = _label_names(splits, label, label_names)
-    _check_rows(splits, spec, train_split)
+    _check_rows(splits, spec, train_split, strict)
     return spec
 
 
@@ -393,7 +396,7 @@ def _label_names(splits: Splits, label: str, given: Optional[list[str]]) -> list
     return list(names)
 
 
-def _check_rows(splits: Splits, spec: DataSpec, train_split: str) -> None:
+def _check_rows(splits: Splits, spec: DataSpec, train_split: str, strict: bool) -> None:
     """Every split: texts present and non-empty, labels present and known to the training split."""
     def label_set(labels: pd.Series) -> set[str]:
         return set(labels.astype(str)) if "string" in _label_kinds(labels) else {str(int(v)) for v in labels}
@@ -413,7 +416,7 @@ def _check_rows(splits: Splits, spec: DataSpec, train_split: str) -> None:
         for column in spec.text_columns:
             texts = frame[column]
             empty = texts.isna() | texts.astype(str).str.strip().eq("")
-            if empty.any():
+            if empty.any() and strict:
                 row = int(np.flatnonzero(empty.to_numpy())[0])
                 raise BertfitError(f"'{file}' row {row + 1}: text column '{column}' is empty "
                                    f"({int(empty.sum())} such rows); drop or fill them")
@@ -423,7 +426,7 @@ def _check_rows(splits: Splits, spec: DataSpec, train_split: str) -> None:
             if train_labels is None:
                 train_labels = label_set(labels)
             unseen = sorted(label_set(labels) - train_labels)
-            if unseen:
+            if unseen and strict:
                 raise BertfitError(f"'{file}' has labels never seen in training: {', '.join(unseen)}; "
                                    "the model cannot predict them")
 

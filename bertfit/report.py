@@ -118,14 +118,14 @@ class RunLog:
                 self.header_printed = True
             self.console.print(row[0], markup=False, highlight=False)
 
-    def start(self, run: "Run") -> None:
+    def start(self, run: "Run", profile_lines: list[str]) -> None:
         cfg = run.cfg
-        self.event("start", task=run.task.kind, dataset=run.splits.name, model=cfg.model,
+        self.event("start", profile=profile_lines, task=run.task.kind, dataset=run.splits.name, model=cfg.model,
                    examples={name: len(frame) for name, frame in run.frames.items()},
                    features={name: len(f) for name, f in run.features.items()},
                    steps=run.total_steps, steps_per_epoch=run.steps_per_epoch,
                    effective_batch_size=cfg.effective_batch_size(), world_size=cfg.world_size,
-                   device=str(run.device), precision=cfg.precision, notes=run.splits.notes,
+                   device=str(run.device), hardware=hardware(), precision=cfg.precision, notes=run.splits.notes,
                    tag_scheme=run.spec.tag_scheme, repaired_tags=run.spec.repaired_tags, **run.timings)
 
     def progress(self, console, total: int, done: int):
@@ -208,6 +208,10 @@ def markdown_table(columns: list[str], rows: list[list[str]]) -> str:
 
 # ---------------------------------------------------------------- files written at the end
 
+BASE_MODELS = {"minilm": ("sentence-transformers/all-MiniLM-L6-v2", "apache-2.0"),
+               "bert-base-uncased": ("google-bert/bert-base-uncased", "apache-2.0")}
+
+
 def write_outputs(run: "Run", summary: dict) -> None:
     out = run.out
     (out / "metrics.json").write_text(json.dumps(summary, indent=2, default=float))
@@ -215,7 +219,38 @@ def write_outputs(run: "Run", summary: dict) -> None:
     (out / "results.md").write_text(markdown_table(table_columns(evals), table_rows(evals)) + "\n")
     run.log.event("end", **{k: v for k, v in summary.items() if k in ("kept_step", "best_step", "stop_reason")},
                   **summary["train"])
-    (out / "README.md").write_text(model_card(run.cfg, run.task.kind, run.splits, run.frames, summary, evals))
+    summary["diagnosis"] = finalise(out)
+
+
+def read_run(folder: Path) -> tuple:
+    from bertfit.config import Config
+    from bertfit.errors import BertfitError
+    import yaml
+
+    needed = [folder / n for n in ("recipe.yaml", "log.jsonl", "metrics.json")]
+    missing = [p.name for p in needed if not p.is_file()]
+    if missing:
+        raise BertfitError(f"'{folder}' is not a finished bertfit run (missing {', '.join(missing)})")
+    cfg = Config.model_validate(yaml.safe_load(needed[0].read_text()))
+    events = [json.loads(line) for line in needed[1].read_text().splitlines() if line.strip()]
+    summary = json.loads(needed[2].read_text())
+    profile_path = folder / "data_profile.json"
+    profile = json.loads(profile_path.read_text()) if profile_path.is_file() else None
+    return cfg, events, summary, profile
+
+
+def finalise(folder: Path) -> list[dict]:
+    """Diagnosis, plots and model card, from the run's files alone (so `bertfit card` can redo them)."""
+    from bertfit.diagnose import as_dicts, diagnose
+    from bertfit.plots import draw_all
+
+    cfg, events, summary, profile = read_run(folder)
+    recipe = cfg.model_dump()
+    findings = as_dicts(diagnose(events, profile, summary, recipe))
+    (folder / "diagnosis.json").write_text(json.dumps(findings, indent=2))
+    plots = draw_all(folder, events, summary, profile, recipe)
+    (folder / "README.md").write_text(model_card(cfg, events, summary, profile, findings, plots))
+    return findings
 
 
 def framework_versions() -> dict:
@@ -224,13 +259,13 @@ def framework_versions() -> dict:
 
     import bertfit
 
-    versions = {"Transformers": transformers.__version__, "Pytorch": torch.__version__,
-                "Tokenizers": tokenizers.__version__, "bertfit": bertfit.__version__}
+    versions = {"Transformers": transformers.__version__, "Pytorch": torch.__version__}
     try:
         import datasets
         versions["Datasets"] = datasets.__version__
     except ImportError:
         pass
+    versions.update({"Tokenizers": tokenizers.__version__, "bertfit": bertfit.__version__})
     return versions
 
 
@@ -239,12 +274,13 @@ def hyperparameters(cfg) -> list[str]:
     lines = [f"learning_rate: {cfg.lr:g}", f"train_batch_size: {cfg.batch_size}",
              f"eval_batch_size: {cfg.eval_batch_size or max(64, 2 * cfg.batch_size)}", f"seed: {cfg.seed}"]
     if cfg.world_size > 1:
-        lines += ["distributed_type: multi-GPU" if torch.cuda.is_available() else "distributed_type: multi-CPU (gloo)",
+        lines += [f"distributed_type: {'multi-GPU' if torch.cuda.is_available() else 'multi-CPU (gloo)'}",
                   f"num_devices: {cfg.world_size}"]
     if cfg.grad_accum > 1:
         lines.append(f"gradient_accumulation_steps: {cfg.grad_accum}")
     if cfg.effective_batch_size() != cfg.batch_size:
-        lines.append(f"total_train_batch_size: {cfg.effective_batch_size()} (per device × devices × accumulation)")
+        lines.append(f"total_train_batch_size: {cfg.effective_batch_size()} (train_batch_size is per device: "
+                     f"{cfg.batch_size} × {cfg.world_size} devices × {cfg.grad_accum} accumulation steps)")
     lines += [f"optimizer: Adam with betas=({cfg.adam_beta1},{cfg.adam_beta2}) and epsilon={cfg.adam_epsilon:.0e}",
               f"lr_scheduler_type: {cfg.scheduler}"]
     if cfg.warmup_steps or cfg.warmup_ratio:
@@ -257,56 +293,95 @@ def hyperparameters(cfg) -> list[str]:
         lines.append(f"max_grad_norm: {cfg.clip_norm:g}")
     if cfg.precision in ("fp16", "bf16"):
         lines.append(f"mixed_precision_training: Native AMP ({cfg.precision})")
-    lines += [f"max_length: {cfg.max_length}", f"padding: {cfg.padding}", f"torch_compile: {bool(cfg.compile)}"]
+    lines += [f"max_length: {cfg.max_length} (truncation: {cfg.truncation})", f"padding: {cfg.padding}",
+              f"torch_compile: {bool(cfg.compile)}"]
     return lines
 
 
-def model_card(cfg, task_kind: str, splits, frames: dict, summary: dict, evals: list[dict]) -> str:
-    kept = summary["validation"]
-    metric_names = [k for k in scalar_metrics(kept) if k != "loss"]
-    result_split = "test" if "test" in summary else "validation"
-    front = ["---", "library_name: transformers", f"base_model: {cfg.model}", "tags:", "- generated_from_trainer",
-             "- bertfit", f"datasets:\n- {splits.name}", "metrics:"] + [f"- {m}" for m in metric_names]
-    front += ["model-index:", f"- name: {Path(cfg.output).name}", "  results:", "  - task:",
-              f"      type: {'token-classification' if task_kind == 'token' else 'text-classification'}",
-              f"      name: {'Token Classification' if task_kind == 'token' else 'Text Classification'}",
-              "    dataset:", f"      name: {splits.name}", f"      type: {splits.name}",
-              f"      split: {cfg.test_split if result_split == 'test' else cfg.eval_split}", "    metrics:"]
+def _front_matter(cfg, dataset: str, summary: dict, result_split: str, metric_names: list[str]) -> list[str]:
+    base, license_id = BASE_MODELS.get(cfg.model, (cfg.model, None))
+    kind = "token-classification" if cfg.task == "token" else "text-classification"
+    lines = ["---", "library_name: transformers", f"license: {license_id or 'other  # unknown: set the license'}",
+             f"base_model: {base}", "tags:", "- generated_from_trainer", "- bertfit", "datasets:", f"- {dataset}",
+             "metrics:"] + [f"- {m}" for m in metric_names]
+    lines += ["model-index:", f"- name: {Path(cfg.output).name}", "  results:", "  - task:", f"      type: {kind}",
+              f"      name: {kind.replace('-', ' ').title()}", "    dataset:", f"      name: {dataset}",
+              f"      type: {dataset}", f"      split: {cfg.test_split if result_split == 'test' else cfg.eval_split}",
+              "    metrics:"]
     for name in metric_names:
-        value = summary[result_split].get(name)
-        front += [f"    - name: {METRIC_TITLES.get(name, name)}", f"      type: {name}", f"      value: {value:.4f}"]
-    front.append("---")
+        lines += [f"    - name: {METRIC_TITLES.get(name, name)}", f"      type: {name}",
+                  f"      value: {summary[result_split][name]:.4f}"]
+    return lines + ["---"]
+
+
+def model_card(cfg, events: list[dict], summary: dict, profile, findings: list[dict], plots: list[str]) -> str:
+    from bertfit.inspection import summary_lines
+
+    start = next((e for e in events if e["event"] == "start"), {})
+    dataset = start.get("dataset", cfg.data)
+    evals = [e for e in events if e["event"] == "eval"]
+    result_split = "test" if "test" in summary else "validation"
+    metric_names = [k for k in scalar_metrics(summary[result_split]) if k != "loss"]
     labels = ", ".join(cfg.label_names) if cfg.label_names else "a real-valued score"
-    sizes = ", ".join(f"{name} {len(frame):,}" for name, frame in frames.items())
-    body = [f"# {Path(cfg.output).name}", "",
-            f"This model is a fine-tuned version of [{cfg.model}]({cfg.model}) on the {splits.name} dataset "
-            f"({task_kind}; labels: {labels}).", f"It achieves the following results on the {result_split} set:"]
+    base = BASE_MODELS.get(cfg.model, (cfg.model,))[0]
     shown = summary[result_split]
-    body += [f"- Loss: {shown['loss']:.4f}"] + [f"- {METRIC_TITLES.get(m, m)}: {shown[m]:.4f}" for m in metric_names]
-    body += ["", "## Model description", "",
-             f"- Base model: {cfg.model}", f"- Task: {task_kind}", f"- Labels: {labels}",
-             f"- Text columns: {', '.join(cfg.text_columns)}; label column: {cfg.label_column}", "",
-             "## Training and evaluation data", "", f"- Dataset: {splits.name} ({sizes} examples used)",
+    body = [f"# {Path(cfg.output).name}", "",
+            f"This model is a fine-tuned version of [{base}](https://huggingface.co/{base}) on the {dataset} dataset.",
+            f"It achieves the following results on the {result_split} set:", f"- Loss: {shown['loss']:.4f}"]
+    body += [f"- {METRIC_TITLES.get(m, m)}: {shown[m]:.4f}" for m in metric_names]
+    sizes = ", ".join(f"{name} {count:,}" for name, count in start.get("examples", {}).items())
+    body += ["", "## Model description", "", f"- Base model: {base} (`--model {cfg.model}`)", f"- Task: {cfg.task}",
+             f"- Labels ({len(cfg.label_names or [])}): {labels}" if cfg.label_names else f"- Target: {labels}",
+             f"- Input: {', '.join(cfg.text_columns)}; target column: {cfg.label_column}", "",
+             "## Training and evaluation data", "", f"- Dataset: {dataset}; examples used: {sizes}",
              f"- Splits: train = `{cfg.train_split}`, validation = `{cfg.eval_split}`"
              + (f", test = `{cfg.test_split}`" if cfg.test_split else "")]
-    body += [f"- Note: {note}" for note in splits.notes]
+    body += [f"- Note: {note}" for note in start.get("notes", [])]
+    if profile:
+        body += ["", "### Data profile", ""] + [f"- {line}" for line in summary_lines(profile)]
     body += ["", "## Training procedure", "", "### Training hyperparameters", "",
-             "The following hyperparameters were used during training:"]
+             "The following hyperparameters were used during training:", ""]
     body += [f"- {line}" for line in hyperparameters(cfg)]
     body += ["", "### Training results", "", markdown_table(table_columns(evals), table_rows(evals)), ""]
-    kept_note = (f"The weights kept are those of step {summary['kept_step']} (best {summary['metric_for_best']} "
-                 f"{summary['best_metric']:.4f})." if summary.get("best_metric") is not None else "")
-    body += [kept_note, "", "### Throughput", ""]
+    if summary.get("best_metric") is not None:
+        body.append(f"The weights kept are those of step {summary['kept_step']} (best {summary['metric_for_best']} "
+                    f"{summary['best_metric']:.4f} at step {summary['best_step']}).")
+    if any(e.get("train_accuracy") is not None for e in evals):
+        body += ["", "Per evaluation, on the training examples seen since the previous one and on validation:", "",
+                 markdown_table(["Epoch", "Step", "Training Loss", "Training Accuracy", "Validation Loss",
+                                 "Validation Accuracy"],
+                                [[f"{e['epoch']:.2f}", str(e["step"]), f"{e['train_loss']:.4f}",
+                                  f"{e['train_accuracy']:.4f}", f"{e['metrics']['loss']:.4f}",
+                                  f"{e['metrics'].get('accuracy', float('nan')):.4f}"]
+                                 for e in evals if e.get("train_accuracy") is not None])]
+    per_type = shown.get("per_type")
+    if per_type:
+        body += ["", f"### Per entity type ({result_split})", "",
+                 markdown_table(["Entity", "Precision", "Recall", "F1", "Support"],
+                                [[k, f"{v['precision']:.4f}", f"{v['recall']:.4f}", f"{v['f1']:.4f}", f"{v['support']:,}"]
+                                 for k, v in sorted(per_type.items())])]
     train = summary["train"]
-    body += [f"- Hardware: {hardware()}", f"- Training: {train['train_seconds']:.1f} s, "
-             f"{train['samples_per_second']:.1f} samples/s, {train['tokens_per_second']:.0f} real tokens/s, "
-             f"padding {train['padding_ratio']:.1%} of tokens", f"- Tokenization: {train['tokenize_seconds']:.1f} s"]
+    body += ["", "### Hardware and throughput", "", f"- Hardware: {start.get('hardware', hardware())}",
+             f"- Training: {train['train_seconds']:.1f} s for {train['steps']} steps, {train['samples_per_second']:.1f} "
+             f"samples/s, {train['tokens_per_second']:.0f} real tokens/s; padding {train['padding_ratio']:.1%} of "
+             "the tokens computed"]
+    if train.get("mfu") is not None:
+        body.append(f"- Model FLOP utilisation: {train['mfu']:.1%} of 800 TFLOP/s")
+    body.append(f"- Tokenization: {train['tokenize_seconds']:.1f} s (cached for reruns)")
+    body += ["", "## Diagnosis", ""]
+    if findings:
+        for finding in findings:
+            body += [f"- **{finding['severity'].upper()} — {finding['title']}.** {finding['evidence']}. "
+                     f"*Advice:* {finding['advice']}."]
+    else:
+        body.append("No problems found: losses, metrics, data and speed look healthy (`bertfit doctor` re-checks).")
+    if plots:
+        body += ["", "## Plots", ""] + [f"![{Path(p).stem}]({p})" for p in plots]
     body += ["", "### Framework versions", ""] + [f"- {k} {v}" for k, v in framework_versions().items()]
-    return "\n".join(front + body) + "\n"
+    return "\n".join(_front_matter(cfg, dataset, summary, result_split, metric_names) + body) + "\n"
 
 
 def hardware() -> str:
     if torch.cuda.is_available():
         return f"{torch.cuda.device_count()} × {torch.cuda.get_device_name(0)}"
-    return f"CPU ({platform.processor() or platform.machine()}, {os.cpu_count()} cores, {torch.get_num_threads()} threads)"
-
+    return f"CPU ({platform.machine()}, {os.cpu_count()} cores, {torch.get_num_threads()} threads)"

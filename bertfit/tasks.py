@@ -377,7 +377,8 @@ def build_task(kind: str, text_columns: list[str], label_column: str, label_name
 # ---------------------------------------------------------------- metrics (the field's implementations)
 
 def classification_metrics(labels: np.ndarray, predictions: np.ndarray, n_classes: int, matthews: bool) -> dict:
-    from sklearn.metrics import accuracy_score, f1_score, matthews_corrcoef, precision_score, recall_score
+    from sklearn.metrics import (accuracy_score, confusion_matrix, f1_score, matthews_corrcoef, precision_score,
+                                 recall_score)
 
     labels, predictions = np.asarray(labels), np.asarray(predictions)
     result = {"accuracy": float(accuracy_score(labels, predictions))}
@@ -392,7 +393,9 @@ def classification_metrics(labels: np.ndarray, predictions: np.ndarray, n_classe
                       precision_macro=precision_score(labels, predictions, **kwargs))
     if matthews:
         result["matthews"] = matthews_corrcoef(labels, predictions)
-    return {k: float(v) for k, v in result.items()}
+    result = {k: float(v) for k, v in result.items()}
+    result["confusion_matrix"] = confusion_matrix(labels, predictions, labels=list(range(n_classes))).tolist()
+    return result
 
 
 def regression_metrics(labels: np.ndarray, predictions: np.ndarray) -> dict:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import os
 import shutil
@@ -16,9 +17,10 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from bertfit import batching, checkpoint, data, models
+from bertfit import batching, checkpoint, data, inspection, models
 from bertfit.config import Config
 from bertfit.errors import BertfitError
+from bertfit.diagnose import GPU_PEAK_FLOPS
 from bertfit.report import RunLog, write_outputs
 from bertfit.tasks import Features, Task, build_task
 
@@ -247,7 +249,10 @@ def train(cfg: Config, resume: bool = False, overwrite: bool = False, console=No
     if not resume and ranks.main:
         run.out.mkdir(parents=True, exist_ok=True)
         (run.out / "recipe.yaml").write_text(cfg.to_yaml())
-        run.log.start(run)
+        data_profile = inspection.profile(run.frames, run.spec, {k: f.full_lengths for k, f in run.features.items()},
+                                          cfg.max_length)
+        (run.out / "data_profile.json").write_text(json.dumps(data_profile, indent=2))
+        run.log.start(run, inspection.summary_lines(data_profile))
     pad_id, pad_multiple = run.tokenizer.pad_token_id, pad_multiple_for(cfg, run.device)
     pad_length = cfg.max_length if cfg.padding == "none" else None
     train_features = run.features["train"]
@@ -443,9 +448,13 @@ def finish(run: Run) -> dict:
         results["test"] = evaluate(run.model, run.task, run.features["test"], run.frames["test"],
                                    eval_batch_size(cfg), run.device, cfg.precision, run.dist,
                                    run.tokenizer.pad_token_id)
+    train_stats = run.log.throughput(run)
+    if run.device.type == "cuda":  # 6 FLOPs per parameter per real token (forward + backward), attention aside
+        parameters = sum(p.numel() for p in run.model.parameters())
+        train_stats["mfu"] = 6 * parameters * train_stats["tokens_per_second"] / GPU_PEAK_FLOPS
     summary = {"kept_step": kept_step, "best_step": state.best_step, "best_metric": state.best_metric,
                "metric_for_best": cfg.metric_for_best or run.task.primary_metric, "stop_reason": state.stop_reason,
-               "final": run.log.evals[-1]["metrics"], **results, "train": run.log.throughput(run)}
+               "final": run.log.evals[-1]["metrics"], **results, "train": train_stats}
     if run.dist.main:
         run.model.save_pretrained(run.out)
         run.tokenizer.save_pretrained(run.out)

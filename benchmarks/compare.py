@@ -1,0 +1,271 @@
+"""Side-by-side benchmark: the HF Trainer and bertfit on the same data, model, recipe and machine, in one run.
+
+    python benchmarks/compare.py cpu          # minilm, SST-2 8,000 seeded examples, 1 epoch, bs 32 (2-core CPU target)
+    python benchmarks/compare.py ner          # minilm, CoNLL-2003, run_ner-style Trainer vs bertfit (F1 side by side)
+    python benchmarks/compare.py gpu          # minilm, full IMDB, seed recipe (lr 2e-5, bs 16, 3 epochs, linear, AMP)
+    python benchmarks/compare.py throughput   # bert-base-sized random-init model, IMDB-length data, bs 16 and 32 (GPU)
+
+Each side runs in its own process (so peak memory is its own) and reports tokenize, train and eval seconds,
+train samples/s and real (non-pad) tokens/s, eval samples/s, peak memory and final metrics. The result is
+printed and appended, dated, with machine, command and versions, to BENCHMARKS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+MODES = {
+    "cpu": {"model": "minilm", "data": "sst2", "max_train_samples": 8000, "epochs": 1, "batch_size": 32,
+            "eval_batch_size": 64, "lr": 5e-5, "max_length": 128, "scheduler": "linear", "seed": 42,
+            "precision": "fp32", "eval_split": "validation"},
+    "ner": {"model": "minilm", "data": "conll2003", "epochs": 1, "batch_size": 16, "eval_batch_size": 64,
+            "lr": 1e-4, "max_length": 128, "scheduler": "linear", "seed": 42, "precision": "fp32",
+            "eval_split": "validation", "test_split": "test"},
+    "gpu": {"model": "minilm", "data": "imdb", "epochs": 3, "batch_size": 16, "eval_batch_size": 16, "lr": 2e-5,
+            "max_length": 512, "scheduler": "linear", "seed": 42, "precision": "auto", "eval_split": "test"},
+}
+
+
+# ---------------------------------------------------------------- shared: the same examples on both sides
+
+def load_frames(recipe: dict) -> tuple[dict, object]:
+    """Both sides train and score on exactly these rows (bertfit's loaders and seeded subsets)."""
+    from bertfit import data
+
+    splits = data.load_splits(recipe["data"])
+    train, eval_split, test = data.choose_splits(splits, "train", recipe.get("eval_split"), recipe.get("test_split"),
+                                                 recipe["seed"], 0.1)
+    spec = data.detect(splits, train, "auto", None, None, None)
+    frames = {"train": data.subsample(splits.frames[train], recipe.get("max_train_samples"), recipe["seed"]),
+              "validation": splits.frames[eval_split]}
+    if test:
+        frames["test"] = splits.frames[test]
+    return frames, spec
+
+
+def peak_memory_mb() -> float:
+    import torch
+
+    if torch.cuda.is_available():
+        return torch.cuda.max_memory_allocated() / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+# ---------------------------------------------------------------- the HF Trainer side (run_glue / run_ner style)
+
+def hf_side(recipe: dict) -> dict:
+    import numpy as np
+    import torch
+    from datasets import Dataset
+    from transformers import (AutoModelForSequenceClassification, AutoModelForTokenClassification, AutoTokenizer,
+                              DataCollatorForTokenClassification, DataCollatorWithPadding, Trainer,
+                              TrainingArguments)
+
+    from bertfit.models import quiet_transformers, resolve_model
+    from bertfit.tasks import classification_metrics, token_metrics
+
+    quiet_transformers()
+    started = time.perf_counter()
+    frames, spec = load_frames(recipe)
+    path = resolve_model(recipe["model"])
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    token_task = spec.task == "token"
+    names = spec.label_names
+    tokenize_started = time.perf_counter()
+
+    def encode(frame):
+        if token_task:
+            words = [list(w) for w in frame[spec.text_columns[0]]]
+            enc = tokenizer(words, is_split_into_words=True, truncation=True, max_length=recipe["max_length"])
+            index = {n: i for i, n in enumerate(names)}
+            labels = []
+            for row, tags in enumerate(frame[spec.label_column]):
+                previous, row_labels = None, []
+                for word in enc.word_ids(row):
+                    row_labels.append(-100 if word is None or word == previous else index[tags[word]])
+                    previous = word
+                labels.append(row_labels)
+            return Dataset.from_dict({"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"],
+                                      "token_type_ids": enc["token_type_ids"], "labels": labels})
+        columns = [frame[c].astype(str).tolist() for c in spec.text_columns]
+        enc = tokenizer(*columns, truncation=True, max_length=recipe["max_length"])
+        return Dataset.from_dict({**enc, "labels": frame[spec.label_column].astype(int).tolist()})
+
+    datasets = {name: encode(frame) for name, frame in frames.items()}
+    tokenize_seconds = time.perf_counter() - tokenize_started
+    if token_task:
+        model = AutoModelForTokenClassification.from_pretrained(
+            path, num_labels=len(names), id2label=dict(enumerate(names)), label2id={n: i for i, n in enumerate(names)})
+        collator = DataCollatorForTokenClassification(tokenizer)
+    else:
+        model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=len(names))
+        collator = DataCollatorWithPadding(tokenizer)
+
+    def compute_metrics(prediction):
+        logits, labels = prediction
+        predicted = np.argmax(logits, axis=-1)
+        if not token_task:
+            return classification_metrics(labels, predicted, len(names), False)
+        true = [[names[l] for l in row if l != -100] for row in labels]
+        pred = [[names[p] for p, l in zip(prow, lrow) if l != -100] for prow, lrow in zip(predicted, labels)]
+        return {k: v for k, v in token_metrics(true, pred).items() if k != "per_type"}
+
+    cuda = torch.cuda.is_available()
+    amp = recipe["precision"] == "auto" and cuda
+    args = TrainingArguments(
+        output_dir=tempfile.mkdtemp(), learning_rate=recipe["lr"], per_device_train_batch_size=recipe["batch_size"],
+        per_device_eval_batch_size=recipe["eval_batch_size"], num_train_epochs=recipe["epochs"], seed=recipe["seed"],
+        lr_scheduler_type=recipe["scheduler"], adam_beta1=0.9, adam_beta2=0.999, adam_epsilon=1e-8, max_grad_norm=1.0,
+        fp16=amp, eval_strategy="no", save_strategy="no", logging_steps=50, report_to=[],
+        disable_tqdm=True, dataloader_num_workers=0)
+    trainer = Trainer(model=model, args=args, train_dataset=datasets["train"], data_collator=collator,
+                      compute_metrics=compute_metrics)
+    train_started = time.perf_counter()
+    trainer.train()
+    train_seconds = time.perf_counter() - train_started
+    results = {}
+    eval_seconds = 0.0
+    for split in [s for s in ("validation", "test") if s in datasets]:
+        eval_started = time.perf_counter()
+        metrics = trainer.evaluate(datasets[split])
+        eval_seconds += time.perf_counter() - eval_started
+        results[split] = {k.removeprefix("eval_"): v for k, v in metrics.items()
+                          if not k.endswith(("runtime", "per_second", "epoch"))}
+    n_train = len(frames["train"]) * recipe["epochs"]
+    real_tokens = sum(len(x) for x in datasets["train"]["input_ids"]) * recipe["epochs"]
+    n_eval = sum(len(frames[s]) for s in results)
+    return {"tokenize_seconds": tokenize_seconds, "train_seconds": train_seconds, "eval_seconds": eval_seconds,
+            "total_seconds": time.perf_counter() - started, "train_samples_per_second": n_train / train_seconds,
+            "train_tokens_per_second": real_tokens / train_seconds, "eval_samples_per_second": n_eval / eval_seconds,
+            "peak_memory_mb": peak_memory_mb(), "metrics": results}
+
+
+# ---------------------------------------------------------------- the bertfit side
+
+def bertfit_side(recipe: dict) -> dict:
+    from bertfit.config import build_config
+    from bertfit.report import scalar_metrics
+    from bertfit.train import train
+
+    started = time.perf_counter()
+    out = tempfile.mkdtemp()
+    cfg = build_config(None, {**recipe, "output": out, "eval_every": "epoch", "keep_best": False,
+                              "log_every": 10**6})
+    summary = train(cfg, overwrite=True)
+    total = time.perf_counter() - started
+    events = [json.loads(line) for line in Path(out, "log.jsonl").read_text().splitlines()]
+    examples = events[0]["examples"]
+    results = {"validation": scalar_metrics(summary["validation"])}
+    eval_seconds = summary["validation"]["runtime"]
+    n_eval = examples["validation"]
+    if "test" in summary:
+        results["test"] = scalar_metrics(summary["test"])
+        eval_seconds += summary["test"]["runtime"]
+        n_eval += examples["test"]
+    train_stats = summary["train"]
+    return {"tokenize_seconds": train_stats["tokenize_seconds"], "train_seconds": train_stats["train_seconds"],
+            "eval_seconds": eval_seconds, "total_seconds": total,
+            "train_samples_per_second": train_stats["samples_per_second"],
+            "train_tokens_per_second": train_stats["tokens_per_second"],
+            "eval_samples_per_second": n_eval / eval_seconds, "padding_ratio": train_stats["padding_ratio"],
+            "peak_memory_mb": peak_memory_mb(), "metrics": results}
+
+
+# ---------------------------------------------------------------- running both and reporting
+
+def run_side(side: str, mode: str, overrides: list[str]) -> dict:
+    command = [sys.executable, __file__, mode, "--side", side, *sum((["--set", o] for o in overrides), [])]
+    done = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
+    if done.returncode != 0:
+        raise SystemExit(f"{side} side failed:\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def versions() -> str:
+    import tokenizers
+    import torch
+    import transformers
+
+    return f"torch {torch.__version__}, transformers {transformers.__version__}, tokenizers {tokenizers.__version__}"
+
+
+def machine() -> str:
+    import torch
+
+    if torch.cuda.is_available():
+        return f"{torch.cuda.get_device_name(0)}, {os.cpu_count()} CPU cores"
+    return f"CPU {platform.machine()}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads"
+
+
+def report(mode: str, recipe: dict, hf: dict, ours: dict, command: str) -> str:
+    split = "test" if "test" in hf["metrics"] else "validation"
+    main = "f1" if "f1" in hf["metrics"][split] and "precision" in hf["metrics"][split] and mode == "ner" else "accuracy"
+    rows = [("tokenize s", "tokenize_seconds", ".1f"), ("train s", "train_seconds", ".1f"),
+            ("eval s", "eval_seconds", ".1f"), ("end-to-end s", "total_seconds", ".1f"),
+            ("train samples/s", "train_samples_per_second", ".1f"),
+            ("train real tokens/s", "train_tokens_per_second", ".0f"),
+            ("eval samples/s", "eval_samples_per_second", ".1f"), ("peak memory MB", "peak_memory_mb", ".0f")]
+    lines = [f"### {mode}: {datetime.date.today().isoformat()}", "",
+             f"- machine: {machine()}; {versions()}", f"- command: `{command}`",
+             f"- recipe: {json.dumps(recipe)}", "",
+             "| measure | HF Trainer | bertfit | bertfit / Trainer |", "|---|---:|---:|---:|"]
+    for title, key, fmt in rows:
+        ratio = ours[key] / hf[key] if hf[key] else float("nan")
+        if key.endswith(("seconds", "_mb")):
+            ratio_text = f"{hf[key] / ours[key]:.2f}× faster" if key.endswith("seconds") and ours[key] else f"{ratio:.2f}"
+        else:
+            ratio_text = f"{ratio:.2f}×"
+        lines.append(f"| {title} | {hf[key]:{fmt}} | {ours[key]:{fmt}} | {ratio_text} |")
+    for split_name in [s for s in ("validation", "test") if s in hf["metrics"]]:
+        for metric in [m for m in ("accuracy", "f1", "precision", "recall") if m in hf["metrics"][split_name]]:
+            a, b = hf["metrics"][split_name][metric], ours["metrics"][split_name][metric]
+            lines.append(f"| {split_name} {metric} | {a:.4f} | {b:.4f} | {100 * (b - a):+.2f} points |")
+    lines.append(f"| bertfit padding share | | {ours.get('padding_ratio', 0):.1%} | |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("mode", choices=sorted(MODES) + ["throughput"])
+    parser.add_argument("--side", choices=["hf", "bertfit"], help=argparse.SUPPRESS)
+    parser.add_argument("--set", action="append", default=[], help="KEY=VALUE recipe override for both sides")
+    parser.add_argument("--no-write", action="store_true", help="print only; do not append to BENCHMARKS.md")
+    args = parser.parse_args()
+    os.environ.setdefault("BERTFIT_DATA_DIR", str(REPO.parent / "shared" / "data"))
+    if args.mode == "throughput":
+        from throughput import main as throughput_main
+
+        throughput_main(args.no_write)
+        return
+    from bertfit.config import parse_set_overrides
+
+    recipe = {**MODES[args.mode], **parse_set_overrides(args.set)}
+    if args.side:
+        result = (hf_side if args.side == "hf" else bertfit_side)(recipe)
+        print(json.dumps(result, default=float))
+        return
+    command = "python benchmarks/compare.py " + " ".join(sys.argv[1:])
+    hf = run_side("hf", args.mode, args.set)
+    ours = run_side("bertfit", args.mode, args.set)
+    text = report(args.mode, recipe, hf, ours, command)
+    print(text)
+    if not args.no_write:
+        with open(REPO / "BENCHMARKS.md", "a") as handle:
+            handle.write("\n" + text)
+
+
+if __name__ == "__main__":
+    main()
