@@ -19,6 +19,8 @@ READERS = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".json": "jsonl", ".
 SPLIT_NAMES = {"train": ("train",), "validation": ("validation", "valid", "val", "dev", "testa"),
                "test": ("test", "testb")}
 
+# Longer "texts" are nearly always a CSV quote left open, swallowing the rest of the file into one field.
+MAX_TEXT_CHARS = 100_000
 TEXT_COLUMNS = ("text", "sentence", "review", "tweet", "content", "document", "comment")
 PAIR_COLUMNS = (("sentence1", "sentence2"), ("premise", "hypothesis"), ("question", "sentence"),
                 ("question1", "question2"), ("question", "passage"), ("text_a", "text_b"))
@@ -130,7 +132,7 @@ def _read_delimited(path: Path, kind: str) -> pd.DataFrame:
     except pd.errors.EmptyDataError:
         raise BertfitError(f"file '{path}' is empty; it needs a header row and at least one example") from None
     except pd.errors.ParserError as err:
-        detail = str(err).strip().splitlines()[-1]
+        detail = str(err).strip().splitlines()[-1].split("C error: ")[-1]
         shown_sep = "tab" if kind == "tsv" else "comma"
         raise BertfitError(f"file '{path}' has rows with the wrong number of fields ({detail}); "
                            f"quote fields that contain a {shown_sep}") from None
@@ -269,13 +271,17 @@ def _folder_label_names(folder: Path, files: dict[str, str]) -> Optional[list[st
     return KNOWN_LABEL_NAMES.get(folder.name)
 
 
+def require_split(splits: Splits, train_split: str) -> None:
+    if train_split not in splits.frames:
+        raise BertfitError(f"dataset '{splits.name}' has no '{train_split}' split (it has: {', '.join(splits.frames)}); "
+                           f"choose one with --set train_split=NAME")
+
+
 def choose_splits(splits: Splits, train_split: str, eval_split: Optional[str], test_split: Optional[str],
                   seed: int, validation_fraction: float) -> tuple[str, str, Optional[str]]:
     """Name the train/eval/test splits, carving a seeded validation split off train when there is none."""
     frames = splits.frames
-    if train_split not in frames:
-        raise BertfitError(f"dataset '{splits.name}' has no '{train_split}' split (it has: {', '.join(frames)}); "
-                           f"choose one with --set train_split=NAME")
+    require_split(splits, train_split)
     if eval_split is None:
         eval_split = next((s for s in ("validation", "test") if s in frames and s != train_split), None)
     elif eval_split not in frames:
@@ -375,6 +381,13 @@ def _label_kinds(values: pd.Series) -> set[str]:
 def _label_names(splits: Splits, label: str, given: Optional[list[str]]) -> list[str]:
     values = pd.concat([f[label] for f in splits.frames.values() if label in f.columns], ignore_index=True)
     kinds = _label_kinds(values)
+    if kinds == {"string"}:  # CSV/TSV cells are all strings: "0" next to "pos" is the same mix
+        numeric = values.dropna().astype(str).str.fullmatch(r"-?\d+(\.\d+)?")
+        if numeric.any() and not numeric.all():
+            kinds = {"string", "number"}
+        elif numeric.all():
+            values = values.astype(float).astype(int)
+            kinds = {"number"}
     if kinds == {"string", "number"}:
         raise BertfitError(f"label column '{label}' mixes numbers and strings; use one kind of label")
     if "string" in kinds:
@@ -420,6 +433,11 @@ def _check_rows(splits: Splits, spec: DataSpec, train_split: str, strict: bool) 
                 row = int(np.flatnonzero(empty.to_numpy())[0])
                 raise BertfitError(f"'{file}' row {row + 1}: text column '{column}' is empty "
                                    f"({int(empty.sum())} such rows); drop or fill them")
+            sizes = texts.astype(str).str.len()
+            if (sizes > MAX_TEXT_CHARS).any() and strict:
+                row = int(np.flatnonzero((sizes > MAX_TEXT_CHARS).to_numpy())[0])
+                raise BertfitError(f"'{file}' row {row + 1}: text in '{column}' is {int(sizes.iloc[row]):,} characters "
+                                   f"(limit {MAX_TEXT_CHARS:,}); check for an unclosed quote, or split the document")
         if spec.task == "regression" and not pd.api.types.is_numeric_dtype(labels):
             raise BertfitError(f"'{file}': regression needs numeric labels in '{spec.label_column}'")
         if spec.task == "classification":

@@ -224,10 +224,11 @@ class ClassificationTask(SequenceTask):
 
     def label_ids(self, frame: pd.DataFrame) -> np.ndarray:
         values = frame[self.label_column]
-        if values.map(lambda v: isinstance(v, str)).any():
-            index = {name: i for i, name in enumerate(self.label_names)}
-            return values.astype(str).map(index).to_numpy(np.int64)
-        return values.astype(int).to_numpy(np.int64)
+        index = {name: i for i, name in enumerate(self.label_names)}
+        as_text = values.astype(str)
+        if as_text.isin(index).all():
+            return as_text.map(index).to_numpy(np.int64)
+        return values.astype(float).astype(np.int64).to_numpy()
 
     def loss_sum(self, logits, labels):
         return F.cross_entropy(logits.float(), labels, reduction="sum")

@@ -17,10 +17,9 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from bertfit import batching, checkpoint, data, inspection, models
+from bertfit import batching, checkpoint, data, diagnose, inspection, models
 from bertfit.config import Config
 from bertfit.errors import BertfitError
-from bertfit.diagnose import GPU_PEAK_FLOPS
 from bertfit.report import RunLog, write_outputs
 from bertfit.tasks import Features, Task, build_task
 
@@ -132,9 +131,11 @@ def prepare_data(cfg: Config, tokenizer) -> tuple[Config, data.Splits, data.Data
     """Load, detect, subsample and tokenize (cached); returns the config with every auto field resolved."""
     started = time.perf_counter()
     splits = data.load_splits(cfg.data)
+    data.require_split(splits, cfg.train_split)
+    # Rows are checked before a validation split is carved off, so errors name rows of the user's file.
+    spec = data.detect(splits, cfg.train_split, cfg.task, cfg.text_columns, cfg.label_column, cfg.label_names)
     train_split, eval_split, test_split = data.choose_splits(splits, cfg.train_split, cfg.eval_split, cfg.test_split,
                                                             cfg.seed, cfg.validation_fraction)
-    spec = data.detect(splits, train_split, cfg.task, cfg.text_columns, cfg.label_column, cfg.label_names)
     model_max = min(int(getattr(tokenizer, "model_max_length", 512) or 512), 512)
     max_length = cfg.max_length or model_max
     if max_length > model_max:
@@ -315,6 +316,9 @@ def train(cfg: Config, resume: bool = False, overwrite: bool = False, console=No
     if state.stop_reason == "diverged":
         last_good = checkpoint.complete(run.out / "checkpoints")
         run.log.event("diverged", step=state.step, bad_steps=state.bad_steps)
+        if ranks.main:
+            findings = diagnose.as_dicts(diagnose.diagnose(run.log.events, None, {}, cfg.model_dump()))
+            (run.out / "diagnosis.json").write_text(json.dumps(findings, indent=2))
         raise Diverged(f"training stopped at step {state.step}: {state.bad_steps} consecutive steps had non-finite "
                        f"loss or gradients; lower --lr or use --precision fp32/bf16 (last good checkpoint: "
                        f"{last_good[-1] if last_good else 'none'})")
@@ -451,7 +455,7 @@ def finish(run: Run) -> dict:
     train_stats = run.log.throughput(run)
     if run.device.type == "cuda":  # 6 FLOPs per parameter per real token (forward + backward), attention aside
         parameters = sum(p.numel() for p in run.model.parameters())
-        train_stats["mfu"] = 6 * parameters * train_stats["tokens_per_second"] / GPU_PEAK_FLOPS
+        train_stats["mfu"] = 6 * parameters * train_stats["tokens_per_second"] / diagnose.GPU_PEAK_FLOPS
     summary = {"kept_step": kept_step, "best_step": state.best_step, "best_metric": state.best_metric,
                "metric_for_best": cfg.metric_for_best or run.task.primary_metric, "stop_reason": state.stop_reason,
                "final": run.log.evals[-1]["metrics"], **results, "train": train_stats}

@@ -1,0 +1,106 @@
+"""Doctor flags the seeds' problems and stays silent on healthy runs: synthetic logs, then real runs."""
+
+import json
+
+import pytest
+
+from bertfit.diagnose import diagnose
+from conftest import run_cli
+
+
+def evals(rows, **extra):
+    return [{"event": "eval", "step": step, "epoch": step / 1563, "train_loss": train,
+             "metrics": {"loss": val, "accuracy": acc}, **extra} for step, train, val, acc in rows]
+
+
+def ids(findings):
+    return [f.id for f in findings]
+
+
+BINARY = {"task": "classification", "label_names": ["neg", "pos"], "lr": 2e-5}
+BIG_PROFILE = {"splits": {"validation": {"rows": 25000, "majority_rate": 0.5}, "train": {"majority_rate": 0.5}}}
+
+
+def test_imdb_seed_overfitting_is_named_with_best_step():
+    # bert-base-uncased-ft-imdb: validation loss 0.1783 at step 2250 rose to 0.2556 at step 6000.
+    rows = [(750, 0.3012, 0.2102, 0.9290), (1500, 0.2101, 0.1854, 0.9380), (2250, 0.1850, 0.1783, 0.9420),
+            (3000, 0.1203, 0.1945, 0.9431), (3750, 0.0951, 0.2103, 0.9440), (4500, 0.0612, 0.2287, 0.9445),
+            (5250, 0.0402, 0.2412, 0.9450), (6000, 0.0251, 0.2556, 0.9450)]
+    summary = {"kept_step": 6000, "best_step": 5250, "metric_for_best": "accuracy",
+               "train": {"train_seconds": 3000, "padding_ratio": 0.1}}
+    findings = diagnose(evals(rows), BIG_PROFILE, summary, BINARY)
+    assert ids(findings) == ["overfitting"]
+    assert "0.1783 at step 2250 → 0.2556 at step 6000 (+43%)" in findings[0].evidence
+    assert "not the best" in findings[0].evidence and "early_stopping" in findings[0].advice
+
+
+def test_tweet_seed_learning_rate_too_high():
+    # Horovod_Tweet_Sentiment_1K_4eps: Adam lr 3e-4; validation accuracy 0.52-0.54 on 3 classes after 4 epochs.
+    rows = [(32, 1.0921, 1.0502, 0.5200), (64, 1.0872, 1.0455, 0.5300), (96, 1.0856, 1.0431, 0.5400),
+            (128, 1.0849, 1.0440, 0.5300)]
+    recipe = {"task": "classification", "label_names": ["negative", "neutral", "positive"], "lr": 3e-4}
+    profile = {"splits": {"validation": {"rows": 2000, "majority_rate": 0.52}, "train": {"majority_rate": 0.48}}}
+    summary = {"metric_for_best": "accuracy", "train": {"train_seconds": 60, "padding_ratio": 0.1}}
+    findings = diagnose(evals(rows), profile, summary, recipe)
+    assert ids(findings) == ["lr_too_high"] and findings[0].severity == "error"
+    assert "ln(3) = 1.0986" in findings[0].evidence and "2e-5 to 5e-5" in findings[0].advice
+
+
+def test_healthy_run_has_no_findings():
+    rows = [(125, 0.4398, 0.4242, 0.8085), (250, 0.3107, 0.3473, 0.8429)]
+    events = [{"event": "train", "step": s, "loss": l} for s, l in ((50, 0.62), (100, 0.45), (150, 0.38), (200, 0.33))]
+    events += evals(rows, train_accuracy=0.86)
+    profile = {"splits": {"validation": {"rows": 872, "majority_rate": 0.509},
+                          "train": {"majority_rate": 0.56, "imbalance_ratio": 1.26}}, "leakage": {"validation": {
+                              "exact": 0, "normalised": 2, "share": 0.002}}}
+    summary = {"metric_for_best": "accuracy", "kept_step": 250, "best_step": 250,
+               "validation": {"confusion_matrix": [[350, 78], [59, 385]]},
+               "train": {"train_seconds": 58, "padding_ratio": 0.04}}
+    assert diagnose(events, profile, summary, {**BINARY, "lr": 5e-5}) == []
+
+
+def test_data_and_speed_findings():
+    profile = {"splits": {"train": {"imbalance_ratio": 9.0, "labels": {"neg": 900, "pos": 100}, "rows": 1000,
+                                    "tokens": {"truncated_share": 0.15, "max_length": 512, "max": 2700,
+                                               "percentiles": {"p95": 900}}},
+                          "validation": {"rows": 5000}},
+               "leakage": {"validation": {"exact": 40, "normalised": 60, "share": 0.012}}}
+    summary = {"validation": {"confusion_matrix": [[480, 20], [400, 100]]},
+               "train": {"train_seconds": 10, "padding_ratio": 0.45}}
+    events = evals([(10, 0.3, 0.4, 0.58)]) + [{"event": "bad_step", "step": 3}]
+    events[0]["metrics"]["runtime"] = 30.0
+    found = {f.id: f for f in diagnose(events, profile, summary, BINARY)}
+    assert set(found) == {"non_finite", "imbalance", "leakage", "truncation", "slow"}
+    assert "recall of 'pos' is 0.20" in found["imbalance"].evidence
+    assert "head+tail" in found["truncation"].advice
+    assert "45% of the tokens computed are padding" in found["slow"].evidence
+
+
+def test_collapse_and_metric_noise():
+    summary = {"metric_for_best": "accuracy", "validation": {"confusion_matrix": [[50, 0], [48, 2]]},
+               "train": {"train_seconds": 10}}
+    profile = {"splits": {"validation": {"rows": 100, "majority_rate": 0.5}, "train": {"majority_rate": 0.5}}}
+    rows = [(10, 0.5, 0.6, 0.50), (20, 0.45, 0.62, 0.52)]
+    found = ids(diagnose(evals(rows), profile, summary, BINARY))
+    assert "collapse" in found and "metric_noise" in found
+
+
+@pytest.mark.slow
+def test_real_runs_lr_too_high_flagged_and_healthy_silent(tmp_path, capsys):
+    common = ["train", "--model", "minilm", "--data", "sst2", "--batch-size", 16, "--max-length", 64]
+    code, stdout, stderr = run_cli(common + ["--output", tmp_path / "hot", "--lr", "1e-2", "--max-train-samples", 480,
+                                             "--max-steps", 30, "--eval-every", 15], capsys)
+    assert code == 0, stderr
+    hot = {f["id"] for f in json.loads((tmp_path / "hot" / "diagnosis.json").read_text())}
+    assert hot & {"lr_too_high", "collapse"}, hot
+    assert "Not learning" in stdout or "Collapse" in stdout
+    code, _, stderr = run_cli(common + ["--output", tmp_path / "ok", "--lr", "1e-4", "--max-train-samples", 1920,
+                                        "--epochs", 1], capsys)
+    assert code == 0, stderr
+    assert json.loads((tmp_path / "ok" / "diagnosis.json").read_text()) == []
+    code, printed, _ = run_cli(["doctor", tmp_path / "ok"], capsys)
+    assert code == 0 and "no findings" in printed
+    card = (tmp_path / "ok" / "README.md").read_text()
+    assert "## Diagnosis" in card and "No problems found" in card and "![loss](plots/loss.png)" in card
+    for plot in ("loss", "metrics", "confusion", "lengths"):
+        assert (tmp_path / "ok" / "plots" / f"{plot}.png").stat().st_size > 5000

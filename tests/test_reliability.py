@@ -1,0 +1,164 @@
+"""Exact resume after SIGKILL, SIGTERM checkpoints, disk-full, NaN guard, safe loading."""
+
+import errno
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from bertfit.report import scalar_metrics
+from conftest import SAMPLES, run_cli
+from test_train_tiny import log_without_timings
+
+STEPS = 36
+
+
+def recipe_args(model, out):
+    return ["train", "--model", model, "--data", SAMPLES / "sst2_200.csv", "--output", out, "--batch-size", 8,
+            "--max-steps", STEPS, "--eval-every", 12, "--checkpoint-every", 3, "--lr", "1e-3", "--set", "log_every=1",
+            "--max-length", 128, "--padding", "dynamic"]
+
+
+def spawn(args, env_extra=None):
+    env = {**os.environ, **(env_extra or {})}
+    return subprocess.Popen([sys.executable, "-m", "bertfit", *map(str, args)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, env=env)
+
+
+def wait_for_step(process, log: Path, step: int, timeout: float = 120) -> int:
+    """Poll the log until a training line at `step` or later appears; returns the step seen."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if process.poll() is not None:
+            raise AssertionError(f"run ended before step {step}: {process.stderr.read().decode()[-2000:]}")
+        if log.is_file():
+            for line in log.read_text().splitlines()[::-1]:
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError:
+                    continue
+                if record.get("event") == "train" and record["step"] >= step:
+                    return record["step"]
+        time.sleep(0.002)
+    raise AssertionError(f"step {step} not reached in {timeout} s")
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory, tiny_bert):
+    out = tmp_path_factory.mktemp("whole") / "run"
+    process = spawn(recipe_args(tiny_bert, out))
+    _, err = process.communicate(timeout=300)
+    assert process.returncode == 0, err.decode()[-2000:]
+    return out
+
+
+@pytest.mark.parametrize("kill_at", [4, 14, 29])
+def test_sigkill_then_resume_is_bit_identical(uninterrupted, tiny_bert, tmp_path, kill_at):
+    out = tmp_path / "run"
+    process = spawn(recipe_args(tiny_bert, out))
+    killed_after = wait_for_step(process, out / "log.jsonl", kill_at)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    checkpoints = sorted((out / "checkpoints").glob("step-*"))
+    assert checkpoints, "no checkpoint before the kill"
+    assert not (out / "metrics.json").exists()
+    resumed = spawn(recipe_args(tiny_bert, out) + ["--resume"])
+    _, err = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0, err.decode()[-2000:]
+    # Bit for bit: the final weights of the resumed run equal those of the uninterrupted one.
+    ours, theirs = load_file(out / "model.safetensors"), load_file(uninterrupted / "model.safetensors")
+    assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours), killed_after
+    assert log_without_timings(out / "log.jsonl") == log_without_timings(uninterrupted / "log.jsonl")
+    assert scalar_metrics(json.loads((out / "metrics.json").read_text())["validation"]) == \
+        scalar_metrics(json.loads((uninterrupted / "metrics.json").read_text())["validation"])
+
+
+def test_sigterm_saves_a_resumable_checkpoint_and_exits_143(tiny_bert, tmp_path):
+    out = tmp_path / "run"
+    process = spawn(recipe_args(tiny_bert, out))
+    wait_for_step(process, out / "log.jsonl", 5)
+    process.send_signal(signal.SIGTERM)
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 143, err.decode()[-2000:]
+    assert "stopped by SIGTERM; resume with --resume" in err.decode()
+    newest = sorted((out / "checkpoints").glob("step-*"))[-1]
+    assert (newest / "training_state.pt").is_file() and not list((out / "checkpoints").glob(".tmp-*"))
+    resumed = spawn(recipe_args(tiny_bert, out) + ["--resume"])
+    _, err = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0, err.decode()[-2000:]
+    assert json.loads((out / "metrics.json").read_text())["train"]["steps"] == STEPS
+
+
+def test_disk_full_stops_cleanly_and_the_previous_checkpoint_loads(tiny_bert, tmp_path, capsys, monkeypatch):
+    from bertfit import checkpoint
+
+    real_save, calls = checkpoint.save_model, {"n": 0}
+
+    def full_disk(model, filename, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_save(model, filename, *args, **kwargs)
+
+    monkeypatch.setattr(checkpoint, "save_model", full_disk)
+    out = tmp_path / "run"
+    code, _, stderr = run_cli(recipe_args(tiny_bert, out), capsys)
+    assert code == 2 and "disk full while writing checkpoint step-00000006" in stderr
+    assert len(stderr.strip().splitlines()) == 1
+    survivors = checkpoint.complete(out / "checkpoints")
+    assert [p.name for p in survivors] == ["step-00000003"] and not list((out / "checkpoints").glob(".tmp-*"))
+    state = checkpoint.load_state(survivors[0])
+    assert state["state"]["step"] == 3
+    monkeypatch.setattr(checkpoint, "save_model", real_save)
+    code, _, stderr = run_cli(recipe_args(tiny_bert, out) + ["--resume"], capsys)
+    assert code == 0, stderr
+
+
+def test_non_finite_steps_never_reach_the_weights(tiny_bert, tmp_path, capsys, monkeypatch):
+    from bertfit import checkpoint
+    from bertfit.tasks import ClassificationTask
+
+    real_loss, calls = ClassificationTask.loss_sum, {"n": 0}
+
+    def poisoned(self, logits, labels):
+        calls["n"] += 1
+        loss = real_loss(self, logits, labels)
+        return loss * float("nan") if calls["n"] > 7 else loss
+
+    monkeypatch.setattr(ClassificationTask, "loss_sum", poisoned)
+    out = tmp_path / "run"
+    code, _, stderr = run_cli(recipe_args(tiny_bert, out) + ["--set", "max_bad_steps=4", "--eval-every", 30], capsys)
+    assert code == 2 and "training stopped at step 11: 4 consecutive steps had non-finite loss" in stderr
+    last_good = checkpoint.complete(out / "checkpoints")[-1]
+    weights = load_file(last_good / "model.safetensors")
+    assert all(torch.isfinite(w).all() for w in weights.values())
+    diagnosis = json.loads((out / "diagnosis.json").read_text())
+    assert diagnosis[0]["id"] == "non_finite" and "the run stopped" in diagnosis[0]["evidence"]
+    bad = [json.loads(l) for l in (out / "log.jsonl").read_text().splitlines() if '"bad_step"' in l]
+    assert [b["step"] for b in bad] == [8, 9, 10, 11]
+
+
+def test_resume_refuses_a_changed_recipe_and_foreign_pickles(tiny_bert, tmp_path, capsys):
+    out = tmp_path / "run"
+    args = recipe_args(tiny_bert, out)
+    args[args.index("--max-steps") + 1] = 6
+    args[args.index("--eval-every") + 1] = 3
+    assert run_cli(args, capsys)[0] == 0
+    code, _, stderr = run_cli(args + ["--resume", "--lr", "2e-3"], capsys)
+    assert code == 2 and "the recipe changed (lr: 0.001 in the checkpoint, 0.002 now)" in stderr
+    newest = sorted((out / "checkpoints").glob("step-*"))[-1]
+
+    class Payload:
+        def __reduce__(self):
+            return (os.system, ("echo pwned",))
+
+    torch.save({"state": Payload()}, newest / "training_state.pt")
+    code, _, stderr = run_cli(args + ["--resume"], capsys)
+    assert code == 2 and "holds objects other than tensors and plain values" in stderr
