@@ -85,7 +85,7 @@ class Config(BaseModel):
 
     # Evaluation and model selection
     eval_every: Union[int, Literal["epoch"]] = "epoch"
-    log_every: int = Field(50, gt=0)
+    log_every: Optional[int] = Field(None, gt=0)  # None: about 25 training-loss points per run, at most every 50
     metrics: list[Literal["matthews"]] = []
     metric_for_best: Optional[str] = None
     early_stopping: Optional[int] = Field(None, gt=0)

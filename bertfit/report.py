@@ -327,7 +327,7 @@ def model_card(cfg, events: list[dict], summary: dict, profile, findings: list[d
     shown = summary[result_split]
     body = [f"# {Path(cfg.output).name}", "",
             f"This model is a fine-tuned version of [{base}](https://huggingface.co/{base}) on the {dataset} dataset.",
-            f"It achieves the following results on the {result_split} set:", f"- Loss: {shown['loss']:.4f}"]
+            f"It achieves the following results on the {result_split} set:", "", f"- Loss: {shown['loss']:.4f}"]
     body += [f"- {METRIC_TITLES.get(m, m)}: {shown[m]:.4f}" for m in metric_names]
     sizes = ", ".join(f"{name} {count:,}" for name, count in start.get("examples", {}).items())
     body += ["", "## Model description", "", f"- Base model: {base} (`--model {cfg.model}`)", f"- Task: {cfg.task}",

@@ -53,7 +53,7 @@ class Features:
                 continue
             arrays[name] = np.concatenate(value) if isinstance(value, list) else value
             arrays[f"{name}__ragged"] = np.array(isinstance(value, list))
-        tmp = path.with_suffix(".tmp.npz")
+        tmp = path.with_suffix(f".{os.getpid()}.tmp.npz")  # ranks may write the same cache entry at once
         np.savez(tmp, **arrays)
         os.replace(tmp, path)
 

@@ -201,6 +201,7 @@ def setup(cfg: Config, resume: bool = False, overwrite: bool = False) -> Run:
         cfg.resolved(precision=precision, compile=compile_model, world_size=ranks.world), tokenizer)
     per_epoch = len(plan_epoch(cfg, features["train"], 0))
     total = cfg.max_steps or math.ceil(cfg.epochs * per_epoch)
+    cfg = cfg.resolved(log_every=cfg.log_every or max(1, min(50, total // 25)))
     if isinstance(cfg.eval_every, int) and cfg.eval_every > total:
         raise BertfitError(f"eval_every {cfg.eval_every} is larger than the whole run ({total} steps); "
                            f"use a value up to {total} or 'epoch'")
@@ -215,15 +216,17 @@ def setup(cfg: Config, resume: bool = False, overwrite: bool = False) -> Run:
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
     state = State()
     if resume:
-        state = restore(out, cfg, model, optimizer, scheduler, scaler)
-    elif ranks.main and out.is_dir():
+        state = restore(out, cfg, model, optimizer, scheduler, scaler, ranks.rank)
+    if ranks.enabled:
+        dist.barrier()  # every rank has checked the output folder before rank 0 clears it
+    if not resume and ranks.main and out.is_dir():
         shutil.rmtree(out)
     log = RunLog(out / "log.jsonl", enabled=ranks.main, device=device, state=state, resumed=resume)
     return Run(cfg, out, ranks, device, task, splits, spec, frames, features, tokenizer, model, forward, optimizer,
                scheduler, scaler, per_epoch, total, log, state, timings)
 
 
-def restore(out: Path, cfg: Config, model, optimizer, scheduler, scaler) -> State:
+def restore(out: Path, cfg: Config, model, optimizer, scheduler, scaler, rank: int) -> State:
     found = checkpoint.complete(out / "checkpoints")
     if not found:
         raise BertfitError(f"nothing to resume in '{out}': no complete checkpoint in {out / 'checkpoints'}; "
@@ -238,7 +241,7 @@ def restore(out: Path, cfg: Config, model, optimizer, scheduler, scaler) -> Stat
     optimizer.load_state_dict(saved["optimizer"])
     scheduler.load_state_dict(saved["scheduler"])
     scaler.load_state_dict(saved["scaler"])
-    checkpoint.set_rng_state(saved["rng"])
+    checkpoint.set_rng_state(saved["rng"][rank])
     return State(**saved["state"])
 
 
@@ -391,10 +394,14 @@ def eval_batch_size(cfg: Config) -> int:
 def save_checkpoint(run: Run) -> None:
     state = run.state
     run.log.save_pending(state)
+    rng = [checkpoint.rng_state()]
+    if run.dist.enabled:  # each rank's dropout stream, so a resumed rank continues its own
+        rng = [None] * run.dist.world
+        dist.all_gather_object(rng, checkpoint.rng_state())
     if run.dist.main:
         state.log_lines = run.log.lines
         training_state = {"optimizer": run.optimizer.state_dict(), "scheduler": run.scheduler.state_dict(),
-                          "scaler": run.scaler.state_dict(), "rng": checkpoint.rng_state(), "state": asdict(state)}
+                          "scaler": run.scaler.state_dict(), "rng": rng, "state": asdict(state)}
         checkpoint.save(run.out / "checkpoints", state.step, run.model, training_state, run.cfg,
                         run.cfg.keep_checkpoints, state.best_step)
     if run.dist.enabled:

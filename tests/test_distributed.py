@@ -1,0 +1,103 @@
+"""torch.distributed (gloo on CPU): two processes equal one with the same effective batch; sharded eval is exact."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from conftest import SAMPLES
+from test_train_tiny import log_without_timings
+
+
+def train_args(model, out, batch_size, *extra):
+    return ["train", "--model", model, "--data", SAMPLES / "sst2_200.csv", "--output", out, "--batch-size", batch_size,
+            "--max-steps", 8, "--eval-every", 4, "--lr", "1e-3", "--padding", "dynamic", "--max-eval-samples", 19,
+            *extra]
+
+
+def bertfit(*args):
+    done = subprocess.run([sys.executable, "-m", "bertfit", *map(str, args)], capture_output=True, text=True,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done
+
+
+def test_two_gloo_processes_match_one_process_with_the_same_effective_batch(tiny_bert_no_dropout, tmp_path):
+    single, double = tmp_path / "single", tmp_path / "double"
+    bertfit(*train_args(tiny_bert_no_dropout, single, 16))
+    launched = bertfit(*train_args(tiny_bert_no_dropout, double, 8, "--nproc", 2))
+    assert launched.stdout.count("wrote ") == 1  # only rank 0 reports
+    one, two = (json.loads((d / "metrics.json").read_text()) for d in (single, double))
+    # Same step batches, same gradients up to float summation order: 1e-4 relative on the losses.
+    assert two["validation"]["accuracy"] == one["validation"]["accuracy"]
+    assert two["validation"]["loss"] == pytest.approx(one["validation"]["loss"], rel=1e-4)
+    for a, b in zip(log_without_timings(single / "log.jsonl"), log_without_timings(double / "log.jsonl")):
+        if a["event"] == "eval":
+            assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-4)
+    weights_one, weights_two = load_file(single / "model.safetensors"), load_file(double / "model.safetensors")
+    assert all(torch.allclose(weights_one[k], weights_two[k], atol=1e-5) for k in weights_one)
+    recipe = (double / "recipe.yaml").read_text()
+    assert "world_size: 2" in recipe
+    card = (double / "README.md").read_text()
+    assert "num_devices: 2" in card and "total_train_batch_size: 16 (train_batch_size is per device: 8 × 2 devices" in card
+    start = json.loads((double / "log.jsonl").read_text().splitlines()[0])
+    assert start["effective_batch_size"] == 16 and start["world_size"] == 2
+    assert not list(double.glob("*.tmp*")) and sorted(p.name for p in double.iterdir()) == sorted(
+        p.name for p in single.iterdir())
+
+
+def test_resume_refuses_another_world_size(tiny_bert_no_dropout, tmp_path):
+    out = tmp_path / "run"
+    bertfit(*train_args(tiny_bert_no_dropout, out, 8, "--nproc", 2))
+    done = subprocess.run([sys.executable, "-m", "bertfit", *map(str, train_args(tiny_bert_no_dropout, out, 8)),
+                           "--resume"], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2 and "world_size: 2 in the checkpoint, 1 now" in done.stderr
+
+
+def _sharded_eval(rank, world, port, model_dir, result_file):
+    import torch.distributed as dist
+
+    from bertfit import models
+    from bertfit.tasks import ClassificationTask
+    from bertfit.train import Dist, evaluate
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    torch.manual_seed(0)
+    frame = pd.read_csv(SAMPLES / "sst2_200.csv").iloc[:101]
+    task = ClassificationTask(["sentence"], "label", ["0", "1"], 64)
+    tokenizer = models.load_tokenizer(model_dir)
+    model = models.load_model(model_dir, "classification", ["0", "1"])
+    result = evaluate(model, task, task.encode(frame, tokenizer), frame, 8, torch.device("cpu"), "fp32",
+                      Dist(rank, world), tokenizer.pad_token_id)
+    if rank == 0:
+        with open(result_file, "w") as handle:
+            json.dump({k: v for k, v in result.items() if k not in ("runtime", "samples_per_second")}, handle)
+    dist.destroy_process_group()
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_sharded_eval_counts_every_example_once(tiny_bert, tmp_path):
+    import torch.multiprocessing as mp
+
+    results = {}
+    for world in (1, 2, 3):
+        path = tmp_path / f"eval{world}.json"
+        mp.spawn(_sharded_eval, args=(world, free_port(), tiny_bert, str(path)), nprocs=world, join=True)
+        results[world] = json.loads(path.read_text())
+    assert results[1]["confusion_matrix"] == results[2]["confusion_matrix"] == results[3]["confusion_matrix"]
+    assert np.sum(results[3]["confusion_matrix"]) == 101  # 101 is divisible by neither 2 nor 3
+    assert results[1]["accuracy"] == results[2]["accuracy"] == results[3]["accuracy"]
+    assert results[3]["loss"] == pytest.approx(results[1]["loss"], rel=1e-6)
