@@ -46,6 +46,13 @@ def _train_losses(events: list[dict]) -> list[tuple[int, float]]:
     return points if len(points) >= len(evals) else evals
 
 
+def _smoothed(points: list[tuple[int, float]]) -> list[tuple[int, float]]:
+    """Moving average over a fifth of the windows: single small windows are too noisy to judge a trend."""
+    width = max(1, len(points) // 5)
+    return [(points[i][0], sum(v for _, v in points[i + 1 - width:i + 1]) / width)
+            for i in range(width - 1, len(points))]
+
+
 def diagnose(events: list[dict], profile: Optional[dict], summary: Optional[dict], recipe: dict) -> list[Finding]:
     evals = [e for e in events if e["event"] == "eval"]
     findings: list[Finding] = []
@@ -110,6 +117,7 @@ def _not_learning(events, evals, profile, summary, recipe) -> Optional[Finding]:
     if recipe.get("task") != "classification" or classes < 2 or not train or not evals:
         return None
     chance = math.log(classes)
+    train = _smoothed(train)
     final_loss = train[-1][1]
     majority = profile.get("splits", {}).get("validation", {}).get("majority_rate")
     accuracies = [v for _, v in _series(evals, "accuracy")]
@@ -155,7 +163,7 @@ def _collapse(events, evals, profile, summary, recipe) -> Optional[Finding]:
 
 
 def _learning_rate_too_low(events, evals, profile, summary, recipe) -> Optional[Finding]:
-    train = _train_losses(events)
+    train = _smoothed(_train_losses(events))
     if len(train) < 3 or recipe.get("lr", 1) > LOW_LR * 4:
         return None
     first, last = train[0][1], train[-1][1]

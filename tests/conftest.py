@@ -7,6 +7,10 @@ from pathlib import Path
 
 import pytest
 
+# Before any Hugging Face import: the hub client reads these once, and CI has no network to wait for.
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["HF_DATASETS_OFFLINE"] = "1"
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("BERTFIT_SHARED_DATA", REPO.parent / "shared" / "data")).resolve()
 SAMPLES = SHARED_DATA / "samples"
