@@ -98,8 +98,9 @@ def _overfitting(events, evals, profile, summary, recipe) -> Optional[Finding]:
     if not at_best or not after or after[-1] >= at_best[-1]:
         return None  # training loss rose too: that is instability, not overfitting
     kept = summary.get("kept_step")
-    kept_text = (f"the kept checkpoint (step {kept}) is the best one" if kept == summary.get("best_step") and kept
-                 is not None else f"the kept weights are from step {kept}, not the best")
+    metric = summary.get("metric_for_best", "the chosen metric")
+    kept_text = (f"the kept checkpoint (step {kept}) is the best by {metric}" if kept == summary.get("best_step")
+                 and kept is not None else f"the kept weights are from step {kept}, not the best by {metric}")
     return Finding("overfitting", "warning", "Overfitting: validation loss rose while training loss kept falling",
                    f"validation loss {best:.4f} at step {best_step} → {last:.4f} at step {last_step} "
                    f"(+{last / best - 1:.0%}); training loss {at_best[-1]:.4f} → {after[-1]:.4f}; {kept_text}",

@@ -31,7 +31,7 @@ def test_imdb_seed_overfitting_is_named_with_best_step():
     findings = diagnose(evals(rows), BIG_PROFILE, summary, BINARY)
     assert ids(findings) == ["overfitting"]
     assert "0.1783 at step 2250 → 0.2556 at step 6000 (+43%)" in findings[0].evidence
-    assert "not the best" in findings[0].evidence and "early_stopping" in findings[0].advice
+    assert "not the best by accuracy" in findings[0].evidence and "early_stopping" in findings[0].advice
 
 
 def test_tweet_seed_learning_rate_too_high():
