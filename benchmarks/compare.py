@@ -320,8 +320,6 @@ def machine() -> str:
 
 
 def report(mode: str, recipe: dict, hf: dict, ours: dict, command: str) -> str:
-    split = "test" if "test" in hf["metrics"] else "validation"
-    main = "f1" if "f1" in hf["metrics"][split] and "precision" in hf["metrics"][split] and mode == "ner" else "accuracy"
     rows = [("tokenize s", "tokenize_seconds", ".1f"), ("train s", "train_seconds", ".1f"),
             ("eval s", "eval_seconds", ".1f"), ("end-to-end s", "total_seconds", ".1f"),
             ("train samples/s", "train_samples_per_second", ".1f"),

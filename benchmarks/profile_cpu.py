@@ -31,7 +31,6 @@ def main() -> None:
     parser.add_argument("--max-length", type=int, default=128)
     args = parser.parse_args()
     os.environ.setdefault("BERTFIT_DATA_DIR", str(REPO.parent / "shared" / "data"))
-    import torch
     from torch.profiler import ProfilerActivity, profile
 
     from bertfit.config import build_config

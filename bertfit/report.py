@@ -112,7 +112,7 @@ class RunLog:
         record = self.event("eval", **fields, metrics=result, best_step=state.best_step)
         state.since_eval = {"loss": 0.0, "items": 0, "correct": 0, "examples": 0}
         if self.enabled and self.console is not None:
-            header, row = table_lines([record], run.task.kind)
+            header, row = table_lines([record])
             if not self.header_printed:
                 self.console.print(header, markup=False, highlight=False)
                 self.header_printed = True
@@ -193,7 +193,7 @@ def table_rows(evals: list[dict]) -> list[list[str]]:
     return rows
 
 
-def table_lines(evals: list[dict], task_kind: str = "") -> tuple[str, list[str]]:
+def table_lines(evals: list[dict]) -> tuple[str, list[str]]:
     columns = table_columns(evals)
     widths = [max(len(c), 8) for c in columns]
     header = " | ".join(c.rjust(w) for c, w in zip(columns, widths))

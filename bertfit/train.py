@@ -261,10 +261,12 @@ def train(cfg: Config, resume: bool = False, overwrite: bool = False, console=No
     pad_length = cfg.max_length if cfg.padding == "none" else None
     train_features = run.features["train"]
     progress = run.log.progress(console, run.total_steps, state.step)
+    planned_epoch, epoch_plan = None, []
     with progress, SignalGuard() as signals:
         while state.step < run.total_steps and state.stop_reason is None:
             step_started = time.perf_counter()
-            epoch_plan = plan_epoch(cfg, train_features, state.epoch)
+            if planned_epoch != state.epoch:
+                planned_epoch, epoch_plan = state.epoch, plan_epoch(cfg, train_features, state.epoch)
             step_batch = epoch_plan[state.position]
             # Normalise by the items of the whole step batch (all ranks, all micro-batches): the gradient is
             # then that of one big batch, whatever the accumulation or world size.

@@ -6,7 +6,6 @@ and no output folder created.
 
 import json
 
-import pandas as pd
 import pytest
 
 from conftest import SAMPLES, run_cli

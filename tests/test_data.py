@@ -1,12 +1,11 @@
 import json
 
-import numpy as np
 import pandas as pd
 import pytest
 
 from bertfit import data
 from bertfit.errors import BertfitError
-from conftest import SAMPLES, SHARED_DATA
+from conftest import SAMPLES
 
 
 def detect_source(source, **kwargs):
