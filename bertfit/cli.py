@@ -68,11 +68,11 @@ def train(
     given = {k: v for k, v in locals().items() if k not in ("recipe", "set_", "resume", "overwrite", "nproc", "debug")}
     from bertfit.config import build_config, parse_set_overrides
 
+    given["text_columns"] = given.pop("text_column") or None
+    cfg = build_config(recipe, {**given, **parse_set_overrides(set_ or [])})  # bad recipes fail before any launch
     if nproc > 1:
         raise typer.Exit(launch_distributed(nproc))
-    given["text_columns"] = given.pop("text_column") or None
-    overrides = {**given, **parse_set_overrides(set_ or [])}
-    run_training(build_config(recipe, overrides), resume=resume, overwrite=overwrite)
+    run_training(cfg, resume=resume, overwrite=overwrite)
 
 
 def run_training(cfg, resume: bool, overwrite: bool) -> None:
@@ -100,9 +100,14 @@ def print_summary(summary: dict, output: str) -> None:
 
 def launch_distributed(nproc: int) -> int:
     """`--nproc N` is torchrun on this machine with the same arguments."""
-    argv = [a for a in sys.argv[1:]]
-    index = argv.index("--nproc")
-    del argv[index:index + 2]
+    argv, skip = [], False
+    for arg in sys.argv[1:]:
+        if skip or arg.startswith("--nproc="):
+            skip = False
+            continue
+        skip = arg == "--nproc"
+        if not skip:
+            argv.append(arg)
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
                "-m", "bertfit", *argv]
     return subprocess.call(command)

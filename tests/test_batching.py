@@ -77,3 +77,22 @@ def test_scheduler_shapes():
     assert warm_constant[0] == 0 and np.all(warm_constant[20:] == 1.0)
     cosine = lr_curve("cosine", 0.0)
     assert cosine[0] == 1.0 and cosine[50] == pytest.approx(0.5) and cosine[99] < 0.01
+
+
+@pytest.mark.slow
+def test_compiled_and_eager_give_the_same_loss(tiny_bert_no_dropout, minilm_tokenizer):
+    import pandas as pd
+
+    from bertfit import models
+    from bertfit.tasks import ClassificationTask
+
+    frame = pd.DataFrame({"text": ["a fine film", "an awful, boring mess of a movie", "ok"], "label": [1, 0, 1]})
+    task = ClassificationTask(["text"], "label", ["neg", "pos"], 64)
+    batch = task.collate(task.encode(frame, minilm_tokenizer), np.arange(3), minilm_tokenizer.pad_token_id,
+                         pad_multiple=64)
+    labels = batch.pop("labels")
+    torch.manual_seed(0)
+    model = models.load_model(tiny_bert_no_dropout, "classification", ["neg", "pos"]).eval()
+    eager = task.loss_sum(model(**batch).logits, labels)
+    compiled = task.loss_sum(torch.compile(model)(**batch).logits, labels)
+    assert compiled.item() == pytest.approx(eager.item(), rel=1e-4)

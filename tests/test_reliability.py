@@ -90,7 +90,7 @@ def test_sigterm_saves_a_resumable_checkpoint_and_exits_143(tiny_bert, tmp_path)
     assert "stopped by SIGTERM; resume with --resume" in err.decode()
     newest = sorted((out / "checkpoints").glob("step-*"))[-1]
     assert (newest / "training_state.pt").is_file() and not list((out / "checkpoints").glob(".tmp-*"))
-    resumed = spawn(recipe_args(tiny_bert, out) + ["--resume"])
+    resumed = spawn(["resume", out])
     _, err = resumed.communicate(timeout=300)
     assert resumed.returncode == 0, err.decode()[-2000:]
     assert json.loads((out / "metrics.json").read_text())["train"]["steps"] == STEPS
@@ -162,3 +162,17 @@ def test_resume_refuses_a_changed_recipe_and_foreign_pickles(tiny_bert, tmp_path
     torch.save({"state": Payload()}, newest / "training_state.pt")
     code, _, stderr = run_cli(args + ["--resume"], capsys)
     assert code == 2 and "holds objects other than tensors and plain values" in stderr
+
+
+def test_rotation_keeps_the_newest_and_never_the_best_away(tiny_bert, tmp_path):
+    from bertfit import checkpoint
+    from bertfit.config import Config
+    from bertfit.models import load_model
+
+    model = load_model(tiny_bert, "classification", ["a", "b"])
+    folder = tmp_path / "checkpoints"
+    for step in range(1, 6):
+        checkpoint.save(folder, step, model, {"step": step}, Config(), keep=2, best_step=1)
+    assert [p.name for p in checkpoint.complete(folder)] == ["step-00000001", "step-00000004", "step-00000005"]
+    (folder / ".tmp-step-00000006").mkdir()  # a write torn by a crash is never taken for a checkpoint
+    assert checkpoint.complete(folder)[-1].name == "step-00000005"

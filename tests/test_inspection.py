@@ -1,0 +1,63 @@
+"""Data profile numbers on hand-made data, where every count is known."""
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from bertfit.data import DataSpec
+from bertfit.inspection import inspect_source, length_stats, normalise_text, profile, summary_lines
+from conftest import SAMPLES
+
+
+def test_classification_profile_counts():
+    train = pd.DataFrame({"text": ["Good film!", "good film", "bad", "bad", "awful", "fine", "ok", "great", "", "meh"],
+                          "label": [1, 1, 0, 0, 0, 1, 1, 1, 1, 1]})
+    validation = pd.DataFrame({"text": ["GOOD  film.", "new text", "bad", "other"], "label": [1, 0, 0, 2]})
+    spec = DataSpec("classification", ["text"], "label", ["neg", "pos", "mixed"])
+    report = profile({"train": train, "validation": validation}, spec)
+    split = report["splits"]["train"]
+    assert split["rows"] == 10 and split["labels"] == {"pos": 7, "neg": 3}
+    assert split["imbalance_ratio"] == pytest.approx(7 / 3) and split["majority_rate"] == 0.7
+    assert split["duplicates"] == 1            # "bad" twice
+    assert split["normalised_duplicates"] == 2  # and "Good film!" ~ "good film"
+    assert split["empty_texts"] == 1
+    assert report["splits"]["validation"]["labels_not_in_train"] == ["mixed"]
+    assert report["leakage"]["validation"] == {"exact": 1, "normalised": 2, "share": 0.5}
+    assert any(line.startswith("leakage: 1 exact and 2 normalised") for line in summary_lines(report))
+
+
+def test_pairs_with_conflicting_labels():
+    frame = pd.DataFrame({"a": ["x", "x", "y"], "b": ["z", "z", "w"], "label": [0, 1, 0]})
+    report = profile({"train": frame}, DataSpec("classification", ["a", "b"], "label", ["no", "yes"]))
+    assert report["splits"]["train"]["conflicting_pairs"] == 1
+
+
+def test_length_percentiles_and_truncation_share():
+    lengths = np.arange(1, 101)
+    stats = length_stats(lengths, 90)
+    assert stats["percentiles"]["p50"] == 50 and stats["max"] == 100
+    assert stats["truncated"] == 10 and stats["truncated_share"] == pytest.approx(0.1)
+    assert sum(stats["histogram"]["counts"]) == 100
+
+
+def test_token_profile_counts_entities_and_repairs():
+    frame = pd.DataFrame({"tokens": [["John", "lives", "in", "New", "York"], ["Hi"]],
+                          "ner_tags": [["B-PER", "O", "O", "B-LOC", "I-LOC"], ["O"]]})
+    spec = DataSpec("token", ["tokens"], "ner_tags", ["O", "B-LOC", "I-LOC", "B-PER"], "IOB2", 3)
+    report = profile({"train": frame}, spec)
+    assert report["splits"]["train"]["entity_counts"] == {"PER": 1, "LOC": 1}
+    assert report["splits"]["train"]["words"] == 6
+    assert "3 entity-initial I- tags repaired" in summary_lines(report)[-1]
+
+
+def test_normalisation_ignores_case_punctuation_and_breaks():
+    assert normalise_text("A <br /><br />Great   film!!") == normalise_text("a great film")
+
+
+def test_inspect_on_a_sample_file_and_a_mirror(tmp_path):
+    report = inspect_source(str(SAMPLES / "imdb_100.jsonl"), "minilm", 512)
+    tokens = report["splits"]["train"]["tokens"]
+    assert report["splits"]["train"]["rows"] == 100 and report["splits"]["train"]["labels"] == {"1": 51, "0": 49}
+    assert 0 < tokens["truncated_share"] < 0.5 and tokens["max"] > 512
+    mirror = inspect_source("rte", "minilm", 128)
+    assert set(mirror["splits"]) == {"train", "validation"} and mirror["splits"]["train"]["rows"] == 2490
