@@ -282,8 +282,10 @@ def choose_splits(splits: Splits, train_split: str, eval_split: Optional[str], t
     """Name the train/eval/test splits, carving a seeded validation split off train when there is none."""
     frames = splits.frames
     require_split(splits, train_split)
+    if eval_split == "validation" and "validation" not in frames:
+        eval_split = None  # carved, as the first run did (a resolved recipe names the carved split)
     if eval_split is None:
-        eval_split = next((s for s in ("validation", "test") if s in frames and s != train_split), None)
+        eval_split = "validation" if "validation" in frames and train_split != "validation" else None
     elif eval_split not in frames:
         raise BertfitError(f"dataset '{splits.name}' has no '{eval_split}' split (it has: {', '.join(frames)})")
     if eval_split is None:

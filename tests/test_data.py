@@ -117,3 +117,14 @@ def test_tweet_mirror_has_no_train_split_and_says_so():
         data.choose_splits(splits, "train", None, None, 42, 0.1)
     train, eval_split, test = data.choose_splits(splits, "test", "validation", None, 42, 0.1)
     assert (train, eval_split, test) == ("test", "validation", None)
+
+
+def test_train_and_test_only_gets_a_carved_validation_split_and_keeps_test():
+    splits = data.load_splits("imdb")
+    assert set(splits.frames) == {"train", "test"}
+    assert data.choose_splits(splits, "train", None, None, 42, 0.1) == ("train", "validation", "test")
+    assert len(splits.frames["validation"]) == 2500 and len(splits.frames["train"]) == 22500
+    # A resolved recipe names the carved split; asking for it again carves the same rows.
+    again = data.load_splits("imdb")
+    data.choose_splits(again, "train", "validation", None, 42, 0.1)
+    assert again.frames["validation"].equals(splits.frames["validation"])
