@@ -8,7 +8,6 @@ import subprocess
 import sys
 from typing import List, Optional
 
-import click
 import typer
 from rich.console import Console
 
@@ -69,8 +68,11 @@ def train(
     from bertfit.config import build_config, parse_set_overrides
 
     given["text_columns"] = given.pop("text_column") or None
-    cfg = build_config(recipe, {**given, **parse_set_overrides(set_ or [])})  # bad recipes fail before any launch
+    cfg = build_config(recipe, {**given, **parse_set_overrides(set_ or [])})
     if nproc > 1:
+        from bertfit.train import preflight
+
+        preflight(cfg, resume, overwrite)
         raise typer.Exit(launch_distributed(nproc))
     run_training(cfg, resume=resume, overwrite=overwrite)
 
@@ -226,18 +228,15 @@ def card(run: str = typer.Argument(..., help="run folder"), debug: bool = Opt(Fa
 def main() -> None:
     debug = "--debug" in sys.argv
     try:
-        app(standalone_mode=False)
+        code = app(standalone_mode=False)
     except BertfitError as err:
         if debug:
             raise
-        errors.print(f"error: {err}", markup=False, soft_wrap=True)
+        errors.print(f"error: {err}", markup=False)
         sys.exit(err.exit_code)
-    except click.exceptions.Exit as done:
+    except typer.Exit as done:
         sys.exit(done.exit_code)
-    except click.ClickException as err:
-        errors.print(f"error: {err.format_message()}", markup=False, soft_wrap=True)
-        sys.exit(2)
-    except click.exceptions.Abort:
+    except typer.Abort:
         sys.exit(130)
     except Exception as err:
         from bertfit.train import Interrupted
@@ -245,8 +244,14 @@ def main() -> None:
         if isinstance(err, Interrupted):
             errors.print(str(err), markup=False)
             sys.exit(err.exit_code)
+        if type(err).__name__ == "NoArgsIsHelpError":  # a bare `bertfit`: typer has printed the help
+            sys.exit(2)
+        if hasattr(err, "format_message") and isinstance(getattr(err, "exit_code", None), int):
+            errors.print(f"error: {err.format_message()}", markup=False)  # typer/click usage errors
+            sys.exit(2)
         if debug:
             raise
         errors.print(f"bertfit: internal error: {type(err).__name__}: {err} (rerun with --debug for the traceback; "
-                     "please report it)", markup=False, soft_wrap=True)
+                     "please report it)", markup=False)
         sys.exit(1)
+    sys.exit(code if isinstance(code, int) else 0)

@@ -184,14 +184,30 @@ def prepare_output(out: Path, resume: bool, overwrite: bool) -> None:
                                "to continue the run in it")
 
 
-def setup(cfg: Config, resume: bool = False, overwrite: bool = False) -> Run:
-    """Everything that can fail on user input fails here, before anything is written."""
+def require_data_and_output(cfg: Config, resume: bool, overwrite: bool) -> Path:
     if not cfg.data:
         raise BertfitError("no data given; pass --data (a hub id, mirror name, folder or file)")
     if not cfg.output:
         raise BertfitError("no output folder given; pass --output DIR")
     out = Path(cfg.output)
     prepare_output(out, resume, overwrite)
+    return out
+
+
+def preflight(cfg: Config, resume: bool, overwrite: bool) -> None:
+    """The user-input checks of setup() that need no process group: run before launching workers, so that
+    a mistake is one line from the launcher rather than one per worker and a torchrun traceback."""
+    require_data_and_output(cfg, resume, overwrite)
+    resolve_precision(cfg.precision, torch.device("cuda" if torch.cuda.is_available() else "cpu"))
+    models.resolve_model(cfg.model)
+    splits = data.load_splits(cfg.data)
+    data.require_split(splits, cfg.train_split)
+    data.detect(splits, cfg.train_split, cfg.task, cfg.text_columns, cfg.label_column, cfg.label_names)
+
+
+def setup(cfg: Config, resume: bool = False, overwrite: bool = False) -> Run:
+    """Everything that can fail on user input fails here, before anything is written."""
+    out = require_data_and_output(cfg, resume, overwrite)
     ranks, device = init_distributed()
     precision = resolve_precision(cfg.precision, device)
     compile_model = device.type == "cuda" if cfg.compile is None else cfg.compile

@@ -105,3 +105,10 @@ def test_bad_input(case, tiny_bert, tmp_path, capsys):
 
 def test_the_corpus_has_at_least_twenty_cases():
     assert len(CASES) >= 20
+
+
+def test_usage_errors_and_bare_command(capsys):
+    code, _, stderr = run_cli(["train", "--bogus"], capsys)
+    assert code == 2 and stderr.strip() == "error: No such option: --bogus"
+    code, stdout, stderr = run_cli([], capsys)
+    assert code == 2 and "Commands" in stdout + stderr

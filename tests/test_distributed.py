@@ -101,3 +101,13 @@ def test_sharded_eval_counts_every_example_once(tiny_bert, tmp_path):
     assert np.sum(results[3]["confusion_matrix"]) == 101  # 101 is divisible by neither 2 nor 3
     assert results[1]["accuracy"] == results[2]["accuracy"] == results[3]["accuracy"]
     assert results[3]["loss"] == pytest.approx(results[1]["loss"], rel=1e-6)
+
+
+def test_launcher_reports_user_errors_in_one_line(tmp_path):
+    for extra, message in ((["--data", "nope.csv"], "data file or folder 'nope.csv' not found"),
+                           (["--data", SAMPLES / "sst2_200.csv", "--lr", "-1"], "invalid value for 'lr'")):
+        done = subprocess.run([sys.executable, "-m", "bertfit", "train", "--model", "minilm", "--output",
+                               tmp_path / "o", "--nproc", "2", *map(str, extra)], capture_output=True, text=True,
+                              timeout=300)
+        assert done.returncode == 2 and message in done.stderr and len(done.stderr.strip().splitlines()) == 1
+        assert not (tmp_path / "o").exists()
