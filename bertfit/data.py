@@ -32,8 +32,9 @@ TAG_COLUMNS = ("ner_tags", "tags", "labels", "ner", "label", "tag")
 MIRROR_ALIASES = {"glue/sst2": "sst2", "tweet_eval/sentiment": "tweet_sentiment", "glue/cola": "cola",
                   "glue/mrpc": "mrpc", "glue/rte": "rte", "glue/stsb": "stsb", "stanfordnlp/imdb": "imdb",
                   "eriktks/conll2003": "conll2003", "glue/mnli": "mnli", "nyu-mll/glue/sst2": "sst2"}
-# Datasets whose hub id is `name/config` rather than `owner/name`.
+# Datasets whose hub id is `name/config` rather than `owner/name`, and short names whose hub home moved.
 HUB_CONFIG_DATASETS = {"glue": "nyu-mll/glue", "tweet_eval": "cardiffnlp/tweet_eval", "super_glue": "super_glue"}
+HUB_NAMES = {"imdb": "stanfordnlp/imdb", "conll2003": "eriktks/conll2003", "sst2": "stanfordnlp/sst2"}
 # Label names of well-known datasets whose mirrors store integer labels only (the hub's ClassLabel names).
 KNOWN_LABEL_NAMES = {
     "sst2": ["negative", "positive"], "imdb": ["neg", "pos"], "cola": ["unacceptable", "acceptable"],
@@ -226,7 +227,7 @@ def _load_hub(name: str) -> Splits:
         raise BertfitError(f"dataset '{name}' is not a file, folder or BERTFIT_DATA_DIR mirror, and loading from "
                            "the hub needs the `datasets` package: pip install datasets") from None
     first, _, rest = name.partition("/")
-    args = (HUB_CONFIG_DATASETS[first], rest) if first in HUB_CONFIG_DATASETS and rest else (name,)
+    args = (HUB_CONFIG_DATASETS[first], rest) if first in HUB_CONFIG_DATASETS and rest else (HUB_NAMES.get(name, name),)
     try:
         loaded = datasets.load_dataset(*args)
     except Exception as err:  # the hub raises many types; all mean 'cannot get it'
@@ -255,7 +256,8 @@ def load_splits(source: str) -> Splits:
     if path.is_dir():
         frames, files = _read_folder(path)
         return Splits(path.name, frames, files, _folder_label_names(path, files))
-    if source.endswith(tuple(READERS)) or os.sep in source and not mirror_folder(source):
+    looks_like_path = source.startswith((".", "/", "~")) or source.lower().endswith(tuple(READERS))
+    if looks_like_path:  # hub ids are `name` or `owner/name`; anything else that is missing is a typo'd path
         raise BertfitError(f"data file or folder '{source}' not found; check the path")
     mirror = mirror_folder(source)
     if mirror is not None:

@@ -38,7 +38,7 @@ def resolve_model(name: str) -> str:
             raise BertfitError(f"model folder '{name}' has no weights (model.safetensors); save the model with "
                                "save_pretrained() or choose another folder")
         return str(path)
-    if name.startswith((".", "/", "~")) or path.suffix:
+    if name.startswith((".", "/", "~")):  # hub ids may contain dots (bge-small-en-v1.5), never lead with one
         raise BertfitError(f"model folder '{name}' not found; check the path")
     return name
 

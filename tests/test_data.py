@@ -128,3 +128,43 @@ def test_train_and_test_only_gets_a_carved_validation_split_and_keeps_test():
     again = data.load_splits("imdb")
     data.choose_splits(again, "train", "validation", None, 42, 0.1)
     assert again.frames["validation"].equals(splits.frames["validation"])
+
+
+def test_hub_path_keeps_classlabel_names_and_tag_names(monkeypatch):
+    import datasets
+
+    calls = []
+    features = datasets.Features({"tokens": datasets.Sequence(datasets.Value("string")),
+                                  "ner_tags": datasets.Sequence(datasets.ClassLabel(names=["O", "B-PER", "I-PER"]))})
+    token_data = datasets.DatasetDict({
+        "train": datasets.Dataset.from_dict({"tokens": [["John", "Smith", "runs"]] * 4, "ner_tags": [[1, 2, 0]] * 4},
+                                            features=features),
+        "validation": datasets.Dataset.from_dict({"tokens": [["Mary"]], "ner_tags": [[1]]}, features=features)})
+    text_features = datasets.Features({"sentence": datasets.Value("string"),
+                                       "label": datasets.ClassLabel(names=["negative", "positive"])})
+    text_data = datasets.DatasetDict({"train": datasets.Dataset.from_dict(
+        {"sentence": ["good", "bad"] * 5, "label": [1, 0] * 5}, features=text_features)})
+
+    def fake_load(*args):
+        calls.append(args)
+        return token_data if args == ("eriktks/conll2003",) else text_data
+
+    monkeypatch.setattr(datasets, "load_dataset", fake_load)
+    monkeypatch.delenv("BERTFIT_DATA_DIR")
+    splits = data.load_splits("conll2003")
+    assert splits.frames["train"]["ner_tags"][0] == ["B-PER", "I-PER", "O"]
+    spec = data.detect(splits, "train", "auto", None, None, None)
+    assert spec.task == "token" and spec.label_names == ["O", "B-PER", "I-PER"]
+    glue = data.load_splits("glue/sst2")
+    assert glue.label_names == ["negative", "positive"] and calls[-1] == ("nyu-mll/glue", "sst2")
+
+
+def test_hub_failure_is_one_clear_line(monkeypatch):
+    import datasets
+
+    def unreachable(*args):
+        raise ConnectionError("Couldn't reach 'nope/nothing' on the Hub (LocalEntryNotFoundError)")
+
+    monkeypatch.setattr(datasets, "load_dataset", unreachable)
+    with pytest.raises(BertfitError, match=r"dataset 'nope/nothing' not found locally .* the hub is unreachable"):
+        data.load_splits("nope/nothing")
