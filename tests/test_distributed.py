@@ -111,3 +111,27 @@ def test_launcher_reports_user_errors_in_one_line(tmp_path):
                               timeout=300)
         assert done.returncode == 2 and message in done.stderr and len(done.stderr.strip().splitlines()) == 1
         assert not (tmp_path / "o").exists()
+
+
+def test_ddp_sigterm_then_resume_matches_the_uninterrupted_run(tiny_bert, tmp_path):
+    import signal
+    import time
+
+    args = ["--model", tiny_bert, "--data", SAMPLES / "sst2_200.csv", "--batch-size", 4, "--max-steps", 40,
+            "--eval-every", 20, "--checkpoint-every", 5, "--set", "log_every=1", "--padding", "dynamic"]
+    whole = tmp_path / "whole"
+    bertfit("train", "--output", whole, "--nproc", 2, *args)
+    out = tmp_path / "run"
+    launcher = subprocess.Popen([sys.executable, "-m", "bertfit", "train", "--output", str(out), "--nproc", "2",
+                                 *map(str, args)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                env={**os.environ, "OMP_NUM_THREADS": "1"}, start_new_session=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and not ((out / "log.jsonl").is_file() and '"step": 8' in (out / "log.jsonl").read_text()):
+        time.sleep(0.01)
+    os.killpg(launcher.pid, signal.SIGTERM)  # as a scheduler preempting the job: every process gets it
+    launcher.communicate(timeout=120)
+    assert not (out / "metrics.json").exists() and list((out / "checkpoints").glob("step-*"))
+    bertfit("train", "--output", out, "--nproc", 2, "--resume", *args)
+    ours, theirs = load_file(out / "model.safetensors"), load_file(whole / "model.safetensors")
+    assert all(torch.equal(ours[k], theirs[k]) for k in ours)
+    assert log_without_timings(out / "log.jsonl") == log_without_timings(whole / "log.jsonl")

@@ -176,3 +176,20 @@ def test_rotation_keeps_the_newest_and_never_the_best_away(tiny_bert, tmp_path):
     assert [p.name for p in checkpoint.complete(folder)] == ["step-00000001", "step-00000004", "step-00000005"]
     (folder / ".tmp-step-00000006").mkdir()  # a write torn by a crash is never taken for a checkpoint
     assert checkpoint.complete(folder)[-1].name == "step-00000005"
+
+
+def test_a_second_signal_exits_at_once_and_leaves_no_torn_checkpoint(tiny_bert, tmp_path):
+    out = tmp_path / "run"
+    process = spawn(recipe_args(tiny_bert, out))
+    wait_for_step(process, out / "log.jsonl", 5)
+    process.send_signal(signal.SIGTERM)
+    process.send_signal(signal.SIGTERM)
+    process.communicate(timeout=120)
+    assert process.returncode == 143
+    from bertfit import checkpoint
+
+    for complete in checkpoint.complete(out / "checkpoints"):
+        checkpoint.load_state(complete)  # whatever has its final name loads
+    resumed = spawn(recipe_args(tiny_bert, out) + ["--resume"])
+    _, err = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0, err.decode()[-2000:]
