@@ -259,7 +259,12 @@ def _slow(events, evals, profile, summary, recipe) -> Optional[Finding]:
     reasons, advice = [], []
     if train.get("padding_ratio", 0) > PADDING_SHARE:
         reasons.append(f"{train['padding_ratio']:.0%} of the tokens computed are padding")
-        advice.append("use --padding bucket (length-grouped batches)")
+        if recipe.get("padding") != "bucket":
+            advice.append("use --padding bucket (length-grouped batches)")
+        elif recipe.get("compile"):
+            advice.append("compiled runs pad to a grid of lengths; for very short texts try --no-compile")
+        else:
+            advice.append("lengths vary widely inside batches: lower max_length or use a larger dataset per bucket")
     eval_seconds = sum(e["metrics"].get("runtime", 0) for e in evals)
     if eval_seconds > train["train_seconds"]:
         reasons.append(f"evaluation took {eval_seconds:.0f} s against {train['train_seconds']:.0f} s of training")

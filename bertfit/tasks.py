@@ -7,7 +7,7 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 import numpy as np
 import pandas as pd
@@ -135,11 +135,11 @@ class Task:
         return {"max_length": self.max_length, "truncation": self.truncation, "labels": self.label_names,
                 "columns": self.text_columns}
 
-    def collate(self, features: Features, indices: np.ndarray, pad_id: int, pad_multiple: int = 1,
-                pad_length: Optional[int] = None) -> dict[str, torch.Tensor]:
-        """Pad a batch to its longest member (rounded up), or to a fixed length when asked."""
+    def collate(self, features: Features, indices: np.ndarray, pad_id: int,
+                pad_to: Callable[[int], int] = int) -> dict[str, torch.Tensor]:
+        """Pad a batch to `pad_to` of its longest member (itself, a multiple, a grid length or a fixed length)."""
         lengths = features.lengths[indices]
-        width = pad_length or int(-(-lengths.max() // pad_multiple) * pad_multiple)
+        width = pad_to(int(lengths.max()))
         input_ids = np.full((len(indices), width), pad_id, dtype=np.int64)
         mask = np.zeros((len(indices), width), dtype=np.int64)
         types = np.zeros((len(indices), width), dtype=np.int64) if features.token_type_ids is not None else None

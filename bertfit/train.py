@@ -10,8 +10,9 @@ import shutil
 import signal
 import time
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 import numpy as np
 import torch
@@ -273,8 +274,7 @@ def train(cfg: Config, resume: bool = False, overwrite: bool = False, console=No
                                           cfg.max_length)
         (run.out / "data_profile.json").write_text(json.dumps(data_profile, indent=2))
         run.log.start(run, inspection.summary_lines(data_profile))
-    pad_id, pad_multiple = run.tokenizer.pad_token_id, pad_multiple_for(cfg, run.device)
-    pad_length = cfg.max_length if cfg.padding == "none" else None
+    pad_id, pad_to = run.tokenizer.pad_token_id, padding_rule(cfg, run.device)
     train_features = run.features["train"]
     progress = run.log.progress(console, run.total_steps, state.step)
     planned_epoch, epoch_plan = None, []
@@ -290,7 +290,7 @@ def train(cfg: Config, resume: bool = False, overwrite: bool = False, console=No
             micro = batching.micro_batches(step_batch, cfg.grad_accum, ranks.rank, ranks.world)
             for i, indices in enumerate(micro):
                 batch = {k: v.to(run.device, non_blocking=True) for k, v in task.collate(
-                    train_features, indices, pad_id, pad_multiple, pad_length).items()}
+                    train_features, indices, pad_id, pad_to).items()}
                 labels = batch.pop("labels")
                 sync = i == len(micro) - 1 or not ranks.enabled
                 with contextlib.nullcontext() if sync else run.forward.no_sync():
@@ -352,11 +352,14 @@ def plan_epoch(cfg: Config, features: Features, epoch: int) -> list[np.ndarray]:
                                   min_size=cfg.grad_accum * cfg.world_size)
 
 
-def pad_multiple_for(cfg: Config, device: torch.device) -> int:
-    """Compiled graphs are reused across batches only if shapes repeat: round lengths to a coarse grid."""
+def padding_rule(cfg: Config, device: torch.device) -> Callable[[int], int]:
+    """How long a batch is: max_length (padding none); a grid length when compiled, so graphs are reused;
+    else its longest example, rounded to 8 on GPUs for tensor cores."""
+    if cfg.padding == "none":
+        return lambda longest: cfg.max_length
     if cfg.compile:
-        return 64
-    return 8 if device.type == "cuda" else 1
+        return batching.compile_length
+    return partial(batching.round_up, multiple=8 if device.type == "cuda" else 1)
 
 
 def agreed(signum: int, ranks: Dist) -> int:
@@ -437,7 +440,7 @@ def evaluate(model, task: Task, features: Features, frame, batch_size: int, devi
     shard: dict[int, np.ndarray] = {}
     for indices in batching.eval_batches(features.lengths, batch_size, ranks.rank, ranks.world):
         batch = {k: v.to(device, non_blocking=True) for k, v in task.collate(
-            features, indices, pad_id, 8 if device.type == "cuda" else 1).items()}
+            features, indices, pad_id, partial(batching.round_up, multiple=8 if device.type == "cuda" else 1)).items()}
         labels = batch.pop("labels")
         with autocast(device, precision):
             logits = model(**batch).logits

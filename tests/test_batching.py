@@ -50,6 +50,13 @@ def test_micro_batches_are_disjoint_and_cover_the_step_batch():
     assert min(len(b) for b in merged) >= 2 and sum(len(b) for b in merged) == 33
 
 
+def test_compile_grid_bounds_shapes_and_waste():
+    widths = {batching.compile_length(n) for n in range(1, 513)}
+    assert len(widths) == len(batching.COMPILE_LENGTHS)
+    assert batching.compile_length(13) == 16 and batching.compile_length(65) == 96 and batching.compile_length(600) == 640
+    assert all(batching.compile_length(n) / n <= 1.5 for n in range(33, 513))
+
+
 def test_eval_shards_count_every_example_once():
     shards = [np.concatenate(batching.eval_batches(LENGTHS, 50, r, 3)) for r in range(3)]
     assert sorted(np.concatenate(shards).tolist()) == list(range(len(LENGTHS)))
@@ -89,7 +96,7 @@ def test_compiled_and_eager_give_the_same_loss(tiny_bert_no_dropout, minilm_toke
     frame = pd.DataFrame({"text": ["a fine film", "an awful, boring mess of a movie", "ok"], "label": [1, 0, 1]})
     task = ClassificationTask(["text"], "label", ["neg", "pos"], 64)
     batch = task.collate(task.encode(frame, minilm_tokenizer), np.arange(3), minilm_tokenizer.pad_token_id,
-                         pad_multiple=64)
+                         pad_to=batching.compile_length)
     labels = batch.pop("labels")
     torch.manual_seed(0)
     model = models.load_model(tiny_bert_no_dropout, "classification", ["neg", "pos"]).eval()

@@ -1,8 +1,11 @@
+from functools import partial
+
 import numpy as np
 import pandas as pd
 import pytest
 import torch
 
+from bertfit.batching import round_up
 from bertfit.tasks import (IGNORE, ClassificationTask, Features, RegressionTask, TokenTask, _truncate,
                            classification_metrics, regression_metrics, token_metrics)
 
@@ -19,14 +22,15 @@ def test_collation_pads_masks_and_keeps_pairs(minilm_tokenizer):
     frame = pd.DataFrame({"a": ["short one", "a somewhat longer first sentence here"], "b": ["x", "y z"],
                           "label": [0, 1]})
     features = task.encode(frame, minilm_tokenizer)
-    batch = task.collate(features, np.array([0, 1]), minilm_tokenizer.pad_token_id, pad_multiple=8)
+    batch = task.collate(features, np.array([0, 1]), minilm_tokenizer.pad_token_id,
+                         pad_to=partial(round_up, multiple=8))
     longest = int(features.lengths.max())
     assert batch["input_ids"].shape == (2, -(-longest // 8) * 8)
     assert batch["attention_mask"].sum(1).tolist() == features.lengths.tolist()
     assert (batch["input_ids"][0, features.lengths[0]:] == minilm_tokenizer.pad_token_id).all()
     assert batch["token_type_ids"][0].tolist()[: features.lengths[0]].count(1) == 2  # "x [SEP]"
     assert batch["labels"].tolist() == [0, 1]
-    fixed = task.collate(features, np.array([0]), minilm_tokenizer.pad_token_id, pad_length=64)
+    fixed = task.collate(features, np.array([0]), minilm_tokenizer.pad_token_id, pad_to=lambda longest: 64)
     assert fixed["input_ids"].shape == (1, 64)
 
 
