@@ -55,7 +55,7 @@ class Config(BaseModel):
     label_names: Optional[list[str]] = None
     train_split: str = "train"
     eval_split: Optional[str] = None
-    test_split: Optional[str] = None
+    test_split: Optional[str] = None  # None: `test` when there is one; "none": score no test split
     validation_fraction: float = Field(0.1, gt=0, lt=1)
     max_train_samples: Optional[int] = Field(None, gt=0)
     max_eval_samples: Optional[int] = Field(None, gt=0)

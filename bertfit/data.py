@@ -302,8 +302,13 @@ def choose_splits(splits: Splits, train_split: str, eval_split: Optional[str], t
         splits.files["validation"] = f"{splits.files[train_split]} (seeded {validation_fraction:.0%} carved off)"
         splits.notes.append(f"no validation split: {n_eval} examples carved off '{train_split}' with seed {seed}")
         eval_split = "validation"
-    if test_split is None:
+    if test_split == "none":  # asked for no test scoring
+        test_split = None
+    elif test_split is None:
         test_split = "test" if "test" in frames and "test" not in (train_split, eval_split) else None
+    elif test_split not in frames:
+        raise BertfitError(f"dataset '{splits.name}' has no '{test_split}' split (it has: {', '.join(frames)}); "
+                           "use --set test_split=none to score no test split")
     return train_split, eval_split, test_split
 
 

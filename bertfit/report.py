@@ -335,7 +335,7 @@ def model_card(cfg, events: list[dict], summary: dict, profile, findings: list[d
              f"- Input: {', '.join(cfg.text_columns)}; target column: {cfg.label_column}", "",
              "## Training and evaluation data", "", f"- Dataset: {dataset}; examples used: {sizes}",
              f"- Splits: train = `{cfg.train_split}`, validation = `{cfg.eval_split}`"
-             + (f", test = `{cfg.test_split}`" if cfg.test_split else "")]
+             + (f", test = `{cfg.test_split}`" if cfg.test_split not in (None, "none") else "")]
     body += [f"- Note: {note}" for note in start.get("notes", [])]
     if profile:
         body += ["", "### Data profile", ""] + [f"- {line}" for line in summary_lines(profile)]

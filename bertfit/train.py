@@ -144,7 +144,7 @@ def prepare_data(cfg: Config, tokenizer) -> tuple[Config, data.Splits, data.Data
     metrics = tuple(cfg.metrics) + (("matthews",) if "cola" in splits.name and "matthews" not in cfg.metrics else ())
     cfg = cfg.resolved(task=spec.task, text_columns=spec.text_columns, label_column=spec.label_column,
                        label_names=spec.label_names, train_split=train_split, eval_split=eval_split,
-                       test_split=test_split, max_length=max_length, metrics=list(metrics))
+                       test_split=test_split or cfg.test_split, max_length=max_length, metrics=list(metrics))
     task = build_task(spec.task, spec.text_columns, spec.label_column, spec.label_names, max_length,
                       cfg.truncation, metrics, cfg.stride, cfg.label_all_subtokens)
     frames = {"train": data.subsample(splits.frames[train_split], cfg.max_train_samples, cfg.seed),

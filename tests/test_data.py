@@ -111,6 +111,14 @@ def test_tag_order_puts_o_first_then_types():
     assert data.order_tags({"I-PER", "B-LOC", "O", "B-PER", "I-LOC"}) == ["O", "B-LOC", "I-LOC", "B-PER", "I-PER"]
 
 
+def test_test_split_can_be_switched_off_or_named():
+    splits = data.load_splits("conll2003")
+    assert data.choose_splits(splits, "train", None, "none", 42, 0.1) == ("train", "validation", None)
+    assert data.choose_splits(splits, "train", None, None, 42, 0.1)[2] == "test"
+    with pytest.raises(BertfitError, match="has no 'dev' split .*test_split=none"):
+        data.choose_splits(splits, "train", None, "dev", 42, 0.1)
+
+
 def test_tweet_mirror_has_no_train_split_and_says_so():
     splits = data.load_splits("tweet_sentiment")
     with pytest.raises(BertfitError, match="has no 'train' split .*train_split=NAME"):
