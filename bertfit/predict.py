@@ -12,7 +12,7 @@ import pandas as pd
 import torch
 
 from bertfit import data, models
-from bertfit.config import Config
+from bertfit.config import Config, build_config
 from bertfit.errors import BertfitError
 from bertfit.tasks import Task, build_task
 
@@ -34,9 +34,7 @@ def load_run(run_dir: str) -> LoadedRun:
     if not (folder / "recipe.yaml").is_file() or not (folder / "config.json").is_file():
         raise BertfitError(f"'{run_dir}' is not a finished bertfit run (no recipe.yaml and config.json); "
                            "point at the --output folder of `bertfit train`")
-    import yaml
-
-    cfg = Config.model_validate(yaml.safe_load((folder / "recipe.yaml").read_text()))
+    cfg = build_config(str(folder / "recipe.yaml"))
     task = build_task(cfg.task, cfg.text_columns, cfg.label_column, cfg.label_names, cfg.max_length, cfg.truncation,
                       tuple(cfg.metrics), cfg.stride, cfg.label_all_subtokens)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -71,10 +69,9 @@ def _probabilities(run: LoadedRun, features, batch_size: int) -> list[np.ndarray
         batch = {k: v.to(run.device) for k, v in run.task.collate(features, indices, run.tokenizer.pad_token_id).items()}
         batch.pop("labels")
         logits = run.model(**batch).logits.float()
-        scores = logits if run.task.kind == "regression" else logits.softmax(-1)
+        scores = (logits if run.task.kind == "regression" else logits.softmax(-1)).cpu().numpy()
         for row, index in enumerate(indices):
-            out[index] = scores[row, : features.lengths[index]].cpu().numpy() if scores.ndim == 3 \
-                else scores[row].cpu().numpy()
+            out[index] = scores[row, : features.lengths[index]] if scores.ndim == 3 else scores[row]
     return out
 
 

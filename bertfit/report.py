@@ -22,6 +22,11 @@ METRIC_TITLES = {"accuracy": "Accuracy", "f1": "F1", "precision": "Precision", "
                  "matthews": "Matthews Correlation", "pearson": "Pearson", "spearman": "Spearman", "mse": "Mse"}
 
 
+def empty_window() -> dict:
+    """Training-loss sums over a stretch of steps (since the last log line, or the last evaluation)."""
+    return {"loss": 0.0, "items": 0, "correct": 0, "examples": 0}
+
+
 def scalar_metrics(metrics: dict) -> dict:
     return {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and k not in TIMING_FIELDS}
 
@@ -62,7 +67,7 @@ class RunLog:
         return record
 
     # -- training sums: added on the device each micro-step, read only at log, eval and checkpoint time
-    def accumulate(self, state: "State", task, loss_sum, logits, labels, items: int, examples: int,
+    def accumulate(self, task, loss_sum, logits, labels, items: int, examples: int,
                    tokens: int, padded: int) -> None:
         self.loss += loss_sum.double()
         if task.kind == "classification":
@@ -99,7 +104,7 @@ class RunLog:
         self.event("train", step=state.step, epoch=round(state.step / run.steps_per_epoch, 4),
                    lr=run.scheduler.get_last_lr()[0], loss=window["loss"] / max(1, window["items"]),
                    grad_norm=float(grad_norm), **throughput(state))
-        state.window = {"loss": 0.0, "items": 0, "correct": 0, "examples": 0}
+        state.window = empty_window()
 
     def eval_event(self, run: "Run", result: dict) -> None:
         state = run.state
@@ -110,7 +115,7 @@ class RunLog:
         if run.task.kind == "classification" and since["examples"]:
             fields["train_accuracy"] = since["correct"] / since["examples"]
         record = self.event("eval", **fields, metrics=result, best_step=state.best_step)
-        state.since_eval = {"loss": 0.0, "items": 0, "correct": 0, "examples": 0}
+        state.since_eval = empty_window()
         if self.enabled and self.console is not None:
             header, row = table_lines([record])
             if not self.header_printed:
@@ -223,15 +228,14 @@ def write_outputs(run: "Run", summary: dict) -> None:
 
 
 def read_run(folder: Path) -> tuple:
-    from bertfit.config import Config
+    from bertfit.config import build_config
     from bertfit.errors import BertfitError
-    import yaml
 
     needed = [folder / n for n in ("recipe.yaml", "log.jsonl", "metrics.json")]
     missing = [p.name for p in needed if not p.is_file()]
     if missing:
         raise BertfitError(f"'{folder}' is not a finished bertfit run (missing {', '.join(missing)})")
-    cfg = Config.model_validate(yaml.safe_load(needed[0].read_text()))
+    cfg = build_config(str(needed[0]))
     events = [json.loads(line) for line in needed[1].read_text().splitlines() if line.strip()]
     summary = json.loads(needed[2].read_text())
     profile_path = folder / "data_profile.json"

@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 
 IGNORE = -100
+LOWER_IS_BETTER = {"loss", "mse"}
 
 
 @dataclass
@@ -97,7 +98,6 @@ class Task:
 
     kind: str
     primary_metric: str
-    greater_is_better = True
 
     def __init__(self, text_columns: list[str], label_column: str, label_names: Optional[list[str]],
                  max_length: int, truncation: str = "head", extra_metrics: tuple[str, ...] = ()):
@@ -157,6 +157,10 @@ class Task:
 
     def collate_labels(self, features: Features, indices: np.ndarray, width: int) -> torch.Tensor:
         return torch.from_numpy(np.asarray(features.labels)[indices])
+
+    def metric_names(self) -> tuple[str, ...]:
+        """The scalar metrics `metrics()` reports, besides the loss."""
+        raise NotImplementedError
 
     # -- training
     def loss_sum(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -230,6 +234,11 @@ class ClassificationTask(SequenceTask):
             return as_text.map(index).to_numpy(np.int64)
         return values.astype(float).astype(np.int64).to_numpy()
 
+    def metric_names(self):
+        names = ("f1", "precision", "recall") if len(self.label_names) == 2 else (
+            "f1_macro", "recall_macro", "precision_macro")
+        return ("accuracy", *names) + (("matthews",) if "matthews" in self.extra_metrics else ())
+
     def loss_sum(self, logits, labels):
         return F.cross_entropy(logits.float(), labels, reduction="sum")
 
@@ -247,6 +256,9 @@ class RegressionTask(SequenceTask):
 
     def label_ids(self, frame):
         return frame[self.label_column].astype(float).to_numpy(np.float32)
+
+    def metric_names(self):
+        return ("pearson", "spearman", "mse")
 
     def loss_sum(self, logits, labels):
         return F.mse_loss(logits.squeeze(-1).float(), labels.float(), reduction="sum")
@@ -343,6 +355,9 @@ class TokenTask(Task):
         for row, index in enumerate(indices):
             labels[row, : len(features.labels[index])] = features.labels[index]
         return torch.from_numpy(labels)
+
+    def metric_names(self):
+        return ("precision", "recall", "f1", "accuracy")
 
     def loss_sum(self, logits, labels):
         return F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=IGNORE, reduction="sum")

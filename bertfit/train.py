@@ -21,8 +21,8 @@ import torch.distributed as dist
 from bertfit import batching, checkpoint, data, diagnose, inspection, models
 from bertfit.config import Config
 from bertfit.errors import BertfitError
-from bertfit.report import RunLog, write_outputs
-from bertfit.tasks import Features, Task, build_task
+from bertfit.report import RunLog, empty_window, write_outputs
+from bertfit.tasks import LOWER_IS_BETTER, Features, Task, build_task
 
 
 class Interrupted(Exception):
@@ -71,8 +71,8 @@ class State:
     padded_tokens_seen: int = 0
     # Training-loss sums since the last log line and since the last evaluation (flushed from the device there),
     # and the device sums not yet flushed (saved exactly so a resumed run adds up the same numbers).
-    window: dict = field(default_factory=lambda: {"loss": 0.0, "items": 0, "correct": 0, "examples": 0})
-    since_eval: dict = field(default_factory=lambda: {"loss": 0.0, "items": 0, "correct": 0, "examples": 0})
+    window: dict = field(default_factory=empty_window)
+    since_eval: dict = field(default_factory=empty_window)
     pending: dict = field(default_factory=lambda: {"loss": 0.0, "correct": 0})
 
 
@@ -147,6 +147,11 @@ def prepare_data(cfg: Config, tokenizer) -> tuple[Config, data.Splits, data.Data
                        test_split=test_split or cfg.test_split, max_length=max_length, metrics=list(metrics))
     task = build_task(spec.task, spec.text_columns, spec.label_column, spec.label_names, max_length,
                       cfg.truncation, metrics, cfg.stride, cfg.label_all_subtokens)
+    known = ("loss", *task.metric_names())
+    if cfg.metric_for_best is not None and cfg.metric_for_best not in known:
+        raise BertfitError(f"metric_for_best '{cfg.metric_for_best}' is not reported for this {spec.task} task; "
+                           f"choose one of {', '.join(known)}")
+    cfg = cfg.resolved(metric_for_best=cfg.metric_for_best or task.primary_metric)
     frames = {"train": data.subsample(splits.frames[train_split], cfg.max_train_samples, cfg.seed),
               "validation": data.subsample(splits.frames[eval_split], cfg.max_eval_samples, cfg.seed)}
     if test_split:
@@ -298,7 +303,7 @@ def train(cfg: Config, resume: bool = False, overwrite: bool = False, console=No
                         logits = run.forward(**batch).logits
                     loss_sum = task.loss_sum(logits, labels)
                     run.scaler.scale(loss_sum * ranks.world / step_items).backward()
-                run.log.accumulate(state, task, loss_sum.detach(), logits.detach(), labels,
+                run.log.accumulate(task, loss_sum.detach(), logits.detach(), labels,
                                    int(train_features.items[indices].sum()), len(indices),
                                    int(train_features.lengths[indices].sum()), batch["input_ids"].numel())
             run.scaler.unscale_(run.optimizer)
@@ -395,9 +400,9 @@ def evaluate_and_select(run: Run) -> None:
     cfg, state = run.cfg, run.state
     result = evaluate(run.model, run.task, run.features["validation"], run.frames["validation"],
                       eval_batch_size(cfg), run.device, cfg.precision, run.dist, run.tokenizer.pad_token_id)
-    metric = result[cfg.metric_for_best or run.task.primary_metric]
-    improved = state.best_metric is None or (metric > state.best_metric if run.task.greater_is_better
-                                             else metric < state.best_metric)
+    metric = result[cfg.metric_for_best]
+    improved = state.best_metric is None or (metric < state.best_metric if cfg.metric_for_best in LOWER_IS_BETTER
+                                             else metric > state.best_metric)
     if improved:
         state.best_metric, state.best_step, state.evals_without_gain = metric, state.step, 0
     else:
@@ -485,7 +490,7 @@ def finish(run: Run) -> dict:
         parameters = sum(p.numel() for p in run.model.parameters())
         train_stats["mfu"] = 6 * parameters * train_stats["tokens_per_second"] / diagnose.GPU_PEAK_FLOPS
     summary = {"kept_step": kept_step, "best_step": state.best_step, "best_metric": state.best_metric,
-               "metric_for_best": cfg.metric_for_best or run.task.primary_metric, "stop_reason": state.stop_reason,
+               "metric_for_best": cfg.metric_for_best, "stop_reason": state.stop_reason,
                "final": run.log.evals[-1]["metrics"], **results, "train": train_stats}
     if run.dist.main:
         run.model.save_pretrained(run.out)

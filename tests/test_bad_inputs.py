@@ -76,6 +76,8 @@ CASES = {
     "zero batch size": (None, ["--batch-size", "0"], "invalid value for 'batch_size': Input should be greater than 0 (got 0)"),
     "unknown scheduler": (None, ["--scheduler", "exponential"], "invalid value for 'scheduler': Input should be 'linear', 'constant' or 'cosine'"),
     "fp16 on CPU": (None, ["--precision", "fp16"], "precision fp16 needs a CUDA GPU (no GPU found); use --precision fp32 or bf16"),
+    "unknown metric for best": (None, ["--metric-for-best", "auc"],
+                                "metric_for_best 'auc' is not reported for this classification task; choose one of loss, accuracy, f1, precision, recall"),
     "eval every larger than the run": (None, ["--eval-every", "999"], "eval_every 999 is larger than the whole run (2 steps)"),
     "recipe with unknown key": (None, ["{tmp}/recipe.yaml"], "unknown recipe key 'learning_rat'; did you mean 'lr'?"),
     "unknown dataset offline": (lambda t: "no_such_dataset_xyz", [], "dataset 'no_such_dataset_xyz' not found locally (no such file or folder, no BERTFIT_DATA_DIR mirror)"),

@@ -77,10 +77,13 @@ def test_best_checkpoint_is_kept_and_early_stopping_stops(tiny_bert, tmp_path, c
     code, _, stderr = run_cli(args, capsys)
     assert code == 0, stderr
     metrics = json.loads((out / "metrics.json").read_text())
-    evals = [json.loads(l) for l in (out / "log.jsonl").read_text().splitlines() if '"eval"' in l]
-    if metrics["stop_reason"] == "early_stopping":
-        assert len(evals) < 2 or evals[-1]["metrics"]["loss"] >= metrics["best_metric"]
-    assert metrics["kept_step"] == metrics["best_step"]
+    evals = [json.loads(l) for l in (out / "log.jsonl").read_text().splitlines() if '"event": "eval"' in l]
+    losses = {e["step"]: e["metrics"]["loss"] for e in evals}
+    best_step = min(losses, key=losses.get)  # loss: lower is better
+    assert metrics["best_step"] == best_step and metrics["best_metric"] == losses[best_step]
+    assert metrics["kept_step"] == best_step and metrics["validation"]["loss"] == losses[best_step]
+    last_step = max(losses)
+    assert metrics["stop_reason"] == ("early_stopping" if last_step > best_step else None)
     assert (out / "checkpoints" / f"step-{metrics['best_step']:08d}").is_dir()
 
 
