@@ -79,10 +79,9 @@ class RunLog:
         state.pending = {"loss": float(self.loss), "correct": int(self.correct), **self.host}
 
     def _flush(self, state: "State") -> None:
-        values = torch.tensor([float(self.loss), float(self.correct)] + [float(v) for v in self.host.values()],
-                              dtype=torch.float64)
+        host = torch.tensor([float(v) for v in self.host.values()], dtype=torch.float64).to(self.loss.device)
+        values = torch.cat([torch.stack([self.loss, self.correct.double()]), host])
         if dist.is_initialized():
-            values = values.to(self.loss.device)
             dist.all_reduce(values)
         loss, correct, items, examples, tokens, padded = values.tolist()
         for window in (state.window, state.since_eval):
@@ -97,13 +96,13 @@ class RunLog:
         self.correct.zero_()
         self.host = dict.fromkeys(self.host, 0)
 
-    def train_event(self, run: "Run", grad_norm: torch.Tensor) -> None:
+    def train_event(self, run: "Run", grad_norm: float) -> None:
         state = run.state
         self._flush(state)
         window = state.window
         self.event("train", step=state.step, epoch=round(state.step / run.steps_per_epoch, 4),
                    lr=run.scheduler.get_last_lr()[0], loss=window["loss"] / max(1, window["items"]),
-                   grad_norm=float(grad_norm), **throughput(state))
+                   grad_norm=grad_norm, **throughput(state))
         state.window = empty_window()
 
     def eval_event(self, run: "Run", result: dict) -> None:

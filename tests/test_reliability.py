@@ -193,3 +193,67 @@ def test_a_second_signal_exits_at_once_and_leaves_no_torn_checkpoint(tiny_bert, 
     resumed = spawn(recipe_args(tiny_bert, out) + ["--resume"])
     _, err = resumed.communicate(timeout=300)
     assert resumed.returncode == 0, err.decode()[-2000:]
+
+
+def test_a_skipped_step_leaves_weights_and_optimizer_state_untouched():
+    from types import SimpleNamespace
+
+    from bertfit.train import NonFiniteGuard, State
+
+    model = torch.nn.Linear(4, 2)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=0.1, fused=True)
+    scaler = torch.amp.GradScaler("cpu", enabled=False)
+    guard = NonFiniteGuard(torch.device("cpu"), capacity=4, limit=2, step=0)
+    events = []
+    run = SimpleNamespace(state=State(), log=SimpleNamespace(event=lambda name, **f: events.append((name, f))))
+
+    def step(grad_value):
+        for p in model.parameters():
+            p.grad = torch.full_like(p, grad_value)
+        norm = torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        guard.step(optimizer, scaler, norm)
+        optimizer.zero_grad(set_to_none=True)
+
+    step(0.5)
+    weights = [p.detach().clone() for p in model.parameters()]
+    moments = [optimizer.state[p]["exp_avg"].clone() for p in model.parameters()]
+    step(float("nan"))
+    assert all(torch.equal(w, p) for w, p in zip(weights, model.parameters()))
+    assert all(torch.equal(m, optimizer.state[p]["exp_avg"]) for m, p in zip(moments, model.parameters()))
+    assert all(optimizer.state[p]["step"].item() == 1 for p in model.parameters())
+    step(0.5)
+    assert not all(torch.equal(w, p) for w, p in zip(weights, model.parameters()))
+    step(float("inf"))
+    assert events == [] and guard.full  # nothing read back yet
+    guard.settle(run)
+    assert [f["step"] for _, f in events] == [2, 4] and run.state.bad_steps == 1 and run.state.stop_reason is None
+    step(float("nan"))
+    guard.settle(run)
+    assert run.state.bad_steps == 2 and run.state.stop_reason == "diverged" and events[-1][1]["step"] == 5
+
+
+def test_the_host_waits_for_the_device_per_log_line_not_per_step(tiny_bert, tmp_path, capsys, monkeypatch):
+    """Counts bertfit's tensor read-backs in a run: doubling the steps adds reads only for the extra log lines.
+    (Eager transformers checks each attention mask on the host; compiled runs, the GPU default, trace it away.)"""
+    package = str(Path(__file__).resolve().parents[1] / "bertfit")
+    reads = {"n": 0}
+    for name in ("item", "tolist", "__float__", "__int__", "__bool__", "cpu", "numpy"):
+        original = getattr(torch.Tensor, name)
+
+        def counted(self, *args, _original=original, **kwargs):
+            reads["n"] += sys._getframe(1).f_code.co_filename.startswith(package)
+            return _original(self, *args, **kwargs)
+
+        monkeypatch.setattr(torch.Tensor, name, counted)
+
+    def reads_for(steps):
+        args = recipe_args(tiny_bert, tmp_path / f"run{steps}")
+        for flag, value in (("--max-steps", steps), ("--eval-every", steps), ("--checkpoint-every", steps)):
+            args[args.index(flag) + 1] = value
+        args[args.index("log_every=1")] = "log_every=10"
+        reads["n"] = 0
+        assert run_cli(args, capsys)[0] == 0
+        return reads["n"]
+
+    extra = reads_for(40) - reads_for(20)
+    assert 0 < extra <= 2 * 2, f"{extra} more host reads for 20 more steps (2 more log lines of 2 reads each)"
