@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
+from pathlib import Path
 from typing import List, Optional
 
 import typer
@@ -19,6 +19,8 @@ console = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isat
 errors = Console(stderr=True, highlight=False, soft_wrap=True)
 
 Opt = typer.Option
+# Set by `--nproc` for its workers: the folder where a worker leaves its one-line error for the launcher.
+WORKER_ERRORS = "BERTFIT_WORKER_ERRORS"
 
 
 @app.command()
@@ -101,7 +103,15 @@ def print_summary(summary: dict, output: str) -> None:
 
 
 def launch_distributed(nproc: int) -> int:
-    """`--nproc N` is torchrun on this machine with the same arguments."""
+    """`--nproc N` is torchrun on this machine with the same arguments. A worker's user error comes back as
+    its one line and exit code 2, not as one line per worker and torchrun's failure report."""
+    import logging
+    import tempfile
+
+    from torch.distributed import run as torchrun
+    from torch.distributed.elastic.multiprocessing.api import SignalException
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+
     argv, skip = [], False
     for arg in sys.argv[1:]:
         if skip or arg.startswith("--nproc="):
@@ -110,9 +120,28 @@ def launch_distributed(nproc: int) -> int:
         skip = arg == "--nproc"
         if not skip:
             argv.append(arg)
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-               "-m", "bertfit", *argv]
-    return subprocess.call(command)
+    logging.getLogger("torch.distributed.elastic").setLevel(logging.CRITICAL)
+    # Each worker gets its share of the cores (torchrun's own default is one thread, with a warning).
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
+    with tempfile.TemporaryDirectory(prefix="bertfit-errors-") as error_dir:
+        os.environ[WORKER_ERRORS] = error_dir
+        try:
+            torchrun.run(torchrun.parse_args(["--standalone", f"--nproc_per_node={nproc}", "-m", "bertfit", *argv]))
+            return 0
+        except SignalException as stopped:  # the launcher itself was signalled; torchrun has stopped the workers
+            rank, code = 0, 128 + stopped.sigval
+        except ChildFailedError as failed:
+            rank, failure = failed.get_first_failure()
+            code = failure.exitcode if failure.exitcode >= 0 else 128 - failure.exitcode
+        said = Path(error_dir, str(rank))
+        if said.is_file():
+            errors.print(said.read_text(), markup=False)
+            return code
+        if code > 128:
+            return code
+        errors.print(f"bertfit: worker {rank} failed with exit code {code} (rerun with --debug for its traceback)",
+                     markup=False)
+        return 1
 
 
 @app.command()
@@ -201,7 +230,6 @@ def print_profile(report: dict) -> None:
 @app.command()
 def doctor(run: str = typer.Argument(..., help="run folder"), debug: bool = Opt(False, "--debug")):
     """Diagnose a finished run: findings with evidence and advice (also written to diagnosis.json and the card)."""
-    from pathlib import Path
 
     from bertfit.report import finalise
 
@@ -217,12 +245,20 @@ def doctor(run: str = typer.Argument(..., help="run folder"), debug: bool = Opt(
 @app.command()
 def card(run: str = typer.Argument(..., help="run folder"), debug: bool = Opt(False, "--debug")):
     """Regenerate the model card (README.md), plots and diagnosis of a run from its files."""
-    from pathlib import Path
 
     from bertfit.report import finalise
 
     finalise(Path(run))
     console.print(f"wrote {Path(run) / 'README.md'}")
+
+
+def report_error(line: str) -> None:
+    """To stderr; a worker under `--nproc` leaves it to the launcher, so the user reads it once."""
+    folder = os.environ.get(WORKER_ERRORS)
+    if folder and "RANK" in os.environ:
+        Path(folder, os.environ["RANK"]).write_text(line)
+    else:
+        errors.print(line, markup=False)
 
 
 def main() -> None:
@@ -232,7 +268,7 @@ def main() -> None:
     except BertfitError as err:
         if debug:
             raise
-        errors.print(f"error: {err}", markup=False)
+        report_error(f"error: {err}")
         sys.exit(err.exit_code)
     except typer.Exit as done:
         sys.exit(done.exit_code)
@@ -242,7 +278,7 @@ def main() -> None:
         from bertfit.train import Interrupted
 
         if isinstance(err, Interrupted):
-            errors.print(str(err), markup=False)
+            report_error(str(err))
             sys.exit(err.exit_code)
         if type(err).__name__ == "NoArgsIsHelpError":  # a bare `bertfit`: typer has printed the help
             sys.exit(2)
@@ -251,7 +287,7 @@ def main() -> None:
             sys.exit(2)
         if debug:
             raise
-        errors.print(f"bertfit: internal error: {type(err).__name__}: {err} (rerun with --debug for the traceback; "
-                     "please report it)", markup=False)
+        report_error(f"bertfit: internal error: {type(err).__name__}: {err} (rerun with --debug for the traceback; "
+                     "please report it)")
         sys.exit(1)
     sys.exit(code if isinstance(code, int) else 0)

@@ -113,6 +113,17 @@ def test_launcher_reports_user_errors_in_one_line(tmp_path):
         assert not (tmp_path / "o").exists()
 
 
+def test_a_worker_error_after_launch_is_one_line_exit_2(tiny_bert, tmp_path):
+    """max_length is checked against the tokenizer, inside the workers: still one line, not one per worker."""
+    done = subprocess.run([sys.executable, "-m", "bertfit", "train", "--model", tiny_bert, "--data",
+                           str(SAMPLES / "sst2_200.csv"), "--output", str(tmp_path / "o"), "--nproc", "2",
+                           "--max-length", "1024"], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.strip().splitlines() == [
+        "error: max_length 1024 is longer than the model accepts (512); lower it"]
+    assert not (tmp_path / "o").exists()
+
+
 def test_ddp_sigterm_then_resume_matches_the_uninterrupted_run(tiny_bert, tmp_path):
     import signal
     import time
