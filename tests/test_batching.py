@@ -97,9 +97,11 @@ def test_compiled_and_eager_give_the_same_loss(tiny_bert_no_dropout, minilm_toke
     task = ClassificationTask(["text"], "label", ["neg", "pos"], 64)
     batch = task.collate(task.encode(frame, minilm_tokenizer), np.arange(3), minilm_tokenizer.pad_token_id,
                          pad_to=batching.compile_length)
+    device = "cuda" if torch.cuda.is_available() else "cpu"  # benchmarks/gpu_run.sh runs this on the GPU too
+    batch = {k: v.to(device) for k, v in batch.items()}
     labels = batch.pop("labels")
     torch.manual_seed(0)
-    model = models.load_model(tiny_bert_no_dropout, "classification", ["neg", "pos"]).eval()
+    model = models.load_model(tiny_bert_no_dropout, "classification", ["neg", "pos"]).to(device).eval()
     eager = task.loss_sum(model(**batch).logits, labels)
     compiled = task.loss_sum(torch.compile(model)(**batch).logits, labels)
     assert compiled.item() == pytest.approx(eager.item(), rel=1e-4)
