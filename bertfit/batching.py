@@ -70,9 +70,17 @@ def compile_length(length: int) -> int:
 
 
 def eval_batches(lengths: np.ndarray, batch_size: int, rank: int = 0, world: int = 1) -> list[np.ndarray]:
-    """Length-sorted batches (least padding); rank r takes batches r, r+world, ... so no example is counted twice."""
+    """Length-sorted batches of at most `batch_size` × the longest length in tokens: the memory of a full batch
+    of the longest examples, so shorter examples come in proportionally larger batches. Rank r takes batches
+    r, r+world, ... so no example is counted twice."""
     order = np.argsort(lengths, kind="stable")
-    batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+    budget = batch_size * max(1, int(lengths.max(initial=1)))
+    batches, start = [], 0
+    for end, index in enumerate(order):
+        # Sorted ascending: the example joining a batch is its longest, so the batch costs (size) × its length.
+        if end > start and (end - start + 1) * max(1, int(lengths[index])) > budget:
+            batches.append(order[start:end])
+            start = end
+    if start < len(order):
+        batches.append(order[start:])
     return batches[rank::world]
-
-

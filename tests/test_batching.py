@@ -62,6 +62,16 @@ def test_eval_shards_count_every_example_once():
     assert sorted(np.concatenate(shards).tolist()) == list(range(len(LENGTHS)))
 
 
+def test_eval_batches_grow_as_examples_shrink_within_the_full_batch_budget():
+    lengths = np.array([512] * 40 + [16] * 1000 + [100] * 300)
+    batches = batching.eval_batches(lengths, 16)
+    budget = 16 * 512
+    assert sorted(np.concatenate(batches).tolist()) == list(range(len(lengths)))
+    assert all(len(b) * lengths[b].max() <= budget for b in batches)
+    assert [len(b) for b in batches] == [512, 488, 81, 81, 81, 57, 16, 16, 8]
+    assert all(lengths[b].max() <= lengths[n].min() for b, n in zip(batches, batches[1:]))  # sorted
+
+
 def lr_curve(scheduler, warmup_ratio, steps=100):
     cfg = Config(scheduler=scheduler, warmup_ratio=warmup_ratio, lr=1.0)
     optimizer = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
