@@ -23,6 +23,7 @@ LEAKAGE_SHARE = 0.005
 TRUNCATION_SHARE = 0.05
 PADDING_SHARE = 0.30
 SMALL_EVAL = 2000
+FP16_SCALER_SKIPS = 5       # skipped fp16 steps tolerated (or 1% of steps) as loss-scale calibration
 GPU_PEAK_FLOPS = 800e12      # H100/H200 dense bf16 matmul peak, for MFU
 LOW_MFU = 0.05
 
@@ -76,6 +77,12 @@ def _non_finite(events, evals, profile, summary, recipe) -> Optional[Finding]:
     if not bad and all(math.isfinite(v) for v in losses):
         return None
     diverged = any(e["event"] == "diverged" for e in events)
+    # fp16's GradScaler skips a step each time it lowers the loss scale, mostly early on: a few skips are how it
+    # calibrates, not a fault.
+    steps = max((e["step"] for e in events if e["event"] in ("train", "eval")), default=0)
+    if (recipe.get("precision") == "fp16" and not diverged and all(math.isfinite(v) for v in losses)
+            and len(bad) <= max(FP16_SCALER_SKIPS, 0.01 * steps)):
+        return None
     first = bad[0]["step"] if bad else None
     return Finding("non_finite", "error", "NaN/inf appeared in training",
                    f"{len(bad)} step(s) with non-finite loss or gradients" + (f", first at step {first}" if first else "")

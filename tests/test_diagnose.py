@@ -104,3 +104,15 @@ def test_real_runs_lr_too_high_flagged_and_healthy_silent(tmp_path, capsys):
     assert "## Diagnosis" in card and "No problems found" in card and "![loss](plots/loss.png)" in card
     for plot in ("loss", "metrics", "confusion", "lengths"):
         assert (tmp_path / "ok" / "plots" / f"{plot}.png").stat().st_size > 5000
+
+
+def test_fp16_loss_scale_calibration_is_not_a_fault():
+    rows = [(500, 0.40, 0.38, 0.84), (1000, 0.31, 0.33, 0.86)]
+    calibration = [{"event": "bad_step", "step": s} for s in (1, 2, 3)]
+    fp16 = {**BINARY, "precision": "fp16"}
+    assert "non_finite" not in ids(diagnose(evals(rows) + calibration, None, {}, fp16))
+    assert "non_finite" in ids(diagnose(evals(rows) + calibration, None, {}, {**BINARY, "precision": "bf16"}))
+    many = [{"event": "bad_step", "step": s} for s in range(100, 130)]
+    assert "non_finite" in ids(diagnose(evals(rows) + many, None, {}, fp16))
+    diverged = calibration + [{"event": "diverged", "step": 3}]
+    assert "non_finite" in ids(diagnose(evals(rows) + diverged, None, {}, fp16))
