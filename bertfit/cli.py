@@ -120,7 +120,9 @@ def launch_distributed(nproc: int) -> int:
         skip = arg == "--nproc"
         if not skip:
             argv.append(arg)
-    logging.getLogger("torch.distributed.elastic").setLevel(logging.CRITICAL)
+    for name in list(logging.root.manager.loggerDict):  # torchelastic's loggers carry their own levels
+        if name.startswith("torch.distributed"):
+            logging.getLogger(name).setLevel(logging.CRITICAL)
     # Each worker gets its share of the cores (torchrun's own default is one thread, with a warning).
     os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
     with tempfile.TemporaryDirectory(prefix="bertfit-errors-") as error_dir:
