@@ -38,9 +38,8 @@ MODES = {
             "max_length": 512, "scheduler": "linear", "seed": 42, "precision": "auto", "eval_split": "test"},
     # Throughput only: a random-init bert-base-sized model on IMDB-length data, seed recipe (AMP), bs 16 and 32.
     "throughput": {"model": "random-bert", "tokenizer": "minilm", "layers": 12, "hidden": 768, "data": "imdb",
-                   "max_steps": 600,
-                   "batch_size": 16, "lr": 2e-5, "max_length": 512, "scheduler": "linear", "seed": 42,
-                   "precision": "auto", "eval_split": "test"},
+                   "max_steps": 600, "batch_size": 16, "lr": 2e-5, "max_length": 512, "scheduler": "linear",
+                   "seed": 42, "precision": "auto", "eval_split": "test"},
 }
 GPU_PEAK_FLOPS = 800e12
 
@@ -232,6 +231,7 @@ def hf_throughput_side(recipe: dict) -> dict:
     enc = tokenizer(frames["train"]["text"].tolist(), truncation=True, max_length=recipe["max_length"])
     dataset = Dataset.from_dict({**enc, "labels": frames["train"]["label"].tolist()})
     times: list[tuple[int, float]] = []
+    every = max(1, recipe["max_steps"] // 30)
 
     class Clock(TrainerCallback):
         """Reads the clock every `every` steps (bertfit's log lines, which wait for the device, read it as often)."""
@@ -242,8 +242,6 @@ def hf_throughput_side(recipe: dict) -> dict:
             if torch.cuda.is_available():
                 torch.cuda.synchronize()
             times.append((state.global_step, time.perf_counter()))
-
-    every = max(1, recipe["max_steps"] // 30)
 
     model = AutoModelForSequenceClassification.from_pretrained(path, dtype=torch.float32)
     args = TrainingArguments(output_dir=tempfile.mkdtemp(), per_device_train_batch_size=recipe["batch_size"],

@@ -232,7 +232,6 @@ def print_profile(report: dict) -> None:
 @app.command()
 def doctor(run: str = typer.Argument(..., help="run folder"), debug: bool = Opt(False, "--debug")):
     """Diagnose a finished run: findings with evidence and advice (also written to diagnosis.json and the card)."""
-
     from bertfit.report import finalise
 
     findings = finalise(Path(run))
@@ -247,7 +246,6 @@ def doctor(run: str = typer.Argument(..., help="run folder"), debug: bool = Opt(
 @app.command()
 def card(run: str = typer.Argument(..., help="run folder"), debug: bool = Opt(False, "--debug")):
     """Regenerate the model card (README.md), plots and diagnosis of a run from its files."""
-
     from bertfit.report import finalise
 
     finalise(Path(run))

@@ -74,13 +74,14 @@ def as_dicts(findings: list[Finding]) -> list[dict]:
 def _non_finite(events, evals, profile, summary, recipe) -> Optional[Finding]:
     bad = [e for e in events if e["event"] == "bad_step"]
     losses = [v for _, v in _train_losses(events)] + [v for _, v in _series(evals, "loss")]
-    if not bad and all(math.isfinite(v) for v in losses):
+    finite_losses = all(math.isfinite(v) for v in losses)
+    if not bad and finite_losses:
         return None
     diverged = any(e["event"] == "diverged" for e in events)
     # fp16's GradScaler skips a step each time it lowers the loss scale, mostly early on: a few skips are how it
     # calibrates, not a fault.
     steps = max((e["step"] for e in events if e["event"] in ("train", "eval")), default=0)
-    if (recipe.get("precision") == "fp16" and not diverged and all(math.isfinite(v) for v in losses)
+    if (recipe.get("precision") == "fp16" and not diverged and finite_losses
             and len(bad) <= max(FP16_SCALER_SKIPS, 0.01 * steps)):
         return None
     first = bad[0]["step"] if bad else None
