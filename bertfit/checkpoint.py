@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import errno
 import os
 import pickle
 import random
@@ -13,10 +12,12 @@ from typing import Optional
 import numpy as np
 import torch
 import yaml
+from safetensors import SafetensorError
 from safetensors.torch import load_model, save_model
 
 from bertfit.config import RESULT_FIELDS, Config
-from bertfit.errors import BertfitError
+from bertfit.errors import BertfitError, first_line
+from bertfit.files import writing
 
 PREFIX = "step-"
 STATE_FILE = "training_state.pt"
@@ -51,12 +52,17 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+class Damaged(BertfitError):
+    """A checkpoint whose files cannot be read back (torn, truncated, overwritten with junk)."""
+
+
 def save(folder: Path, step: int, model: torch.nn.Module, training_state: dict, recipe: Config,
          keep: int, best_step: Optional[int]) -> Path:
     """Write checkpoint `step` atomically, then drop old ones but the newest `keep` and the best."""
     final = folder / f"{PREFIX}{step:08d}"
     tmp = folder / f".tmp-{PREFIX}{step:08d}"
-    try:
+    with writing(f"checkpoint {final.name}", folder, "free space and resume with --resume (the previous checkpoint "
+                 "is intact)", cleanup=tmp):
         if tmp.exists():
             shutil.rmtree(tmp)
         tmp.mkdir(parents=True)
@@ -69,15 +75,17 @@ def save(folder: Path, step: int, model: torch.nn.Module, training_state: dict, 
             shutil.rmtree(final)
         os.replace(tmp, final)
         _fsync(folder)
-    except OSError as err:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if err.errno == errno.ENOSPC:
-            raise BertfitError(f"disk full while writing checkpoint {final.name} in '{folder}'; free space and "
-                               "resume with --resume (the previous checkpoint is intact)") from None
-        raise BertfitError(f"cannot write checkpoint {final.name} in '{folder}': {err.strerror}; "
-                           "check the folder and resume with --resume") from None
     _rotate(folder, keep, best_step)
     return final
+
+
+def set_aside(path: Path) -> Path:
+    """A damaged checkpoint keeps its files for a post-mortem but no longer counts as complete."""
+    aside = path.with_name(f"damaged-{path.name}")
+    if aside.exists():
+        shutil.rmtree(aside)
+    os.replace(path, aside)
+    return aside
 
 
 def _rotate(folder: Path, keep: int, best_step: Optional[int]) -> None:
@@ -97,16 +105,23 @@ def complete(folder: Path) -> list[Path]:
 
 
 def load_state(path: Path) -> dict:
-    """Only tensors and plain containers: a pickle that would run code is refused."""
+    """Only tensors and plain containers: a pickle that would run code is refused, not skipped."""
     try:
         return torch.load(path / STATE_FILE, weights_only=True, map_location="cpu")
-    except (pickle.UnpicklingError, RuntimeError, EOFError) as err:
-        raise BertfitError(f"checkpoint '{path}' holds objects other than tensors and plain values, or is damaged "
-                           f"({str(err).splitlines()[0][:120]}); bertfit only loads its own checkpoints") from None
+    except pickle.UnpicklingError as err:
+        if "weights only" in str(err).lower():
+            raise BertfitError(f"checkpoint '{path}' holds objects other than tensors and plain values "
+                               f"({first_line(err, 80)}); bertfit only loads its own checkpoints") from None
+        raise Damaged(f"checkpoint '{path}' is damaged ({first_line(err, 80)})") from None
+    except (RuntimeError, EOFError, OSError, ValueError) as err:
+        raise Damaged(f"checkpoint '{path}' is damaged ({first_line(err, 80)})") from None
 
 
 def load_weights(path: Path, model: torch.nn.Module) -> None:
-    load_model(model, str(path / WEIGHTS_FILE), device=str(next(model.parameters()).device))
+    try:
+        load_model(model, str(path / WEIGHTS_FILE), device=str(next(model.parameters()).device))
+    except (SafetensorError, OSError, RuntimeError, ValueError) as err:
+        raise Damaged(f"checkpoint '{path}' has damaged weights ({first_line(err, 80)})") from None
 
 
 def recipe_differences(saved: dict, current: Config) -> list[str]:
@@ -116,4 +131,10 @@ def recipe_differences(saved: dict, current: Config) -> list[str]:
 
 
 def saved_recipe(path: Path) -> dict:
-    return yaml.safe_load((path / "recipe.yaml").read_text())
+    try:
+        recipe = yaml.safe_load((path / "recipe.yaml").read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
+        raise Damaged(f"checkpoint '{path}' has a damaged recipe.yaml ({first_line(err, 80)})") from None
+    if not isinstance(recipe, dict):
+        raise Damaged(f"checkpoint '{path}' has a damaged recipe.yaml")
+    return recipe

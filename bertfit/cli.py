@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import json
 import os
 import sys
+from enum import Enum
 from pathlib import Path
 from typing import List, Optional
 
@@ -19,6 +19,15 @@ console = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isat
 errors = Console(stderr=True, highlight=False, soft_wrap=True)
 
 Opt = typer.Option
+
+
+class TaskKind(str, Enum):
+    auto = "auto"
+    classification = "classification"
+    regression = "regression"
+    token = "token"
+
+
 # Set by `--nproc` for its workers: the folder where a worker leaves its one-line error for the launcher.
 WORKER_ERRORS = "BERTFIT_WORKER_ERRORS"
 
@@ -148,10 +157,14 @@ def launch_distributed(nproc: int) -> int:
 
 @app.command()
 def resume(run: str = typer.Argument(..., help="run folder to continue"), debug: bool = Opt(False, "--debug")):
-    """Continue an interrupted run from its newest checkpoint."""
+    """Continue an interrupted run from its newest checkpoint (in RUN, wherever it was moved or copied)."""
     from bertfit.config import build_config
 
-    run_training(build_config(os.path.join(run, "recipe.yaml")), resume=True, overwrite=False)
+    recipe = Path(run, "recipe.yaml")
+    if not recipe.is_file():
+        raise BertfitError(f"'{run}' is not a bertfit run folder (no recipe.yaml); give the --output folder of an "
+                           "interrupted `bertfit train`")
+    run_training(build_config(str(recipe), {"output": run}), resume=True, overwrite=False)
 
 
 @app.command("eval")
@@ -159,9 +172,10 @@ def evaluate(run: str = typer.Argument(..., help="run folder"), data: str = Opt(
              split: str = Opt("validation", help="split to score"), batch_size: int = Opt(64),
              debug: bool = Opt(False, "--debug")):
     """Score a trained run on a dataset split; prints metrics as JSON."""
+    from bertfit.files import to_json
     from bertfit.predict import evaluate_run
 
-    print(json.dumps(evaluate_run(run, data, split, batch_size), indent=2))
+    print(to_json(evaluate_run(run, data, split, batch_size), indent=2))
 
 
 @app.command()
@@ -174,8 +188,13 @@ def predict(run: str = typer.Argument(..., help="run folder"),
     """Predict labels, scores or entity spans for texts."""
     from bertfit.predict import load_run, predict as predict_rows, read_inputs, write_predictions
 
+    from bertfit.files import to_json
+    from bertfit.predict import check_output_path
+
     if not text and not input:
         raise BertfitError("nothing to predict; pass --text TEXT or --input FILE")
+    if output:
+        check_output_path(output)
     loaded = load_run(run)
     rows = read_inputs(input, loaded.cfg.text_columns) if input else [[t] + ([pair] if pair else []) for t in text]
     predictions = predict_rows(loaded, rows, batch_size)
@@ -184,22 +203,24 @@ def predict(run: str = typer.Argument(..., help="run folder"),
         console.print(f"wrote {len(predictions)} predictions to {output}")
     else:
         for prediction in predictions:
-            print(json.dumps(prediction, ensure_ascii=False))
+            print(to_json(prediction))
 
 
 @app.command()
 def inspect(data: str = Opt(..., help="dataset (as for train)"),
             model: Optional[str] = Opt(None, help="tokenizer for token lengths [default: minilm, bert-base-uncased's vocabulary]"),
-            max_length: int = Opt(512, help="cut at which truncation is counted"),
-            task: str = Opt("auto"), text_column: Optional[List[str]] = Opt(None, "--text-column"),
+            max_length: int = Opt(512, min=8, help="cut at which truncation is counted"),
+            task: TaskKind = Opt("auto"), text_column: Optional[List[str]] = Opt(None, "--text-column"),
             label_column: Optional[str] = Opt(None), as_json: bool = Opt(False, "--json", help="print JSON"),
             debug: bool = Opt(False, "--debug")):
     """Profile a dataset: sizes, labels, lengths and truncation, empties, duplicates, leakage, tag repairs."""
     from bertfit.inspection import inspect_source
 
-    report = inspect_source(data, model or "minilm", max_length, task, text_column or None, label_column)
+    report = inspect_source(data, model or "minilm", max_length, task.value, text_column or None, label_column)
     if as_json:
-        print(json.dumps(report, indent=2))
+        from bertfit.files import to_json
+
+        print(to_json(report, indent=2))
         return
     print_profile(report)
 
@@ -232,9 +253,7 @@ def print_profile(report: dict) -> None:
 @app.command()
 def doctor(run: str = typer.Argument(..., help="run folder"), debug: bool = Opt(False, "--debug")):
     """Diagnose a finished run: findings with evidence and advice (also written to diagnosis.json and the card)."""
-    from bertfit.report import finalise
-
-    findings = finalise(Path(run))
+    findings = refresh_reports(Path(run))
     if not findings:
         console.print("no findings: losses, metrics, data and speed look healthy")
     for finding in findings:
@@ -246,10 +265,17 @@ def doctor(run: str = typer.Argument(..., help="run folder"), debug: bool = Opt(
 @app.command()
 def card(run: str = typer.Argument(..., help="run folder"), debug: bool = Opt(False, "--debug")):
     """Regenerate the model card (README.md), plots and diagnosis of a run from its files."""
-    from bertfit.report import finalise
-
-    finalise(Path(run))
+    refresh_reports(Path(run))
     console.print(f"wrote {Path(run) / 'README.md'}")
+
+
+def refresh_reports(run: Path) -> list[dict]:
+    """Diagnosis, plots and card rewritten under the run folder's lock, so a run still writing is left alone."""
+    from bertfit.report import finalise
+    from bertfit.runfolder import RunFolder
+
+    with RunFolder.update(run) as folder, folder.recording():
+        return finalise(run)
 
 
 def report_error(line: str) -> None:

@@ -12,6 +12,9 @@ from typing import TYPE_CHECKING
 import torch
 import torch.distributed as dist
 
+from bertfit.errors import BertfitError, first_line
+from bertfit.files import atomic_write_text, to_json, writing
+
 if TYPE_CHECKING:
     from bertfit.train import Run, State
 
@@ -38,12 +41,10 @@ class RunLog:
         self.path, self.enabled = path, enabled
         self.events: list[dict] = []
         if resumed and path.is_file():
-            kept = path.read_text().splitlines()[: state.log_lines]
+            kept = path.read_text(encoding="utf-8").splitlines()[: state.log_lines]
             self.events = [json.loads(line) for line in kept]
             if enabled:
-                tmp = path.with_suffix(".tmp")
-                tmp.write_text("".join(line + "\n" for line in kept))
-                os.replace(tmp, path)
+                atomic_write_text(path, "".join(line + "\n" for line in kept), "free space and resume again")
         self.loss = torch.tensor(state.pending["loss"], dtype=torch.float64, device=device)
         self.correct = torch.tensor(state.pending["correct"], dtype=torch.int64, device=device)
         self.host = {k: state.pending.get(k, 0) for k in ("items", "examples", "tokens", "padded")}
@@ -62,8 +63,9 @@ class RunLog:
         record = {"event": kind, **fields, "time": round(time.time(), 3)}
         self.events.append(record)
         if self.enabled:
-            with self.path.open("a") as handle:
-                handle.write(json.dumps(record) + "\n")
+            with writing("the run log", self.path.parent, "free space and resume with --resume"):
+                with self.path.open("a", encoding="utf-8") as handle:
+                    handle.write(to_json(record) + "\n")
         return record
 
     # -- training sums: added on the device each micro-step, read only at log, eval and checkpoint time
@@ -217,28 +219,54 @@ BASE_MODELS = {"minilm": ("sentence-transformers/all-MiniLM-L6-v2", "apache-2.0"
 
 
 def write_outputs(run: "Run", summary: dict) -> None:
-    out = run.out
-    (out / "metrics.json").write_text(json.dumps(summary, indent=2, default=float))
+    folder = run.folder
+    folder.write_text("metrics.json", to_json(summary, indent=2))
     evals = run.log.evals
-    (out / "results.md").write_text(markdown_table(table_columns(evals), table_rows(evals)) + "\n")
+    folder.write_text("results.md", markdown_table(table_columns(evals), table_rows(evals)) + "\n")
     run.log.event("end", **{k: v for k, v in summary.items() if k in ("kept_step", "best_step", "stop_reason")},
                   **summary["train"])
-    summary["diagnosis"] = finalise(out)
+    with folder.recording():
+        summary["diagnosis"] = finalise(run.out)
+
+
+def _read_json(path: Path):
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as err:
+        raise BertfitError(f"'{path}' is damaged ({first_line(err, 120)}); rerun the training, or restore the "
+                           "file from a copy") from None
+
+
+def read_events(path: Path) -> list[dict]:
+    events = []
+    for number, line in enumerate(path.read_text(encoding="utf-8", errors="replace").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except ValueError:
+            record = None
+        if not isinstance(record, dict) or "event" not in record:
+            raise BertfitError(f"{path}:{number}: not a bertfit log line; remove the line (bertfit writes one JSON "
+                               "object per event)")
+        events.append(record)
+    return events
 
 
 def read_run(folder: Path) -> tuple:
     from bertfit.config import build_config
-    from bertfit.errors import BertfitError
 
     needed = [folder / n for n in ("recipe.yaml", "log.jsonl", "metrics.json")]
     missing = [p.name for p in needed if not p.is_file()]
     if missing:
         raise BertfitError(f"'{folder}' is not a finished bertfit run (missing {', '.join(missing)})")
     cfg = build_config(str(needed[0]))
-    events = [json.loads(line) for line in needed[1].read_text().splitlines() if line.strip()]
-    summary = json.loads(needed[2].read_text())
+    events = read_events(needed[1])
+    summary = _read_json(needed[2])
+    if not isinstance(summary, dict) or not all(isinstance(summary.get(k), dict) for k in ("train", "validation")):
+        raise BertfitError(f"'{needed[2]}' is not a bertfit metrics file; rerun the training")
     profile_path = folder / "data_profile.json"
-    profile = json.loads(profile_path.read_text()) if profile_path.is_file() else None
+    profile = _read_json(profile_path) if profile_path.is_file() else None
     return cfg, events, summary, profile
 
 
@@ -250,9 +278,10 @@ def finalise(folder: Path) -> list[dict]:
     cfg, events, summary, profile = read_run(folder)
     recipe = cfg.model_dump()
     findings = as_dicts(diagnose(events, profile, summary, recipe))
-    (folder / "diagnosis.json").write_text(json.dumps(findings, indent=2))
-    plots = draw_all(folder, events, summary, profile, recipe)
-    (folder / "README.md").write_text(model_card(cfg, events, summary, profile, findings, plots))
+    atomic_write_text(folder / "diagnosis.json", to_json(findings, indent=2))
+    with writing("the plots", folder, "free space and run `bertfit card` on the run"):
+        plots = draw_all(folder, events, summary, profile, recipe)
+    atomic_write_text(folder / "README.md", model_card(cfg, events, summary, profile, findings, plots))
     return findings
 
 

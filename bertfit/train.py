@@ -8,6 +8,7 @@ import math
 import os
 import shutil
 import signal
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from functools import partial
@@ -21,7 +22,9 @@ import torch.distributed as dist
 from bertfit import batching, checkpoint, data, diagnose, inspection, models
 from bertfit.config import Config
 from bertfit.errors import BertfitError
+from bertfit.files import TEMP_PREFIX, writing
 from bertfit.report import RunLog, empty_window, write_outputs
+from bertfit.runfolder import RunFolder, check_contents, check_location
 from bertfit.tasks import LOWER_IS_BETTER, Features, Task, build_task
 
 
@@ -81,6 +84,7 @@ class State:
 class Run:
     cfg: Config
     out: Path
+    folder: Optional[RunFolder]  # held by the rank that writes; None on the others
     dist: Dist
     device: torch.device
     task: Task
@@ -186,39 +190,36 @@ def make_scheduler(cfg: Config, optimizer, total_steps: int):
     return get_scheduler(name, optimizer, num_warmup_steps=warmup, num_training_steps=total_steps)
 
 
-def prepare_output(out: Path, resume: bool, overwrite: bool) -> None:
-    if out.exists() and not out.is_dir():
-        raise BertfitError(f"output '{out}' is a file; choose a folder with --output")
-    if out.is_dir() and any(out.iterdir()) and not resume:
-        if not overwrite:
-            raise BertfitError(f"output folder '{out}' is not empty; pass --overwrite to replace it or --resume "
-                               "to continue the run in it")
+def protected_inputs(cfg: Config) -> dict[str, Optional[Path]]:
+    """The user's own files a run must never write over: the data and the model, where they are local."""
+    model = models.resolve_model(cfg.model)
+    return {"the data": data.local_path(cfg.data), "the model": Path(model) if Path(model).exists() else None}
 
 
-def require_data_and_output(cfg: Config, resume: bool, overwrite: bool) -> Path:
+def require_data_and_output(cfg: Config) -> Path:
     if not cfg.data:
         raise BertfitError("no data given; pass --data (a hub id, mirror name, folder or file)")
     if not cfg.output:
         raise BertfitError("no output folder given; pass --output DIR")
-    out = Path(cfg.output)
-    prepare_output(out, resume, overwrite)
-    return out
+    return Path(cfg.output)
 
 
 def preflight(cfg: Config, resume: bool, overwrite: bool) -> None:
     """The user-input checks of setup() that need no process group: run before launching workers, so that
     a mistake is one line from the launcher rather than one per worker and a torchrun traceback."""
-    require_data_and_output(cfg, resume, overwrite)
+    out = require_data_and_output(cfg)
+    check_location(out, protected_inputs(cfg))
+    if out.is_dir():
+        check_contents(out, resume, overwrite)
     resolve_precision(cfg.precision, torch.device("cuda" if torch.cuda.is_available() else "cpu"))
-    models.resolve_model(cfg.model)
     splits = data.load_splits(cfg.data)
     data.require_split(splits, cfg.train_split)
     data.detect(splits, cfg.train_split, cfg.task, cfg.text_columns, cfg.label_column, cfg.label_names)
 
 
-def setup(cfg: Config, resume: bool = False, overwrite: bool = False) -> Run:
+def setup(cfg: Config, folder: Optional[RunFolder], resume: bool = False, overwrite: bool = False) -> Run:
     """Everything that can fail on user input fails here, before anything is written."""
-    out = require_data_and_output(cfg, resume, overwrite)
+    out = require_data_and_output(cfg)
     ranks, device = init_distributed()
     precision = resolve_precision(cfg.precision, device)
     compile_model = device.type == "cuda" if cfg.compile is None else cfg.compile
@@ -244,45 +245,64 @@ def setup(cfg: Config, resume: bool = False, overwrite: bool = False) -> Run:
     state = State()
     if resume:
         state = restore(out, cfg, model, optimizer, scheduler, scaler, ranks.rank)
-    if ranks.enabled:
-        dist.barrier()  # every rank has checked the output folder before rank 0 clears it
-    if not resume and ranks.main and out.is_dir():
-        shutil.rmtree(out)
+    if folder is not None:
+        folder.begin(resume, overwrite)
+        folder.write_text("recipe.yaml", cfg.to_yaml())  # on resume too: a moved run names its new place
+        folder.own(["log.jsonl", "checkpoints"])
     log = RunLog(out / "log.jsonl", enabled=ranks.main, device=device, state=state, resumed=resume)
-    return Run(cfg, out, ranks, device, task, splits, spec, frames, features, tokenizer, model, forward, optimizer,
+    return Run(cfg, out, folder, ranks, device, task, splits, spec, frames, features, tokenizer, model, forward, optimizer,
                scheduler, scaler, per_epoch, total, log, state, timings)
 
 
 def restore(out: Path, cfg: Config, model, optimizer, scheduler, scaler, rank: int) -> State:
+    """From the newest intact checkpoint: a damaged one (torn by a crash outside bertfit's atomic writes, or by
+    a disk error) is set aside with a warning and the one before it is used."""
     found = checkpoint.complete(out / "checkpoints")
     if not found:
         raise BertfitError(f"nothing to resume in '{out}': no complete checkpoint in {out / 'checkpoints'}; "
                            "start without --resume")
-    latest = found[-1]
-    differences = checkpoint.recipe_differences(checkpoint.saved_recipe(latest), cfg)
-    if differences:
-        raise BertfitError(f"cannot resume from {latest}: the recipe changed ({'; '.join(differences)}); "
-                           "use the original settings or start a new run")
-    saved = checkpoint.load_state(latest)
-    checkpoint.load_weights(latest, model)
-    optimizer.load_state_dict(saved["optimizer"])
-    scheduler.load_state_dict(saved["scheduler"])
-    scaler.load_state_dict(saved["scaler"])
-    checkpoint.set_rng_state(saved["rng"][rank])
-    return State(**saved["state"])
+    damaged = []
+    for candidate in reversed(found):
+        try:
+            differences = checkpoint.recipe_differences(checkpoint.saved_recipe(candidate), cfg)
+            if differences:
+                raise BertfitError(f"cannot resume from {candidate}: the recipe changed "
+                                   f"({'; '.join(differences)}); use the original settings or start a new run")
+            saved = checkpoint.load_state(candidate)
+            checkpoint.load_weights(candidate, model)
+        except checkpoint.Damaged as why:
+            damaged.append((candidate, why))
+            continue
+        for bad, why in damaged:
+            if rank == 0:
+                print(f"warning: {why}; set aside as {checkpoint.set_aside(bad).name}, resuming from "
+                      f"{candidate.name}", file=sys.stderr)
+        optimizer.load_state_dict(saved["optimizer"])
+        scheduler.load_state_dict(saved["scheduler"])
+        scaler.load_state_dict(saved["scaler"])
+        checkpoint.set_rng_state(saved["rng"][rank])
+        return State(**saved["state"])
+    raise BertfitError(f"every checkpoint in '{out / 'checkpoints'}' is damaged ({damaged[0][1]}); start the run "
+                       "again without --resume")
 
 
 # ---------------------------------------------------------------- the loop
 
 def train(cfg: Config, resume: bool = False, overwrite: bool = False, console=None) -> dict:
-    run = setup(cfg, resume=resume, overwrite=overwrite)
+    """Only the rank that writes holds the run folder (its lock, the check of its contents, the clearing)."""
+    out = require_data_and_output(cfg)
+    writer = int(os.environ.get("RANK", "0")) == 0
+    folder = RunFolder.claim(out, resume, overwrite, protected_inputs(cfg)) if writer else None
+    with folder or contextlib.nullcontext():
+        return run_loop(setup(cfg, folder, resume=resume, overwrite=overwrite), resume, console)
+
+
+def run_loop(run: Run, resume: bool, console) -> dict:
     cfg, state, ranks, task = run.cfg, run.state, run.dist, run.task
     if not resume and ranks.main:
-        run.out.mkdir(parents=True, exist_ok=True)
-        (run.out / "recipe.yaml").write_text(cfg.to_yaml())
         data_profile = inspection.profile(run.frames, run.spec, {k: f.full_lengths for k, f in run.features.items()},
                                           cfg.max_length)
-        (run.out / "data_profile.json").write_text(json.dumps(data_profile, indent=2))
+        run.folder.write_text("data_profile.json", json.dumps(data_profile, indent=2))
         run.log.start(run, inspection.summary_lines(data_profile))
     pad_id, pad_to = run.tokenizer.pad_token_id, padding_rule(cfg, run.device)
     train_features = run.features["train"]
@@ -350,7 +370,7 @@ def train(cfg: Config, resume: bool = False, overwrite: bool = False, console=No
         run.log.event("diverged", step=state.step, bad_steps=state.bad_steps)
         if ranks.main:
             findings = diagnose.as_dicts(diagnose.diagnose(run.log.events, None, {}, cfg.model_dump()))
-            (run.out / "diagnosis.json").write_text(json.dumps(findings, indent=2))
+            run.folder.write_text("diagnosis.json", json.dumps(findings, indent=2))
         raise Diverged(f"training stopped at step {state.step}: {state.bad_steps} consecutive steps had non-finite "
                        f"loss or gradients; lower --lr or use --precision fp32/bf16 (last good checkpoint: "
                        f"{last_good[-1] if last_good else 'none'})")
@@ -519,6 +539,23 @@ def evaluate(model, task: Task, features: Features, frame, batch_size: int, devi
     return result
 
 
+def save_model_folder(run: Run) -> None:
+    """Weights, config and tokenizer, each file moved into place whole: a full disk leaves the old files or none,
+    and the checkpoints to resume from."""
+    tmp = run.out / f"{TEMP_PREFIX}model"
+    with writing("the model", run.out, f"free space and run `bertfit resume {run.out}` (the checkpoints are intact)",
+                 cleanup=tmp):
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        run.model.save_pretrained(tmp)
+        run.tokenizer.save_pretrained(tmp)
+        names = sorted(p.name for p in tmp.iterdir())
+        run.folder.own(names)
+        for name in names:
+            os.replace(tmp / name, run.out / name)
+        tmp.rmdir()
+
+
 def finish(run: Run) -> dict:
     """Keep the best weights, score them on every split, and write the model folder and reports."""
     cfg, state = run.cfg, run.state
@@ -542,8 +579,7 @@ def finish(run: Run) -> dict:
                "metric_for_best": cfg.metric_for_best, "stop_reason": state.stop_reason,
                "final": run.log.evals[-1]["metrics"], **results, "train": train_stats}
     if run.dist.main:
-        run.model.save_pretrained(run.out)
-        run.tokenizer.save_pretrained(run.out)
+        save_model_folder(run)
         write_outputs(run, summary)
     if run.dist.enabled:
         dist.barrier()

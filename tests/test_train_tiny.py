@@ -101,11 +101,17 @@ def test_user_errors_are_one_line_exit_2_and_write_nothing(tiny_bert, tmp_path, 
     assert not out.exists()
 
 
-def test_output_folder_not_empty_needs_overwrite(tiny_bert, tmp_path, capsys):
+def test_output_folder_not_empty_needs_overwrite_and_overwrite_never_takes_a_users_file(tiny_bert, tmp_path, capsys):
     out = tmp_path / "run"
     out.mkdir()
     (out / "keep.txt").write_text("mine")
     code, _, stderr = run_cli(tiny_args(tiny_bert, out), capsys)
-    assert code == 2 and "is not empty; pass --overwrite" in stderr and (out / "keep.txt").exists()
+    assert code == 2 and "is not empty; choose an empty or new folder" in stderr
+    code, _, stderr = run_cli(tiny_args(tiny_bert, out, "--overwrite"), capsys)
+    assert code == 2 and "holds files bertfit did not write (keep.txt)" in stderr
+    assert [p.name for p in out.iterdir()] == ["keep.txt"] and (out / "keep.txt").read_text() == "mine"
+    (out / "keep.txt").unlink()
+    assert run_cli(tiny_args(tiny_bert, out), capsys)[0] == 0
+    code, _, stderr = run_cli(tiny_args(tiny_bert, out), capsys)
+    assert code == 2 and "is not empty; pass --overwrite to replace the run in it, or --resume" in stderr
     assert run_cli(tiny_args(tiny_bert, out, "--overwrite"), capsys)[0] == 0
-    assert not (out / "keep.txt").exists()

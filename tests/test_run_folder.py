@@ -1,0 +1,241 @@
+"""The run folder end to end, with real processes and real file systems: the lock, inputs never written over,
+what --overwrite may remove, resuming a copied or moved run, a real full disk, a read-only file system, and a
+damaged newest checkpoint."""
+
+import hashlib
+import json
+import shutil
+import signal
+import subprocess
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from conftest import SAMPLES, run_cli
+from test_reliability import recipe_args, spawn, wait_for_step
+
+
+def weights(folder: Path) -> dict:
+    return load_file(folder / "model.safetensors")
+
+
+def same_weights(a: Path, b: Path) -> bool:
+    ours, theirs = weights(a), weights(b)
+    return ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours)
+
+
+def tree(folder: Path) -> dict:
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "dir"
+            for p in sorted(folder.rglob("*"))}
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory, tiny_bert):
+    out = tmp_path_factory.mktemp("whole") / "run"
+    process = spawn(recipe_args(tiny_bert, out))
+    _, err = process.communicate(timeout=300)
+    assert process.returncode == 0, err.decode()[-2000:]
+    return out
+
+
+@pytest.fixture(scope="module")
+def interrupted(tmp_path_factory, tiny_bert):
+    """A run stopped by SIGTERM after a few checkpoints: copied by each test that needs one."""
+    out = tmp_path_factory.mktemp("stopped") / "run"
+    process = spawn(recipe_args(tiny_bert, out))
+    wait_for_step(process, out / "log.jsonl", 8)
+    process.send_signal(signal.SIGTERM)
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 143, err.decode()[-2000:]
+    return out
+
+
+def test_a_second_process_on_the_same_output_is_refused_and_the_first_goes_on(tiny_bert, tmp_path, capsys):
+    out = tmp_path / "run"
+    long_run = recipe_args(tiny_bert, out)
+    for flag, value in (("--max-steps", 100_000), ("--eval-every", 100_000), ("--checkpoint-every", 500)):
+        long_run[long_run.index(flag) + 1] = value
+    first = spawn(long_run)
+    wait_for_step(first, out / "log.jsonl", 2)
+    for args in (long_run + ["--overwrite"], long_run + ["--resume"], ["card", out], ["resume", out]):
+        code, _, stderr = run_cli(args, capsys)
+        assert code == 2, stderr
+        assert stderr.strip() == (f"error: run folder '{out}' is in use by another bertfit process (pid "
+                                  f"{first.pid}); wait for it to finish or choose another --output")
+    reached = wait_for_step(first, out / "log.jsonl", 1)
+    assert wait_for_step(first, out / "log.jsonl", reached + 5) > reached  # still training, untouched
+    first.send_signal(signal.SIGTERM)
+    _, err = first.communicate(timeout=120)
+    assert first.returncode == 143, err.decode()[-2000:]
+    assert not (out / ".bertfit.lock").exists()
+    from bertfit import checkpoint
+
+    newest = checkpoint.complete(out / "checkpoints")[-1]
+    assert checkpoint.load_state(newest)["state"]["step"] > reached
+
+
+def test_a_killed_run_leaves_no_lock_behind(tiny_bert, tmp_path):
+    out = tmp_path / "run"
+    process = spawn(recipe_args(tiny_bert, out))
+    wait_for_step(process, out / "log.jsonl", 4)  # after the first checkpoint (step 3)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert (out / ".bertfit.lock").exists()  # the file stays, but the kernel released its lock with the process
+    resumed = spawn(recipe_args(tiny_bert, out) + ["--resume"])
+    _, err = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0, err.decode()[-2000:]
+
+
+class _Quiet:
+    def readouterr(self):
+        return type("Captured", (), {"out": "", "err": ""})()
+
+
+def test_overwrite_removes_only_what_bertfit_wrote(tiny_bert, tmp_path, capsys):
+    out = tmp_path / "run"
+    args = ["train", "--model", tiny_bert, "--data", SAMPLES / "sst2_200.csv", "--output", out, "--batch-size", 32,
+            "--max-steps", 2, "--eval-every", 2]
+    assert run_cli(args, capsys)[0] == 0
+    marker = json.loads((out / ".bertfit-run.json").read_text())["owned"]
+    assert {"model.safetensors", "config.json", "tokenizer.json", "checkpoints", "plots", "log.jsonl",
+            "README.md"} <= set(marker)
+    assert set(marker) == {p.name for p in out.iterdir() if not p.name.startswith(".bertfit")}
+    assert run_cli(args + ["--overwrite", "--seed", "7"], capsys)[0] == 0
+    assert "seed: 7" in (out / "recipe.yaml").read_text()
+    # A file of the user's in the run folder: --overwrite refuses rather than deciding whose it is.
+    (out / "notes.txt").write_text("mine")
+    code, _, stderr = run_cli(args + ["--overwrite"], capsys)
+    assert code == 2 and "holds files bertfit did not write (notes.txt)" in stderr
+    assert (out / "notes.txt").read_text() == "mine" and (out / "model.safetensors").is_file()
+
+
+def test_a_file_put_into_the_output_during_setup_is_never_deleted(tiny_bert, tmp_path, capsys, monkeypatch):
+    from bertfit import models
+
+    out = tmp_path / "run"
+    real = models.load_tokenizer
+
+    def meanwhile(*args, **kwargs):  # another program writes into the folder while data and model load
+        (out / "theirs.txt").write_text("not bertfit's")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(models, "load_tokenizer", meanwhile)
+    args = ["train", "--model", tiny_bert, "--data", SAMPLES / "sst2_200.csv", "--output", out, "--batch-size", 32,
+            "--max-steps", 2]
+    code, _, stderr = run_cli(args, capsys)
+    assert code == 2 and f"output folder '{out}' is not empty" in stderr
+    assert {p.name for p in out.iterdir()} == {"theirs.txt"}
+
+
+def test_resume_of_a_copy_writes_the_copy_and_leaves_the_original_alone(interrupted, uninterrupted, tmp_path):
+    original = tree(interrupted)
+    copy = Path(shutil.copytree(interrupted, tmp_path / "copy"))
+    resumed = spawn(["resume", copy])
+    _, err = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0, err.decode()[-2000:]
+    assert tree(interrupted) == original
+    assert same_weights(copy, uninterrupted)
+    assert f"output: {copy}" in (copy / "recipe.yaml").read_text()
+    # A moved run resumes where it now is.
+    moved = tmp_path / "moved"
+    shutil.copytree(interrupted, tmp_path / "staging")
+    (tmp_path / "staging").rename(moved)
+    resumed = spawn(["resume", moved])
+    _, err = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0, err.decode()[-2000:]
+    assert same_weights(moved, uninterrupted)
+
+
+def test_a_damaged_newest_checkpoint_falls_back_to_the_one_before(interrupted, uninterrupted, tmp_path):
+    run = Path(shutil.copytree(interrupted, tmp_path / "run"))
+    checkpoints = sorted((run / "checkpoints").glob("step-*"))
+    assert len(checkpoints) >= 2
+    newest = checkpoints[-1]
+    weights_file = newest / "model.safetensors"
+    weights_file.write_bytes(weights_file.read_bytes()[: weights_file.stat().st_size // 2])
+    resumed = spawn(["resume", run])
+    _, err = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0, err.decode()[-2000:]
+    warning = [line for line in err.decode().splitlines() if line.startswith("warning:")]
+    assert len(warning) == 1 and f"checkpoint '{newest}' has damaged weights" in warning[0]
+    assert f"resuming from {checkpoints[-2].name}" in warning[0]
+    assert (run / "checkpoints" / f"damaged-{newest.name}").is_dir()
+    assert same_weights(run, uninterrupted)
+
+
+# ---------------------------------------------------------------- real small file systems (tmpfs, as root)
+
+@pytest.fixture
+def tmpfs(tmp_path):
+    """Mount a real tmpfs of the size asked for; skipped (with the reason) where mounting is not allowed."""
+    mounts = []
+
+    def mount(size_mb: int, read_only: bool = False) -> Path:
+        point = tmp_path / f"fs{len(mounts)}"
+        point.mkdir()
+        options = f"size={size_mb}m" + (",ro" if read_only else "")
+        done = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(point)], capture_output=True,
+                              text=True)
+        if done.returncode != 0:
+            pytest.skip(f"cannot mount a tmpfs here ({done.stderr.strip() or 'mount failed'}); needs root")
+        mounts.append(point)
+        return point
+
+    yield mount
+    for point in mounts:
+        subprocess.run(["umount", "-l", str(point)], check=False)
+
+
+def used_bytes(folder: Path) -> int:
+    return shutil.disk_usage(folder).used
+
+
+def test_a_real_full_disk_at_a_checkpoint_is_one_line_and_leaves_nothing_torn(tiny_bert, tmpfs, tmp_path,
+                                                                              uninterrupted):
+    disk = tmpfs(20)  # a checkpoint of the tiny model is ~12 MB: the first fits, the second does not
+    out = disk / "run"
+    process = spawn(recipe_args(tiny_bert, out))
+    _, err = process.communicate(timeout=300)
+    lines = err.decode().strip().splitlines()
+    assert process.returncode == 2, err.decode()[-2000:]
+    assert len(lines) == 1 and lines[0].startswith("error: disk full while writing checkpoint step-00000006")
+    assert [p.name for p in (out / "checkpoints").iterdir()] == ["step-00000003"]
+    assert not [p for p in out.rglob("*") if ".tmp" in p.name]
+    checkpoint_bytes = sum(p.stat().st_size for p in (out / "checkpoints").rglob("*") if p.is_file())
+    assert used_bytes(disk) < checkpoint_bytes + (2 << 20), "the torn write still holds the disk"
+    # Room again (the run copied to a larger disk): it resumes and ends bit-identical.
+    copy = Path(shutil.copytree(out, tmp_path / "copy"))
+    resumed = spawn(["resume", copy])
+    _, err = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0, err.decode()[-2000:]
+    assert same_weights(copy, uninterrupted)
+
+
+def test_a_real_full_disk_at_the_final_save_keeps_the_checkpoint_to_resume_from(tiny_bert, tmpfs, tmp_path):
+    disk = tmpfs(15)  # one ~12 MB checkpoint fits; the model folder written after it does not
+    out = disk / "run"
+    args = ["train", "--model", tiny_bert, "--data", SAMPLES / "sst2_200.csv", "--output", out, "--batch-size", 16,
+            "--max-steps", 4, "--eval-every", 4, "--set", "keep_checkpoints=1"]
+    process = spawn(args)
+    _, err = process.communicate(timeout=300)
+    lines = err.decode().strip().splitlines()
+    assert process.returncode == 2, err.decode()[-2000:]
+    assert len(lines) == 1 and lines[0].startswith(f"error: disk full while writing the model in '{out}'")
+    assert f"bertfit resume {out}" in lines[0]
+    assert not (out / "model.safetensors").exists() and not list(out.glob(".bertfit-tmp*"))
+    copy = Path(shutil.copytree(out, tmp_path / "copy"))
+    resumed = spawn(["resume", copy])
+    _, err = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0, err.decode()[-2000:]
+    assert (copy / "model.safetensors").is_file() and (copy / "README.md").is_file()
+
+
+def test_a_read_only_file_system_is_one_line(tiny_bert, tmpfs, capsys):
+    disk = tmpfs(5, read_only=True)
+    args = ["train", "--model", tiny_bert, "--data", SAMPLES / "sst2_200.csv", "--output", disk / "run",
+            "--max-steps", 2]
+    code, _, stderr = run_cli(args, capsys)
+    assert code == 2 and len(stderr.strip().splitlines()) == 1
+    assert f"error: read-only file system while writing the run folder in '{disk}'" in stderr
