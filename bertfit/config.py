@@ -43,7 +43,8 @@ RESULT_FIELDS = (
 class Config(BaseModel):
     """Everything a run needs. `auto`/None fields are filled in by `resolve` steps and saved resolved."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # No NaN or infinity anywhere: `lr: .inf` would train a model of NaNs and exit 0.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
     # What to train on what
     model: str = "bert-base-uncased"
@@ -71,7 +72,7 @@ class Config(BaseModel):
     lr: float = Field(5e-5, gt=0)
     batch_size: int = Field(16, gt=0)
     eval_batch_size: Optional[int] = Field(None, gt=0)
-    seed: int = 42
+    seed: int = Field(42, ge=0, lt=2**32)  # numpy's and torch's seed range
     adam_beta1: float = Field(0.9, ge=0, lt=1)
     adam_beta2: float = Field(0.999, ge=0, lt=1)
     adam_epsilon: float = Field(1e-8, gt=0)
@@ -106,9 +107,12 @@ class Config(BaseModel):
     @field_validator("eval_every", mode="before")
     @classmethod
     def _eval_every(cls, value: Any) -> Any:
-        if isinstance(value, str) and value.isdigit():
-            value = int(value)
-        if isinstance(value, int) and value <= 0:
+        if isinstance(value, str) and value.strip() != "epoch":
+            try:
+                value = int(value)
+            except ValueError:
+                raise ValueError("must be a positive number of steps or 'epoch'") from None
+        if isinstance(value, (int, float)) and value <= 0:
             raise ValueError("must be a positive number of steps or 'epoch'")
         return value
 
@@ -136,7 +140,9 @@ class Config(BaseModel):
         return yaml.safe_dump(self.model_dump(), sort_keys=False)
 
 
-def _canonical_key(key: str) -> str:
+def _canonical_key(key: object) -> str:
+    if not isinstance(key, str):
+        raise BertfitError(f"recipe key {key!r} is not a name; recipe keys are words such as 'lr' or 'epochs'")
     key = key.strip().replace("-", "_")
     key = KEY_ALIASES.get(key, key)
     if key not in Config.model_fields:
@@ -153,6 +159,8 @@ def parse_set_overrides(pairs: list[str]) -> dict[str, Any]:
         if "=" not in pair:
             raise BertfitError(f"--set expects key=value, got '{pair}'")
         key, raw = pair.split("=", 1)
+        if not raw.strip():
+            raise BertfitError(f"--set {key}= has no value; write --set {key}=VALUE (or leave the option out)")
         overrides[key] = _yaml_scalar(raw)
     return overrides
 
@@ -168,6 +176,21 @@ def _yaml_scalar(raw: str) -> Any:
     return value
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML lets a later key silently replace an earlier one; in a recipe that hides a mistake."""
+
+    def construct_mapping(self, node, deep=False):
+        seen: dict = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key '{key}' appears twice (lines {seen[key]} and {key_node.start_mark.line + 1})",
+                    key_node.start_mark)
+            seen[key] = key_node.start_mark.line + 1
+        return super().construct_mapping(node, deep=deep)
+
+
 def load_recipe(path: Optional[str]) -> dict[str, Any]:
     if path is None:
         return {}
@@ -175,7 +198,13 @@ def load_recipe(path: Optional[str]) -> dict[str, Any]:
     if not recipe_path.is_file():
         raise BertfitError(f"recipe file '{path}' not found; give the path to a YAML recipe (see recipes/)")
     try:
-        content = yaml.safe_load(recipe_path.read_text(encoding="utf-8"))
+        content = yaml.load(recipe_path.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)
+    except UnicodeDecodeError as err:
+        line = recipe_path.read_bytes()[: err.start].count(b"\n") + 1
+        raise BertfitError(f"recipe '{path}' is not UTF-8 text (byte 0x{err.object[err.start]:02x} on line {line}); "
+                           "re-save it as UTF-8") from None
+    except OSError as err:
+        raise BertfitError(f"recipe '{path}' cannot be read: {err.strerror}") from None
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""

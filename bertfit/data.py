@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
@@ -12,7 +13,7 @@ from typing import Optional
 import numpy as np
 import pandas as pd
 
-from bertfit.errors import BertfitError
+from bertfit.errors import BertfitError, first_line
 
 READERS = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".json": "jsonl", ".parquet": "parquet",
            ".conll": "conll", ".bio": "conll", ".iob": "conll"}
@@ -73,7 +74,7 @@ def _undecodable_row(path: Path, err: UnicodeDecodeError, raw: bytes) -> str:
     return f"file '{path}' is not UTF-8 text: byte 0x{raw[err.start]:02x} on line {line}; re-save it as UTF-8"
 
 
-def _read_text(path: Path) -> str:
+def read_text(path: Path) -> str:
     raw = path.read_bytes()
     try:
         return raw.decode("utf-8")
@@ -86,7 +87,7 @@ def read_conll(path: Path) -> pd.DataFrame:
     sentences: list[tuple[list[str], list[str]]] = []
     tokens: list[str] = []
     tags: list[str] = []
-    for number, line in enumerate(_read_text(path).split("\n"), start=1):
+    for number, line in enumerate(read_text(path).split("\n"), start=1):
         fields = line.split()
         if not fields:
             if tokens:
@@ -105,16 +106,42 @@ def read_conll(path: Path) -> pd.DataFrame:
     return pd.DataFrame({"tokens": [s[0] for s in sentences], "ner_tags": [s[1] for s in sentences]})
 
 
+def _unique_keys(pairs: list[tuple[str, object]]) -> dict:
+    keys = [key for key, _ in pairs]
+    twice = next((key for key in keys if keys.count(key) > 1), None)
+    if twice is not None:
+        raise DuplicateKey(twice)
+    return dict(pairs)
+
+
+class DuplicateKey(ValueError):
+    pass
+
+
 def _read_jsonl(path: Path) -> pd.DataFrame:
+    text = read_text(path)
+    if text.lstrip().startswith("["):  # a .json file holding one array of objects
+        try:
+            rows = json.loads(text, object_pairs_hook=_unique_keys)
+        except DuplicateKey as twice:
+            raise BertfitError(f"{path}: key '{twice}' appears twice in one object; keep one") from None
+        except json.JSONDecodeError as err:
+            raise BertfitError(f"{path}:{err.lineno}: not valid JSON ({err.msg}, column {err.colno}); fix the "
+                               "file or write one JSON object per line") from None
+        bad = next((i for i, row in enumerate(rows) if not isinstance(row, dict)), None) if isinstance(rows, list) else 0
+        if bad is not None:
+            raise BertfitError(f"{path}: item {bad + 1} of the JSON array is not an object; each example needs "
+                               "named fields, e.g. {\"text\": ..., \"label\": ...}")
+        return pd.DataFrame(rows)
     rows = []
-    for number, line in enumerate(_read_text(path).split("\n"), start=1):
+    for number, line in enumerate(text.split("\n"), start=1):
         if not line.strip():
             continue
         try:
-            row = json.loads(line)
+            row = json.loads(line, object_pairs_hook=_unique_keys)
+        except DuplicateKey as twice:
+            raise BertfitError(f"{path}:{number}: key '{twice}' appears twice in one object; keep one") from None
         except json.JSONDecodeError as err:
-            if number == 1 and line.lstrip().startswith("["):
-                return pd.DataFrame(json.loads(_read_text(path)))
             raise BertfitError(f"{path}:{number}: not a JSON object ({err.msg}); write one JSON object per line") from None
         if not isinstance(row, dict):
             raise BertfitError(f"{path}:{number}: expected a JSON object per line, got {type(row).__name__}")
@@ -123,7 +150,7 @@ def _read_jsonl(path: Path) -> pd.DataFrame:
 
 
 def _read_delimited(path: Path, kind: str) -> pd.DataFrame:
-    text = _read_text(path)
+    text = read_text(path)
     sep = "\t" if kind == "tsv" else ","
     # TSVs from GLUE contain bare quotes inside sentences: read them literally.
     quoting = csv.QUOTE_NONE if kind == "tsv" else csv.QUOTE_MINIMAL
@@ -138,6 +165,10 @@ def _read_delimited(path: Path, kind: str) -> pd.DataFrame:
         raise BertfitError(f"file '{path}' has rows with the wrong number of fields ({detail}); "
                            f"quote fields that contain a {shown_sep}") from None
     header = text.splitlines()[0] if text else ""
+    names = next(csv.reader([header], delimiter=sep, quoting=quoting), [])
+    twice = next((name for name in names if names.count(name) > 1), None)
+    if twice is not None:
+        raise BertfitError(f"file '{path}' has two columns named '{twice}'; rename one in the header")
     if frame.shape[1] == 1:
         other, other_kind = ("\t", "tsv") if kind == "csv" else (",", "csv")
         if other in header:
@@ -150,7 +181,10 @@ def _parquet_label_names(path: Path) -> Optional[list[str]]:
     """Parquet files written by `datasets` carry the ClassLabel names in their schema metadata."""
     import pyarrow.parquet as pq
 
-    metadata = pq.read_schema(path).metadata or {}
+    try:
+        metadata = pq.read_schema(path).metadata or {}
+    except (OSError, ValueError):
+        return None
     if b"huggingface" not in metadata:
         return None
     features = json.loads(metadata[b"huggingface"]).get("info", {}).get("features", {})
@@ -161,6 +195,16 @@ def _parquet_label_names(path: Path) -> Optional[list[str]]:
     return None
 
 
+def _read_parquet(path: Path) -> pd.DataFrame:
+    import pyarrow as pa
+
+    try:
+        return pd.read_parquet(path)
+    except (pa.ArrowException, OSError, ValueError) as err:
+        raise BertfitError(f"file '{path}' is not a readable Parquet file ({first_line(err, 120)}); it may be "
+                           "truncated: write it again") from None
+
+
 def read_file(path: Path) -> pd.DataFrame:
     kind = READERS.get(path.suffix.lower())
     if kind is None:
@@ -169,7 +213,7 @@ def read_file(path: Path) -> pd.DataFrame:
     if path.stat().st_size == 0:
         raise BertfitError(f"file '{path}' is empty; it needs at least one example")
     if kind == "parquet":
-        frame = pd.read_parquet(path)
+        frame = _read_parquet(path)
     elif kind == "jsonl":
         frame = _read_jsonl(path)
     elif kind == "conll":
@@ -266,6 +310,14 @@ def load_splits(source: str) -> Splits:
     return _load_hub(source)
 
 
+def local_path(source: Optional[str]) -> Optional[Path]:
+    """Where a dataset lives on this machine (a file, a folder or its mirror), if it does."""
+    if not source:
+        return None
+    path = Path(source).expanduser()
+    return path if path.exists() else mirror_folder(source)
+
+
 def _folder_label_names(folder: Path, files: dict[str, str]) -> Optional[list[str]]:
     for file in files.values():
         if file.endswith(".parquet") and (names := _parquet_label_names(Path(file))):
@@ -328,10 +380,12 @@ def _is_list_column(frame: pd.DataFrame, column: str) -> bool:
 
 
 def detect(splits: Splits, train_split: str, task: str, text_columns: Optional[list[str]],
-           label_column: Optional[str], label_names: Optional[list[str]], strict: bool = True) -> DataSpec:
+           label_column: Optional[str], label_names: Optional[list[str]], strict: bool = True,
+           training: bool = True) -> DataSpec:
     """Decide the task and columns from the training split, then check every split against them.
 
-    `strict=False` (for `bertfit inspect`) lets empty texts and unseen labels through to be counted.
+    `strict=False` (for `bertfit inspect`) lets empty texts and unseen labels through to be counted;
+    `training=False` (for `bertfit eval`) scores a split that may hold one class only, with the model's labels.
     """
     train = splits.frames[train_split]
     file = splits.files.get(train_split, train_split)
@@ -346,16 +400,26 @@ def detect(splits: Splits, train_split: str, task: str, text_columns: Optional[l
 
     label = label_column or next((c for c in LABEL_COLUMNS if c in columns), None)
     if label is None:
-        raise BertfitError(f"no label column in '{file}' (columns: {', '.join(map(str, columns))}); "
-                           "name it with --label-column")
+        raise BertfitError(_headerless(file, columns) or f"no label column in '{file}' (columns: "
+                           f"{', '.join(map(str, columns))}); name it with --label-column")
     if text_columns is None:
         text_columns = _detect_text_columns(train, label, file)
     kind = task if task != "auto" else _classify_or_regress(train[label])
     spec = DataSpec(kind, text_columns, label, None)
+    _check_label_values(splits, label, kind)
     if kind == "classification":
-        spec.label_names = _label_names(splits, label, label_names)
-    _check_rows(splits, spec, train_split, strict)
+        spec.label_names = _label_names(splits, label, label_names, training)
+    _check_rows(splits, spec, train_split, strict, training)
     return spec
+
+
+def _headerless(file: str, columns: list) -> Optional[str]:
+    """A file read with its first example as the header names its 'columns' after that example's values."""
+    looks_like_data = [c for c in map(str, columns) if NUMBER.fullmatch(c.strip()) or len(c.split()) > 3]
+    if not looks_like_data:
+        return None
+    return (f"'{file}' seems to have no header row: its first line ({', '.join(repr(str(c)[:40]) for c in columns)}) "
+            "was read as column names; add a header line naming the columns, e.g. 'sentence' and 'label'")
 
 
 def _detect_text_columns(train: pd.DataFrame, label: str, file: str) -> list[str]:
@@ -372,8 +436,8 @@ def _detect_text_columns(train: pd.DataFrame, label: str, file: str) -> list[str
     strings = [c for c in columns if pd.api.types.is_string_dtype(train[c])]
     if len(strings) == 1:
         return strings
-    raise BertfitError(f"no text column in '{file}' (columns: {', '.join(map(str, train.columns))}); "
-                       "name it with --text-column")
+    raise BertfitError(_headerless(file, list(train.columns)) or f"no text column in '{file}' (columns: "
+                       f"{', '.join(map(str, train.columns))}); name it with --text-column")
 
 
 def _classify_or_regress(labels: pd.Series) -> str:
@@ -383,46 +447,95 @@ def _classify_or_regress(labels: pd.Series) -> str:
     return "classification"
 
 
-def _label_kinds(values: pd.Series) -> set[str]:
-    return {"string" if isinstance(v, str) else "number" for v in values.dropna()}
+# Label cells that mean 'no label', whatever a spreadsheet or pandas wrote for it.
+MISSING_WORDS = {"nan", "null", "none", "na", "n/a", "<na>"}
+NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
 
 
-def _label_names(splits: Splits, label: str, given: Optional[list[str]]) -> list[str]:
-    values = pd.concat([f[label] for f in splits.frames.values() if label in f.columns], ignore_index=True)
-    kinds = _label_kinds(values)
-    if kinds == {"string"}:  # CSV/TSV cells are all strings: "0" next to "pos" is the same mix
-        numeric = values.dropna().astype(str).str.fullmatch(r"-?\d+(\.\d+)?")
-        if numeric.any() and not numeric.all():
-            kinds = {"string", "number"}
-        elif numeric.all():
-            values = values.astype(float).astype(int)
-            kinds = {"number"}
-    if kinds == {"string", "number"}:
-        raise BertfitError(f"label column '{label}' mixes numbers and strings; use one kind of label")
-    if "string" in kinds:
-        names = sorted(set(values.dropna().astype(str)))
-        if given:
-            unknown = sorted(set(names) - set(given))
-            if unknown:
-                raise BertfitError(f"labels {unknown} are not in --label-names {given}")
-            return list(given)
-        return names
-    ids = values.dropna().astype(int)
-    largest = int(ids.max()) if len(ids) else 0
+def _is_number(value: object) -> bool:
+    if isinstance(value, (bool, np.bool_)):
+        return False
+    if isinstance(value, (int, float, np.integer, np.floating)):
+        return True
+    return isinstance(value, str) and bool(NUMBER.fullmatch(value.strip()))
+
+
+def label_key(value: object) -> str:
+    """The class a raw label names: '1' for 1, 1.0 and "1"; the text itself otherwise."""
+    if _is_number(value) and float(value) == int(float(value)):
+        return str(int(float(value)))
+    return str(value)
+
+
+def _check_label_values(splits: Splits, label: str, kind: str) -> None:
+    """One label per row, of one kind, present: each problem named by file and row."""
+    first_kind: Optional[tuple[str, str, int, object]] = None
+    for split, frame in splits.frames.items():
+        if label not in frame.columns:
+            continue
+        file = splits.files.get(split, split)
+        for row, value in enumerate(frame[label].tolist(), start=1):
+            if isinstance(value, (list, tuple, dict, np.ndarray)):
+                shape = "an object" if isinstance(value, dict) else "a list"
+                raise BertfitError(f"'{file}' row {row}: label is {shape} ({str(value)[:60]}); bertfit trains on "
+                                   "one label per example (a class name, a class id or a score)")
+            if value is None or value is pd.NA or (isinstance(value, float) and np.isnan(value)) or (
+                    isinstance(value, str) and (not value.strip() or value.strip().lower() in MISSING_WORDS)):
+                shown = "empty or NaN" if value is None or not isinstance(value, str) or not value.strip() \
+                    else f"'{value}'"
+                raise BertfitError(f"'{file}' row {row}: label is {shown}; fill it in or drop the row")
+            value_kind = "number" if _is_number(value) else "text"
+            if first_kind is None:
+                first_kind = (value_kind, file, row, value)
+            elif value_kind != first_kind[0]:
+                raise BertfitError(f"'{file}' row {row}: label {value!r} is {value_kind}, but labels are "
+                                   f"{first_kind[0]} elsewhere ({first_kind[3]!r} in '{first_kind[1]}' row "
+                                   f"{first_kind[2]}); label column '{label}' mixes numbers and strings: use one "
+                                   "kind of label")
+            if kind == "regression" and value_kind == "text":
+                raise BertfitError(f"'{file}' row {row}: regression needs numeric labels in '{label}', got "
+                                   f"{value!r}")
+            if kind == "classification" and value_kind == "number" and float(value) != int(float(value)):
+                raise BertfitError(f"'{file}' row {row}: label {value} is not a whole number, so it is not a class; "
+                                   "for scores use --task regression")
+
+
+def _label_names(splits: Splits, label: str, given: Optional[list[str]], training: bool) -> list[str]:
+    """Class names: given ones (matched by name, else as ids 0..K-1), the dataset's own, or the values found."""
+    keys = {split: frame[label].map(label_key) for split, frame in splits.frames.items() if label in frame.columns}
+    found = set().union(*(set(k) for k in keys.values()))
+    numeric = all(_is_number(v) for frame in splits.frames.values() if label in frame.columns
+                  for v in frame[label].head(1))
     names = given or splits.label_names or KNOWN_LABEL_NAMES.get(splits.name)
-    if names is None:
-        return [str(i) for i in range(largest + 1)]
-    if largest >= len(names) or int(ids.min()) < 0:
-        raise BertfitError(f"label id {largest} in column '{label}' has no name ({len(names)} names: {names}); "
-                           "fix --label-names")
-    return list(names)
+    source = "--label-names" if given and training else "the model's labels" if given else "the dataset's label names"
+    if names:
+        if found <= set(names):
+            return list(names)
+        if not numeric:
+            unknown = sorted(found - set(names))
+            raise BertfitError(f"labels {unknown} are not in {source} {list(names)}")
+        for split, series in keys.items():
+            ids = series.astype(int)
+            outside = np.flatnonzero(((ids < 0) | (ids >= len(names))).to_numpy())
+            if len(outside):
+                row = int(outside[0])
+                raise BertfitError(f"'{splits.files.get(split, split)}' row {row + 1}: label {ids.iloc[row]} has no "
+                                   f"name: {source} ({', '.join(names[:6])}{', ...' if len(names) > 6 else ''}) "
+                                   f"take ids 0..{len(names) - 1}; fix the label"
+                                   + (" or --label-names" if training else ""))
+        return list(names)
+    if not numeric:
+        return sorted(found)
+    ids = sorted(int(k) for k in found)
+    if ids != list(range(len(ids))):
+        shown = ", ".join(map(str, ids[:6])) + (", ..." if len(ids) > 6 else "")
+        splits.notes.append(f"integer labels ({shown}) are not 0..{len(ids) - 1}: each value is a class named by "
+                            "its number")
+    return [str(i) for i in ids]
 
 
-def _check_rows(splits: Splits, spec: DataSpec, train_split: str, strict: bool) -> None:
-    """Every split: texts present and non-empty, labels present and known to the training split."""
-    def label_set(labels: pd.Series) -> set[str]:
-        return set(labels.astype(str)) if "string" in _label_kinds(labels) else {str(int(v)) for v in labels}
-
+def _check_rows(splits: Splits, spec: DataSpec, train_split: str, strict: bool, training: bool = True) -> None:
+    """Every split: texts present and non-empty, labels known to the training split, two classes to learn."""
     train_labels = None
     for split in [train_split] + [s for s in splits.frames if s != train_split]:
         frame, file = splits.frames[split], splits.files.get(split, split)
@@ -430,11 +543,6 @@ def _check_rows(splits: Splits, spec: DataSpec, train_split: str, strict: bool) 
             if column not in frame.columns:
                 raise BertfitError(f"column '{column}' is missing from '{file}' (columns: "
                                    f"{', '.join(map(str, frame.columns))})")
-        labels = frame[spec.label_column]
-        missing = labels.isna() | labels.astype(str).str.strip().eq("")
-        if missing.any():
-            row = int(np.flatnonzero(missing.to_numpy())[0])
-            raise BertfitError(f"'{file}' row {row + 1}: label is empty or NaN; fill it in or drop the row")
         for column in spec.text_columns:
             texts = frame[column]
             empty = texts.isna() | texts.astype(str).str.strip().eq("")
@@ -447,13 +555,15 @@ def _check_rows(splits: Splits, spec: DataSpec, train_split: str, strict: bool) 
                 row = int(np.flatnonzero((sizes > MAX_TEXT_CHARS).to_numpy())[0])
                 raise BertfitError(f"'{file}' row {row + 1}: text in '{column}' is {int(sizes.iloc[row]):,} characters "
                                    f"(limit {MAX_TEXT_CHARS:,}); check for an unclosed quote, or split the document")
-        if spec.task == "regression" and not pd.api.types.is_numeric_dtype(labels):
-            raise BertfitError(f"'{file}': regression needs numeric labels in '{spec.label_column}'")
         if spec.task == "classification":
+            present = set(frame[spec.label_column].map(label_key))
             if train_labels is None:
-                train_labels = label_set(labels)
-            unseen = sorted(label_set(labels) - train_labels)
-            if unseen and strict:
+                train_labels = present
+                if len(present) < 2 and training and strict:
+                    raise BertfitError(f"'{file}' has one class only ({next(iter(present))!r}); classification "
+                                       "needs examples of at least two classes (for scores, use --task regression)")
+            unseen = sorted(present - train_labels)
+            if unseen and strict and training:
                 raise BertfitError(f"'{file}' has labels never seen in training: {', '.join(unseen)}; "
                                    "the model cannot predict them")
 
@@ -473,6 +583,10 @@ def _detect_token(splits: Splits, train_split: str, text_columns: Optional[list[
     for split, frame in splits.frames.items():
         split_file = splits.files.get(split, split)
         for number, (words, labels) in enumerate(zip(frame[tokens], frame[tags]), start=1):
+            for what, value in (("tokens", words), ("tags", labels)):
+                if not isinstance(value, (list, tuple, np.ndarray)):
+                    raise BertfitError(f"'{split_file}' sentence {number}: {what} are {value!r}, not a list; give "
+                                       f"each sentence a list of {what}")
             if len(words) == 0:
                 raise BertfitError(f"'{split_file}' sentence {number} is empty; remove it")
             if len(words) != len(labels):
@@ -482,17 +596,30 @@ def _detect_token(splits: Splits, train_split: str, text_columns: Optional[list[
             names = given_names or splits.label_names
             if not names:
                 raise BertfitError(f"tags in '{split_file}' are integers without names; give --label-names")
+            for number, row in enumerate(frame[tags], start=1):
+                bad = next((t for t in row if not _is_number(t) or not 0 <= int(t) < len(names)), None)
+                if bad is not None:
+                    raise BertfitError(f"'{split_file}' sentence {number}: tag {bad!r} has no name: the {len(names)} "
+                                       f"tag names take ids 0..{len(names) - 1}; fix the tag or --label-names")
             frame[tags] = [[names[int(t)] for t in row] for row in frame[tags]]
+    io_scheme = _io_scheme(splits, tags)
     scheme, repaired = "IOB2", 0
     for split, frame in splits.frames.items():
-        converted, scheme_here, fixed = normalise_tags([list(t) for t in frame[tags]])
+        rows = [list(t) for t in frame[tags]]
+        if io_scheme:
+            rows = [[t if t == "O" else "I-" + t for t in row] for row in rows]
+        converted, scheme_here, fixed = normalise_tags(rows)
         frame[tags] = converted
         repaired += fixed
         if split == train_split:
             scheme = scheme_here
-    if scheme == "IOB1":
+    if io_scheme:
+        scheme, repaired = "IO", 0
+        splits.notes.append("tags have no B-/I- prefixes (the IO scheme): read as I-X and converted to IOB2, so "
+                            "adjacent entities of one type merge")
+    elif scheme == "IOB1":
         splits.notes.append("tags are IOB1: converted to IOB2 (an entity-initial I-X became B-X)")
-    names = given_names if given_names and isinstance(given_names[0], str) else order_tags(
+    names = given_names if given_names and isinstance(given_names[0], str) and not io_scheme else order_tags(
         {t for row in train[tags] for t in row})
     known = set(names)
     for split, frame in splits.frames.items():
@@ -502,6 +629,24 @@ def _detect_token(splits: Splits, train_split: str, text_columns: Optional[list[
                 raise BertfitError(f"'{splits.files.get(split, split)}' sentence {number}: tag '{unknown[0]}' "
                                    "never appears in the training data")
     return DataSpec("token", [tokens], tags, names, scheme, repaired)
+
+
+def _io_scheme(splits: Splits, tags: str) -> bool:
+    """True when no tag carries a B-/I-/E-/S- prefix (plain PER, LOC, O); a mix of both is refused."""
+    prefixed = plain = None
+    for split, frame in splits.frames.items():
+        for number, row in enumerate(frame[tags], start=1):
+            for tag in row:
+                if tag == "O":
+                    continue
+                if str(tag)[:2] in ("B-", "I-", "E-", "S-"):
+                    prefixed = prefixed or (split, number, tag)
+                else:
+                    plain = plain or (split, number, tag)
+    if prefixed and plain:
+        raise BertfitError(f"'{splits.files.get(plain[0], plain[0])}' sentence {plain[1]}: tag '{plain[2]}' has no "
+                           f"B-/I- prefix while others do (e.g. '{prefixed[2]}'); use one tag scheme")
+    return bool(plain)
 
 
 def order_tags(tags: set[str]) -> list[str]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from bertfit.errors import BertfitError
+from bertfit.errors import BertfitError, first_line
 
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
 # Byte-level BPE tokenizers need a prefix space to tokenize pre-split words the way they tokenize running text.
@@ -44,12 +44,22 @@ def resolve_model(name: str) -> str:
 
 
 def _from_pretrained(loader, name: str, **kwargs):
+    import pickle
+
+    from safetensors import SafetensorError
+
     try:
         return loader(name, **kwargs)
-    except (OSError, ValueError) as err:
-        reason = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
+    except (OSError, ValueError, SafetensorError, pickle.UnpicklingError, EOFError, RuntimeError, KeyError) as err:
+        reason = first_line(err)
+        if isinstance(err, pickle.UnpicklingError):
+            reason = "its pytorch_model.bin holds objects other than tensors, which bertfit does not unpickle"
+        elif isinstance(err, SafetensorError):
+            reason = f"model.safetensors is damaged or truncated ({reason})"
         if Path(name).is_dir():
             raise BertfitError(f"model folder '{name}' cannot be loaded: {reason}") from None
+        if not isinstance(err, (OSError, ValueError)):
+            raise
         raise BertfitError(f"model '{name}' not found locally and the hub is unreachable or has no such model "
                            f"({reason}); pass a local folder or the alias 'minilm'") from None
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,6 +13,7 @@ import torch
 from bertfit import data, models
 from bertfit.config import Config, build_config
 from bertfit.errors import BertfitError
+from bertfit.files import atomic_write_text, to_json
 from bertfit.tasks import Task, build_task
 
 # Words as BERT's pre-tokenizer sees them: runs of word characters, or single punctuation marks.
@@ -50,7 +50,7 @@ def evaluate_run(run_dir: str, source: str, split: str, batch_size: int = 64) ->
     if split not in splits.frames:
         raise BertfitError(f"dataset '{source}' has no split '{split}' (it has: {', '.join(splits.frames)})")
     cfg = run.cfg
-    spec = data.detect(splits, split, cfg.task, cfg.text_columns, cfg.label_column, cfg.label_names)
+    spec = data.detect(splits, split, cfg.task, cfg.text_columns, cfg.label_column, cfg.label_names, training=False)
     if spec.label_names is not None and list(spec.label_names) != list(cfg.label_names):
         raise BertfitError(f"labels in '{source}' ({spec.label_names}) differ from the model's ({cfg.label_names})")
     frame = splits.frames[split]
@@ -138,20 +138,35 @@ def read_inputs(path: str, columns: list[str]) -> list[list[str]]:
     if not file.is_file():
         raise BertfitError(f"input file '{path}' not found")
     if file.suffix.lower() == ".txt":
-        return [[line] for line in file.read_text(encoding="utf-8").splitlines() if line.strip()]
-    frame = data.read_file(file)
-    missing = [c for c in columns if c not in frame.columns]
-    if missing and len(columns) == 1 and "text" in frame.columns:
-        columns = ["text"]
-    elif missing:
-        raise BertfitError(f"input file '{path}' lacks column(s) {', '.join(missing)} (has: "
-                           f"{', '.join(map(str, frame.columns))})")
-    values = frame[columns].to_numpy().tolist()
-    return [[" ".join(map(str, v)) if isinstance(v, (list, np.ndarray)) else str(v) for v in row] for row in values]
+        rows = [[line] for line in data.read_text(file).splitlines() if line.strip()]
+    else:
+        frame = data.read_file(file)
+        missing = [c for c in columns if c not in frame.columns]
+        if missing and len(columns) == 1 and "text" in frame.columns:
+            columns = ["text"]
+        elif missing:
+            raise BertfitError(f"input file '{path}' lacks column(s) {', '.join(missing)} (has: "
+                               f"{', '.join(map(str, frame.columns))})")
+        values = frame[columns].to_numpy().tolist()
+        rows = [[" ".join(map(str, v)) if isinstance(v, (list, np.ndarray)) else str(v) for v in row]
+                for row in values]
+    if not rows:
+        raise BertfitError(f"input file '{path}' has no texts; write one text per line (or row)")
+    return rows
+
+
+def check_output_path(path: str) -> None:
+    """Before any work: a predictions file needs a place to go."""
+    target = Path(path)
+    if target.is_dir():
+        raise BertfitError(f"--output '{path}' is a folder; give a file name such as '{target / 'predictions.jsonl'}'")
+    if not target.parent.is_dir():
+        raise BertfitError(f"the folder of --output '{path}' does not exist; create '{target.parent}' first")
 
 
 def write_predictions(path: str, rows: list[list[str]], predictions: list[dict]) -> None:
-    with open(path, "w", encoding="utf-8") as handle:
-        for row, prediction in zip(rows, predictions):
-            record = prediction if "entities" in prediction else {"text": row if len(row) > 1 else row[0], **prediction}
-            handle.write(json.dumps(record, ensure_ascii=False) + "\n")
+    lines = []
+    for row, prediction in zip(rows, predictions):
+        record = prediction if "entities" in prediction else {"text": row if len(row) > 1 else row[0], **prediction}
+        lines.append(to_json(record) + "\n")
+    atomic_write_text(Path(path), "".join(lines), "free space or choose another --output")

@@ -14,6 +14,8 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
+from bertfit.data import label_key
+
 IGNORE = -100
 LOWER_IS_BETTER = {"loss", "mse"}
 
@@ -227,12 +229,12 @@ class ClassificationTask(SequenceTask):
         self.primary_metric = "matthews" if "matthews" in self.extra_metrics else "accuracy"
 
     def label_ids(self, frame: pd.DataFrame) -> np.ndarray:
-        values = frame[self.label_column]
+        """By name first (class names, or integer labels named by their number), else as ids 0..K-1."""
+        keys = frame[self.label_column].map(label_key)
         index = {name: i for i, name in enumerate(self.label_names)}
-        as_text = values.astype(str)
-        if as_text.isin(index).all():
-            return as_text.map(index).to_numpy(np.int64)
-        return values.astype(float).astype(np.int64).to_numpy()
+        if keys.isin(index).all():
+            return keys.map(index).to_numpy(np.int64)
+        return keys.astype(np.int64).to_numpy()
 
     def metric_names(self):
         names = ("f1", "precision", "recall") if len(self.label_names) == 2 else (

@@ -1,5 +1,6 @@
 import json
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -70,7 +71,10 @@ def test_pairs_and_regression_are_detected():
 ])
 def test_common_column_names(tmp_path, columns, expected):
     path = tmp_path / "d.jsonl"
-    rows = [dict(zip(columns, values)) for values in zip(*columns.values())] * 10
+    first = {name: values[0] for name, values in columns.items()}
+    label = list(columns)[-1]
+    other = 1 - first[label] if isinstance(first[label], int) else first[label] + "2"
+    rows = [first, {**first, label: other}] * 5
     path.write_text("\n".join(json.dumps(r) for r in rows))
     _, spec = detect_source(path)
     assert spec.text_columns == expected
@@ -119,12 +123,21 @@ def test_test_split_can_be_switched_off_or_named():
         data.choose_splits(splits, "train", None, "dev", 42, 0.1)
 
 
-def test_tweet_mirror_has_no_train_split_and_says_so():
-    splits = data.load_splits("tweet_sentiment")
+def test_a_dataset_without_train_split_says_so_and_trains_on_a_named_split(tmp_path):
+    for split in ("validation", "test"):
+        (tmp_path / f"{split}.csv").write_text("sentence,label\n" + "good,1\nbad,0\n" * 5)
+    splits = data.load_splits(str(tmp_path))
     with pytest.raises(BertfitError, match="has no 'train' split .*train_split=NAME"):
         data.choose_splits(splits, "train", None, None, 42, 0.1)
     train, eval_split, test = data.choose_splits(splits, "test", "validation", None, 42, 0.1)
     assert (train, eval_split, test) == ("test", "validation", None)
+
+
+def test_tweet_mirror_has_its_train_split():
+    splits = data.load_splits("tweet_eval/sentiment")
+    assert {name: len(frame) for name, frame in splits.frames.items()} == {
+        "train": 45_615, "validation": 2_000, "test": 12_284}
+    assert data.choose_splits(splits, "train", None, None, 42, 0.1) == ("train", "validation", "test")
 
 
 def test_train_and_test_only_gets_a_carved_validation_split_and_keeps_test():
@@ -176,3 +189,33 @@ def test_hub_failure_is_one_clear_line(monkeypatch):
     monkeypatch.setattr(datasets, "load_dataset", unreachable)
     with pytest.raises(BertfitError, match=r"dataset 'nope/nothing' not found locally .* the hub is unreachable"):
         data.load_splits("nope/nothing")
+
+
+def test_integer_labels_that_are_not_0_to_k_are_classes_named_by_their_number(tmp_path):
+    path = tmp_path / "stars.csv"
+    pd.DataFrame({"text": [f"review {i}" for i in range(20)], "label": [-1, 1, 5, 5] * 5}).to_csv(path, index=False)
+    splits, spec = detect_source(path)
+    assert spec.label_names == ["-1", "1", "5"]
+    assert any("not 0..2" in note for note in splits.notes)
+    from bertfit.tasks import build_task
+
+    task = build_task("classification", ["text"], "label", spec.label_names, 32, "head", ())
+    assert task.label_ids(pd.DataFrame({"label": [-1, 1, 5, 5]})).tolist() == [0, 1, 2, 2]
+    # Float-typed whole numbers (a column with a missing value elsewhere reads as float) name the same classes.
+    assert task.label_ids(pd.DataFrame({"label": [5.0, -1.0]})).tolist() == [2, 0]
+
+
+def test_plain_tags_are_read_as_the_io_scheme(tmp_path):
+    path = tmp_path / "io.jsonl"
+    rows = [{"tokens": ["John", "Smith", "went", "to", "Paris"], "ner_tags": ["PER", "PER", "O", "O", "LOC"]}] * 4
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    splits, spec = detect_source(path)
+    assert spec.tag_scheme == "IO" and spec.label_names == ["O", "B-LOC", "B-PER", "I-PER"]
+    assert splits.frames["train"]["ner_tags"][0] == ["B-PER", "I-PER", "O", "O", "B-LOC"]
+
+
+def test_json_output_has_no_nan():
+    from bertfit.files import to_json
+
+    text = to_json({"pearson": float("nan"), "loss": float("inf"), "nested": [np.float32("nan"), 1.5]})
+    assert json.loads(text) == {"pearson": None, "loss": None, "nested": [None, 1.5]}

@@ -257,3 +257,38 @@ def test_the_host_waits_for_the_device_per_log_line_not_per_step(tiny_bert, tmp_
 
     extra = reads_for(40) - reads_for(20)
     assert 0 < extra <= 2 * 2, f"{extra} more host reads for 20 more steps (2 more log lines of 2 reads each)"
+
+
+def epoch_recipe_args(model, out):
+    """Length buckets, accumulation and an epoch-based length: the other data-order paths a resume must restore."""
+    return ["train", "--model", model, "--data", SAMPLES / "sst2_200.csv", "--output", out, "--batch-size", 8,
+            "--grad-accum", 2, "--epochs", 2, "--eval-every", "epoch", "--checkpoint-every", 5, "--lr", "1e-3",
+            "--set", "log_every=1", "--max-length", 128, "--padding", "bucket"]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted_epochs(tmp_path_factory, tiny_bert):
+    out = tmp_path_factory.mktemp("whole-epochs") / "run"
+    process = spawn(epoch_recipe_args(tiny_bert, out))
+    _, err = process.communicate(timeout=300)
+    assert process.returncode == 0, err.decode()[-2000:]
+    return out
+
+
+@pytest.mark.parametrize("kill_at", [7, 16])  # inside the first epoch, and after its evaluation
+def test_sigkill_then_resume_is_bit_identical_with_buckets_accumulation_and_epochs(uninterrupted_epochs, tiny_bert,
+                                                                                   tmp_path, kill_at):
+    out = tmp_path / "run"
+    process = spawn(epoch_recipe_args(tiny_bert, out))
+    wait_for_step(process, out / "log.jsonl", kill_at)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert not (out / "metrics.json").exists()
+    resumed = spawn(epoch_recipe_args(tiny_bert, out) + ["--resume"])
+    _, err = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0, err.decode()[-2000:]
+    ours, theirs = load_file(out / "model.safetensors"), load_file(uninterrupted_epochs / "model.safetensors")
+    assert all(torch.equal(ours[k], theirs[k]) for k in theirs)
+    assert log_without_timings(out / "log.jsonl") == log_without_timings(uninterrupted_epochs / "log.jsonl")
+    summary = json.loads((out / "metrics.json").read_text())
+    assert summary["train"]["steps"] == json.loads((uninterrupted_epochs / "metrics.json").read_text())["train"]["steps"]

@@ -1,0 +1,84 @@
+"""bf16 on the CPUs that do it fast: chosen by `precision: auto` only there, as accurate as fp32, resumable."""
+
+import json
+import signal
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from bertfit import train as engine
+from conftest import SAMPLES, run_cli
+
+
+@pytest.mark.parametrize("avx512_bf16, amx, expected", [(True, False, "bf16"), (False, True, "bf16"),
+                                                        (False, False, "fp32")])
+def test_auto_picks_bf16_on_cpu_only_where_the_cpu_has_it(monkeypatch, avx512_bf16, amx, expected):
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
+    cpu = torch.device("cpu")
+    assert engine.resolve_precision("auto", cpu) == expected
+    assert engine.resolve_precision("fp32", cpu) == "fp32"  # forced fp32 stays fp32
+    assert engine.resolve_precision("bf16", cpu) == "bf16"
+
+
+def test_bf16_and_fp32_losses_agree_on_a_fixed_batch(tiny_bert_no_dropout, minilm_tokenizer):
+    from bertfit.models import load_model
+    from bertfit.tasks import build_task
+    import pandas as pd
+
+    frame = pd.read_csv(SAMPLES / "sst2_200.csv").head(32)
+    task = build_task("classification", ["sentence"], "label", ["0", "1"], 64, "head", ())
+    features = task.encode(frame, minilm_tokenizer)
+    batch = task.collate(features, list(range(32)), minilm_tokenizer.pad_token_id)
+    labels = batch.pop("labels")
+    torch.manual_seed(0)
+    model = load_model(tiny_bert_no_dropout, "classification", ["0", "1"]).eval()
+    losses = {}
+    for precision in ("fp32", "bf16"):
+        with engine.autocast(torch.device("cpu"), precision):
+            logits = model(**batch).logits
+        losses[precision] = task.loss_sum(logits, labels).item() / len(labels)
+        assert logits.dtype == (torch.bfloat16 if precision == "bf16" else torch.float32)
+    assert losses["bf16"] == pytest.approx(losses["fp32"], rel=2e-2)
+    assert next(model.parameters()).dtype == torch.float32  # fp32 master weights
+
+
+def test_a_bf16_cpu_run_resumes_bit_exactly(tiny_bert, tmp_path):
+    from test_reliability import recipe_args, spawn, wait_for_step
+
+    whole, interrupted = tmp_path / "whole", tmp_path / "run"
+    process = spawn(recipe_args(tiny_bert, whole) + ["--precision", "bf16"])
+    _, err = process.communicate(timeout=300)
+    assert process.returncode == 0, err.decode()[-2000:]
+    assert "precision: bf16" in (whole / "recipe.yaml").read_text()
+    assert "mixed_precision_training: Native AMP (bf16)" in (whole / "README.md").read_text()
+    process = spawn(recipe_args(tiny_bert, interrupted) + ["--precision", "bf16"])
+    wait_for_step(process, interrupted / "log.jsonl", 10)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    resumed = spawn(["resume", interrupted])
+    _, err = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0, err.decode()[-2000:]
+    ours, theirs = load_file(interrupted / "model.safetensors"), load_file(whole / "model.safetensors")
+    assert all(torch.equal(ours[k], theirs[k]) for k in theirs)
+
+
+def test_predict_and_eval_use_the_runs_precision(tiny_bert, tmp_path, capsys, monkeypatch):
+    out = tmp_path / "run"
+    args = ["train", "--model", tiny_bert, "--data", SAMPLES / "sst2_200.csv", "--output", out, "--batch-size", 32,
+            "--max-steps", 2, "--precision", "bf16"]
+    assert run_cli(args, capsys)[0] == 0
+    seen = []
+    real = engine.autocast
+
+    def spy(device, precision):
+        seen.append(precision)
+        return real(device, precision)
+
+    monkeypatch.setattr(engine, "autocast", spy)
+    code, stdout, _ = run_cli(["eval", out, "--data", SAMPLES / "sst2_200.csv", "--split", "train"], capsys)
+    assert code == 0 and 0 <= json.loads(stdout)["accuracy"] <= 1 and seen and set(seen) == {"bf16"}
+    seen.clear()
+    code, stdout, _ = run_cli(["predict", out, "--text", "a fine film"], capsys)
+    assert code == 0 and json.loads(stdout)["label"] in ("0", "1") and set(seen) == {"bf16"}
