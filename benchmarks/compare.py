@@ -1,6 +1,8 @@
 """Side-by-side benchmark: the HF Trainer and bertfit on the same data, model, recipe and machine, in one run.
 
-    python benchmarks/compare.py cpu          # minilm, SST-2 8,000 seeded examples, 1 epoch, bs 32 (2-core CPU target)
+    python benchmarks/compare.py cpu          # minilm, SST-2 8,000 seeded examples, 1 epoch, bs 32: Trainer fp32 and
+                                              # bf16 vs bertfit's defaults (2-core CPU target)
+    python benchmarks/compare.py cpu-throughput  # bert-base-sized random-init model, IMDB at 128 tokens, CPU
     python benchmarks/compare.py ner          # minilm, CoNLL-2003, run_ner-style Trainer vs bertfit (F1 side by side)
     python benchmarks/compare.py gpu          # minilm, full IMDB, seed recipe (lr 2e-5, bs 16, 3 epochs, linear, AMP)
     python benchmarks/compare.py throughput   # bert-base-sized random-init model, IMDB-length data, bs 16 and 32 (GPU)
@@ -30,7 +32,7 @@ sys.path.insert(0, str(REPO))
 MODES = {
     "cpu": {"model": "minilm", "data": "sst2", "max_train_samples": 8000, "epochs": 1, "batch_size": 32,
             "eval_batch_size": 64, "lr": 5e-5, "max_length": 128, "scheduler": "linear", "seed": 42,
-            "precision": "fp32", "eval_split": "validation"},
+            "precision": "auto", "eval_split": "validation"},
     "ner": {"model": "minilm", "data": "conll2003", "epochs": 1, "batch_size": 16, "eval_batch_size": 64,
             "lr": 1e-4, "max_length": 128, "scheduler": "linear", "seed": 42, "precision": "fp32",
             "eval_split": "validation", "test_split": "test"},
@@ -40,7 +42,13 @@ MODES = {
     "throughput": {"model": "random-bert", "tokenizer": "minilm", "layers": 12, "hidden": 768, "data": "imdb",
                    "max_steps": 600, "batch_size": 16, "lr": 2e-5, "max_length": 512, "scheduler": "linear",
                    "seed": 42, "precision": "auto", "eval_split": "test"},
+    "cpu-throughput": {"model": "random-bert", "tokenizer": "minilm", "layers": 12, "hidden": 768, "data": "imdb",
+                       "max_steps": 20, "batch_size": 16, "lr": 2e-5, "max_length": 128, "scheduler": "linear",
+                       "seed": 42, "precision": "auto", "eval_split": "test"},
 }
+# The sides compared in each mode: the Trainer as a user would run it (and, on CPU, with its bf16 switch on).
+MODE_SIDES = {"cpu": ("hf", "hf-bf16", "bertfit"), "cpu-throughput": ("hf", "hf-bf16", "bertfit")}
+SIDE_TITLES = {"hf": "HF Trainer", "hf-bf16": "HF Trainer bf16=True", "bertfit": "bertfit"}
 GPU_PEAK_FLOPS = 800e12
 
 
@@ -71,7 +79,7 @@ def peak_memory_mb() -> float:
 
 # ---------------------------------------------------------------- the HF Trainer side (run_glue / run_ner style)
 
-def hf_side(recipe: dict) -> dict:
+def hf_side(recipe: dict, bf16: bool = False) -> dict:
     import numpy as np
     import torch
     from datasets import Dataset
@@ -136,7 +144,7 @@ def hf_side(recipe: dict) -> dict:
         output_dir=tempfile.mkdtemp(), learning_rate=recipe["lr"], per_device_train_batch_size=recipe["batch_size"],
         per_device_eval_batch_size=recipe["eval_batch_size"], num_train_epochs=recipe["epochs"], seed=recipe["seed"],
         lr_scheduler_type=recipe["scheduler"], adam_beta1=0.9, adam_beta2=0.999, adam_epsilon=1e-8, max_grad_norm=1.0,
-        fp16=amp, eval_strategy="no", save_strategy="no", logging_steps=50, report_to=[],
+        fp16=amp, bf16=bf16, use_cpu=not cuda, eval_strategy="no", save_strategy="no", logging_steps=50, report_to=[],
         disable_tqdm=True, dataloader_num_workers=0)
     trainer = Trainer(model=model, args=args, train_dataset=datasets["train"], data_collator=collator,
                       compute_metrics=compute_metrics)
@@ -189,7 +197,7 @@ def bertfit_side(recipe: dict) -> dict:
             "train_samples_per_second": train_stats["samples_per_second"],
             "train_tokens_per_second": train_stats["tokens_per_second"],
             "eval_samples_per_second": n_eval / eval_seconds, "padding_ratio": train_stats["padding_ratio"],
-            "peak_memory_mb": peak_memory_mb(), "metrics": results}
+            "peak_memory_mb": peak_memory_mb(), "metrics": results, "precision": events[0]["precision"]}
 
 
 # ---------------------------------------------------------------- throughput only (bert-base-sized, random init)
@@ -219,7 +227,7 @@ def steady_rate(times: list[tuple[int, float]], batch_size: int) -> float:
     return (last[0] - first[0]) * batch_size / (last[1] - first[1])
 
 
-def hf_throughput_side(recipe: dict) -> dict:
+def hf_throughput_side(recipe: dict, bf16: bool = False) -> dict:
     import torch
     from datasets import Dataset
     from transformers import (AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding, Trainer,
@@ -246,7 +254,8 @@ def hf_throughput_side(recipe: dict) -> dict:
     model = AutoModelForSequenceClassification.from_pretrained(path, dtype=torch.float32)
     args = TrainingArguments(output_dir=tempfile.mkdtemp(), per_device_train_batch_size=recipe["batch_size"],
                              learning_rate=recipe["lr"], max_steps=recipe["max_steps"], seed=recipe["seed"],
-                             fp16=torch.cuda.is_available(), save_strategy="no", eval_strategy="no", report_to=[],
+                             fp16=torch.cuda.is_available(), bf16=bf16,
+                             use_cpu=not torch.cuda.is_available(), save_strategy="no", eval_strategy="no", report_to=[],
                              disable_tqdm=True, logging_steps=10**6)
     trainer = Trainer(model=model, args=args, train_dataset=dataset, data_collator=DataCollatorWithPadding(tokenizer),
                       callbacks=[Clock()])
@@ -255,7 +264,8 @@ def hf_throughput_side(recipe: dict) -> dict:
     mean_tokens = sum(len(x) for x in enc["input_ids"]) / len(enc["input_ids"])
     parameters = sum(p.numel() for p in model.parameters())
     return {"train_samples_per_second": rate, "train_tokens_per_second": rate * mean_tokens,
-            "mfu": 6 * parameters * rate * mean_tokens / GPU_PEAK_FLOPS, "peak_memory_mb": peak_memory_mb()}
+            "mfu": 6 * parameters * rate * mean_tokens / GPU_PEAK_FLOPS, "peak_memory_mb": peak_memory_mb(),
+            "precision": "bf16" if bf16 else "fp16" if torch.cuda.is_available() else "fp32"}
 
 
 def bertfit_throughput_side(recipe: dict) -> dict:
@@ -280,7 +290,8 @@ def bertfit_throughput_side(recipe: dict) -> dict:
     parameters = sum(p.numel() for p in load_model(out, "classification", None).parameters())
     return {"train_samples_per_second": rate, "train_tokens_per_second": rate * tokens_per_sample,
             "mfu": 6 * parameters * rate * tokens_per_sample / GPU_PEAK_FLOPS,
-            "padding_ratio": summary["train"]["padding_ratio"], "peak_memory_mb": peak_memory_mb()}
+            "padding_ratio": summary["train"]["padding_ratio"], "peak_memory_mb": peak_memory_mb(),
+            "precision": events[0]["precision"]}
 
 
 def throughput_report(recipe: dict, rows: dict, command: str) -> str:
@@ -300,8 +311,9 @@ def throughput_report(recipe: dict, rows: dict, command: str) -> str:
 
 # ---------------------------------------------------------------- running both and reporting
 
-SIDES = {"hf": hf_side, "bertfit": bertfit_side}
-THROUGHPUT_SIDES = {"hf": hf_throughput_side, "bertfit": bertfit_throughput_side}
+SIDES = {"hf": hf_side, "hf-bf16": lambda recipe: hf_side(recipe, bf16=True), "bertfit": bertfit_side}
+THROUGHPUT_SIDES = {"hf": hf_throughput_side, "hf-bf16": lambda recipe: hf_throughput_side(recipe, bf16=True),
+                    "bertfit": bertfit_throughput_side}
 
 
 def run_side(side: str, mode: str, overrides: list[str]) -> dict:
@@ -354,10 +366,46 @@ def report(mode: str, recipe: dict, hf: dict, ours: dict, command: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def multi_report(mode: str, recipe: dict, results: dict, command: str) -> str:
+    """One column per side, and bertfit's ratio to each Trainer setting."""
+    names = list(results)
+    ours = results["bertfit"]
+    others = [n for n in names if n != "bertfit"]
+    keys = [("tokenize s", "tokenize_seconds", ".1f"), ("train s", "train_seconds", ".1f"),
+            ("eval s", "eval_seconds", ".1f"), ("end-to-end s", "total_seconds", ".1f"),
+            ("train samples/s", "train_samples_per_second", ".1f"),
+            ("train real tokens/s", "train_tokens_per_second", ".0f"),
+            ("eval samples/s", "eval_samples_per_second", ".1f"), ("peak memory MB", "peak_memory_mb", ".0f")]
+    header = ["measure"] + [SIDE_TITLES[n] for n in names] + [f"bertfit / {SIDE_TITLES[n]}" for n in others]
+    lines = [f"### {mode}: {datetime.date.today().isoformat()}", "", f"- machine: {machine()}; {versions()}",
+             f"- command: `{command}`", f"- recipe: {json.dumps(recipe)}",
+             f"- bertfit's precision: {ours.get('precision', recipe.get('precision'))}", "",
+             "| " + " | ".join(header) + " |", "|---|" + "---:|" * (len(header) - 1)]
+    for title, key, fmt in keys:
+        if not all(key in results[n] for n in names):
+            continue
+        cells = [f"{results[n][key]:{fmt}}" for n in names]
+        for other in others:
+            theirs = results[other][key]
+            if key.endswith("seconds"):
+                cells.append(f"{theirs / ours[key]:.2f}× faster" if ours[key] else "")
+            else:
+                cells.append(f"{ours[key] / theirs:.2f}×" if theirs else "")
+        lines.append(f"| {title} | " + " | ".join(cells) + " |")
+    for split_name in [s for s in ("validation", "test") if s in ours.get("metrics", {})]:
+        for metric in [m for m in ("accuracy", "f1") if m in ours["metrics"][split_name]]:
+            values = [results[n]["metrics"][split_name][metric] for n in names]
+            deltas = [f"{100 * (ours['metrics'][split_name][metric] - results[o]['metrics'][split_name][metric]):+.2f} "
+                      "points" for o in others]
+            lines.append(f"| {split_name} {metric} | " + " | ".join(f"{v:.4f}" for v in values) + " | "
+                         + " | ".join(deltas) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("mode", choices=sorted(MODES))
-    parser.add_argument("--side", choices=["hf", "bertfit"], help=argparse.SUPPRESS)
+    parser.add_argument("--side", choices=sorted(SIDES), help=argparse.SUPPRESS)
     parser.add_argument("--set", action="append", default=[], help="KEY=VALUE recipe override for both sides")
     parser.add_argument("--no-write", action="store_true", help="print only; do not append to BENCHMARKS.md")
     args = parser.parse_args()
@@ -366,11 +414,14 @@ def main() -> None:
 
     recipe = {**MODES[args.mode], **parse_set_overrides(args.set)}
     if args.side:
-        sides = THROUGHPUT_SIDES if args.mode == "throughput" else SIDES
+        sides = THROUGHPUT_SIDES if "throughput" in args.mode else SIDES
         print(json.dumps(sides[args.side](recipe), default=float))
         return
     command = "python benchmarks/compare.py " + " ".join(sys.argv[1:])
-    if args.mode == "throughput":
+    if args.mode in MODE_SIDES:
+        results = {side: run_side(side, args.mode, args.set) for side in MODE_SIDES[args.mode]}
+        text = multi_report(args.mode, recipe, results, command)
+    elif args.mode == "throughput":
         batches = [recipe["batch_size"]] if any(o.startswith("batch_size=") for o in args.set) else [16, 32]
         rows = {b: tuple(run_side(side, args.mode, args.set + [f"batch_size={b}"]) for side in ("hf", "bertfit"))
                 for b in batches}

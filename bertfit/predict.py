@@ -27,6 +27,7 @@ class LoadedRun:
     model: torch.nn.Module
     tokenizer: object
     device: torch.device
+    precision: str
 
 
 def load_run(run_dir: str) -> LoadedRun:
@@ -37,9 +38,12 @@ def load_run(run_dir: str) -> LoadedRun:
     cfg = build_config(str(folder / "recipe.yaml"))
     task = build_task(cfg.task, cfg.text_columns, cfg.label_column, cfg.label_names, cfg.max_length, cfg.truncation,
                       tuple(cfg.metrics), cfg.stride, cfg.label_all_subtokens)
+    from bertfit.train import inference_precision
+
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model = models.load_model(str(folder), cfg.task, None).to(device).eval()
-    return LoadedRun(cfg, task, model, models.load_tokenizer(str(folder)), device)
+    return LoadedRun(cfg, task, model, models.load_tokenizer(str(folder)), device,
+                     inference_precision(cfg.precision, device))
 
 
 def evaluate_run(run_dir: str, source: str, split: str, batch_size: int = 64) -> dict:
@@ -55,20 +59,21 @@ def evaluate_run(run_dir: str, source: str, split: str, batch_size: int = 64) ->
         raise BertfitError(f"labels in '{source}' ({spec.label_names}) differ from the model's ({cfg.label_names})")
     frame = splits.frames[split]
     features = run.task.encode(frame, run.tokenizer)
-    precision = cfg.precision if run.device.type == "cuda" else "fp32"
-    return evaluate(run.model, run.task, features, frame, batch_size, run.device, precision, Dist(),
+    return evaluate(run.model, run.task, features, frame, batch_size, run.device, run.precision, Dist(),
                     run.tokenizer.pad_token_id)
 
 
 @torch.no_grad()
 def _probabilities(run: LoadedRun, features, batch_size: int) -> list[np.ndarray]:
     from bertfit.batching import eval_batches
+    from bertfit.train import autocast
 
     out: list = [None] * len(features)
     for indices in eval_batches(features.lengths, batch_size):
         batch = {k: v.to(run.device) for k, v in run.task.collate(features, indices, run.tokenizer.pad_token_id).items()}
         batch.pop("labels")
-        logits = run.model(**batch).logits.float()
+        with autocast(run.device, run.precision):
+            logits = run.model(**batch).logits.float()
         scores = (logits if run.task.kind == "regression" else logits.softmax(-1)).cpu().numpy()
         for row, index in enumerate(indices):
             out[index] = scores[row, : features.lengths[index]] if scores.ndim == 3 else scores[row]

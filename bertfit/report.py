@@ -324,7 +324,9 @@ def hyperparameters(cfg) -> list[str]:
     if cfg.clip_norm:
         lines.append(f"max_grad_norm: {cfg.clip_norm:g}")
     if cfg.precision in ("fp16", "bf16"):
-        lines.append(f"mixed_precision_training: Native AMP ({cfg.precision})")
+        lines.append(f"mixed_precision_training: Native AMP ({cfg.precision}; fp32 master weights)")
+    else:
+        lines.append("training_precision: float32")
     lines += [f"max_length: {cfg.max_length} (truncation: {cfg.truncation})", f"padding: {cfg.padding}",
               f"torch_compile: {bool(cfg.compile)}"]
     return lines

@@ -29,7 +29,7 @@ def conll_run(tmp_path_factory, tiny_bert):
 
     cfg = build_config(None, {"model": tiny_bert, "data": str(SAMPLES / "conll_50.conll"), "output": str(out),
                               "batch_size": 8, "max_steps": 12, "eval_every": 6, "lr": 5e-3, "max_length": 24,
-                              "stride": 6})
+                              "stride": 6, "precision": "fp32"})  # predict is compared with fp32 pipeline()
     return out, train(cfg)
 
 

@@ -4,9 +4,11 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
-from conftest import SAMPLES, run_cli
 from bertfit.report import TIMING_FIELDS
+from bertfit.train import resolve_precision
+from conftest import SAMPLES, run_cli
 
 
 def tiny_args(model, out, *extra, data=SAMPLES / "sst2_200.csv"):
@@ -32,7 +34,8 @@ def test_run_folder_is_complete_and_pipeline_ready(tiny_bert, tmp_path, capsys):
         assert (out / name).is_file(), name
     assert "Training Loss |    Epoch |     Step | Validation Loss | Accuracy" in stdout
     recipe = (out / "recipe.yaml").read_text()
-    assert "task: classification" in recipe and "- sentence" in recipe and "precision: fp32" in recipe
+    assert "task: classification" in recipe and "- sentence" in recipe \
+        and f"precision: {resolve_precision('auto', torch.device('cpu'))}" in recipe
     metrics = json.loads((out / "metrics.json").read_text())
     assert set(metrics["validation"]) >= {"loss", "accuracy", "f1", "precision", "recall"}
     assert metrics["best_step"] in (3, 6) and metrics["train"]["samples_per_second"] > 0
