@@ -79,3 +79,10 @@ def run_cli(args: list[str], capsys) -> tuple[int, str, str]:
 
 def copy_sample(name: str, folder: Path) -> Path:
     return Path(shutil.copy(SAMPLES / name, folder / name))
+
+
+class NoCapture:
+    """Stands in for capsys where a fixture runs the CLI (fixtures of wider scope cannot take capsys)."""
+
+    def readouterr(self):
+        return type("Captured", (), {"out": "", "err": ""})()

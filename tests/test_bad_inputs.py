@@ -15,7 +15,7 @@ from typing import Callable
 
 import pytest
 
-from conftest import SAMPLES, run_cli
+from conftest import SAMPLES, NoCapture, run_cli
 
 ROWS = "".join(f"sentence {i} is fine,{i % 2}\n" for i in range(20))
 GOOD_CSV = "sentence,label\n" + ROWS
@@ -459,13 +459,7 @@ def finished_run(tmp_path_factory, tiny_bert):
     out = tmp_path_factory.mktemp("finished") / "run"
     args = ["train", "--model", tiny_bert, "--data", SAMPLES / "sst2_200.csv", "--output", out, "--batch-size", 32,
             "--max-steps", 2, "--eval-every", 1, "--label-names", "negative,positive"]
-    from conftest import run_cli as cli
-
-    class Quiet:
-        def readouterr(self):
-            return type("Captured", (), {"out": "", "err": ""})()
-
-    assert cli(args, Quiet())[0] == 0
+    assert run_cli(args, NoCapture())[0] == 0
     return out
 
 

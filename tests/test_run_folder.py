@@ -14,7 +14,7 @@ import torch
 from safetensors.torch import load_file
 
 from conftest import SAMPLES, run_cli
-from test_reliability import recipe_args, spawn, wait_for_step
+from test_reliability import recipe_args, spawn, uninterrupted, wait_for_step  # noqa: F401 (a fixture)
 
 
 def weights(folder: Path) -> dict:
@@ -29,15 +29,6 @@ def same_weights(a: Path, b: Path) -> bool:
 def tree(folder: Path) -> dict:
     return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "dir"
             for p in sorted(folder.rglob("*"))}
-
-
-@pytest.fixture(scope="module")
-def uninterrupted(tmp_path_factory, tiny_bert):
-    out = tmp_path_factory.mktemp("whole") / "run"
-    process = spawn(recipe_args(tiny_bert, out))
-    _, err = process.communicate(timeout=300)
-    assert process.returncode == 0, err.decode()[-2000:]
-    return out
 
 
 @pytest.fixture(scope="module")
@@ -86,11 +77,6 @@ def test_a_killed_run_leaves_no_lock_behind(tiny_bert, tmp_path):
     resumed = spawn(recipe_args(tiny_bert, out) + ["--resume"])
     _, err = resumed.communicate(timeout=300)
     assert resumed.returncode == 0, err.decode()[-2000:]
-
-
-class _Quiet:
-    def readouterr(self):
-        return type("Captured", (), {"out": "", "err": ""})()
 
 
 def test_overwrite_removes_only_what_bertfit_wrote(tiny_bert, tmp_path, capsys):
