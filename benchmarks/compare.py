@@ -49,20 +49,20 @@ MODES = {
 # The sides compared in each mode: the Trainer as a user would run it (and, on CPU, with its bf16 switch on).
 MODE_SIDES = {"cpu": ("hf", "hf-bf16", "bertfit"), "cpu-throughput": ("hf", "hf-bf16", "bertfit")}
 SIDE_TITLES = {"hf": "HF Trainer", "hf-bf16": "HF Trainer bf16=True", "bertfit": "bertfit"}
-GPU_PEAK_FLOPS = 800e12
 
 
 # ---------------------------------------------------------------- shared: the same examples on both sides
 
 def load_frames(recipe: dict) -> tuple[dict, object]:
     """Both sides train and score on exactly these rows (bertfit's loaders and seeded subsets)."""
-    from bertfit import data
+    from bertfit.data import schema, sources
 
-    splits = data.load_splits(recipe["data"])
-    train, eval_split, test = data.choose_splits(splits, "train", recipe.get("eval_split"), recipe.get("test_split"),
-                                                 recipe["seed"], 0.1)
-    spec = data.detect(splits, train, "auto", None, None, None)
-    frames = {"train": data.subsample(splits.frames[train], recipe.get("max_train_samples"), recipe["seed"]),
+    splits = sources.load_splits(recipe["data"])
+    spec = schema.detect(splits, "train", "auto", None, None, None)
+    splits, train, eval_split, test = sources.choose_splits(schema.normalise(splits, spec), "train",
+                                                            recipe.get("eval_split"), recipe.get("test_split"),
+                                                            recipe["seed"], 0.1)
+    frames = {"train": sources.subsample(splits.frames[train], recipe.get("max_train_samples"), recipe["seed"]),
               "validation": splits.frames[eval_split]}
     if test:
         frames["test"] = splits.frames[test]
@@ -88,7 +88,8 @@ def hf_side(recipe: dict, bf16: bool = False) -> dict:
                               TrainingArguments)
 
     from bertfit.models import quiet_transformers, resolve_model
-    from bertfit.tasks import classification_metrics, token_metrics
+    from bertfit.tasks.classification import classification_metrics
+    from bertfit.tasks.token import token_metrics
 
     quiet_transformers()
     started = time.perf_counter()
@@ -172,8 +173,8 @@ def hf_side(recipe: dict, bf16: bool = False) -> dict:
 
 def bertfit_side(recipe: dict) -> dict:
     from bertfit.config import build_config
-    from bertfit.report import scalar_metrics
-    from bertfit.train import train
+    from bertfit.records import scalar_metrics
+    from bertfit.cli import fit as train
 
     os.environ["BERTFIT_CACHE"] = tempfile.mkdtemp()  # cold: tokenization is timed, not read from a cache
     started = time.perf_counter()
@@ -220,6 +221,14 @@ def random_bert(recipe: dict) -> str:
     return folder
 
 
+def mfu(parameters: int, tokens_per_second: float):
+    """Model FLOP utilisation against the GPU's datasheet peak (bertfit's table); None on CPUs and unlisted GPUs."""
+    from bertfit.engine.device import default_device, peak_flops
+
+    peak = peak_flops(default_device())
+    return 6 * parameters * tokens_per_second / peak if peak else None
+
+
 def steady_rate(times: list[tuple[int, float]], batch_size: int) -> float:
     """Samples/s between the step at 20% of the run and the last one: compile and warm-up excluded."""
     first = next(p for p in times if p[0] >= times[-1][0] * 0.2)
@@ -264,13 +273,13 @@ def hf_throughput_side(recipe: dict, bf16: bool = False) -> dict:
     mean_tokens = sum(len(x) for x in enc["input_ids"]) / len(enc["input_ids"])
     parameters = sum(p.numel() for p in model.parameters())
     return {"train_samples_per_second": rate, "train_tokens_per_second": rate * mean_tokens,
-            "mfu": 6 * parameters * rate * mean_tokens / GPU_PEAK_FLOPS, "peak_memory_mb": peak_memory_mb(),
+            "mfu": mfu(parameters, rate * mean_tokens), "peak_memory_mb": peak_memory_mb(),
             "precision": "bf16" if bf16 else "fp16" if torch.cuda.is_available() else "fp32"}
 
 
 def bertfit_throughput_side(recipe: dict) -> dict:
     from bertfit.config import build_config
-    from bertfit.train import train
+    from bertfit.cli import fit as train
 
     path = random_bert(recipe)
     out = tempfile.mkdtemp()
@@ -287,9 +296,9 @@ def bertfit_throughput_side(recipe: dict) -> dict:
     tokens_per_sample = summary["train"]["tokens_per_second"] / summary["train"]["samples_per_second"]
     from bertfit.models import load_model
 
-    parameters = sum(p.numel() for p in load_model(out, "classification", None).parameters())
+    parameters = sum(p.numel() for p in load_model(out, "AutoModelForSequenceClassification", {}).parameters())
     return {"train_samples_per_second": rate, "train_tokens_per_second": rate * tokens_per_sample,
-            "mfu": 6 * parameters * rate * tokens_per_sample / GPU_PEAK_FLOPS,
+            "mfu": mfu(parameters, rate * tokens_per_sample),
             "padding_ratio": summary["train"]["padding_ratio"], "peak_memory_mb": peak_memory_mb(),
             "precision": events[0]["precision"]}
 
@@ -299,13 +308,14 @@ def throughput_report(recipe: dict, rows: dict, command: str) -> str:
              f"- machine: {machine()}; {versions()}", f"- command: `{command}`",
              f"- model: random-init BERT, {recipe['layers']} layers, hidden {recipe['hidden']}; data: {recipe['data']} "
              f"train, max_length {recipe['max_length']}; {recipe['max_steps']} steps; steady state after 20% of steps",
-             "", "| batch | side | samples/s | real tokens/s | MFU (of 800 TFLOP/s) | peak memory MB | bertfit / Trainer |",
+             "", "| batch | side | samples/s | real tokens/s | MFU (of the GPU's bf16 peak) | peak memory MB | bertfit / Trainer |",
              "|---:|---|---:|---:|---:|---:|---:|"]
     for batch, (hf, ours) in rows.items():
         for name, side in (("HF Trainer (fp16 AMP, dynamic padding)", hf), ("bertfit (defaults)", ours)):
             ratio = f"{ours['train_samples_per_second'] / hf['train_samples_per_second']:.2f}×" if side is ours else ""
+            shown_mfu = "n/a" if side["mfu"] is None else f"{side['mfu']:.1%}"
             lines.append(f"| {batch} | {name} | {side['train_samples_per_second']:.1f} | "
-                         f"{side['train_tokens_per_second']:.0f} | {side['mfu']:.1%} | {side['peak_memory_mb']:.0f} | {ratio} |")
+                         f"{side['train_tokens_per_second']:.0f} | {shown_mfu} | {side['peak_memory_mb']:.0f} | {ratio} |")
     return "\n".join(lines) + "\n"
 
 

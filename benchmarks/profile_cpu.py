@@ -34,7 +34,7 @@ def main() -> None:
     from torch.profiler import ProfilerActivity, profile
 
     from bertfit.config import build_config
-    from bertfit.train import train
+    from bertfit.cli import fit as train
 
     cfg = build_config(None, {"model": "minilm", "data": args.data, "output": tempfile.mkdtemp(),
                               "max_steps": args.steps, "eval_every": args.steps, "max_eval_samples": 64,

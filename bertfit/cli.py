@@ -4,100 +4,123 @@ from __future__ import annotations
 
 import os
 import sys
+import typing
 from enum import Enum
+from inspect import Parameter, Signature, signature
 from pathlib import Path
 from typing import List, Optional
 
 import typer
 from rich.console import Console
 
+from bertfit.config import Config, build_config, parse_set_overrides
 from bertfit.errors import BertfitError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
-                  help="Fine-tune BERT-family encoders fast, reproducibly, with honest reports.")
+                  help="Fine-tune BERT-family encoders fast, reproducibly, with honest reports. "
+                  "Add --debug to any command for tracebacks instead of one-line errors.")
 console = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 160)
 errors = Console(stderr=True, highlight=False, soft_wrap=True)
 
 Opt = typer.Option
 
 
-class TaskKind(str, Enum):
-    auto = "auto"
-    classification = "classification"
-    regression = "regression"
-    token = "token"
-
-
 # Set by `--nproc` for its workers: the folder where a worker leaves its one-line error for the launcher.
 WORKER_ERRORS = "BERTFIT_WORKER_ERRORS"
 
+# ---------------------------------------------------------------- options generated from Config
+
+NOT_OPTIONS = {"world_size"}  # set by the launcher, not by hand
+OPTION_NAMES = {"output": ("--output", "-o"), "text_columns": ("--text-column", "--text-columns")}
+REPEATABLE = {"text_columns"}  # other list fields take one comma-separated value
+
+
+def _choices(name: str, values) -> type[Enum]:
+    """Typer shows and checks choices given as an Enum."""
+    return Enum(name, {str(v): str(v) for v in values}, type=str)
+
+
+def _option_type(name: str, annotation) -> object:
+    args = [a for a in typing.get_args(annotation) if a is not type(None)]
+    if typing.get_origin(annotation) is typing.Union:
+        if len(args) > 1:
+            return str  # e.g. eval_every: steps or 'epoch'; pydantic reads the string
+        annotation = args[0]
+    if typing.get_origin(annotation) is typing.Literal:
+        return _choices(name, typing.get_args(annotation))
+    if typing.get_origin(annotation) is list:
+        return List[str] if name in REPEATABLE else str
+    return annotation
+
+
+TASK_CHOICES = _choices("TaskKind", typing.get_args(Config.model_fields["task"].annotation))
+
+
+def recipe_option(name: str, field) -> Parameter:
+    """One option per Config field: its description is the help, its default the one shown."""
+    kind = _option_type(name, field.annotation)
+    flag = name.replace("_", "-")
+    names = (f"--{flag}/--no-{flag}",) if kind is bool else OPTION_NAMES.get(name, (f"--{flag}",))
+    # A default that depends on the run is written in the description as "[default: ...]".
+    description, _, described_default = (field.description or "").partition(" [default: ")
+    shown = described_default.rstrip("]") or (False if field.default in (None, []) else str(field.default))
+    option = typer.Option(None, *names, help=description, show_default=shown)
+    return Parameter(name, Parameter.KEYWORD_ONLY, default=option, annotation=Optional[kind])
+
+
+def with_recipe_options(command):
+    """`command(**options)` gets one keyword per Config field; typer reads them from the signature."""
+    fixed = [p for p in signature(command, eval_str=True).parameters.values()
+             if p.kind is not Parameter.VAR_KEYWORD]
+    options = [recipe_option(name, field) for name, field in Config.model_fields.items() if name not in NOT_OPTIONS]
+    fixed = [p.replace(kind=Parameter.KEYWORD_ONLY) if p.default is not Parameter.empty
+             and not isinstance(p.default, typer.models.ArgumentInfo) else p for p in fixed]
+    positional = [p for p in fixed if p.kind is not Parameter.KEYWORD_ONLY]
+    keywords = [p for p in fixed if p.kind is Parameter.KEYWORD_ONLY]
+    parameters = positional + options + keywords
+    command.__signature__ = Signature(parameters)
+    command.__annotations__ = {p.name: p.annotation for p in parameters}
+    return command
+
 
 @app.command()
+@with_recipe_options
 def train(
     recipe: Optional[str] = typer.Argument(None, help="YAML recipe; options and --set override it"),
-    model: Optional[str] = Opt(None, help="hub id, local folder, or 'minilm' [default: bert-base-uncased]"),
-    data: Optional[str] = Opt(None, help="hub id, BERTFIT_DATA_DIR mirror name, folder of split files, or a file"),
-    output: Optional[str] = Opt(None, "--output", "-o", help="run folder to write"),
-    task: Optional[str] = Opt(None, help="auto | classification | regression | token"),
-    text_column: Optional[List[str]] = Opt(None, "--text-column", "--text-columns", help="text column(s); twice for pairs"),
-    label_column: Optional[str] = Opt(None, help="label (or tag) column"),
-    label_names: Optional[str] = Opt(None, help="comma-separated names for integer labels"),
-    epochs: Optional[float] = Opt(None, help="epochs [default: 3]"),
-    max_steps: Optional[int] = Opt(None, help="optimizer steps; overrides --epochs"),
-    lr: Optional[float] = Opt(None, help="peak learning rate [default: 5e-5]"),
-    batch_size: Optional[int] = Opt(None, help="training batch size per device [default: 16]"),
-    eval_batch_size: Optional[int] = Opt(None, help="evaluation batch size [default: max(64, 2×batch)]"),
-    seed: Optional[int] = Opt(None, help="seed for data order, subsets and initialisation [default: 42]"),
-    adam_beta1: Optional[float] = Opt(None), adam_beta2: Optional[float] = Opt(None),
-    adam_epsilon: Optional[float] = Opt(None),
-    weight_decay: Optional[float] = Opt(None),
-    scheduler: Optional[str] = Opt(None, help="linear | constant | cosine"),
-    warmup_ratio: Optional[float] = Opt(None), warmup_steps: Optional[int] = Opt(None),
-    precision: Optional[str] = Opt(None, help="auto | fp32 | fp16 | bf16"),
-    clip_norm: Optional[float] = Opt(None, help="gradient clipping norm; 0 disables [default: 1.0]"),
-    grad_accum: Optional[int] = Opt(None, help="gradient accumulation steps"),
-    max_length: Optional[int] = Opt(None, help="max tokens per example [default: the model's, up to 512]"),
-    truncation: Optional[str] = Opt(None, help="head | tail | head+tail for texts longer than max length"),
-    eval_every: Optional[str] = Opt(None, help="evaluate every N steps, or 'epoch'"),
-    max_train_samples: Optional[int] = Opt(None, help="seeded random subset of the training split"),
-    max_eval_samples: Optional[int] = Opt(None, help="seeded random subset of the validation split"),
-    early_stopping: Optional[int] = Opt(None, help="stop after this many evaluations without improvement"),
-    metric_for_best: Optional[str] = Opt(None, help="metric that picks the best checkpoint"),
-    padding: Optional[str] = Opt(None, help="bucket (length-grouped) | dynamic | none"),
-    compile: Optional[bool] = Opt(None, "--compile/--no-compile", help="torch.compile [default: on GPU only]"),
-    label_all_subtokens: Optional[bool] = Opt(None, "--label-all-subtokens", help="token task: label every sub-token"),
-    stride: Optional[int] = Opt(None, help="token task: overlap between windows of a long sentence"),
-    checkpoint_every: Optional[int] = Opt(None, help="also checkpoint every N steps (always at each evaluation)"),
     set_: Optional[List[str]] = Opt(None, "--set", help="KEY=VALUE override of any recipe key (repeatable)"),
     resume: bool = Opt(False, "--resume", help="continue from the newest checkpoint in --output"),
-    overwrite: bool = Opt(False, "--overwrite", help="replace a non-empty --output folder"),
+    overwrite: bool = Opt(False, "--overwrite", help="replace what an earlier run wrote in --output"),
     nproc: int = Opt(1, "--nproc", help="processes on this machine (torchrun, one per GPU or gloo on CPU)"),
-    debug: bool = Opt(False, "--debug", help="show tracebacks"),
+    **options,
 ):
     """Fine-tune a model on a dataset and write a pipeline-ready run folder."""
-    given = {k: v for k, v in locals().items() if k not in ("recipe", "set_", "resume", "overwrite", "nproc", "debug")}
-    from bertfit.config import build_config, parse_set_overrides
-
-    given["text_columns"] = given.pop("text_column") or None
+    given = {name: value.value if isinstance(value, Enum) else value for name, value in options.items()}
+    given["text_columns"] = given.get("text_columns") or None
     cfg = build_config(recipe, {**given, **parse_set_overrides(set_ or [])})
     if nproc > 1:
-        from bertfit.train import preflight
+        from bertfit.engine.setup import preflight
 
         preflight(cfg, resume, overwrite)
         raise typer.Exit(launch_distributed(nproc))
     run_training(cfg, resume=resume, overwrite=overwrite)
 
 
-def run_training(cfg, resume: bool, overwrite: bool) -> None:
-    from bertfit.train import train as train_run
+def fit(cfg: Config, resume: bool = False, overwrite: bool = False, console: Optional[Console] = None) -> dict:
+    """Train, then write the reports (card, plots, diagnosis) from the run's files."""
+    from bertfit.engine.loop import train as train_run
+    from bertfit.report import write_reports
 
-    summary = train_run(cfg, resume=resume, overwrite=overwrite, console=console)
+    return train_run(cfg, resume=resume, overwrite=overwrite, console=console, reporter=write_reports)
+
+
+def run_training(cfg: Config, resume: bool, overwrite: bool) -> None:
+    summary = fit(cfg, resume=resume, overwrite=overwrite, console=console)
     if int(os.environ.get("RANK", "0")) == 0:
         print_summary(summary, cfg.output)
 
 
 def print_summary(summary: dict, output: str) -> None:
-    from bertfit.report import scalar_metrics
+    from bertfit.records import scalar_metrics
 
     for split in ("validation", "test"):
         if split in summary:
@@ -156,10 +179,8 @@ def launch_distributed(nproc: int) -> int:
 
 
 @app.command()
-def resume(run: str = typer.Argument(..., help="run folder to continue"), debug: bool = Opt(False, "--debug")):
+def resume(run: str = typer.Argument(..., help="run folder to continue")):
     """Continue an interrupted run from its newest checkpoint (in RUN, wherever it was moved or copied)."""
-    from bertfit.config import build_config
-
     recipe = Path(run, "recipe.yaml")
     if not recipe.is_file():
         raise BertfitError(f"'{run}' is not a bertfit run folder (no recipe.yaml); give the --output folder of an "
@@ -169,11 +190,10 @@ def resume(run: str = typer.Argument(..., help="run folder to continue"), debug:
 
 @app.command("eval")
 def evaluate(run: str = typer.Argument(..., help="run folder"), data: str = Opt(..., help="dataset (as for train)"),
-             split: str = Opt("validation", help="split to score"), batch_size: int = Opt(64),
-             debug: bool = Opt(False, "--debug")):
+             split: str = Opt("validation", help="split to score"), batch_size: int = Opt(64)):
     """Score a trained run on a dataset split; prints metrics as JSON."""
     from bertfit.files import to_json
-    from bertfit.predict import evaluate_run
+    from bertfit.engine.predict import evaluate_run
 
     print(to_json(evaluate_run(run, data, split, batch_size), indent=2))
 
@@ -184,12 +204,11 @@ def predict(run: str = typer.Argument(..., help="run folder"),
             pair: Optional[str] = Opt(None, "--pair", help="second text, for text-pair models"),
             input: Optional[str] = Opt(None, "--input", help="CSV/TSV/JSONL/Parquet/TXT file of texts"),
             output: Optional[str] = Opt(None, "--output", help="JSONL file to write (default: print)"),
-            batch_size: int = Opt(64), debug: bool = Opt(False, "--debug")):
+            batch_size: int = Opt(64)):
     """Predict labels, scores or entity spans for texts."""
-    from bertfit.predict import load_run, predict as predict_rows, read_inputs, write_predictions
-
+    from bertfit.engine.predict import check_output_path, load_run, read_inputs, write_predictions
+    from bertfit.engine.predict import predict as predict_rows
     from bertfit.files import to_json
-    from bertfit.predict import check_output_path
 
     if not text and not input:
         raise BertfitError("nothing to predict; pass --text TEXT or --input FILE")
@@ -210,11 +229,10 @@ def predict(run: str = typer.Argument(..., help="run folder"),
 def inspect(data: str = Opt(..., help="dataset (as for train)"),
             model: Optional[str] = Opt(None, help="tokenizer for token lengths [default: minilm, bert-base-uncased's vocabulary]"),
             max_length: int = Opt(512, min=8, help="cut at which truncation is counted"),
-            task: TaskKind = Opt("auto"), text_column: Optional[List[str]] = Opt(None, "--text-column"),
-            label_column: Optional[str] = Opt(None), as_json: bool = Opt(False, "--json", help="print JSON"),
-            debug: bool = Opt(False, "--debug")):
+            task: TASK_CHOICES = Opt("auto", help="what to learn; auto decides from the data"), text_column: Optional[List[str]] = Opt(None, "--text-column"),
+            label_column: Optional[str] = Opt(None), as_json: bool = Opt(False, "--json", help="print JSON")):
     """Profile a dataset: sizes, labels, lengths and truncation, empties, duplicates, leakage, tag repairs."""
-    from bertfit.inspection import inspect_source
+    from bertfit.report.inspect import inspect_source
 
     report = inspect_source(data, model or "minilm", max_length, task.value, text_column or None, label_column)
     if as_json:
@@ -228,7 +246,7 @@ def inspect(data: str = Opt(..., help="dataset (as for train)"),
 def print_profile(report: dict) -> None:
     from rich.table import Table
 
-    from bertfit.inspection import summary_lines
+    from bertfit.tasks.profile import summary_lines
 
     table = Table(title=f"{report['dataset']} ({report['task']})")
     for column in ("split", "rows", "labels / tags", "imbalance", "tokens p50/p95/max", "truncated", "duplicates",
@@ -251,7 +269,7 @@ def print_profile(report: dict) -> None:
 
 
 @app.command()
-def doctor(run: str = typer.Argument(..., help="run folder"), debug: bool = Opt(False, "--debug")):
+def doctor(run: str = typer.Argument(..., help="run folder")):
     """Diagnose a finished run: findings with evidence and advice (also written to diagnosis.json and the card)."""
     findings = refresh_reports(Path(run))
     if not findings:
@@ -263,7 +281,7 @@ def doctor(run: str = typer.Argument(..., help="run folder"), debug: bool = Opt(
 
 
 @app.command()
-def card(run: str = typer.Argument(..., help="run folder"), debug: bool = Opt(False, "--debug")):
+def card(run: str = typer.Argument(..., help="run folder")):
     """Regenerate the model card (README.md), plots and diagnosis of a run from its files."""
     refresh_reports(Path(run))
     console.print(f"wrote {Path(run) / 'README.md'}")
@@ -271,11 +289,11 @@ def card(run: str = typer.Argument(..., help="run folder"), debug: bool = Opt(Fa
 
 def refresh_reports(run: Path) -> list[dict]:
     """Diagnosis, plots and card rewritten under the run folder's lock, so a run still writing is left alone."""
-    from bertfit.report import finalise
+    from bertfit.report import write_reports
     from bertfit.runfolder import RunFolder
 
     with RunFolder.update(run) as folder, folder.recording():
-        return finalise(run)
+        return write_reports(run)
 
 
 def report_error(line: str) -> None:
@@ -288,9 +306,10 @@ def report_error(line: str) -> None:
 
 
 def main() -> None:
+    """`--debug`, anywhere on the line, shows tracebacks instead of one-line errors."""
     debug = "--debug" in sys.argv
     try:
-        code = app(standalone_mode=False)
+        code = app(args=[arg for arg in sys.argv[1:] if arg != "--debug"], standalone_mode=False)
     except BertfitError as err:
         if debug:
             raise
@@ -301,7 +320,7 @@ def main() -> None:
     except typer.Abort:
         sys.exit(130)
     except Exception as err:
-        from bertfit.train import Interrupted
+        from bertfit.engine.loop import Interrupted
 
         if isinstance(err, Interrupted):
             report_error(str(err))
@@ -309,7 +328,8 @@ def main() -> None:
         if type(err).__name__ == "NoArgsIsHelpError":  # a bare `bertfit`: typer has printed the help
             sys.exit(2)
         if hasattr(err, "format_message") and isinstance(getattr(err, "exit_code", None), int):
-            errors.print(f"error: {err.format_message()}", markup=False)  # typer/click usage errors
+            # typer/click usage errors; typer's choice check words them as pydantic validators do
+            errors.print(f"error: {err.format_message().replace('Value error, ', '')}", markup=False)
             sys.exit(2)
         if debug:
             raise

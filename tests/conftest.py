@@ -1,8 +1,11 @@
 """Shared fixtures: the offline data mirror, an isolated feature cache, and tiny random BERTs."""
 
+import json
 import os
+import subprocess
 import shutil
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -86,3 +89,48 @@ class NoCapture:
 
     def readouterr(self):
         return type("Captured", (), {"out": "", "err": ""})()
+
+
+# ---------------------------------------------------------------- real training processes, and the run they must match
+
+STEPS = 36
+
+
+def recipe_args(model, out):
+    return ["train", "--model", model, "--data", SAMPLES / "sst2_200.csv", "--output", out, "--batch-size", 8,
+            "--max-steps", STEPS, "--eval-every", 12, "--checkpoint-every", 3, "--lr", "1e-3", "--set", "log_every=1",
+            "--max-length", 128, "--padding", "dynamic"]
+
+
+def spawn(args, env_extra=None):
+    env = {**os.environ, **(env_extra or {})}
+    return subprocess.Popen([sys.executable, "-m", "bertfit", *map(str, args)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, env=env)
+
+
+def wait_for_step(process, log: Path, step: int, timeout: float = 120) -> int:
+    """Poll the log until a training line at `step` or later appears; returns the step seen."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if process.poll() is not None:
+            raise AssertionError(f"run ended before step {step}: {process.stderr.read().decode()[-2000:]}")
+        if log.is_file():
+            for line in log.read_text().splitlines()[::-1]:
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError:
+                    continue
+                if record.get("event") == "train" and record["step"] >= step:
+                    return record["step"]
+        time.sleep(0.002)
+    raise AssertionError(f"step {step} not reached in {timeout} s")
+
+
+@pytest.fixture(scope="session")
+def uninterrupted(tmp_path_factory, tiny_bert):
+    """The reference run that interrupted-and-resumed runs must match bit for bit."""
+    out = tmp_path_factory.mktemp("whole") / "run"
+    process = spawn(recipe_args(tiny_bert, out))
+    _, err = process.communicate(timeout=300)
+    assert process.returncode == 0, err.decode()[-2000:]
+    return out

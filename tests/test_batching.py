@@ -2,9 +2,9 @@ import numpy as np
 import pytest
 import torch
 
-from bertfit import batching
+from bertfit.engine import batching
 from bertfit.config import Config
-from bertfit.train import make_scheduler
+from bertfit.engine.setup import make_scheduler
 
 LENGTHS = np.random.default_rng(0).integers(5, 300, size=1003)
 
@@ -111,7 +111,7 @@ def test_compiled_and_eager_give_the_same_loss(tiny_bert_no_dropout, minilm_toke
     batch = {k: v.to(device) for k, v in batch.items()}
     labels = batch.pop("labels")
     torch.manual_seed(0)
-    model = models.load_model(tiny_bert_no_dropout, "classification", ["neg", "pos"]).to(device).eval()
+    model = models.load_model(tiny_bert_no_dropout, task.auto_model, task.head_config()).to(device).eval()
     eager = task.loss_sum(model(**batch).logits, labels)
     compiled = task.loss_sum(torch.compile(model)(**batch).logits, labels)
     assert compiled.item() == pytest.approx(eager.item(), rel=1e-4)

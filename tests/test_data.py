@@ -4,16 +4,18 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from bertfit import data
+from bertfit.data import readers, schema, sources, tags
 from bertfit.errors import BertfitError
 from conftest import SAMPLES
 
 
 def detect_source(source, **kwargs):
-    splits = data.load_splits(str(source))
-    train, _, _ = data.choose_splits(splits, "train", None, None, 42, 0.1)
-    return splits, data.detect(splits, train, kwargs.get("task", "auto"), kwargs.get("text_columns"),
-                               kwargs.get("label_column"), kwargs.get("label_names"))
+    """As a run does: detect on the files as they are, normalise, then carve the validation split."""
+    splits = sources.load_splits(str(source))
+    spec = schema.detect(splits, "train", kwargs.get("task", "auto"), kwargs.get("text_columns"),
+                         kwargs.get("label_column"), kwargs.get("label_names"))
+    splits = sources.choose_splits(schema.normalise(splits, spec), "train", None, None, 42, 0.1)[0]
+    return splits, spec
 
 
 @pytest.mark.parametrize("name, task, text, label, labels", [
@@ -31,7 +33,7 @@ def test_every_sample_file_is_detected(name, task, text, label, labels):
 
 
 def test_conll_sample_parses_sentences_and_tags():
-    frame = data.read_conll(SAMPLES / "conll_50.conll")
+    frame = readers.read_conll(SAMPLES / "conll_50.conll")
     assert len(frame) == 50
     assert frame["tokens"][0] == ["EU", "rejects", "German", "call", "to", "boycott", "British", "lamb", "."]
     assert frame["ner_tags"][0] == ["B-ORG", "O", "B-MISC", "O", "O", "O", "B-MISC", "O", "O"]
@@ -43,14 +45,14 @@ def test_conll_sample_parses_sentences_and_tags():
 def test_conll_docstart_and_blank_lines(tmp_path):
     path = tmp_path / "x.conll"
     path.write_text("-DOCSTART- -X- O O\n\nJohn NNP B-PER\nruns VBZ O\n\n\nParis NNP B-LOC\n")
-    frame = data.read_conll(path)
+    frame = readers.read_conll(path)
     assert frame["tokens"].tolist() == [["John", "runs"], ["Paris"]]
     assert frame["ner_tags"].tolist() == [["B-PER", "O"], ["B-LOC"]]
 
 
 def test_mirror_names_and_hub_aliases_resolve_offline():
     for name in ("sst2", "glue/sst2", "tweet_eval/sentiment", "conll2003", "glue/stsb"):
-        assert data.mirror_folder(name) is not None, name
+        assert sources.mirror_folder(name) is not None, name
     splits, spec = detect_source("glue/sst2")
     assert spec.label_names == ["negative", "positive"] and len(splits.frames["validation"]) == 872
 
@@ -88,66 +90,65 @@ def test_string_labels_sorted_and_overridable(tmp_path):
 
 
 def test_carved_validation_and_subsample_are_seeded():
-    splits = data.load_splits(str(SAMPLES / "sst2_200.csv"))
-    data.choose_splits(splits, "train", None, None, 7, 0.1)
-    again = data.load_splits(str(SAMPLES / "sst2_200.csv"))
-    data.choose_splits(again, "train", None, None, 7, 0.1)
+    splits = sources.choose_splits(sources.load_splits(str(SAMPLES / "sst2_200.csv")), "train", None, None, 7, 0.1)[0]
+    again = sources.choose_splits(sources.load_splits(str(SAMPLES / "sst2_200.csv")), "train", None, None, 7, 0.1)[0]
     assert splits.frames["validation"].equals(again.frames["validation"]) and len(splits.frames["validation"]) == 20
     assert not set(splits.frames["validation"]["sentence"]) & set(splits.frames["train"]["sentence"])
     frame = pd.DataFrame({"x": range(100)})
-    first, second = data.subsample(frame, 10, 3), data.subsample(frame, 10, 3)
+    first, second = sources.subsample(frame, 10, 3), sources.subsample(frame, 10, 3)
     assert first.equals(second) and first["x"].is_monotonic_increasing and first["x"].max() > 50
 
 
 def test_iob1_is_converted_and_iob2_repaired():
     iob1 = [["I-PER", "I-PER", "O", "I-LOC"], ["I-ORG", "B-ORG", "O"]]
-    converted, scheme, repaired = data.normalise_tags(iob1)
+    converted, scheme, repaired = tags.normalise_tags(iob1)
     assert scheme == "IOB1" and repaired == 0
     assert converted == [["B-PER", "I-PER", "O", "B-LOC"], ["B-ORG", "B-ORG", "O"]]
     iob2 = [["B-PER", "I-PER", "O", "B-LOC"], ["O", "I-MISC", "O"], ["B-ORG"]]
-    converted, scheme, repaired = data.normalise_tags(iob2)
+    converted, scheme, repaired = tags.normalise_tags(iob2)
     assert scheme == "IOB2" and repaired == 1 and converted[1] == ["O", "B-MISC", "O"]
     bioes = [["S-PER", "O", "B-LOC", "E-LOC"]]
-    assert data.normalise_tags(bioes) == (bioes, "BIOES", 0)
+    assert tags.normalise_tags(bioes) == (bioes, "BIOES", 0)
 
 
 def test_tag_order_puts_o_first_then_types():
-    assert data.order_tags({"I-PER", "B-LOC", "O", "B-PER", "I-LOC"}) == ["O", "B-LOC", "I-LOC", "B-PER", "I-PER"]
+    assert tags.order_tags({"I-PER", "B-LOC", "O", "B-PER", "I-LOC"}) == ["O", "B-LOC", "I-LOC", "B-PER", "I-PER"]
 
 
 def test_test_split_can_be_switched_off_or_named():
-    splits = data.load_splits("conll2003")
-    assert data.choose_splits(splits, "train", None, "none", 42, 0.1) == ("train", "validation", None)
-    assert data.choose_splits(splits, "train", None, None, 42, 0.1)[2] == "test"
+    splits = sources.load_splits("conll2003")
+    assert sources.choose_splits(splits, "train", None, "none", 42, 0.1)[1:] == ("train", "validation", None)
+    assert sources.choose_splits(splits, "train", None, None, 42, 0.1)[3] == "test"
     with pytest.raises(BertfitError, match="has no 'dev' split .*test_split=none"):
-        data.choose_splits(splits, "train", None, "dev", 42, 0.1)
+        sources.choose_splits(splits, "train", None, "dev", 42, 0.1)
 
 
 def test_a_dataset_without_train_split_says_so_and_trains_on_a_named_split(tmp_path):
     for split in ("validation", "test"):
         (tmp_path / f"{split}.csv").write_text("sentence,label\n" + "good,1\nbad,0\n" * 5)
-    splits = data.load_splits(str(tmp_path))
+    splits = sources.load_splits(str(tmp_path))
     with pytest.raises(BertfitError, match="has no 'train' split .*train_split=NAME"):
-        data.choose_splits(splits, "train", None, None, 42, 0.1)
-    train, eval_split, test = data.choose_splits(splits, "test", "validation", None, 42, 0.1)
+        sources.choose_splits(splits, "train", None, None, 42, 0.1)
+    _, train, eval_split, test = sources.choose_splits(splits, "test", "validation", None, 42, 0.1)
     assert (train, eval_split, test) == ("test", "validation", None)
 
 
 def test_tweet_mirror_has_its_train_split():
-    splits = data.load_splits("tweet_eval/sentiment")
+    splits = sources.load_splits("tweet_eval/sentiment")
     assert {name: len(frame) for name, frame in splits.frames.items()} == {
         "train": 45_615, "validation": 2_000, "test": 12_284}
-    assert data.choose_splits(splits, "train", None, None, 42, 0.1) == ("train", "validation", "test")
+    assert sources.choose_splits(splits, "train", None, None, 42, 0.1)[1:] == ("train", "validation", "test")
 
 
 def test_train_and_test_only_gets_a_carved_validation_split_and_keeps_test():
-    splits = data.load_splits("imdb")
-    assert set(splits.frames) == {"train", "test"}
-    assert data.choose_splits(splits, "train", None, None, 42, 0.1) == ("train", "validation", "test")
+    original = sources.load_splits("imdb")
+    assert set(original.frames) == {"train", "test"}
+    splits, *names = sources.choose_splits(original, "train", None, None, 42, 0.1)
+    assert names == ["train", "validation", "test"]
     assert len(splits.frames["validation"]) == 2500 and len(splits.frames["train"]) == 22500
+    assert set(original.frames) == {"train", "test"} and len(original.frames["train"]) == 25000  # left as it was
     # A resolved recipe names the carved split; asking for it again carves the same rows.
-    again = data.load_splits("imdb")
-    data.choose_splits(again, "train", "validation", None, 42, 0.1)
+    again = sources.choose_splits(sources.load_splits("imdb"), "train", "validation", None, 42, 0.1)[0]
     assert again.frames["validation"].equals(splits.frames["validation"])
 
 
@@ -172,11 +173,11 @@ def test_hub_path_keeps_classlabel_names_and_tag_names(monkeypatch):
 
     monkeypatch.setattr(datasets, "load_dataset", fake_load)
     monkeypatch.delenv("BERTFIT_DATA_DIR")
-    splits = data.load_splits("conll2003")
+    splits = sources.load_splits("conll2003")
     assert splits.frames["train"]["ner_tags"][0] == ["B-PER", "I-PER", "O"]
-    spec = data.detect(splits, "train", "auto", None, None, None)
+    spec = schema.detect(splits, "train", "auto", None, None, None)
     assert spec.task == "token" and spec.label_names == ["O", "B-PER", "I-PER"]
-    glue = data.load_splits("glue/sst2")
+    glue = sources.load_splits("glue/sst2")
     assert glue.label_names == ["negative", "positive"] and calls[-1] == ("nyu-mll/glue", "sst2")
 
 
@@ -188,7 +189,7 @@ def test_hub_failure_is_one_clear_line(monkeypatch):
 
     monkeypatch.setattr(datasets, "load_dataset", unreachable)
     with pytest.raises(BertfitError, match=r"dataset 'nope/nothing' not found locally .* the hub is unreachable"):
-        data.load_splits("nope/nothing")
+        sources.load_splits("nope/nothing")
 
 
 def test_integer_labels_that_are_not_0_to_k_are_classes_named_by_their_number(tmp_path):
@@ -219,3 +220,17 @@ def test_json_output_has_no_nan():
 
     text = to_json({"pearson": float("nan"), "loss": float("inf"), "nested": [np.float32("nan"), 1.5]})
     assert json.loads(text) == {"pearson": None, "loss": None, "nested": [None, 1.5]}
+
+
+def test_detection_leaves_the_data_as_it_is_and_normalise_returns_new_frames(tmp_path):
+    path = tmp_path / "iob1.jsonl"
+    rows = [{"tokens": ["John", "Smith", "in", "Paris"], "ner_tags": ["I-PER", "I-PER", "O", "I-LOC"]}] * 4
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    splits = sources.load_splits(str(path))
+    before = splits.frames["train"].copy(deep=True)
+    spec = schema.detect(splits, "train", "auto", None, None, None)
+    assert spec.tag_scheme == "IOB1" and splits.frames["train"].equals(before) and splits.notes == []
+    normalised = schema.normalise(splits, spec)
+    assert normalised.frames["train"]["ner_tags"][0] == ["B-PER", "I-PER", "O", "B-LOC"]
+    assert splits.frames["train"].equals(before)  # the detected splits are still the files' contents
+    assert any("IOB1" in note for note in normalised.notes) and splits.notes == []

@@ -4,8 +4,14 @@ import json
 
 import pytest
 
-from bertfit.diagnose import diagnose
+from bertfit.config import Config
+from bertfit.report.diagnose import diagnose as diagnose_run
 from conftest import run_cli
+
+
+def diagnose(events, profile, summary, recipe):
+    """The rules read the run's resolved recipe; these tests give the fields that matter."""
+    return diagnose_run(events, profile, summary, Config(**recipe))
 
 
 def evals(rows, **extra):

@@ -67,7 +67,8 @@ def _sharded_eval(rank, world, port, model_dir, result_file):
 
     from bertfit import models
     from bertfit.tasks import ClassificationTask
-    from bertfit.train import Dist, evaluate
+    from bertfit.engine.device import Dist
+    from bertfit.engine.evaluation import evaluate
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world)
@@ -75,9 +76,9 @@ def _sharded_eval(rank, world, port, model_dir, result_file):
     frame = pd.read_csv(SAMPLES / "sst2_200.csv").iloc[:101]
     task = ClassificationTask(["sentence"], "label", ["0", "1"], 64)
     tokenizer = models.load_tokenizer(model_dir)
-    model = models.load_model(model_dir, "classification", ["0", "1"])
+    model = models.load_model(model_dir, task.auto_model, task.head_config())
     result = evaluate(model, task, task.encode(frame, tokenizer), frame, 8, torch.device("cpu"), "fp32",
-                      Dist(rank, world), tokenizer.pad_token_id)
+                      tokenizer.pad_token_id, Dist(rank, world))
     if rank == 0:
         with open(result_file, "w") as handle:
             json.dump({k: v for k, v in result.items() if k not in ("runtime", "samples_per_second")}, handle)

@@ -4,9 +4,15 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from bertfit.data import DataSpec
-from bertfit.inspection import inspect_source, length_stats, normalise_text, profile, summary_lines
+from bertfit.data.schema import DataSpec
+from bertfit.report.inspect import inspect_source
+from bertfit.tasks import build_task
+from bertfit.tasks.profile import length_stats, normalise_text, profile, summary_lines
 from conftest import SAMPLES
+
+
+def profile_of(frames, spec):
+    return profile(frames, build_task(spec.task, spec.text_columns, spec.label_column, spec.label_names, 512), spec)
 
 
 def test_classification_profile_counts():
@@ -14,7 +20,7 @@ def test_classification_profile_counts():
                           "label": [1, 1, 0, 0, 0, 1, 1, 1, 1, 1]})
     validation = pd.DataFrame({"text": ["GOOD  film.", "new text", "bad", "other"], "label": [1, 0, 0, 2]})
     spec = DataSpec("classification", ["text"], "label", ["neg", "pos", "mixed"])
-    report = profile({"train": train, "validation": validation}, spec)
+    report = profile_of({"train": train, "validation": validation}, spec)
     split = report["splits"]["train"]
     assert split["rows"] == 10 and split["labels"] == {"pos": 7, "neg": 3}
     assert split["imbalance_ratio"] == pytest.approx(7 / 3) and split["majority_rate"] == 0.7
@@ -28,7 +34,7 @@ def test_classification_profile_counts():
 
 def test_pairs_with_conflicting_labels():
     frame = pd.DataFrame({"a": ["x", "x", "y"], "b": ["z", "z", "w"], "label": [0, 1, 0]})
-    report = profile({"train": frame}, DataSpec("classification", ["a", "b"], "label", ["no", "yes"]))
+    report = profile_of({"train": frame}, DataSpec("classification", ["a", "b"], "label", ["no", "yes"]))
     assert report["splits"]["train"]["conflicting_pairs"] == 1
 
 
@@ -44,7 +50,7 @@ def test_token_profile_counts_entities_and_repairs():
     frame = pd.DataFrame({"tokens": [["John", "lives", "in", "New", "York"], ["Hi"]],
                           "ner_tags": [["B-PER", "O", "O", "B-LOC", "I-LOC"], ["O"]]})
     spec = DataSpec("token", ["tokens"], "ner_tags", ["O", "B-LOC", "I-LOC", "B-PER"], "IOB2", 3)
-    report = profile({"train": frame}, spec)
+    report = profile_of({"train": frame}, spec)
     assert report["splits"]["train"]["entity_counts"] == {"PER": 1, "LOC": 1}
     assert report["splits"]["train"]["words"] == 6
     assert "3 entity-initial I- tags repaired" in summary_lines(report)[-1]

@@ -7,7 +7,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from bertfit import train as engine
+from bertfit.engine import device, evaluation
 from conftest import SAMPLES, run_cli
 
 
@@ -17,15 +17,16 @@ def test_auto_picks_bf16_on_cpu_only_where_the_cpu_has_it(monkeypatch, avx512_bf
     monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16)
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
     cpu = torch.device("cpu")
-    assert engine.resolve_precision("auto", cpu) == expected
-    assert engine.resolve_precision("fp32", cpu) == "fp32"  # forced fp32 stays fp32
-    assert engine.resolve_precision("bf16", cpu) == "bf16"
+    assert device.resolve_precision("auto", cpu) == expected
+    assert device.resolve_precision("fp32", cpu) == "fp32"  # forced fp32 stays fp32
+    assert device.resolve_precision("bf16", cpu) == "bf16"
 
 
 def test_bf16_and_fp32_losses_agree_on_a_fixed_batch(tiny_bert_no_dropout, minilm_tokenizer):
+    import pandas as pd
+
     from bertfit.models import load_model
     from bertfit.tasks import build_task
-    import pandas as pd
 
     frame = pd.read_csv(SAMPLES / "sst2_200.csv").head(32)
     task = build_task("classification", ["sentence"], "label", ["0", "1"], 64, "head", ())
@@ -33,10 +34,10 @@ def test_bf16_and_fp32_losses_agree_on_a_fixed_batch(tiny_bert_no_dropout, minil
     batch = task.collate(features, list(range(32)), minilm_tokenizer.pad_token_id)
     labels = batch.pop("labels")
     torch.manual_seed(0)
-    model = load_model(tiny_bert_no_dropout, "classification", ["0", "1"]).eval()
+    model = load_model(tiny_bert_no_dropout, task.auto_model, task.head_config()).eval()
     losses = {}
     for precision in ("fp32", "bf16"):
-        with engine.autocast(torch.device("cpu"), precision):
+        with device.autocast(torch.device("cpu"), precision):
             logits = model(**batch).logits
         losses[precision] = task.loss_sum(logits, labels).item() / len(labels)
         assert logits.dtype == (torch.bfloat16 if precision == "bf16" else torch.float32)
@@ -45,7 +46,7 @@ def test_bf16_and_fp32_losses_agree_on_a_fixed_batch(tiny_bert_no_dropout, minil
 
 
 def test_a_bf16_cpu_run_resumes_bit_exactly(tiny_bert, tmp_path):
-    from test_reliability import recipe_args, spawn, wait_for_step
+    from conftest import recipe_args, spawn, wait_for_step
 
     whole, interrupted = tmp_path / "whole", tmp_path / "run"
     process = spawn(recipe_args(tiny_bert, whole) + ["--precision", "bf16"])
@@ -70,13 +71,13 @@ def test_predict_and_eval_use_the_runs_precision(tiny_bert, tmp_path, capsys, mo
             "--max-steps", 2, "--precision", "bf16"]
     assert run_cli(args, capsys)[0] == 0
     seen = []
-    real = engine.autocast
+    real = device.autocast
 
-    def spy(device, precision):
+    def spy(where, precision):
         seen.append(precision)
-        return real(device, precision)
+        return real(where, precision)
 
-    monkeypatch.setattr(engine, "autocast", spy)
+    monkeypatch.setattr(evaluation, "autocast", spy)  # the one evaluation path, used by eval and predict
     code, stdout, _ = run_cli(["eval", out, "--data", SAMPLES / "sst2_200.csv", "--split", "train"], capsys)
     assert code == 0 and 0 <= json.loads(stdout)["accuracy"] <= 1 and seen and set(seen) == {"bf16"}
     seen.clear()

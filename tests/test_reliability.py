@@ -13,51 +13,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from bertfit.report import scalar_metrics
-from conftest import SAMPLES, run_cli
+from bertfit.records import scalar_metrics
+from conftest import SAMPLES, STEPS, recipe_args, run_cli, spawn, wait_for_step
 from test_train_tiny import log_without_timings
-
-STEPS = 36
-
-
-def recipe_args(model, out):
-    return ["train", "--model", model, "--data", SAMPLES / "sst2_200.csv", "--output", out, "--batch-size", 8,
-            "--max-steps", STEPS, "--eval-every", 12, "--checkpoint-every", 3, "--lr", "1e-3", "--set", "log_every=1",
-            "--max-length", 128, "--padding", "dynamic"]
-
-
-def spawn(args, env_extra=None):
-    env = {**os.environ, **(env_extra or {})}
-    return subprocess.Popen([sys.executable, "-m", "bertfit", *map(str, args)], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, env=env)
-
-
-def wait_for_step(process, log: Path, step: int, timeout: float = 120) -> int:
-    """Poll the log until a training line at `step` or later appears; returns the step seen."""
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if process.poll() is not None:
-            raise AssertionError(f"run ended before step {step}: {process.stderr.read().decode()[-2000:]}")
-        if log.is_file():
-            for line in log.read_text().splitlines()[::-1]:
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError:
-                    continue
-                if record.get("event") == "train" and record["step"] >= step:
-                    return record["step"]
-        time.sleep(0.002)
-    raise AssertionError(f"step {step} not reached in {timeout} s")
-
-
-@pytest.fixture(scope="module")
-def uninterrupted(tmp_path_factory, tiny_bert):
-    out = tmp_path_factory.mktemp("whole") / "run"
-    process = spawn(recipe_args(tiny_bert, out))
-    _, err = process.communicate(timeout=300)
-    assert process.returncode == 0, err.decode()[-2000:]
-    return out
-
 
 @pytest.mark.parametrize("kill_at", [4, 14, 29])
 def test_sigkill_then_resume_is_bit_identical(uninterrupted, tiny_bert, tmp_path, kill_at):
@@ -97,7 +55,7 @@ def test_sigterm_saves_a_resumable_checkpoint_and_exits_143(tiny_bert, tmp_path)
 
 
 def test_disk_full_stops_cleanly_and_the_previous_checkpoint_loads(tiny_bert, tmp_path, capsys, monkeypatch):
-    from bertfit import checkpoint
+    from bertfit.engine import checkpoint
 
     real_save, calls = checkpoint.save_model, {"n": 0}
 
@@ -122,7 +80,7 @@ def test_disk_full_stops_cleanly_and_the_previous_checkpoint_loads(tiny_bert, tm
 
 
 def test_non_finite_steps_never_reach_the_weights(tiny_bert, tmp_path, capsys, monkeypatch):
-    from bertfit import checkpoint
+    from bertfit.engine import checkpoint
     from bertfit.tasks import ClassificationTask
 
     real_loss, calls = ClassificationTask.loss_sum, {"n": 0}
@@ -135,7 +93,7 @@ def test_non_finite_steps_never_reach_the_weights(tiny_bert, tmp_path, capsys, m
     monkeypatch.setattr(ClassificationTask, "loss_sum", poisoned)
     out = tmp_path / "run"
     code, _, stderr = run_cli(recipe_args(tiny_bert, out) + ["--set", "max_bad_steps=4", "--eval-every", 30], capsys)
-    assert code == 2 and "training stopped at step 11: 4 consecutive steps had non-finite loss" in stderr
+    assert code == 2 and "training stopped at step 11: 4 consecutive steps had non-finite loss" in stderr, stderr
     last_good = checkpoint.complete(out / "checkpoints")[-1]
     weights = load_file(last_good / "model.safetensors")
     assert all(torch.isfinite(w).all() for w in weights.values())
@@ -165,11 +123,14 @@ def test_resume_refuses_a_changed_recipe_and_foreign_pickles(tiny_bert, tmp_path
 
 
 def test_rotation_keeps_the_newest_and_never_the_best_away(tiny_bert, tmp_path):
-    from bertfit import checkpoint
+    from bertfit.engine import checkpoint
     from bertfit.config import Config
     from bertfit.models import load_model
 
-    model = load_model(tiny_bert, "classification", ["a", "b"])
+    from bertfit.tasks import build_task
+
+    task = build_task("classification", ["text"], "label", ["a", "b"], 64)
+    model = load_model(tiny_bert, task.auto_model, task.head_config())
     folder = tmp_path / "checkpoints"
     for step in range(1, 6):
         checkpoint.save(folder, step, model, {"step": step}, Config(), keep=2, best_step=1)
@@ -186,7 +147,7 @@ def test_a_second_signal_exits_at_once_and_leaves_no_torn_checkpoint(tiny_bert, 
     process.send_signal(signal.SIGTERM)
     process.communicate(timeout=120)
     assert process.returncode == 143
-    from bertfit import checkpoint
+    from bertfit.engine import checkpoint
 
     for complete in checkpoint.complete(out / "checkpoints"):
         checkpoint.load_state(complete)  # whatever has its final name loads
@@ -198,7 +159,8 @@ def test_a_second_signal_exits_at_once_and_leaves_no_torn_checkpoint(tiny_bert, 
 def test_a_skipped_step_leaves_weights_and_optimizer_state_untouched():
     from types import SimpleNamespace
 
-    from bertfit.train import NonFiniteGuard, State
+    from bertfit.engine.loop import NonFiniteGuard
+    from bertfit.engine.setup import State
 
     model = torch.nn.Linear(4, 2)
     optimizer = torch.optim.AdamW(model.parameters(), lr=0.1, fused=True)

@@ -13,8 +13,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import SAMPLES, run_cli
-from test_reliability import recipe_args, spawn, uninterrupted, wait_for_step  # noqa: F401 (a fixture)
+from conftest import SAMPLES, recipe_args, run_cli, spawn, wait_for_step
 
 
 def weights(folder: Path) -> dict:
@@ -61,7 +60,7 @@ def test_a_second_process_on_the_same_output_is_refused_and_the_first_goes_on(ti
     _, err = first.communicate(timeout=120)
     assert first.returncode == 143, err.decode()[-2000:]
     assert not (out / ".bertfit.lock").exists()
-    from bertfit import checkpoint
+    from bertfit.engine import checkpoint
 
     newest = checkpoint.complete(out / "checkpoints")[-1]
     assert checkpoint.load_state(newest)["state"]["step"] > reached

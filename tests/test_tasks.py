@@ -5,9 +5,12 @@ import pandas as pd
 import pytest
 import torch
 
-from bertfit.batching import round_up
-from bertfit.tasks import (IGNORE, ClassificationTask, Features, RegressionTask, TokenTask, _truncate,
-                           classification_metrics, regression_metrics, token_metrics)
+from bertfit.engine.batching import round_up
+from bertfit.tasks import IGNORE, Features
+from bertfit.tasks.classification import ClassificationTask, classification_metrics
+from bertfit.tasks.regression import RegressionTask, regression_metrics
+from bertfit.tasks.sequence import _truncate
+from bertfit.tasks.token import TokenTask, token_metrics
 
 TAGS = ["O", "B-LOC", "I-LOC", "B-PER", "I-PER"]
 

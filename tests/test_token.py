@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from bertfit.predict import entity_spans
+from bertfit.tasks.token import entity_spans
 from conftest import SAMPLES, run_cli
 
 
@@ -25,7 +25,7 @@ def test_entity_spans_from_word_tags():
 def conll_run(tmp_path_factory, tiny_bert):
     out = tmp_path_factory.mktemp("conll") / "run"
     from bertfit.config import build_config
-    from bertfit.train import train
+    from bertfit.cli import fit as train
 
     cfg = build_config(None, {"model": tiny_bert, "data": str(SAMPLES / "conll_50.conll"), "output": str(out),
                               "batch_size": 8, "max_steps": 12, "eval_every": 6, "lr": 5e-3, "max_length": 24,

@@ -6,8 +6,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from bertfit.report import TIMING_FIELDS
-from bertfit.train import resolve_precision
+from bertfit.records import TIMING_FIELDS
+from bertfit.engine.device import resolve_precision
 from conftest import SAMPLES, run_cli
 
 

@@ -21,6 +21,8 @@ from bertfit.files import writing
 
 PREFIX = "step-"
 STATE_FILE = "training_state.pt"
+# The layout of the training state; a checkpoint of another layout is named, not half-read.
+FORMAT = 2
 WEIGHTS_FILE = "model.safetensors"
 
 
@@ -107,7 +109,7 @@ def complete(folder: Path) -> list[Path]:
 def load_state(path: Path) -> dict:
     """Only tensors and plain containers: a pickle that would run code is refused, not skipped."""
     try:
-        return torch.load(path / STATE_FILE, weights_only=True, map_location="cpu")
+        state = torch.load(path / STATE_FILE, weights_only=True, map_location="cpu")
     except pickle.UnpicklingError as err:
         if "weights only" in str(err).lower():
             raise BertfitError(f"checkpoint '{path}' holds objects other than tensors and plain values "
@@ -115,6 +117,11 @@ def load_state(path: Path) -> dict:
         raise Damaged(f"checkpoint '{path}' is damaged ({first_line(err, 80)})") from None
     except (RuntimeError, EOFError, OSError, ValueError) as err:
         raise Damaged(f"checkpoint '{path}' is damaged ({first_line(err, 80)})") from None
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        found = state.get("format", 1) if isinstance(state, dict) else "unknown"
+        raise BertfitError(f"checkpoint '{path}' was written by another bertfit version (format {found}, this one "
+                           f"reads {FORMAT}); resume it with that version, or start the run again")
+    return state
 
 
 def load_weights(path: Path, model: torch.nn.Module) -> None:

@@ -1,4 +1,4 @@
-"""The data profile: sizes, label balance, lengths and truncation, empties, duplicates and leakage, tag repairs."""
+"""The data profile, as a task sees its data: sizes, label balance, lengths and truncation, empties, duplicates and leakage, tag repairs."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ from typing import Optional
 import numpy as np
 import pandas as pd
 
-from bertfit.data import DataSpec
+from bertfit.data.schema import DataSpec
+from bertfit.tasks.base import Task
 
 PERCENTILES = (50, 90, 95, 99)
 _PUNCTUATION = re.compile(r"[^\w\s]")
@@ -21,14 +22,6 @@ def normalise_text(text: str) -> str:
     return _SPACES.sub(" ", _PUNCTUATION.sub(" ", text)).strip()
 
 
-def _texts(frame: pd.DataFrame, spec: DataSpec) -> pd.Series:
-    if spec.task == "token":
-        return frame[spec.text_columns[0]].map(lambda words: " ".join(map(str, words)))
-    if len(spec.text_columns) == 1:
-        return frame[spec.text_columns[0]].astype(str)
-    return frame[spec.text_columns[0]].astype(str) + " [SEP] " + frame[spec.text_columns[1]].astype(str)
-
-
 def length_stats(full_lengths: np.ndarray, max_length: int) -> dict:
     counts, edges = np.histogram(full_lengths, bins=min(50, max(1, len(np.unique(full_lengths)))))
     return {"percentiles": {f"p{p}": int(np.percentile(full_lengths, p)) for p in PERCENTILES},
@@ -38,10 +31,10 @@ def length_stats(full_lengths: np.ndarray, max_length: int) -> dict:
             "histogram": {"counts": counts.tolist(), "edges": [float(e) for e in edges]}}
 
 
-def profile(frames: dict[str, pd.DataFrame], spec: DataSpec, full_lengths: Optional[dict[str, np.ndarray]] = None,
-            max_length: int = 512) -> dict:
+def profile(frames: dict[str, pd.DataFrame], task: Task, spec: DataSpec,
+            full_lengths: Optional[dict[str, np.ndarray]] = None, max_length: int = 512) -> dict:
     """Per split, and across splits (leakage). `full_lengths` are token counts before truncation."""
-    texts = {name: _texts(frame, spec) for name, frame in frames.items()}
+    texts = {name: task.profile_texts(frame) for name, frame in frames.items()}
     normalised = {name: series.map(normalise_text) for name, series in texts.items()}
     result: dict = {"task": spec.task, "splits": {}, "leakage": {}}
     train_labels: set = set()
@@ -51,31 +44,13 @@ def profile(frames: dict[str, pd.DataFrame], spec: DataSpec, full_lengths: Optio
         split["empty_texts"] = int(series.str.strip().eq("").sum())
         split["duplicates"] = int(series.duplicated().sum())
         split["normalised_duplicates"] = int(normalised[name].duplicated().sum())
-        if spec.task == "token":
-            tags = frame[spec.label_column].explode().dropna()
-            split["tags"] = {str(k): int(v) for k, v in tags.value_counts().items()}
-            split["entity_counts"] = {k[2:]: v for k, v in split["tags"].items() if k.startswith(("B-", "S-"))}
-            split["words"] = int(frame[spec.text_columns[0]].map(len).sum())
-        elif spec.label_column in frame.columns:
-            labels = frame[spec.label_column]
-            if spec.task == "classification":
-                names = spec.label_names or []
-                shown = labels.map(lambda v: v if isinstance(v, str) else names[int(v)] if int(v) < len(names) else v)
-                counts = shown.astype(str).value_counts()
-                split["labels"] = {str(k): int(v) for k, v in counts.items()}
-                split["majority_rate"] = float(counts.iloc[0] / len(frame))
-                split["imbalance_ratio"] = float(counts.iloc[0] / counts.iloc[-1])
-                if name == "train":
-                    train_labels = set(counts.index)
-                elif train_labels:
-                    split["labels_not_in_train"] = sorted(set(counts.index) - train_labels)
-                if len(spec.text_columns) == 2:
-                    pairs = pd.DataFrame({"text": series, "label": labels.astype(str)})
-                    per_pair = pairs.groupby("text")["label"].nunique()
-                    split["conflicting_pairs"] = int((per_pair > 1).sum())
-            else:
-                split["label_stats"] = {"mean": float(labels.mean()), "std": float(labels.std()),
-                                        "min": float(labels.min()), "max": float(labels.max())}
+        if task.label_column in frame.columns:
+            split.update(task.label_profile(frame, series))
+        if "labels" in split:
+            if name == "train":
+                train_labels = set(split["labels"])
+            elif train_labels:
+                split["labels_not_in_train"] = sorted(set(split["labels"]) - train_labels)
         if full_lengths is not None and name in full_lengths:
             split["tokens"] = length_stats(np.asarray(full_lengths[name]), max_length)
         result["splits"][name] = split
@@ -87,7 +62,7 @@ def profile(frames: dict[str, pd.DataFrame], spec: DataSpec, full_lengths: Optio
             exact = int(texts[name].isin(train_exact).sum())
             near = int(normalised[name].isin(train_normal).sum())
             result["leakage"][name] = {"exact": exact, "normalised": near, "share": near / max(1, len(frames[name]))}
-    if spec.task == "token":
+    if spec.tag_scheme is not None:
         result["tag_scheme"] = spec.tag_scheme
         result["repaired_tags"] = spec.repaired_tags
     return result
@@ -125,21 +100,3 @@ def summary_lines(report: dict) -> list[str]:
     elif report.get("tag_scheme"):
         lines.append(f"tag scheme: {report['tag_scheme']}")
     return lines
-
-
-def inspect_source(source: str, model: str, max_length: int, task: str = "auto",
-                   text_columns: Optional[list[str]] = None, label_column: Optional[str] = None) -> dict:
-    """Profile a dataset as it is (no split carved off): every split, against `train` when there is one."""
-    from bertfit import data, models
-    from bertfit.tasks import build_task
-
-    splits = data.load_splits(source)
-    reference = "train" if "train" in splits.frames else next(iter(splits.frames))
-    spec = data.detect(splits, reference, task, text_columns, label_column, None, strict=False)
-    tokenizer = models.load_tokenizer(models.resolve_model(model))
-    encoder = build_task(spec.task, spec.text_columns, spec.label_column, spec.label_names, max_length, "head", ())
-    frames = {name: frame.fillna({c: "" for c in spec.text_columns}) if spec.task != "token" else frame
-              for name, frame in splits.frames.items()}
-    lengths = {name: encoder.encode_cached(frame, tokenizer).full_lengths for name, frame in frames.items()}
-    report = profile(frames, spec, lengths, max_length)
-    return {"dataset": splits.name, "files": splits.files, "tokenizer": model, **report}

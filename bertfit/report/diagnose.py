@@ -10,6 +10,9 @@ import math
 from dataclasses import asdict, dataclass
 from typing import Optional
 
+from bertfit.config import Config
+from bertfit.tasks import task_for
+
 # Thresholds, named so the card can cite them.
 OVERFIT_RISE = 0.20          # validation loss this far above its minimum ...
 CHANCE_SHARE = 0.85          # training loss at or above this share of ln(C) means 'not learning'
@@ -24,7 +27,6 @@ TRUNCATION_SHARE = 0.05
 PADDING_SHARE = 0.30
 SMALL_EVAL = 2000
 FP16_SCALER_SKIPS = 5       # skipped fp16 steps tolerated (or 1% of steps) as loss-scale calibration
-GPU_PEAK_FLOPS = 800e12      # H100/H200 dense bf16 matmul peak, for MFU
 LOW_MFU = 0.05
 
 
@@ -42,9 +44,14 @@ def _series(evals: list[dict], key: str) -> list[tuple[int, float]]:
 
 
 def _train_losses(events: list[dict]) -> list[tuple[int, float]]:
-    points = [(e["step"], e["loss"]) for e in events if e["event"] == "train"]
+    """A non-finite loss is written to log.jsonl as null; it is read back as NaN."""
+    points = [(e["step"], _number(e["loss"])) for e in events if e["event"] == "train"]
     evals = [(e["step"], e["train_loss"]) for e in events if e["event"] == "eval" and e.get("train_loss") is not None]
     return points if len(points) >= len(evals) else evals
+
+
+def _number(value: Optional[float]) -> float:
+    return float("nan") if value is None else value
 
 
 def _smoothed(points: list[tuple[int, float]]) -> list[tuple[int, float]]:
@@ -54,13 +61,15 @@ def _smoothed(points: list[tuple[int, float]]) -> list[tuple[int, float]]:
             for i in range(width - 1, len(points))]
 
 
-def diagnose(events: list[dict], profile: Optional[dict], summary: Optional[dict], recipe: dict) -> list[Finding]:
+def diagnose(events: list[dict], profile: Optional[dict], summary: Optional[dict], cfg: Config) -> list[Finding]:
+    """`cfg` is the run's resolved recipe. A problem two rules see is reported once, by the first."""
     evals = [e for e in events if e["event"] == "eval"]
+    task = task_for(cfg)
     findings: list[Finding] = []
     for rule in (_non_finite, _overfitting, _not_learning, _collapse, _learning_rate_too_low, _underfitting,
                  _metric_noise, _imbalance, _leakage, _truncation, _slow):
-        found = rule(events, evals, profile or {}, summary or {}, recipe)
-        if found:
+        found = rule(events, evals, profile or {}, summary or {}, cfg, task)
+        if found and found.id not in {f.id for f in findings}:
             findings.append(found)
     return findings
 
@@ -71,7 +80,7 @@ def as_dicts(findings: list[Finding]) -> list[dict]:
 
 # ---------------------------------------------------------------- training dynamics
 
-def _non_finite(events, evals, profile, summary, recipe) -> Optional[Finding]:
+def _non_finite(events, evals, profile, summary, cfg, task) -> Optional[Finding]:
     bad = [e for e in events if e["event"] == "bad_step"]
     losses = [v for _, v in _train_losses(events)] + [v for _, v in _series(evals, "loss")]
     finite_losses = all(math.isfinite(v) for v in losses)
@@ -81,18 +90,18 @@ def _non_finite(events, evals, profile, summary, recipe) -> Optional[Finding]:
     # fp16's GradScaler skips a step each time it lowers the loss scale, mostly early on: a few skips are how it
     # calibrates, not a fault.
     steps = max((e["step"] for e in events if e["event"] in ("train", "eval")), default=0)
-    if (recipe.get("precision") == "fp16" and not diverged and finite_losses
+    if (cfg.precision == "fp16" and not diverged and finite_losses
             and len(bad) <= max(FP16_SCALER_SKIPS, 0.01 * steps)):
         return None
     first = bad[0]["step"] if bad else None
     return Finding("non_finite", "error", "NaN/inf appeared in training",
                    f"{len(bad)} step(s) with non-finite loss or gradients" + (f", first at step {first}" if first else "")
                    + ("; the run stopped" if diverged else "; those updates were skipped"),
-                   f"lower the learning rate (now {recipe.get('lr'):g}), keep gradient clipping on, and prefer bf16 or "
+                   f"lower the learning rate (now {cfg.lr:g}), keep gradient clipping on, and prefer bf16 or "
                    "fp32 over fp16")
 
 
-def _overfitting(events, evals, profile, summary, recipe) -> Optional[Finding]:
+def _overfitting(events, evals, profile, summary, cfg, task) -> Optional[Finding]:
     losses = _series(evals, "loss")
     if len(losses) < 3:
         return None
@@ -116,16 +125,12 @@ def _overfitting(events, evals, profile, summary, recipe) -> Optional[Finding]:
                    "weight decay (0.01) / more data")
 
 
-def _n_classes(recipe: dict) -> int:
-    return len(recipe.get("label_names") or [])
-
-
-def _not_learning(events, evals, profile, summary, recipe) -> Optional[Finding]:
-    classes = _n_classes(recipe)
+def _not_learning(events, evals, profile, summary, cfg, task) -> Optional[Finding]:
+    chance = task.chance_loss()
     train = _train_losses(events)
-    if recipe.get("task") != "classification" or classes < 2 or not train or not evals:
+    if chance is None or not train or not evals:
         return None
-    chance = math.log(classes)
+    classes = len(cfg.label_names)
     train = _smoothed(train)
     final_loss = train[-1][1]
     majority = profile.get("splits", {}).get("validation", {}).get("majority_rate")
@@ -135,7 +140,7 @@ def _not_learning(events, evals, profile, summary, recipe) -> Optional[Finding]:
     rising = len(train) >= 3 and train[-1][1] > 1.5 * min(v for _, v in train) and train[-1][1] > 0.5 * chance
     if not (near_chance or near_majority or rising):
         return None
-    lr = recipe.get("lr", 0)
+    lr = cfg.lr
     evidence = (f"training loss {final_loss:.4f} at step {train[-1][0]} vs ln({classes}) = {chance:.4f} (chance)")
     if accuracies:
         evidence += f"; validation accuracy {min(accuracies):.4f}–{max(accuracies):.4f}"
@@ -154,9 +159,9 @@ def _not_learning(events, evals, profile, summary, recipe) -> Optional[Finding]:
                    "check that labels match texts (inspect), try lr 2e-5–5e-5 with warmup, and train longer")
 
 
-def _collapse(events, evals, profile, summary, recipe) -> Optional[Finding]:
+def _collapse(events, evals, profile, summary, cfg, task) -> Optional[Finding]:
     matrix = summary.get("validation", {}).get("confusion_matrix")
-    names = recipe.get("label_names") or []
+    names = cfg.label_names or []
     if not matrix or len(matrix) < 2:
         return None
     predicted = [sum(row[j] for row in matrix) for j in range(len(matrix))]
@@ -171,21 +176,21 @@ def _collapse(events, evals, profile, summary, recipe) -> Optional[Finding]:
                    "lower the learning rate, check class balance (inspect) and consider class weights or resampling")
 
 
-def _learning_rate_too_low(events, evals, profile, summary, recipe) -> Optional[Finding]:
+def _learning_rate_too_low(events, evals, profile, summary, cfg, task) -> Optional[Finding]:
     train = _smoothed(_train_losses(events))
-    if len(train) < 3 or recipe.get("lr", 1) > LOW_LR * 4:
+    if len(train) < 3 or cfg.lr > LOW_LR * 4:
         return None
     first, last = train[0][1], train[-1][1]
     if first <= 0 or (first - last) / first >= FLAT_LOSS:
         return None
     return Finding("lr_too_low", "warning", "Learning rate too low: the training loss barely moves",
                    f"training loss {first:.4f} → {last:.4f} ({(first - last) / first:.1%}) over {train[-1][0]} steps "
-                   f"at lr {recipe.get('lr'):g}", "raise the learning rate to 2e-5–5e-5")
+                   f"at lr {cfg.lr:g}", "raise the learning rate to 2e-5–5e-5")
 
 
-def _underfitting(events, evals, profile, summary, recipe) -> Optional[Finding]:
+def _underfitting(events, evals, profile, summary, cfg, task) -> Optional[Finding]:
     with_accuracy = [e for e in evals if e.get("train_accuracy") is not None]
-    if not with_accuracy or recipe.get("task") != "classification":
+    if not with_accuracy:
         return None
     final = with_accuracy[-1]["train_accuracy"]
     accuracies = _series(evals, "accuracy")
@@ -199,7 +204,7 @@ def _underfitting(events, evals, profile, summary, recipe) -> Optional[Finding]:
                    "train longer (more epochs or max_steps), or raise the learning rate within 2e-5–1e-4")
 
 
-def _metric_noise(events, evals, profile, summary, recipe) -> Optional[Finding]:
+def _metric_noise(events, evals, profile, summary, cfg, task) -> Optional[Finding]:
     metric = summary.get("metric_for_best", "accuracy")
     values = _series(evals, metric)
     n = profile.get("splits", {}).get("validation", {}).get("rows")
@@ -218,10 +223,10 @@ def _metric_noise(events, evals, profile, summary, recipe) -> Optional[Finding]:
 
 # ---------------------------------------------------------------- data
 
-def _imbalance(events, evals, profile, summary, recipe) -> Optional[Finding]:
+def _imbalance(events, evals, profile, summary, cfg, task) -> Optional[Finding]:
     train = profile.get("splits", {}).get("train", {})
     matrix = summary.get("validation", {}).get("confusion_matrix")
-    names = recipe.get("label_names") or []
+    names = cfg.label_names or []
     if train.get("imbalance_ratio", 1) < IMBALANCE_RATIO or not matrix:
         return None
     recalls = [row[i] / sum(row) if sum(row) else 1.0 for i, row in enumerate(matrix)]
@@ -234,7 +239,7 @@ def _imbalance(events, evals, profile, summary, recipe) -> Optional[Finding]:
                    "resample or weight the classes, and choose the checkpoint by macro F1 (metric_for_best: f1_macro)")
 
 
-def _leakage(events, evals, profile, summary, recipe) -> Optional[Finding]:
+def _leakage(events, evals, profile, summary, cfg, task) -> Optional[Finding]:
     leaks = {k: v for k, v in profile.get("leakage", {}).items() if v["share"] >= LEAKAGE_SHARE}
     if not leaks:
         return None
@@ -244,14 +249,14 @@ def _leakage(events, evals, profile, summary, recipe) -> Optional[Finding]:
                    "deduplicate across splits (`bertfit inspect` lists them) before trusting the scores")
 
 
-def _truncation(events, evals, profile, summary, recipe) -> Optional[Finding]:
+def _truncation(events, evals, profile, summary, cfg, task) -> Optional[Finding]:
     tokens = profile.get("splits", {}).get("train", {}).get("tokens")
     if not tokens or tokens["truncated_share"] < TRUNCATION_SHARE:
         return None
     longer = tokens["max_length"] < 512
     advice = (f"raise max_length (now {tokens['max_length']}, p95 is {tokens['percentiles']['p95']})" if longer
               else "keep the start and end of long texts with --truncation head+tail (Sun et al. 2019)")
-    if recipe.get("truncation") == "head+tail" and not longer:
+    if cfg.truncation == "head+tail" and not longer:
         return None
     return Finding("truncation", "warning", "Heavy truncation",
                    f"{tokens['truncated_share']:.1%} of training examples are longer than {tokens['max_length']} tokens "
@@ -260,16 +265,16 @@ def _truncation(events, evals, profile, summary, recipe) -> Optional[Finding]:
 
 # ---------------------------------------------------------------- speed
 
-def _slow(events, evals, profile, summary, recipe) -> Optional[Finding]:
+def _slow(events, evals, profile, summary, cfg, task) -> Optional[Finding]:
     train = summary.get("train", {})
     if not train.get("train_seconds"):
         return None
     reasons, advice = [], []
     if train.get("padding_ratio", 0) > PADDING_SHARE:
         reasons.append(f"{train['padding_ratio']:.0%} of the tokens computed are padding")
-        if recipe.get("padding") != "bucket":
+        if cfg.padding != "bucket":
             advice.append("use --padding bucket (length-grouped batches)")
-        elif recipe.get("compile"):
+        elif cfg.compile:
             advice.append("compiled runs pad to a grid of lengths; for very short texts try --no-compile")
         else:
             advice.append("lengths vary widely inside batches: lower max_length or use a larger dataset per bucket")

@@ -5,7 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Optional
 
-from bertfit.report import METRIC_TITLES, scalar_metrics
+from bertfit.config import Config
+from bertfit.records import METRIC_TITLES, scalar_metrics
+from bertfit.tasks import task_for
 
 
 def _pyplot():
@@ -18,7 +20,7 @@ def _pyplot():
     return plt
 
 
-def draw_all(folder: Path, events: list[dict], summary: dict, profile: Optional[dict], recipe: dict) -> list[str]:
+def draw_all(folder: Path, events: list[dict], summary: dict, profile: Optional[dict], cfg: Config) -> list[str]:
     """Writes plots/*.png; returns their paths relative to the run folder."""
     plt = _pyplot()
     out = folder / "plots"
@@ -27,7 +29,7 @@ def draw_all(folder: Path, events: list[dict], summary: dict, profile: Optional[
     drawn = []
     for name, draw in (("loss", _loss), ("metrics", _metrics), ("confusion", _confusion), ("entities", _entities),
                        ("lengths", _lengths)):
-        figure = draw(plt, events, evals, summary, profile or {}, recipe)
+        figure = draw(plt, events, evals, summary, profile or {}, cfg)
         if figure is not None:
             figure.tight_layout()
             figure.savefig(out / f"{name}.png")
@@ -36,7 +38,7 @@ def draw_all(folder: Path, events: list[dict], summary: dict, profile: Optional[
     return drawn
 
 
-def _loss(plt, events, evals, summary, profile, recipe):
+def _loss(plt, events, evals, summary, profile, cfg):
     train = [(e["step"], e["loss"]) for e in events if e["event"] == "train"]
     if not train:
         train = [(e["step"], e["train_loss"]) for e in evals if e.get("train_loss") is not None]
@@ -48,13 +50,13 @@ def _loss(plt, events, evals, summary, profile, recipe):
     if evals:
         axis.plot([e["step"] for e in evals], [e["metrics"]["loss"] for e in evals], label="validation loss",
                   color="tab:orange", marker="o")
-    axis.set(xlabel="optimizer step", ylabel="loss (mean per example)" if recipe.get("task") != "token"
-             else "loss (mean per labelled token)", title="Training and validation loss")
+    axis.set(xlabel="optimizer step", ylabel=f"loss (mean per {task_for(cfg).loss_unit})",
+             title="Training and validation loss")
     axis.legend()
     return figure
 
 
-def _metrics(plt, events, evals, summary, profile, recipe):
+def _metrics(plt, events, evals, summary, profile, cfg):
     if not evals:
         return None
     names = [k for k in scalar_metrics(evals[0]["metrics"]) if k not in ("loss", "mse")]
@@ -72,11 +74,11 @@ def _metrics(plt, events, evals, summary, profile, recipe):
     return figure
 
 
-def _confusion(plt, events, evals, summary, profile, recipe):
+def _confusion(plt, events, evals, summary, profile, cfg):
     matrix = summary.get("validation", {}).get("confusion_matrix")
     if not matrix:
         return None
-    names = recipe.get("label_names") or [str(i) for i in range(len(matrix))]
+    names = cfg.label_names or [str(i) for i in range(len(matrix))]
     size = max(3.5, 0.7 * len(names) + 2)
     figure, axis = plt.subplots(figsize=(size + 1, size))
     image = axis.imshow(matrix, cmap="Blues")
@@ -92,7 +94,7 @@ def _confusion(plt, events, evals, summary, profile, recipe):
     return figure
 
 
-def _entities(plt, events, evals, summary, profile, recipe):
+def _entities(plt, events, evals, summary, profile, cfg):
     per_type = summary.get("validation", {}).get("per_type")
     if not per_type:
         return None
@@ -107,7 +109,7 @@ def _entities(plt, events, evals, summary, profile, recipe):
     return figure
 
 
-def _lengths(plt, events, evals, summary, profile, recipe):
+def _lengths(plt, events, evals, summary, profile, cfg):
     tokens = profile.get("splits", {}).get("train", {}).get("tokens")
     if not tokens:
         return None

@@ -1,0 +1,101 @@
+"""Where the run computes: the process group, the device, and the numeric precision."""
+
+from __future__ import annotations
+
+import os
+import platform
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+import torch.distributed as dist
+
+from bertfit.errors import BertfitError
+
+# Dense bf16 matmul peaks from the vendors' datasheets, for model FLOP utilisation; a GPU not listed gets no MFU
+# figure rather than a wrong one. Checked in name order, so "H100 PCIe" is found before "H100".
+GPU_PEAK_FLOPS = (("H100 PCIe", 756e12), ("H100 NVL", 835e12), ("H100", 989e12), ("H200", 989e12),
+                  ("GH200", 989e12), ("B200", 2250e12), ("A100", 312e12), ("L40S", 362e12), ("L4", 121e12),
+                  ("A10", 125e12))
+
+
+@dataclass
+class Dist:
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+    host_group: object = None  # a gloo group for host-side agreement; None: the default group is gloo already
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world > 1
+
+
+def init_distributed() -> tuple[Dist, torch.device]:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank, local_rank = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    if torch.cuda.is_available():
+        torch.cuda.set_device(local_rank)
+        # Signals are agreed on every step; over NCCL that would make each step wait for the GPU.
+        host_group = dist.new_group(backend="gloo") if world > 1 else None
+        return Dist(rank, world, local_rank, host_group), torch.device("cuda", local_rank)
+    return Dist(rank, world, local_rank), torch.device("cpu")
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def agreed(signum: int, ranks: Dist) -> int:
+    """Every rank stops at the same step: a signal seen by any rank counts for all."""
+    if not ranks.enabled:
+        return signum
+    received = torch.tensor([signum])
+    dist.all_reduce(received, op=dist.ReduceOp.MAX, group=ranks.host_group)
+    return int(received.item())
+
+
+def cpu_has_fast_bf16() -> bool:
+    """AVX-512 BF16 or AMX: oneDNN multiplies bf16 natively there (1.4-2.4x fp32 here); elsewhere it is emulated."""
+    return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    if device.type != "cuda":
+        if precision == "fp16":
+            raise BertfitError("precision fp16 needs a CUDA GPU (no GPU found); use --precision fp32 or bf16")
+        if precision == "auto":
+            return "bf16" if device.type == "cpu" and cpu_has_fast_bf16() else "fp32"
+        return precision
+    if precision == "auto":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return precision
+
+
+def inference_precision(trained: str, device: torch.device) -> str:
+    """Evaluate and predict as the run trained, except fp16, which needs a GPU."""
+    return "fp32" if trained == "fp16" and device.type != "cuda" else trained
+
+
+def autocast(device: torch.device, precision: str):
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+    return torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
+
+
+def hardware(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"{torch.cuda.device_count()} × {torch.cuda.get_device_name(device)}"
+    return f"CPU ({platform.machine()}, {os.cpu_count()} cores, {torch.get_num_threads()} threads)"
+
+
+def peak_flops(device: torch.device) -> Optional[float]:
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    return next((peak for model, peak in GPU_PEAK_FLOPS if model in name), None)

@@ -1,0 +1,71 @@
+"""The one evaluation path: training's evaluations, `bertfit eval`, `bertfit predict` and serving all run a model
+over features through `infer`, and score through `evaluate`."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from functools import partial
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.distributed as dist
+
+from bertfit.engine import batching
+from bertfit.engine.device import Dist, autocast
+from bertfit.tasks import Features, Task
+
+
+@dataclass
+class Inference:
+    outputs: object  # per feature, in feature order, as `task.stack` shapes them
+    loss_sum: float  # summed over every loss term (0.0 when not asked for)
+
+
+@torch.no_grad()
+def infer(model: torch.nn.Module, task: Task, features: Features, output: Callable[[torch.Tensor], torch.Tensor],
+          batch_size: int, device: torch.device, precision: str, pad_id: int, ranks: Dist = Dist(),
+          with_loss: bool = False) -> Inference:
+    """Length-sorted batches; `output` (task.predictions or task.scores) reduced to small host arrays; exact under
+    sharding across ranks. The model is left in the mode it was in."""
+    was_training = model.training
+    model.eval()
+    loss = torch.zeros((), dtype=torch.float64, device=device)
+    pad_to = partial(batching.round_up, multiple=8 if device.type == "cuda" else 1)
+    on_device = []  # read back after the last batch, so the host never waits for the device in between
+    for indices in batching.eval_batches(features.lengths, batch_size, ranks.rank, ranks.world):
+        batch = {k: v.to(device, non_blocking=True) for k, v in task.collate(features, indices, pad_id, pad_to).items()}
+        labels = batch.pop("labels")
+        with autocast(device, precision):
+            logits = model(**batch).logits
+        if with_loss:
+            loss += task.loss_sum(logits, labels).double()
+        on_device.append((indices, output(logits)))
+    shard: dict[int, np.ndarray] = {}
+    for indices, values in on_device:
+        values = values.cpu().numpy()
+        for row, index in enumerate(indices):
+            shard[int(index)] = task.feature_output(values[row], features.lengths[index])
+    total_loss = float(loss)
+    if ranks.enabled:
+        gathered: list = [None] * ranks.world
+        dist.all_gather_object(gathered, (total_loss, shard))
+        total_loss = sum(part[0] for part in gathered)
+        shard = {k: v for part in gathered for k, v in part[1].items()}
+    model.train(was_training)
+    return Inference(task.stack([shard[i] for i in range(len(features))]), total_loss)
+
+
+def evaluate(model: torch.nn.Module, task: Task, features: Features, frame: pd.DataFrame, batch_size: int,
+             device: torch.device, precision: str, pad_id: int, ranks: Dist = Dist()) -> dict:
+    """Loss (mean per loss term) and the task's metrics, with how long it took."""
+    started = time.perf_counter()
+    inference = infer(model, task, features, task.predictions, batch_size, device, precision, pad_id, ranks,
+                      with_loss=True)
+    result = {"loss": inference.loss_sum / max(1, int(features.items.sum()))}
+    result.update(task.metrics(features, frame, inference.outputs))
+    seconds = time.perf_counter() - started
+    result.update(runtime=seconds, samples_per_second=len(frame) / seconds if seconds else 0.0)
+    return result

@@ -1,0 +1,318 @@
+"""The training loop, and what is written at its end. One screen from `run_loop` to `finish`: setup lives in
+`setup`, the run log in `runlog`, evaluation in `evaluation`."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import shutil
+import signal
+import time
+from dataclasses import asdict
+from functools import partial
+from pathlib import Path
+from typing import Callable, Optional
+
+import torch
+import torch.distributed as dist
+
+from bertfit.config import Config
+from bertfit.engine import batching, checkpoint
+from bertfit.engine.device import agreed, autocast, hardware, peak_flops
+from bertfit.engine.evaluation import evaluate
+from bertfit.engine.setup import Run, plan_epoch, protected_inputs, setup
+from bertfit.errors import BertfitError
+from bertfit.files import TEMP_PREFIX, to_json, writing
+from bertfit.records import markdown_table, table_columns, table_rows
+from bertfit.runfolder import RunFolder
+from bertfit.tasks import LOWER_IS_BETTER
+from bertfit.tasks.profile import profile, summary_lines
+
+
+class Interrupted(Exception):
+    """Raised at a step boundary after SIGINT/SIGTERM, once the checkpoint is safely written."""
+
+    def __init__(self, signum: int):
+        super().__init__(f"stopped by {signal.Signals(signum).name}; resume with --resume")
+        self.exit_code = 128 + signum
+
+
+class Diverged(BertfitError):
+    pass
+
+
+# Writes a run's reports (card, plots, diagnosis) from its files: reporter(folder, finished) returns the diagnosis.
+# Passed in by the caller, because reports are drawn from the files alone and the engine does not know how.
+Reporter = Callable[[Path, bool], list]
+
+
+def train(cfg: Config, resume: bool = False, overwrite: bool = False, console=None,
+          reporter: Optional[Reporter] = None) -> dict:
+    """Only the rank that writes holds the run folder (its lock, the check of its contents, the clearing)."""
+    if not cfg.output:
+        raise BertfitError("no output folder given; pass --output DIR")
+    writer = int(os.environ.get("RANK", "0")) == 0
+    folder = RunFolder.claim(Path(cfg.output), resume, overwrite, protected_inputs(cfg)) if writer else None
+    with folder or contextlib.nullcontext():
+        return run_loop(setup(cfg, folder, resume=resume, overwrite=overwrite), resume, console, reporter)
+
+
+def log_start(run: Run) -> None:
+    """The data profile, and the run's first log line: what it trains on, where, and how."""
+    cfg = run.cfg
+    data_profile = profile(run.frames, run.task, run.spec, {k: f.full_lengths for k, f in run.features.items()},
+                           cfg.max_length)
+    run.folder.write_text("data_profile.json", json.dumps(data_profile, indent=2))
+    run.log.event("start", profile=summary_lines(data_profile), task=run.task.kind, dataset=run.splits.name,
+                  model=cfg.model, examples={name: len(frame) for name, frame in run.frames.items()},
+                  features={name: len(f) for name, f in run.features.items()},
+                  steps=run.total_steps, steps_per_epoch=run.steps_per_epoch,
+                  effective_batch_size=cfg.effective_batch_size(), world_size=cfg.world_size,
+                  device=str(run.device), hardware=hardware(run.device), precision=cfg.precision,
+                  notes=run.splits.notes, tag_scheme=run.spec.tag_scheme, repaired_tags=run.spec.repaired_tags,
+                  **run.timings)
+
+
+def run_loop(run: Run, resume: bool, console, reporter: Optional[Reporter] = None) -> dict:
+    cfg, state, ranks, task = run.cfg, run.state, run.dist, run.task
+    if not resume and ranks.main:
+        log_start(run)
+    pad_id, pad_to = run.tokenizer.pad_token_id, padding_rule(cfg, run.device)
+    train_features = run.features["train"]
+    progress = run.log.progress(console, run.total_steps, state.step)
+    planned_epoch, epoch_plan = None, []
+    guard = NonFiniteGuard(run.device, min(cfg.log_every, 1024), cfg.max_bad_steps, state.step)
+    with progress, SignalGuard() as signals:
+        while state.step < run.total_steps and state.stop_reason is None:
+            step_started = time.perf_counter()
+            if planned_epoch != state.epoch:
+                planned_epoch, epoch_plan = state.epoch, plan_epoch(cfg, train_features, state.epoch)
+            step_batch = epoch_plan[state.position]
+            # Normalise by the items of the whole step batch (all ranks, all micro-batches): the gradient is
+            # then that of one big batch, whatever the accumulation or world size.
+            step_items = int(train_features.items[step_batch].sum())
+            micro = batching.micro_batches(step_batch, cfg.grad_accum, ranks.rank, ranks.world)
+            for i, indices in enumerate(micro):
+                batch = {k: v.to(run.device, non_blocking=True) for k, v in task.collate(
+                    train_features, indices, pad_id, pad_to).items()}
+                labels = batch.pop("labels")
+                sync = i == len(micro) - 1 or not ranks.enabled
+                with contextlib.nullcontext() if sync else run.forward.no_sync():
+                    with autocast(run.device, cfg.precision):
+                        logits = run.forward(**batch).logits
+                    loss_sum = task.loss_sum(logits, labels)
+                    run.scaler.scale(loss_sum * ranks.world / step_items).backward()
+                run.log.accumulate(loss_sum.detach(), task.correct(logits.detach(), labels) if task.tracks_accuracy
+                                   else None, int(train_features.items[indices].sum()), len(indices),
+                                   int(train_features.lengths[indices].sum()), batch["input_ids"].numel())
+            run.scaler.unscale_(run.optimizer)
+            grad_norm = torch.nn.utils.clip_grad_norm_(run.model.parameters(), cfg.clip_norm or float("inf"))
+            guard.step(run.optimizer, run.scaler, grad_norm)
+            run.scaler.update()
+            run.scheduler.step()
+            run.optimizer.zero_grad(set_to_none=True)
+            state.step += 1
+            state.position += 1
+            end_of_epoch = state.position >= len(epoch_plan)
+            if end_of_epoch:
+                state.epoch, state.position = state.epoch + 1, 0
+
+            log_now = state.step % cfg.log_every == 0
+            due = end_of_epoch if cfg.eval_every == "epoch" else state.step % cfg.eval_every == 0
+            evaluate_now = due or state.step == run.total_steps
+            checkpoint_now = bool(cfg.checkpoint_every) and state.step % cfg.checkpoint_every == 0
+            received = agreed(signals.received, ranks)
+            if log_now or evaluate_now or checkpoint_now or received or guard.full:
+                guard.settle(run)  # the one place a training step waits for the device
+            step_seconds = time.perf_counter() - step_started
+            state.train_seconds += step_seconds
+            progress.advance(state.step, len(step_batch), step_seconds)
+            if log_now:
+                run.log.train_event(state.step, epoch_position(run), run.scheduler.get_last_lr()[0], guard.last_norm,
+                                    state.train_seconds)
+            if state.stop_reason == "diverged":
+                break
+            if evaluate_now:
+                evaluate_and_select(run)
+            elif checkpoint_now:
+                save_checkpoint(run)
+            if received:
+                save_checkpoint(run)
+                raise Interrupted(received)
+    if state.stop_reason == "diverged":
+        last_good = checkpoint.complete(run.out / "checkpoints")
+        run.log.event("diverged", step=state.step, bad_steps=state.bad_steps)
+        if ranks.main and reporter is not None:
+            with run.folder.recording():
+                reporter(run.out, False)
+        raise Diverged(f"training stopped at step {state.step}: {state.bad_steps} consecutive steps had non-finite "
+                       f"loss or gradients; lower --lr or use --precision fp32/bf16 (last good checkpoint: "
+                       f"{last_good[-1] if last_good else 'none'})")
+    return finish(run, reporter)
+
+
+class NonFiniteGuard:
+    """Skips every update whose gradient norm is not finite, without the host waiting for the device:
+    fused AdamW (or, in fp16, the GradScaler) reads the skip flag on the device. The norms stay on the
+    device until `settle`, which reads them in one copy when the log, an evaluation or a checkpoint
+    needs the host anyway, and stops the run after `limit` consecutive skipped steps."""
+
+    def __init__(self, device: torch.device, capacity: int, limit: int, step: int):
+        self.norms = torch.zeros(capacity, dtype=torch.float32, device=device)
+        self.first_step, self.count, self.limit = step + 1, 0, limit
+        self.last_norm = float("nan")
+
+    @property
+    def full(self) -> bool:
+        return self.count == len(self.norms)
+
+    def step(self, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler, grad_norm: torch.Tensor) -> None:
+        if scaler.is_enabled():
+            scaler.step(optimizer)
+        else:
+            optimizer.found_inf = (~torch.isfinite(grad_norm)).float()
+            optimizer.grad_scale = None
+            optimizer.step()
+        self.norms[self.count] = grad_norm
+        self.count += 1
+
+    def settle(self, run: Run) -> None:
+        state, norms = run.state, self.norms[:self.count].tolist()
+        for offset, norm in enumerate(norms):
+            if math.isfinite(norm):
+                state.bad_steps = 0
+                continue
+            state.bad_steps += 1
+            step = self.first_step + offset
+            run.log.event("bad_step", step=step, grad_norm=str(norm))
+            if state.bad_steps >= self.limit and state.stop_reason is None:
+                state.stop_reason = "diverged"
+        self.last_norm = norms[-1] if norms else self.last_norm
+        self.first_step, self.count = self.first_step + self.count, 0
+
+
+def padding_rule(cfg: Config, device: torch.device) -> Callable[[int], int]:
+    """How long a batch is: max_length (padding none); a grid length when compiled, so graphs are reused;
+    else its longest example, rounded to 8 on GPUs for tensor cores."""
+    if cfg.padding == "none":
+        return lambda longest: cfg.max_length
+    if cfg.compile:
+        return batching.compile_length
+    return partial(batching.round_up, multiple=8 if device.type == "cuda" else 1)
+
+
+class SignalGuard:
+    """The first SIGINT/SIGTERM asks for a checkpoint at the next step boundary; a second one exits at once."""
+
+    def __enter__(self):
+        self.received = 0
+        self.previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+        for sig in self.previous:
+            signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        if self.received:
+            os._exit(128 + signum)  # checkpoints are renamed into place whole, so nothing is left torn
+        self.received = signum
+
+    def __exit__(self, *exc):
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+
+
+def epoch_position(run: Run) -> float:
+    return round(run.state.step / run.steps_per_epoch, 4)
+
+
+def evaluate_and_select(run: Run) -> None:
+    cfg, state = run.cfg, run.state
+    result = evaluate(run.model, run.task, run.features["validation"], run.frames["validation"],
+                      cfg.eval_batch, run.device, cfg.precision, run.tokenizer.pad_token_id, run.dist)
+    metric = result[cfg.metric_for_best]
+    improved = state.best_metric is None or (metric < state.best_metric if cfg.metric_for_best in LOWER_IS_BETTER
+                                             else metric > state.best_metric)
+    if improved:
+        state.best_metric, state.best_step, state.evals_without_gain = metric, state.step, 0
+    else:
+        state.evals_without_gain += 1
+        if cfg.early_stopping and state.evals_without_gain >= cfg.early_stopping:
+            state.stop_reason = "early_stopping"
+    run.log.eval_event(state.step, epoch_position(run), result, state.best_step, run.task.tracks_accuracy)
+    save_checkpoint(run)
+
+
+def save_checkpoint(run: Run) -> None:
+    state = run.state
+    rng = [checkpoint.rng_state()]
+    if run.dist.enabled:  # each rank's dropout stream, so a resumed rank continues its own
+        rng = [None] * run.dist.world
+        dist.all_gather_object(rng, checkpoint.rng_state())
+    if run.dist.main:
+        training_state = {"format": checkpoint.FORMAT, "optimizer": run.optimizer.state_dict(),
+                          "scheduler": run.scheduler.state_dict(), "scaler": run.scaler.state_dict(), "rng": rng,
+                          "state": asdict(state), "log": run.log.state_dict()}
+        checkpoint.save(run.out / "checkpoints", state.step, run.model, training_state, run.cfg,
+                        run.cfg.keep_checkpoints, state.best_step)
+    if run.dist.enabled:
+        dist.barrier()
+
+
+def save_model_folder(run: Run) -> None:
+    """Weights, config and tokenizer, each file moved into place whole: a full disk leaves the old files or none,
+    and the checkpoints to resume from."""
+    tmp = run.out / f"{TEMP_PREFIX}model"
+    with writing("the model", run.out, f"free space and run `bertfit resume {run.out}` (the checkpoints are intact)",
+                 cleanup=tmp):
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        run.model.save_pretrained(tmp)
+        run.tokenizer.save_pretrained(tmp)
+        names = sorted(p.name for p in tmp.iterdir())
+        run.folder.own(names)
+        for name in names:
+            os.replace(tmp / name, run.out / name)
+        tmp.rmdir()
+
+
+def finish(run: Run, reporter: Optional[Reporter] = None) -> dict:
+    """Keep the best weights, score them on every split, and write the model folder and reports."""
+    cfg, state = run.cfg, run.state
+    if not run.log.evals:
+        evaluate_and_select(run)
+    kept_step = state.step
+    if cfg.keep_best and state.best_step is not None and state.best_step != state.step:
+        best = run.out / "checkpoints" / f"{checkpoint.PREFIX}{state.best_step:08d}"
+        checkpoint.load_weights(best, run.model)
+        kept_step = state.best_step
+    results = {"validation": next(e for e in run.log.evals if e["step"] == kept_step)["metrics"]}
+    if "test" in run.features:
+        results["test"] = evaluate(run.model, run.task, run.features["test"], run.frames["test"],
+                                   cfg.eval_batch, run.device, cfg.precision, run.tokenizer.pad_token_id, run.dist)
+    train_stats = {**run.log.throughput(state.train_seconds), "steps": state.step, **run.timings}
+    peak = peak_flops(run.device)
+    if peak:  # 6 FLOPs per parameter per real token (forward + backward), attention aside
+        parameters = sum(p.numel() for p in run.model.parameters())
+        train_stats.update(mfu=6 * parameters * train_stats["tokens_per_second"] / peak, peak_flops=peak)
+    summary = {"kept_step": kept_step, "best_step": state.best_step, "best_metric": state.best_metric,
+               "metric_for_best": cfg.metric_for_best, "stop_reason": state.stop_reason,
+               "final": run.log.evals[-1]["metrics"], **results, "train": train_stats}
+    if run.dist.main:
+        save_model_folder(run)
+        write_records(run, summary)
+        if reporter is not None:
+            with run.folder.recording():
+                summary["diagnosis"] = reporter(run.out, True)
+    if run.dist.enabled:
+        dist.barrier()
+    return summary
+
+
+def write_records(run: Run, summary: dict) -> None:
+    run.folder.write_text("metrics.json", to_json(summary, indent=2))
+    evals = run.log.evals
+    run.folder.write_text("results.md", markdown_table(table_columns(evals), table_rows(evals)) + "\n")
+    run.log.event("end", **{k: v for k, v in summary.items() if k in ("kept_step", "best_step", "stop_reason")},
+                  **summary["train"])

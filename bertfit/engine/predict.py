@@ -1,0 +1,105 @@
+"""Using a finished run: score it on any split, predict labels, scores or entity spans."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from bertfit import models
+from bertfit.config import Config, build_config
+from bertfit.data import readers, schema, sources
+from bertfit.engine.device import default_device, inference_precision
+from bertfit.engine.evaluation import evaluate, infer
+from bertfit.errors import BertfitError
+from bertfit.files import atomic_write_text, to_json
+from bertfit.tasks import Task, task_for
+
+
+@dataclass
+class LoadedRun:
+    cfg: Config
+    task: Task
+    model: torch.nn.Module
+    tokenizer: object
+    device: torch.device
+    precision: str
+
+
+def load_run(run_dir: str) -> LoadedRun:
+    folder = Path(run_dir)
+    if not (folder / "recipe.yaml").is_file() or not (folder / "config.json").is_file():
+        raise BertfitError(f"'{run_dir}' is not a finished bertfit run (no recipe.yaml and config.json); "
+                           "point at the --output folder of `bertfit train`")
+    cfg = build_config(str(folder / "recipe.yaml"))
+    task = task_for(cfg)
+    device = default_device()
+    model = models.load_model(str(folder), task.auto_model, task.head_config()).to(device).eval()
+    return LoadedRun(cfg, task, model, models.load_tokenizer(str(folder)), device,
+                     inference_precision(cfg.precision, device))
+
+
+def evaluate_run(run_dir: str, source: str, split: str, batch_size: int = 64) -> dict:
+    run = load_run(run_dir)
+    splits = sources.load_splits(source)
+    if split not in splits.frames:
+        raise BertfitError(f"dataset '{source}' has no split '{split}' (it has: {', '.join(splits.frames)})")
+    cfg = run.cfg
+    spec = schema.detect(splits, split, cfg.task, cfg.text_columns, cfg.label_column, cfg.label_names, training=False)
+    if spec.label_names is not None and list(spec.label_names) != list(cfg.label_names):
+        raise BertfitError(f"labels in '{source}' ({spec.label_names}) differ from the model's ({cfg.label_names})")
+    frame = schema.normalise(splits, spec).frames[split]
+    features = run.task.encode(frame, run.tokenizer)
+    return evaluate(run.model, run.task, features, frame, batch_size, run.device, run.precision,
+                    run.tokenizer.pad_token_id)
+
+
+def predict(run: LoadedRun, rows: list[list[str]], batch_size: int = 64) -> list[dict]:
+    """`rows` holds one text (or text pair) per example; token tasks get entity spans with character offsets."""
+    frame, context = run.task.prediction_frame(rows)
+    features = run.task.encode(frame, run.tokenizer)
+    scores = infer(run.model, run.task, features, run.task.scores, batch_size, run.device, run.precision,
+                   run.tokenizer.pad_token_id).outputs
+    return run.task.decode(features, context, scores)
+
+
+def read_inputs(path: str, columns: list[str]) -> list[list[str]]:
+    """Texts to predict from CSV/TSV/JSONL/Parquet (the run's text columns) or a plain text file (one per line)."""
+    file = Path(path)
+    if not file.is_file():
+        raise BertfitError(f"input file '{path}' not found")
+    if file.suffix.lower() == ".txt":
+        rows = [[line] for line in readers.read_text(file).splitlines() if line.strip()]
+    else:
+        frame = readers.read_file(file)
+        missing = [c for c in columns if c not in frame.columns]
+        if missing and len(columns) == 1 and "text" in frame.columns:
+            columns = ["text"]
+        elif missing:
+            raise BertfitError(f"input file '{path}' lacks column(s) {', '.join(missing)} (has: "
+                               f"{', '.join(map(str, frame.columns))})")
+        values = frame[columns].to_numpy().tolist()
+        rows = [[" ".join(map(str, v)) if isinstance(v, (list, np.ndarray)) else str(v) for v in row]
+                for row in values]
+    if not rows:
+        raise BertfitError(f"input file '{path}' has no texts; write one text per line (or row)")
+    return rows
+
+
+def check_output_path(path: str) -> None:
+    """Before any work: a predictions file needs a place to go."""
+    target = Path(path)
+    if target.is_dir():
+        raise BertfitError(f"--output '{path}' is a folder; give a file name such as '{target / 'predictions.jsonl'}'")
+    if not target.parent.is_dir():
+        raise BertfitError(f"the folder of --output '{path}' does not exist; create '{target.parent}' first")
+
+
+def write_predictions(path: str, rows: list[list[str]], predictions: list[dict]) -> None:
+    lines = []
+    for row, prediction in zip(rows, predictions):
+        record = prediction if "entities" in prediction else {"text": row if len(row) > 1 else row[0], **prediction}
+        lines.append(to_json(record) + "\n")
+    atomic_write_text(Path(path), "".join(lines), "free space or choose another --output")

@@ -1,0 +1,232 @@
+"""Everything a run needs before its first step, built from the recipe; every mistake a user can make fails
+here, before anything is written."""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+
+from bertfit import models
+from bertfit.config import Config
+from bertfit.data import schema, sources
+from bertfit.engine import batching, checkpoint
+from bertfit.engine.device import Dist, default_device, init_distributed, resolve_precision
+from bertfit.engine.runlog import RunLog
+from bertfit.errors import BertfitError
+from bertfit.runfolder import RunFolder, check_contents, check_location
+from bertfit.tasks import Features, Task, task_for
+
+
+@dataclass
+class State:
+    """Where the loop is; saved whole in each checkpoint (the run log saves its own sums)."""
+
+    step: int = 0
+    epoch: int = 0
+    position: int = 0  # step batches of `epoch` already consumed
+    best_metric: Optional[float] = None
+    best_step: Optional[int] = None
+    evals_without_gain: int = 0
+    bad_steps: int = 0
+    stop_reason: Optional[str] = None
+    train_seconds: float = 0.0
+
+
+@dataclass
+class Run:
+    cfg: Config
+    out: Path
+    folder: Optional[RunFolder]  # held by the rank that writes; None on the others
+    dist: Dist
+    device: torch.device
+    task: Task
+    splits: sources.Splits
+    spec: schema.DataSpec
+    frames: dict
+    features: dict[str, Features]
+    tokenizer: object
+    model: torch.nn.Module
+    forward: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: object
+    scaler: torch.amp.GradScaler
+    steps_per_epoch: int
+    total_steps: int
+    log: RunLog
+    state: State
+    timings: dict
+
+
+@dataclass
+class Inputs:
+    """What checking the user's inputs produced, so that setup does not read the data twice."""
+
+    out: Path
+    precision: str
+    splits: sources.Splits
+    spec: schema.DataSpec
+    seconds: float
+
+
+def check_inputs(cfg: Config, device: torch.device) -> Inputs:
+    """The checks of a run's inputs, shared by the launcher's preflight and by each worker's setup."""
+    started = time.perf_counter()
+    if not cfg.data:
+        raise BertfitError("no data given; pass --data (a hub id, mirror name, folder or file)")
+    if not cfg.output:
+        raise BertfitError("no output folder given; pass --output DIR")
+    precision = resolve_precision(cfg.precision, device)
+    splits = sources.load_splits(cfg.data)
+    sources.require_split(splits, cfg.train_split)
+    # Rows are checked before a validation split is carved off, so errors name rows of the user's file.
+    spec = schema.detect(splits, cfg.train_split, cfg.task, cfg.text_columns, cfg.label_column, cfg.label_names)
+    return Inputs(Path(cfg.output), precision, splits, spec, time.perf_counter() - started)
+
+
+def protected_inputs(cfg: Config) -> dict[str, Optional[Path]]:
+    """The user's own files a run must never write over: the data and the model, where they are local."""
+    model = models.resolve_model(cfg.model)
+    return {"the data": sources.local_path(cfg.data), "the model": Path(model) if Path(model).exists() else None}
+
+
+def preflight(cfg: Config, resume: bool, overwrite: bool) -> None:
+    """Run by `--nproc` before launching workers, so that a mistake is one line from the launcher rather than one
+    per worker and a torchrun traceback."""
+    inputs = check_inputs(cfg, default_device())
+    check_location(inputs.out, protected_inputs(cfg))
+    if inputs.out.is_dir():
+        check_contents(inputs.out, resume, overwrite)
+
+
+def prepare_data(cfg: Config, inputs: Inputs, tokenizer) -> tuple[Config, sources.Splits, Task, dict, dict, dict]:
+    """Name the splits, subsample and tokenize (cached); returns the config with every auto field resolved."""
+    spec = inputs.spec
+    splits, train_split, eval_split, test_split = sources.choose_splits(
+        schema.normalise(inputs.splits, spec), cfg.train_split, cfg.eval_split, cfg.test_split, cfg.seed,
+        cfg.validation_fraction)
+    model_max = min(int(getattr(tokenizer, "model_max_length", 512) or 512), 512)
+    max_length = cfg.max_length or model_max
+    if max_length > model_max:
+        raise BertfitError(f"max_length {max_length} is longer than the model accepts ({model_max}); lower it")
+    metrics = tuple(cfg.metrics) + (("matthews",) if "cola" in splits.name and "matthews" not in cfg.metrics else ())
+    cfg = cfg.resolved(task=spec.task, text_columns=spec.text_columns, label_column=spec.label_column,
+                       label_names=spec.label_names, train_split=train_split, eval_split=eval_split,
+                       test_split=test_split or cfg.test_split, max_length=max_length, metrics=list(metrics))
+    task = task_for(cfg)
+    known = ("loss", *task.metric_names())
+    if cfg.metric_for_best is not None and cfg.metric_for_best not in known:
+        raise BertfitError(f"metric_for_best '{cfg.metric_for_best}' is not reported for this {spec.task} task; "
+                           f"choose one of {', '.join(known)}")
+    cfg = cfg.resolved(metric_for_best=cfg.metric_for_best or task.primary_metric)
+    frames = {"train": sources.subsample(splits.frames[train_split], cfg.max_train_samples, cfg.seed),
+              "validation": sources.subsample(splits.frames[eval_split], cfg.max_eval_samples, cfg.seed)}
+    if test_split:
+        frames["test"] = splits.frames[test_split]
+    tokenizing = time.perf_counter()
+    features = {name: task.encode_cached(frame, tokenizer) for name, frame in frames.items()}
+    timings = {"load_seconds": inputs.seconds, "tokenize_seconds": time.perf_counter() - tokenizing}
+    return cfg, splits, task, frames, features, timings
+
+
+def make_optimizer(cfg: Config, model: torch.nn.Module) -> torch.optim.Optimizer:
+    """AdamW; biases and LayerNorm weights get no decay (as the HF Trainer does)."""
+    decay, no_decay = [], []
+    for param in model.parameters():
+        if param.requires_grad:
+            (no_decay if param.ndim < 2 else decay).append(param)
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    # Fused: one kernel for all parameters (on CPU too, about 10x faster than foreach here), and it can skip
+    # a non-finite step on the device (see NonFiniteGuard).
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.adam_beta1, cfg.adam_beta2), eps=cfg.adam_epsilon,
+                             fused=True)
+
+
+def make_scheduler(cfg: Config, optimizer, total_steps: int):
+    from transformers import get_scheduler
+
+    warmup = cfg.warmup_steps or math.ceil(cfg.warmup_ratio * total_steps)
+    name = {"constant": "constant_with_warmup"}.get(cfg.scheduler, cfg.scheduler)
+    return get_scheduler(name, optimizer, num_warmup_steps=warmup, num_training_steps=total_steps)
+
+
+def plan_epoch(cfg: Config, features: Features, epoch: int) -> list[np.ndarray]:
+    """The step batches of one epoch; each needs an example for every rank in every micro-batch."""
+    return batching.epoch_batches(features.lengths, cfg.effective_batch_size(), cfg.seed, epoch, cfg.padding,
+                                  min_size=cfg.grad_accum * cfg.world_size)
+
+
+def setup(cfg: Config, folder: Optional[RunFolder], resume: bool = False, overwrite: bool = False) -> Run:
+    ranks, device = init_distributed()
+    inputs = check_inputs(cfg, device)
+    compile_model = device.type == "cuda" if cfg.compile is None else cfg.compile
+    model_path = models.resolve_model(cfg.model)
+    tokenizer = models.load_tokenizer(model_path, cfg.trust_remote_code)
+    cfg, splits, task, frames, features, timings = prepare_data(
+        cfg.resolved(precision=inputs.precision, compile=compile_model, world_size=ranks.world), inputs, tokenizer)
+    per_epoch = len(plan_epoch(cfg, features["train"], 0))
+    total = cfg.max_steps or math.ceil(cfg.epochs * per_epoch)
+    cfg = cfg.resolved(log_every=cfg.log_every or max(1, min(50, total // 25)))
+    if isinstance(cfg.eval_every, int) and cfg.eval_every > total:
+        raise BertfitError(f"eval_every {cfg.eval_every} is larger than the whole run ({total} steps); "
+                           f"use a value up to {total} or 'epoch'")
+    torch.manual_seed(cfg.seed)
+    model = models.load_model(model_path, task.auto_model, task.head_config(), cfg.trust_remote_code).to(device)
+    forward = torch.compile(model) if compile_model else model
+    if ranks.enabled:
+        forward = torch.nn.parallel.DistributedDataParallel(
+            forward, device_ids=[device.index] if device.type == "cuda" else None)
+    optimizer = make_optimizer(cfg, model)
+    scheduler = make_scheduler(cfg, optimizer, total)
+    scaler = torch.amp.GradScaler(device.type, enabled=inputs.precision == "fp16")
+    log = RunLog(inputs.out / "log.jsonl", enabled=ranks.main, device=device)
+    run = Run(cfg, inputs.out, folder, ranks, device, task, splits, inputs.spec, frames, features, tokenizer, model,
+              forward, optimizer, scheduler, scaler, per_epoch, total, log, State(), timings)
+    log_state = restore(run) if resume else None
+    if folder is not None:
+        folder.begin(resume, overwrite)
+        folder.write_text("recipe.yaml", cfg.to_yaml())  # on resume too: a moved run names its new place
+        folder.own(["log.jsonl", "checkpoints"])
+    if log_state is not None:
+        log.load_state_dict(log_state)
+    return run
+
+
+def restore(run: Run) -> dict:
+    """From the newest intact checkpoint: a damaged one (torn by a crash outside bertfit's atomic writes, or by
+    a disk error) is set aside with a warning and the one before it is used. Returns the run log's saved state."""
+    out = run.out
+    found = checkpoint.complete(out / "checkpoints")
+    if not found:
+        raise BertfitError(f"nothing to resume in '{out}': no complete checkpoint in {out / 'checkpoints'}; "
+                           "start without --resume")
+    damaged = []
+    for candidate in reversed(found):
+        try:
+            differences = checkpoint.recipe_differences(checkpoint.saved_recipe(candidate), run.cfg)
+            if differences:
+                raise BertfitError(f"cannot resume from {candidate}: the recipe changed "
+                                   f"({'; '.join(differences)}); use the original settings or start a new run")
+            saved = checkpoint.load_state(candidate)
+            checkpoint.load_weights(candidate, run.model)
+        except checkpoint.Damaged as why:
+            damaged.append((candidate, why))
+            continue
+        for bad, why in damaged:
+            if run.dist.main:
+                print(f"warning: {why}; set aside as {checkpoint.set_aside(bad).name}, resuming from "
+                      f"{candidate.name}", file=sys.stderr)
+        run.optimizer.load_state_dict(saved["optimizer"])
+        run.scheduler.load_state_dict(saved["scheduler"])
+        run.scaler.load_state_dict(saved["scaler"])
+        checkpoint.set_rng_state(saved["rng"][run.dist.rank])
+        run.state = State(**saved["state"])
+        return saved["log"]
+    raise BertfitError(f"every checkpoint in '{out / 'checkpoints'}' is damaged ({damaged[0][1]}); start the run "
+                       "again without --resume")

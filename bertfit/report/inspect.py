@@ -1,0 +1,26 @@
+"""`bertfit inspect`: the data profile of a dataset as it is, before any training."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+from bertfit import models
+from bertfit.data import schema, sources
+from bertfit.tasks import build_task
+from bertfit.tasks.profile import profile
+
+
+def inspect_source(source: str, model: str, max_length: int, task: str = "auto",
+                   text_columns: Optional[list[str]] = None, label_column: Optional[str] = None) -> dict:
+    """Profile a dataset as it is (no split carved off): every split, against `train` when there is one."""
+    splits = sources.load_splits(source)
+    reference = "train" if "train" in splits.frames else next(iter(splits.frames))
+    spec = schema.detect(splits, reference, task, text_columns, label_column, None, strict=False)
+    splits = schema.normalise(splits, spec)
+    tokenizer = models.load_tokenizer(models.resolve_model(model))
+    encoder = build_task(spec.task, spec.text_columns, spec.label_column, spec.label_names, max_length)
+    # Empty texts are counted by the profile rather than refused, so they are read as "".
+    frames = {name: frame.fillna({c: "" for c in spec.text_columns}) for name, frame in splits.frames.items()}
+    lengths = {name: encoder.encode_cached(frame, tokenizer).full_lengths for name, frame in frames.items()}
+    report = profile(frames, encoder, spec, lengths, max_length)
+    return {"dataset": splits.name, "files": splits.files, "tokenizer": model, **report}

@@ -1,0 +1,226 @@
+"""What every task shares: features (tokenized, ragged, cached on disk), batching, and the interface each task kind
+fills in. Nothing outside `bertfit.tasks` asks which kind of task it holds: it asks the task."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Optional
+
+import numpy as np
+import pandas as pd
+import torch
+
+
+IGNORE = -100
+LOWER_IS_BETTER = {"loss", "mse"}
+
+
+@dataclass
+class Features:
+    """Tokenized examples, ragged, kept on the host. A token-task example may span several windows (features)."""
+
+    input_ids: list[np.ndarray]
+    labels: object  # np.ndarray per example (sequence tasks) or list of per-token arrays (token task)
+    example_ids: np.ndarray
+    full_lengths: np.ndarray  # before truncation, for the data profile
+    token_type_ids: Optional[list[np.ndarray]] = None
+    word_ids: Optional[list[np.ndarray]] = None  # token task: the word a position predicts, -1 elsewhere
+    lengths: np.ndarray = field(init=False)
+    items: np.ndarray = field(init=False)  # loss terms each feature contributes (1, or its labelled tokens)
+
+    def __post_init__(self) -> None:
+        self.lengths = np.fromiter((len(ids) for ids in self.input_ids), dtype=np.int64, count=len(self.input_ids))
+        if self.word_ids is None:
+            self.items = np.ones(len(self.input_ids), dtype=np.int64)
+        else:
+            self.items = np.fromiter(((lab != IGNORE).sum() for lab in self.labels), dtype=np.int64,
+                                     count=len(self.input_ids))
+
+    def __len__(self) -> int:
+        return len(self.input_ids)
+
+    # A flat on-disk form (no pickle): ragged fields concatenated with their offsets.
+    RAGGED = ("input_ids", "token_type_ids", "word_ids", "labels")
+
+    def save(self, path: Path) -> None:
+        arrays = {"example_ids": self.example_ids, "full_lengths": self.full_lengths, "offsets": np.concatenate(
+            [[0], np.cumsum(self.lengths)])}
+        for name in self.RAGGED:
+            value = getattr(self, name)
+            if value is None:
+                continue
+            arrays[name] = np.concatenate(value) if isinstance(value, list) else value
+            arrays[f"{name}__ragged"] = np.array(isinstance(value, list))
+        tmp = path.with_suffix(f".{os.getpid()}.tmp.npz")  # ranks may write the same cache entry at once
+        np.savez(tmp, **arrays)
+        os.replace(tmp, path)
+
+    @classmethod
+    def load(cls, path: Path) -> "Features":
+        with np.load(path, allow_pickle=False) as stored:
+            offsets = stored["offsets"]
+            values = {}
+            for name in cls.RAGGED:
+                if name not in stored:
+                    values[name] = None
+                elif bool(stored[f"{name}__ragged"]):
+                    flat = stored[name]
+                    values[name] = [flat[a:b] for a, b in zip(offsets[:-1], offsets[1:])]
+                else:
+                    values[name] = stored[name]
+            return cls(example_ids=stored["example_ids"], full_lengths=stored["full_lengths"], **values)
+
+
+def _cache_key(*parts: object) -> str:
+    digest = hashlib.sha256()
+    for part in parts:
+        digest.update(part if isinstance(part, bytes) else json.dumps(part, sort_keys=True, default=str).encode())
+    return digest.hexdigest()[:24]
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("BERTFIT_CACHE", Path.home() / ".cache" / "bertfit")) / "features"
+
+
+def tokenizer_fingerprint(tokenizer) -> bytes:
+    return hashlib.sha256(tokenizer.backend_tokenizer.to_str().encode()).digest()
+
+
+def frame_fingerprint(frame: pd.DataFrame, columns: list[str]) -> bytes:
+    return hashlib.sha256(frame[columns].to_json(orient="values").encode()).digest()
+
+
+class Task:
+    """Shared machinery; subclasses say how to encode, score and measure."""
+
+    kind: str  # the recipe's name for it
+    primary_metric: str
+    pipeline_tag: str  # the Hub's task type, for the model card
+    auto_model: str  # the transformers Auto class that builds the model with this task's head
+    loss_unit: str  # what the loss is averaged over
+    tracks_accuracy = False  # whether training accuracy can be counted from the logits
+
+    def __init__(self, text_columns: list[str], label_column: str, label_names: Optional[list[str]],
+                 max_length: int, truncation: str = "head", extra_metrics: tuple[str, ...] = (), stride: int = 32,
+                 label_all_subtokens: bool = False):
+        self.text_columns = text_columns
+        self.label_column = label_column
+        self.label_names = label_names
+        self.max_length = max_length
+        self.truncation = truncation
+        self.extra_metrics = extra_metrics
+        self.stride = stride
+        self.label_all_subtokens = label_all_subtokens
+
+    # -- the model
+    def head_config(self) -> dict:
+        """from_pretrained keyword arguments that give the model this task's head (labels, problem type)."""
+        raise NotImplementedError
+
+    def chance_loss(self) -> Optional[float]:
+        """The loss of a model that has learnt nothing (uniform over the classes), where one is defined."""
+        return None
+
+    # -- features
+    def encode(self, frame: pd.DataFrame, tokenizer) -> Features:
+        raise NotImplementedError
+
+    def encode_cached(self, frame: pd.DataFrame, tokenizer) -> Features:
+        """Tokenize once per (data, tokenizer, settings): reruns and resumes read the cached features."""
+        columns = self.text_columns + ([self.label_column] if self.label_column in frame.columns else [])
+        key = _cache_key(type(self).__name__, self.settings(), tokenizer_fingerprint(tokenizer),
+                         frame_fingerprint(frame, columns))
+        path = cache_dir() / f"{key}.npz"
+        if path.is_file():
+            try:
+                return Features.load(path)
+            except (OSError, ValueError, KeyError):
+                path.unlink(missing_ok=True)  # a torn cache file is rebuilt, never trusted
+        features = self.encode(frame, tokenizer)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            features.save(path)
+        except OSError:
+            pass  # a read-only or full cache only costs the next run a re-tokenization
+        return features
+
+    def settings(self) -> dict:
+        return {"max_length": self.max_length, "truncation": self.truncation, "labels": self.label_names,
+                "columns": self.text_columns}
+
+    def collate(self, features: Features, indices: np.ndarray, pad_id: int,
+                pad_to: Callable[[int], int] = int) -> dict[str, torch.Tensor]:
+        """Pad a batch to `pad_to` of its longest member (itself, a multiple, a grid length or a fixed length)."""
+        lengths = features.lengths[indices]
+        width = pad_to(int(lengths.max()))
+        input_ids = np.full((len(indices), width), pad_id, dtype=np.int64)
+        mask = np.zeros((len(indices), width), dtype=np.int64)
+        types = np.zeros((len(indices), width), dtype=np.int64) if features.token_type_ids is not None else None
+        for row, index in enumerate(indices):
+            n = lengths[row]
+            input_ids[row, :n] = features.input_ids[index]
+            mask[row, :n] = 1
+            if types is not None:
+                types[row, :n] = features.token_type_ids[index]
+        batch = {"input_ids": torch.from_numpy(input_ids), "attention_mask": torch.from_numpy(mask)}
+        if types is not None:
+            batch["token_type_ids"] = torch.from_numpy(types)
+        batch["labels"] = self.collate_labels(features, indices, width)
+        return batch
+
+    def collate_labels(self, features: Features, indices: np.ndarray, width: int) -> torch.Tensor:
+        return torch.from_numpy(np.asarray(features.labels)[indices])
+
+    def metric_names(self) -> tuple[str, ...]:
+        """The scalar metrics `metrics()` reports, besides the loss."""
+        raise NotImplementedError
+
+    # -- training
+    def loss_sum(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def correct(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Correct predictions in a training batch (for tasks that track accuracy)."""
+        raise NotImplementedError
+
+    # -- evaluation: outputs are reduced to small host arrays batch by batch, never stored as logits
+    def predictions(self, logits: torch.Tensor) -> torch.Tensor:
+        """What the metrics are computed from (class ids, scores, tag ids), per row of the batch."""
+        raise NotImplementedError
+
+    def scores(self, logits: torch.Tensor) -> torch.Tensor:
+        """What `predict` reports from (probabilities, or the regression output), per row of the batch."""
+        raise NotImplementedError
+
+    def feature_output(self, row: np.ndarray, length: int) -> np.ndarray:
+        """One feature's output from its padded batch row."""
+        return row
+
+    def stack(self, outputs: list[np.ndarray]):
+        """All features' outputs, in feature order, in the form `metrics` and `decode` read."""
+        return np.asarray(outputs)
+
+    def metrics(self, features: Features, frame: pd.DataFrame, predictions) -> dict:
+        raise NotImplementedError
+
+    # -- predict: user texts in, one record per text out
+    def prediction_frame(self, rows: list[list[str]]) -> tuple[pd.DataFrame, object]:
+        """A frame to encode from the user's texts (one list of texts per example), and what `decode` needs
+        besides the scores."""
+        raise NotImplementedError
+
+    def decode(self, features: Features, context, scores) -> list[dict]:
+        raise NotImplementedError
+
+    # -- the data profile
+    def profile_texts(self, frame: pd.DataFrame) -> pd.Series:
+        """One string per example, as duplicates and leakage are judged."""
+        raise NotImplementedError
+
+    def label_profile(self, frame: pd.DataFrame, texts: pd.Series) -> dict:
+        """Label statistics of one split: counts and balance, tag counts, or the score distribution."""
+        raise NotImplementedError

@@ -1,0 +1,52 @@
+"""Regression on a text or a text pair (STS-B similarity, ratings)."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch.nn.functional as F
+
+from bertfit.tasks.sequence import SequenceTask
+
+
+class RegressionTask(SequenceTask):
+    kind = "regression"
+    primary_metric = "pearson"
+
+    def label_ids(self, frame):
+        return frame[self.label_column].astype(float).to_numpy(np.float32)
+
+    def head_config(self):
+        return {"num_labels": 1, "problem_type": "regression"}
+
+    def metric_names(self):
+        return ("pearson", "spearman", "mse")
+
+    def loss_sum(self, logits, labels):
+        return F.mse_loss(logits.squeeze(-1).float(), labels.float(), reduction="sum")
+
+    def predictions(self, logits):
+        return logits.squeeze(-1).float()
+
+    def scores(self, logits):
+        return logits.float()
+
+    def metrics(self, features, frame, predictions):
+        return regression_metrics(np.asarray(features.labels), predictions)
+
+    def decode(self, features, context, scores):
+        return [{"score": float(s[0])} for s in scores]
+
+    def label_profile(self, frame, texts):
+        labels = frame[self.label_column]
+        return {"label_stats": {"mean": float(labels.mean()), "std": float(labels.std()),
+                                "min": float(labels.min()), "max": float(labels.max())}}
+
+
+def regression_metrics(labels: np.ndarray, predictions: np.ndarray) -> dict:
+    from scipy.stats import pearsonr, spearmanr
+
+    labels, predictions = np.asarray(labels, dtype=np.float64), np.asarray(predictions, dtype=np.float64)
+    constant = np.ptp(predictions) == 0 or np.ptp(labels) == 0
+    return {"pearson": 0.0 if constant else float(pearsonr(predictions, labels)[0]),
+            "spearman": 0.0 if constant else float(spearmanr(predictions, labels)[0]),
+            "mse": float(np.mean((predictions - labels) ** 2))}

@@ -1,0 +1,207 @@
+"""Token classification (NER): words to sub-tokens, long sentences in overlapping windows, entity-level metrics."""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+
+from bertfit.tasks.base import IGNORE, Features, Task
+
+# Words as BERT's pre-tokenizer sees them: runs of word characters, or single punctuation marks.
+WORD = re.compile(r"\w+|[^\w\s]")
+
+
+class TokenTask(Task):
+    """Words → sub-tokens with `is_split_into_words`; first sub-token labelled; long sentences in overlapping windows."""
+
+    kind = "token"
+    primary_metric = "f1"
+    pipeline_tag = "token-classification"
+    auto_model = "AutoModelForTokenClassification"
+    loss_unit = "labelled token"
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        index = {name: i for i, name in enumerate(self.label_names)}
+        self.tag_index = index
+        # B-X continuation sub-tokens are labelled I-X when every sub-token carries a label (as run_ner does).
+        self.continuation = {i: index.get("I-" + name[2:], i) if name.startswith("B-") else i
+                             for name, i in index.items()}
+
+    def head_config(self):
+        return {"num_labels": len(self.label_names), "id2label": dict(enumerate(self.label_names)),
+                "label2id": {name: i for i, name in enumerate(self.label_names)}}
+
+    def settings(self):
+        return {**super().settings(), "stride": self.stride, "all_subtokens": self.label_all_subtokens}
+
+    def windows(self, n_tokens: int) -> list[tuple[int, int]]:
+        body = self.max_length - 2
+        if n_tokens <= body:
+            return [(0, n_tokens)]
+        step = max(1, body - self.stride)
+        spans, start = [], 0
+        while True:
+            spans.append((start, min(start + body, n_tokens)))
+            if start + body >= n_tokens:
+                return spans
+            start += step
+
+    def encode(self, frame, tokenizer):
+        words = [list(map(str, w)) for w in frame[self.text_columns[0]]]
+        has_tags = self.label_column in frame.columns
+        tags = [[self.tag_index[t] for t in row] for row in frame[self.label_column]] if has_tags else None
+        encoded = tokenizer(words, is_split_into_words=True, add_special_tokens=False, truncation=False,
+                            return_attention_mask=False, return_token_type_ids=False)
+        cls_id, sep_id = tokenizer.cls_token_id, tokenizer.sep_token_id
+        input_ids, labels, word_ids, example_ids, full_lengths = [], [], [], [], []
+        for example, ids in enumerate(encoded["input_ids"]):
+            token_words = np.array([-1 if w is None else w for w in encoded.word_ids(example)], dtype=np.int64)
+            first = np.ones(len(token_words), dtype=bool)
+            first[1:] = token_words[1:] != token_words[:-1]
+            spans = self.windows(len(ids))
+            owner = self._owners(first, spans)
+            for k, (start, end) in enumerate(spans):
+                own = owner[start:end] == k
+                word_here = np.where(own & first[start:end], token_words[start:end], -1)
+                label_here = np.full(end - start, IGNORE, dtype=np.int64)
+                if tags is not None:
+                    row_tags = np.asarray(tags[example])
+                    label_here[word_here >= 0] = row_tags[word_here[word_here >= 0]]
+                    if self.label_all_subtokens:
+                        rest = own & ~first[start:end] & (token_words[start:end] >= 0)
+                        label_here[rest] = [self.continuation[t] for t in row_tags[token_words[start:end][rest]]]
+                input_ids.append(np.asarray([cls_id, *ids[start:end], sep_id], dtype=np.int32))
+                labels.append(np.concatenate([[IGNORE], label_here, [IGNORE]]))
+                word_ids.append(np.concatenate([[-1], word_here, [-1]]))
+                example_ids.append(example)
+            full_lengths.append(len(ids) + 2)
+        return Features(input_ids=input_ids, labels=labels, example_ids=np.asarray(example_ids),
+                        full_lengths=np.asarray(full_lengths), word_ids=word_ids)
+
+    @staticmethod
+    def _owners(first: np.ndarray, spans: list[tuple[int, int]]) -> np.ndarray:
+        """Each word belongs to the window where its first sub-token has the most context on both sides."""
+        owner = np.zeros(len(first), dtype=np.int64)
+        if len(spans) == 1:
+            return owner
+        positions = np.arange(len(first))
+        best_context = np.full(len(first), -1)
+        for k, (start, end) in enumerate(spans):
+            inside = (positions >= start) & (positions < end)
+            context = np.minimum(positions - start, end - 1 - positions)
+            better = inside & (context > best_context)
+            owner[better], best_context[better] = k, context[better]
+        # Continuation sub-tokens follow their word's first sub-token.
+        word_start = np.maximum.accumulate(np.where(first, positions, 0))
+        return owner[word_start]
+
+    def collate_labels(self, features, indices, width):
+        labels = np.full((len(indices), width), IGNORE, dtype=np.int64)
+        for row, index in enumerate(indices):
+            labels[row, : len(features.labels[index])] = features.labels[index]
+        return torch.from_numpy(labels)
+
+    def metric_names(self):
+        return ("precision", "recall", "f1", "accuracy")
+
+    def loss_sum(self, logits, labels):
+        return F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=IGNORE, reduction="sum")
+
+    def predictions(self, logits):
+        return logits.argmax(-1)
+
+    def scores(self, logits):
+        return logits.float().softmax(-1)
+
+    def feature_output(self, row, length):
+        return row[:length]
+
+    def stack(self, outputs):
+        return outputs
+
+    def stitch(self, features: Features, outputs: list[np.ndarray], n_words: list[int], fill) -> list[np.ndarray]:
+        """Window outputs → one value per word, each from the window that owns the word; a word no window
+        predicts (one with no sub-tokens) keeps `fill`."""
+        first = np.asarray(outputs[0])
+        words = [np.full((n, *first.shape[1:]), fill, dtype=first.dtype) for n in n_words]
+        for feature, output in enumerate(outputs):
+            word_here = features.word_ids[feature]
+            where = word_here >= 0
+            words[features.example_ids[feature]][word_here[where]] = np.asarray(output)[: len(word_here)][where]
+        return words
+
+    def word_predictions(self, features: Features, frame: pd.DataFrame, predictions: list[np.ndarray]) -> list[list[str]]:
+        """One tag per word; a word with no sub-tokens is predicted 'O'."""
+        stitched = self.stitch(features, predictions, [len(w) for w in frame[self.text_columns[0]]], -1)
+        outside = self.tag_index.get("O", 0)
+        return [[self.label_names[t] if t >= 0 else self.label_names[outside] for t in row] for row in stitched]
+
+    def metrics(self, features, frame, predictions):
+        true = [list(row) for row in frame[self.label_column]]
+        return token_metrics(true, self.word_predictions(features, frame, predictions))
+
+    def prediction_frame(self, rows):
+        """Running text is cut into words as BERT's pre-tokenizer would; their character spans locate entities."""
+        texts = [row[0] for row in rows]
+        spans = [[m.span() for m in WORD.finditer(text)] for text in texts]
+        words = [[text[a:b] for a, b in s] or ["."] for text, s in zip(texts, spans)]
+        return pd.DataFrame({self.text_columns[0]: words}), (texts, spans)
+
+    def decode(self, features, context, scores):
+        texts, spans = context
+        stitched = self.stitch(features, scores, [max(1, len(s)) for s in spans], 0.0)
+        results = []
+        for text, offsets, probs in zip(texts, spans, stitched):
+            probs = probs[: len(offsets)]
+            tags = [self.label_names[i] for i in probs.argmax(-1)] if len(offsets) else []
+            results.append({"text": text, "entities": entity_spans(text, offsets, tags,
+                                                                   probs.max(-1) if len(offsets) else [])})
+        return results
+
+    def profile_texts(self, frame):
+        return frame[self.text_columns[0]].map(lambda words: " ".join(map(str, words)))
+
+    def label_profile(self, frame, texts):
+        tags = {str(k): int(v) for k, v in frame[self.label_column].explode().dropna().value_counts().items()}
+        return {"tags": tags, "entity_counts": {k[2:]: v for k, v in tags.items() if k.startswith(("B-", "S-"))},
+                "words": int(frame[self.text_columns[0]].map(len).sum())}
+
+
+def token_metrics(true: list[list[str]], predicted: list[list[str]]) -> dict:
+    from seqeval.metrics import accuracy_score, classification_report, f1_score, precision_score, recall_score
+
+    report = classification_report(true, predicted, output_dict=True, zero_division=0)
+    per_type = {name: {"precision": float(v["precision"]), "recall": float(v["recall"]), "f1": float(v["f1-score"]),
+                       "support": int(v["support"])}
+                for name, v in report.items() if not name.endswith(" avg")}
+    return {"precision": float(precision_score(true, predicted, zero_division=0)),
+            "recall": float(recall_score(true, predicted, zero_division=0)),
+            "f1": float(f1_score(true, predicted, zero_division=0)),
+            "accuracy": float(accuracy_score(true, predicted)), "per_type": per_type}
+
+
+def entity_spans(text: str, offsets: list[tuple[int, int]], tags: list[str], scores) -> list[dict]:
+    """IOB2/BIOES word tags → entity spans; an I-X that does not continue an X entity starts one."""
+    entities, current = [], None
+    for (start, end), tag, score in zip(offsets, tags, scores):
+        prefix, _, kind = tag.partition("-")
+        continues = current is not None and prefix in ("I", "E") and current["entity_group"] == kind
+        if continues:
+            current["end"], current["scores"] = end, current["scores"] + [float(score)]
+        else:
+            if current:
+                entities.append(current)
+            current = {"entity_group": kind, "start": start, "end": end, "scores": [float(score)]} \
+                if prefix in ("B", "I", "S", "E") and kind else None
+        if current is not None and prefix in ("E", "S"):
+            entities.append(current)
+            current = None
+    if current:
+        entities.append(current)
+    return [{"entity_group": e["entity_group"], "word": text[e["start"]:e["end"]], "start": e["start"],
+             "end": e["end"], "score": float(np.mean(e["scores"]))} for e in entities]
