@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 BERTFIT_DATA_DIR ?= $(abspath ../shared/data)
 export BERTFIT_DATA_DIR
 
-.PHONY: install demo test bench clean
+.PHONY: install demo test lint bench clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -23,6 +23,12 @@ demo: install
 
 test: install
 	$(BIN)/python -m pytest -q -p no:cacheprovider
+
+# The house style (ruff) and the layers the code may import across (import-linter; contracts in pyproject.toml).
+lint: install
+	$(BIN)/ruff check bertfit tests benchmarks
+	$(BIN)/ruff format --check bertfit tests benchmarks
+	$(BIN)/lint-imports
 
 bench: install
 	$(BIN)/python benchmarks/compare.py cpu

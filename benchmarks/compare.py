@@ -30,21 +30,78 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 MODES = {
-    "cpu": {"model": "minilm", "data": "sst2", "max_train_samples": 8000, "epochs": 1, "batch_size": 32,
-            "eval_batch_size": 64, "lr": 5e-5, "max_length": 128, "scheduler": "linear", "seed": 42,
-            "precision": "auto", "eval_split": "validation"},
-    "ner": {"model": "minilm", "data": "conll2003", "epochs": 1, "batch_size": 16, "eval_batch_size": 64,
-            "lr": 1e-4, "max_length": 128, "scheduler": "linear", "seed": 42, "precision": "fp32",
-            "eval_split": "validation", "test_split": "test"},
-    "gpu": {"model": "minilm", "data": "imdb", "epochs": 3, "batch_size": 16, "eval_batch_size": 16, "lr": 2e-5,
-            "max_length": 512, "scheduler": "linear", "seed": 42, "precision": "auto", "eval_split": "test"},
+    "cpu": {
+        "model": "minilm",
+        "data": "sst2",
+        "max_train_samples": 8000,
+        "epochs": 1,
+        "batch_size": 32,
+        "eval_batch_size": 64,
+        "lr": 5e-5,
+        "max_length": 128,
+        "scheduler": "linear",
+        "seed": 42,
+        "precision": "auto",
+        "eval_split": "validation",
+    },
+    "ner": {
+        "model": "minilm",
+        "data": "conll2003",
+        "epochs": 1,
+        "batch_size": 16,
+        "eval_batch_size": 64,
+        "lr": 1e-4,
+        "max_length": 128,
+        "scheduler": "linear",
+        "seed": 42,
+        "precision": "fp32",
+        "eval_split": "validation",
+        "test_split": "test",
+    },
+    "gpu": {
+        "model": "minilm",
+        "data": "imdb",
+        "epochs": 3,
+        "batch_size": 16,
+        "eval_batch_size": 16,
+        "lr": 2e-5,
+        "max_length": 512,
+        "scheduler": "linear",
+        "seed": 42,
+        "precision": "auto",
+        "eval_split": "test",
+    },
     # Throughput only: a random-init bert-base-sized model on IMDB-length data, seed recipe (AMP), bs 16 and 32.
-    "throughput": {"model": "random-bert", "tokenizer": "minilm", "layers": 12, "hidden": 768, "data": "imdb",
-                   "max_steps": 600, "batch_size": 16, "lr": 2e-5, "max_length": 512, "scheduler": "linear",
-                   "seed": 42, "precision": "auto", "eval_split": "test"},
-    "cpu-throughput": {"model": "random-bert", "tokenizer": "minilm", "layers": 12, "hidden": 768, "data": "imdb",
-                       "max_steps": 20, "batch_size": 16, "lr": 2e-5, "max_length": 128, "scheduler": "linear",
-                       "seed": 42, "precision": "auto", "eval_split": "test"},
+    "throughput": {
+        "model": "random-bert",
+        "tokenizer": "minilm",
+        "layers": 12,
+        "hidden": 768,
+        "data": "imdb",
+        "max_steps": 600,
+        "batch_size": 16,
+        "lr": 2e-5,
+        "max_length": 512,
+        "scheduler": "linear",
+        "seed": 42,
+        "precision": "auto",
+        "eval_split": "test",
+    },
+    "cpu-throughput": {
+        "model": "random-bert",
+        "tokenizer": "minilm",
+        "layers": 12,
+        "hidden": 768,
+        "data": "imdb",
+        "max_steps": 20,
+        "batch_size": 16,
+        "lr": 2e-5,
+        "max_length": 128,
+        "scheduler": "linear",
+        "seed": 42,
+        "precision": "auto",
+        "eval_split": "test",
+    },
 }
 # The sides compared in each mode: the Trainer as a user would run it (and, on CPU, with its bf16 switch on).
 MODE_SIDES = {"cpu": ("hf", "hf-bf16", "bertfit"), "cpu-throughput": ("hf", "hf-bf16", "bertfit")}
@@ -53,17 +110,20 @@ SIDE_TITLES = {"hf": "HF Trainer", "hf-bf16": "HF Trainer bf16=True", "bertfit":
 
 # ---------------------------------------------------------------- shared: the same examples on both sides
 
+
 def load_frames(recipe: dict) -> tuple[dict, object]:
     """Both sides train and score on exactly these rows (bertfit's loaders and seeded subsets)."""
     from bertfit.data import schema, sources
 
     splits = sources.load_splits(recipe["data"])
     spec = schema.detect(splits, "train", "auto", None, None, None)
-    splits, train, eval_split, test = sources.choose_splits(schema.normalise(splits, spec), "train",
-                                                            recipe.get("eval_split"), recipe.get("test_split"),
-                                                            recipe["seed"], 0.1)
-    frames = {"train": sources.subsample(splits.frames[train], recipe.get("max_train_samples"), recipe["seed"]),
-              "validation": splits.frames[eval_split]}
+    splits, train, eval_split, test = sources.choose_splits(
+        schema.normalise(splits, spec), "train", recipe.get("eval_split"), recipe.get("test_split"), recipe["seed"], 0.1
+    )
+    frames = {
+        "train": sources.subsample(splits.frames[train], recipe.get("max_train_samples"), recipe["seed"]),
+        "validation": splits.frames[eval_split],
+    }
     if test:
         frames["test"] = splits.frames[test]
     return frames, spec
@@ -79,13 +139,20 @@ def peak_memory_mb() -> float:
 
 # ---------------------------------------------------------------- the HF Trainer side (run_glue / run_ner style)
 
+
 def hf_side(recipe: dict, bf16: bool = False) -> dict:
     import numpy as np
     import torch
     from datasets import Dataset
-    from transformers import (AutoModelForSequenceClassification, AutoModelForTokenClassification, AutoTokenizer,
-                              DataCollatorForTokenClassification, DataCollatorWithPadding, Trainer,
-                              TrainingArguments)
+    from transformers import (
+        AutoModelForSequenceClassification,
+        AutoModelForTokenClassification,
+        AutoTokenizer,
+        DataCollatorForTokenClassification,
+        DataCollatorWithPadding,
+        Trainer,
+        TrainingArguments,
+    )
 
     from bertfit.models import quiet_transformers, resolve_model
     from bertfit.tasks.classification import classification_metrics
@@ -112,8 +179,14 @@ def hf_side(recipe: dict, bf16: bool = False) -> dict:
                     row_labels.append(-100 if word is None or word == previous else index[tags[word]])
                     previous = word
                 labels.append(row_labels)
-            return Dataset.from_dict({"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"],
-                                      "token_type_ids": enc["token_type_ids"], "labels": labels})
+            return Dataset.from_dict(
+                {
+                    "input_ids": enc["input_ids"],
+                    "attention_mask": enc["attention_mask"],
+                    "token_type_ids": enc["token_type_ids"],
+                    "labels": labels,
+                }
+            )
         columns = [frame[c].astype(str).tolist() for c in spec.text_columns]
         enc = tokenizer(*columns, truncation=True, max_length=recipe["max_length"])
         return Dataset.from_dict({**enc, "labels": frame[spec.label_column].astype(int).tolist()})
@@ -122,8 +195,12 @@ def hf_side(recipe: dict, bf16: bool = False) -> dict:
     tokenize_seconds = time.perf_counter() - tokenize_started
     if token_task:
         model = AutoModelForTokenClassification.from_pretrained(
-            path, num_labels=len(names), id2label=dict(enumerate(names)), label2id={n: i for i, n in enumerate(names)},
-            dtype=torch.float32)
+            path,
+            num_labels=len(names),
+            id2label=dict(enumerate(names)),
+            label2id={n: i for i, n in enumerate(names)},
+            dtype=torch.float32,
+        )
         collator = DataCollatorForTokenClassification(tokenizer)
     else:
         # fp32 master weights, as bertfit loads them: the staged GPU model is fp16, which AMP cannot train.
@@ -135,20 +212,37 @@ def hf_side(recipe: dict, bf16: bool = False) -> dict:
         predicted = np.argmax(logits, axis=-1)
         if not token_task:
             return classification_metrics(labels, predicted, len(names), False)
-        true = [[names[l] for l in row if l != -100] for row in labels]
-        pred = [[names[p] for p, l in zip(prow, lrow) if l != -100] for prow, lrow in zip(predicted, labels)]
+        true = [[names[label] for label in row if label != -100] for row in labels]
+        pred = [[names[p] for p, label in zip(prow, lrow) if label != -100] for prow, lrow in zip(predicted, labels)]
         return {k: v for k, v in token_metrics(true, pred).items() if k != "per_type"}
 
     cuda = torch.cuda.is_available()
     amp = recipe["precision"] == "auto" and cuda
     args = TrainingArguments(
-        output_dir=tempfile.mkdtemp(), learning_rate=recipe["lr"], per_device_train_batch_size=recipe["batch_size"],
-        per_device_eval_batch_size=recipe["eval_batch_size"], num_train_epochs=recipe["epochs"], seed=recipe["seed"],
-        lr_scheduler_type=recipe["scheduler"], adam_beta1=0.9, adam_beta2=0.999, adam_epsilon=1e-8, max_grad_norm=1.0,
-        fp16=amp, bf16=bf16, use_cpu=not cuda, eval_strategy="no", save_strategy="no", logging_steps=50, report_to=[],
-        disable_tqdm=True, dataloader_num_workers=0)
-    trainer = Trainer(model=model, args=args, train_dataset=datasets["train"], data_collator=collator,
-                      compute_metrics=compute_metrics)
+        output_dir=tempfile.mkdtemp(),
+        learning_rate=recipe["lr"],
+        per_device_train_batch_size=recipe["batch_size"],
+        per_device_eval_batch_size=recipe["eval_batch_size"],
+        num_train_epochs=recipe["epochs"],
+        seed=recipe["seed"],
+        lr_scheduler_type=recipe["scheduler"],
+        adam_beta1=0.9,
+        adam_beta2=0.999,
+        adam_epsilon=1e-8,
+        max_grad_norm=1.0,
+        fp16=amp,
+        bf16=bf16,
+        use_cpu=not cuda,
+        eval_strategy="no",
+        save_strategy="no",
+        logging_steps=50,
+        report_to=[],
+        disable_tqdm=True,
+        dataloader_num_workers=0,
+    )
+    trainer = Trainer(
+        model=model, args=args, train_dataset=datasets["train"], data_collator=collator, compute_metrics=compute_metrics
+    )
     train_started = time.perf_counter()
     trainer.train()
     train_seconds = time.perf_counter() - train_started
@@ -158,29 +252,37 @@ def hf_side(recipe: dict, bf16: bool = False) -> dict:
         eval_started = time.perf_counter()
         metrics = trainer.evaluate(datasets[split])
         eval_seconds += time.perf_counter() - eval_started
-        results[split] = {k.removeprefix("eval_"): v for k, v in metrics.items()
-                          if not k.endswith(("runtime", "per_second", "epoch"))}
+        results[split] = {
+            k.removeprefix("eval_"): v for k, v in metrics.items() if not k.endswith(("runtime", "per_second", "epoch"))
+        }
     n_train = len(frames["train"]) * recipe["epochs"]
     real_tokens = sum(len(x) for x in datasets["train"]["input_ids"]) * recipe["epochs"]
     n_eval = sum(len(frames[s]) for s in results)
-    return {"tokenize_seconds": tokenize_seconds, "train_seconds": train_seconds, "eval_seconds": eval_seconds,
-            "total_seconds": time.perf_counter() - started, "train_samples_per_second": n_train / train_seconds,
-            "train_tokens_per_second": real_tokens / train_seconds, "eval_samples_per_second": n_eval / eval_seconds,
-            "peak_memory_mb": peak_memory_mb(), "metrics": results}
+    return {
+        "tokenize_seconds": tokenize_seconds,
+        "train_seconds": train_seconds,
+        "eval_seconds": eval_seconds,
+        "total_seconds": time.perf_counter() - started,
+        "train_samples_per_second": n_train / train_seconds,
+        "train_tokens_per_second": real_tokens / train_seconds,
+        "eval_samples_per_second": n_eval / eval_seconds,
+        "peak_memory_mb": peak_memory_mb(),
+        "metrics": results,
+    }
 
 
 # ---------------------------------------------------------------- the bertfit side
 
+
 def bertfit_side(recipe: dict) -> dict:
+    from bertfit.cli import fit as train
     from bertfit.config import build_config
     from bertfit.records import scalar_metrics
-    from bertfit.cli import fit as train
 
     os.environ["BERTFIT_CACHE"] = tempfile.mkdtemp()  # cold: tokenization is timed, not read from a cache
     started = time.perf_counter()
     out = tempfile.mkdtemp()
-    cfg = build_config(None, {**recipe, "output": out, "eval_every": "epoch", "keep_best": False,
-                              "log_every": 10**6})
+    cfg = build_config(None, {**recipe, "output": out, "eval_every": "epoch", "keep_best": False, "log_every": 10**6})
     summary = train(cfg, overwrite=True)
     total = time.perf_counter() - started
     events = [json.loads(line) for line in Path(out, "log.jsonl").read_text().splitlines()]
@@ -193,15 +295,23 @@ def bertfit_side(recipe: dict) -> dict:
         eval_seconds += summary["test"]["runtime"]
         n_eval += examples["test"]
     train_stats = summary["train"]
-    return {"tokenize_seconds": train_stats["tokenize_seconds"], "train_seconds": train_stats["train_seconds"],
-            "eval_seconds": eval_seconds, "total_seconds": total,
-            "train_samples_per_second": train_stats["samples_per_second"],
-            "train_tokens_per_second": train_stats["tokens_per_second"],
-            "eval_samples_per_second": n_eval / eval_seconds, "padding_ratio": train_stats["padding_ratio"],
-            "peak_memory_mb": peak_memory_mb(), "metrics": results, "precision": events[0]["precision"]}
+    return {
+        "tokenize_seconds": train_stats["tokenize_seconds"],
+        "train_seconds": train_stats["train_seconds"],
+        "eval_seconds": eval_seconds,
+        "total_seconds": total,
+        "train_samples_per_second": train_stats["samples_per_second"],
+        "train_tokens_per_second": train_stats["tokens_per_second"],
+        "eval_samples_per_second": n_eval / eval_seconds,
+        "padding_ratio": train_stats["padding_ratio"],
+        "peak_memory_mb": peak_memory_mb(),
+        "metrics": results,
+        "precision": events[0]["precision"],
+    }
 
 
 # ---------------------------------------------------------------- throughput only (bert-base-sized, random init)
+
 
 def random_bert(recipe: dict) -> str:
     """bert-base geometry (or smaller, for a smoke test) with bert-base-uncased's vocabulary (that of the
@@ -214,8 +324,13 @@ def random_bert(recipe: dict) -> str:
     folder = tempfile.mkdtemp()
     torch.manual_seed(recipe["seed"])
     hidden = recipe["hidden"]
-    config = BertConfig(num_hidden_layers=recipe["layers"], hidden_size=hidden, num_attention_heads=hidden // 64,
-                        intermediate_size=4 * hidden, num_labels=2)
+    config = BertConfig(
+        num_hidden_layers=recipe["layers"],
+        hidden_size=hidden,
+        num_attention_heads=hidden // 64,
+        intermediate_size=4 * hidden,
+        num_labels=2,
+    )
     BertForSequenceClassification(config).save_pretrained(folder)
     AutoTokenizer.from_pretrained(resolve_model(recipe["tokenizer"])).save_pretrained(folder)
     return folder
@@ -239,8 +354,14 @@ def steady_rate(times: list[tuple[int, float]], batch_size: int) -> float:
 def hf_throughput_side(recipe: dict, bf16: bool = False) -> dict:
     import torch
     from datasets import Dataset
-    from transformers import (AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding, Trainer,
-                              TrainerCallback, TrainingArguments)
+    from transformers import (
+        AutoModelForSequenceClassification,
+        AutoTokenizer,
+        DataCollatorWithPadding,
+        Trainer,
+        TrainerCallback,
+        TrainingArguments,
+    )
 
     path = random_bert(recipe)
     frames, spec = load_frames(recipe)
@@ -261,34 +382,67 @@ def hf_throughput_side(recipe: dict, bf16: bool = False) -> dict:
             times.append((state.global_step, time.perf_counter()))
 
     model = AutoModelForSequenceClassification.from_pretrained(path, dtype=torch.float32)
-    args = TrainingArguments(output_dir=tempfile.mkdtemp(), per_device_train_batch_size=recipe["batch_size"],
-                             learning_rate=recipe["lr"], max_steps=recipe["max_steps"], seed=recipe["seed"],
-                             fp16=torch.cuda.is_available(), bf16=bf16,
-                             use_cpu=not torch.cuda.is_available(), save_strategy="no", eval_strategy="no", report_to=[],
-                             disable_tqdm=True, logging_steps=10**6)
-    trainer = Trainer(model=model, args=args, train_dataset=dataset, data_collator=DataCollatorWithPadding(tokenizer),
-                      callbacks=[Clock()])
+    args = TrainingArguments(
+        output_dir=tempfile.mkdtemp(),
+        per_device_train_batch_size=recipe["batch_size"],
+        learning_rate=recipe["lr"],
+        max_steps=recipe["max_steps"],
+        seed=recipe["seed"],
+        fp16=torch.cuda.is_available(),
+        bf16=bf16,
+        use_cpu=not torch.cuda.is_available(),
+        save_strategy="no",
+        eval_strategy="no",
+        report_to=[],
+        disable_tqdm=True,
+        logging_steps=10**6,
+    )
+    trainer = Trainer(
+        model=model,
+        args=args,
+        train_dataset=dataset,
+        data_collator=DataCollatorWithPadding(tokenizer),
+        callbacks=[Clock()],
+    )
     trainer.train()
     rate = steady_rate(times, recipe["batch_size"])
     mean_tokens = sum(len(x) for x in enc["input_ids"]) / len(enc["input_ids"])
     parameters = sum(p.numel() for p in model.parameters())
-    return {"train_samples_per_second": rate, "train_tokens_per_second": rate * mean_tokens,
-            "mfu": mfu(parameters, rate * mean_tokens), "peak_memory_mb": peak_memory_mb(),
-            "precision": "bf16" if bf16 else "fp16" if torch.cuda.is_available() else "fp32"}
+    return {
+        "train_samples_per_second": rate,
+        "train_tokens_per_second": rate * mean_tokens,
+        "mfu": mfu(parameters, rate * mean_tokens),
+        "peak_memory_mb": peak_memory_mb(),
+        "precision": "bf16" if bf16 else "fp16" if torch.cuda.is_available() else "fp32",
+    }
 
 
 def bertfit_throughput_side(recipe: dict) -> dict:
-    from bertfit.config import build_config
     from bertfit.cli import fit as train
+    from bertfit.config import build_config
 
     path = random_bert(recipe)
     out = tempfile.mkdtemp()
     steps = recipe["max_steps"]
-    cfg = build_config(None, {"model": path, "data": recipe["data"], "output": out, "max_steps": steps,
-                              "eval_every": steps, "max_eval_samples": 256, "batch_size": recipe["batch_size"],
-                              "lr": recipe["lr"], "max_length": recipe["max_length"], "seed": recipe["seed"],
-                              "precision": recipe["precision"], "eval_split": recipe["eval_split"],
-                              "log_every": max(1, steps // 30), "keep_best": False})
+    cfg = build_config(
+        None,
+        {
+            "model": path,
+            "data": recipe["data"],
+            "output": out,
+            "max_steps": steps,
+            "eval_every": steps,
+            "max_eval_samples": 256,
+            "batch_size": recipe["batch_size"],
+            "lr": recipe["lr"],
+            "max_length": recipe["max_length"],
+            "seed": recipe["seed"],
+            "precision": recipe["precision"],
+            "eval_split": recipe["eval_split"],
+            "log_every": max(1, steps // 30),
+            "keep_best": False,
+        },
+    )
     summary = train(cfg, overwrite=True)
     events = [json.loads(line) for line in Path(out, "log.jsonl").read_text().splitlines()]
     times = [(e["step"], e["time"]) for e in events if e["event"] == "train"]
@@ -297,33 +451,48 @@ def bertfit_throughput_side(recipe: dict) -> dict:
     from bertfit.models import load_model
 
     parameters = sum(p.numel() for p in load_model(out, "AutoModelForSequenceClassification", {}).parameters())
-    return {"train_samples_per_second": rate, "train_tokens_per_second": rate * tokens_per_sample,
-            "mfu": mfu(parameters, rate * tokens_per_sample),
-            "padding_ratio": summary["train"]["padding_ratio"], "peak_memory_mb": peak_memory_mb(),
-            "precision": events[0]["precision"]}
+    return {
+        "train_samples_per_second": rate,
+        "train_tokens_per_second": rate * tokens_per_sample,
+        "mfu": mfu(parameters, rate * tokens_per_sample),
+        "padding_ratio": summary["train"]["padding_ratio"],
+        "peak_memory_mb": peak_memory_mb(),
+        "precision": events[0]["precision"],
+    }
 
 
 def throughput_report(recipe: dict, rows: dict, command: str) -> str:
-    lines = [f"### throughput: {datetime.date.today().isoformat()}", "",
-             f"- machine: {machine()}; {versions()}", f"- command: `{command}`",
-             f"- model: random-init BERT, {recipe['layers']} layers, hidden {recipe['hidden']}; data: {recipe['data']} "
-             f"train, max_length {recipe['max_length']}; {recipe['max_steps']} steps; steady state after 20% of steps",
-             "", "| batch | side | samples/s | real tokens/s | MFU (of the GPU's bf16 peak) | peak memory MB | bertfit / Trainer |",
-             "|---:|---|---:|---:|---:|---:|---:|"]
+    lines = [
+        f"### throughput: {datetime.date.today().isoformat()}",
+        "",
+        f"- machine: {machine()}; {versions()}",
+        f"- command: `{command}`",
+        f"- model: random-init BERT, {recipe['layers']} layers, hidden {recipe['hidden']}; data: {recipe['data']} "
+        f"train, max_length {recipe['max_length']}; {recipe['max_steps']} steps; steady state after 20% of steps",
+        "",
+        "| batch | side | samples/s | real tokens/s | MFU (of the GPU's bf16 peak) | peak memory MB "
+        "| bertfit / Trainer |",
+        "|---:|---|---:|---:|---:|---:|---:|",
+    ]
     for batch, (hf, ours) in rows.items():
         for name, side in (("HF Trainer (fp16 AMP, dynamic padding)", hf), ("bertfit (defaults)", ours)):
             ratio = f"{ours['train_samples_per_second'] / hf['train_samples_per_second']:.2f}×" if side is ours else ""
             shown_mfu = "n/a" if side["mfu"] is None else f"{side['mfu']:.1%}"
-            lines.append(f"| {batch} | {name} | {side['train_samples_per_second']:.1f} | "
-                         f"{side['train_tokens_per_second']:.0f} | {shown_mfu} | {side['peak_memory_mb']:.0f} | {ratio} |")
+            lines.append(
+                f"| {batch} | {name} | {side['train_samples_per_second']:.1f} | "
+                f"{side['train_tokens_per_second']:.0f} | {shown_mfu} | {side['peak_memory_mb']:.0f} | {ratio} |"
+            )
     return "\n".join(lines) + "\n"
 
 
 # ---------------------------------------------------------------- running both and reporting
 
 SIDES = {"hf": hf_side, "hf-bf16": lambda recipe: hf_side(recipe, bf16=True), "bertfit": bertfit_side}
-THROUGHPUT_SIDES = {"hf": hf_throughput_side, "hf-bf16": lambda recipe: hf_throughput_side(recipe, bf16=True),
-                    "bertfit": bertfit_throughput_side}
+THROUGHPUT_SIDES = {
+    "hf": hf_throughput_side,
+    "hf-bf16": lambda recipe: hf_throughput_side(recipe, bf16=True),
+    "bertfit": bertfit_throughput_side,
+}
 
 
 def run_side(side: str, mode: str, overrides: list[str]) -> dict:
@@ -351,15 +520,26 @@ def machine() -> str:
 
 
 def report(mode: str, recipe: dict, hf: dict, ours: dict, command: str) -> str:
-    rows = [("tokenize s", "tokenize_seconds", ".1f"), ("train s", "train_seconds", ".1f"),
-            ("eval s", "eval_seconds", ".1f"), ("end-to-end s", "total_seconds", ".1f"),
-            ("train samples/s", "train_samples_per_second", ".1f"),
-            ("train real tokens/s", "train_tokens_per_second", ".0f"),
-            ("eval samples/s", "eval_samples_per_second", ".1f"), ("peak memory MB", "peak_memory_mb", ".0f")]
-    lines = [f"### {mode}: {datetime.date.today().isoformat()}", "",
-             f"- machine: {machine()}; {versions()}", f"- command: `{command}`",
-             f"- recipe: {json.dumps(recipe)}", "",
-             "| measure | HF Trainer | bertfit | bertfit / Trainer |", "|---|---:|---:|---:|"]
+    rows = [
+        ("tokenize s", "tokenize_seconds", ".1f"),
+        ("train s", "train_seconds", ".1f"),
+        ("eval s", "eval_seconds", ".1f"),
+        ("end-to-end s", "total_seconds", ".1f"),
+        ("train samples/s", "train_samples_per_second", ".1f"),
+        ("train real tokens/s", "train_tokens_per_second", ".0f"),
+        ("eval samples/s", "eval_samples_per_second", ".1f"),
+        ("peak memory MB", "peak_memory_mb", ".0f"),
+    ]
+    lines = [
+        f"### {mode}: {datetime.date.today().isoformat()}",
+        "",
+        f"- machine: {machine()}; {versions()}",
+        f"- command: `{command}`",
+        f"- recipe: {json.dumps(recipe)}",
+        "",
+        "| measure | HF Trainer | bertfit | bertfit / Trainer |",
+        "|---|---:|---:|---:|",
+    ]
     for title, key, fmt in rows:
         ratio = ours[key] / hf[key] if hf[key] else float("nan")
         if key.endswith("seconds") and ours[key]:
@@ -381,16 +561,28 @@ def multi_report(mode: str, recipe: dict, results: dict, command: str) -> str:
     names = list(results)
     ours = results["bertfit"]
     others = [n for n in names if n != "bertfit"]
-    keys = [("tokenize s", "tokenize_seconds", ".1f"), ("train s", "train_seconds", ".1f"),
-            ("eval s", "eval_seconds", ".1f"), ("end-to-end s", "total_seconds", ".1f"),
-            ("train samples/s", "train_samples_per_second", ".1f"),
-            ("train real tokens/s", "train_tokens_per_second", ".0f"),
-            ("eval samples/s", "eval_samples_per_second", ".1f"), ("peak memory MB", "peak_memory_mb", ".0f")]
+    keys = [
+        ("tokenize s", "tokenize_seconds", ".1f"),
+        ("train s", "train_seconds", ".1f"),
+        ("eval s", "eval_seconds", ".1f"),
+        ("end-to-end s", "total_seconds", ".1f"),
+        ("train samples/s", "train_samples_per_second", ".1f"),
+        ("train real tokens/s", "train_tokens_per_second", ".0f"),
+        ("eval samples/s", "eval_samples_per_second", ".1f"),
+        ("peak memory MB", "peak_memory_mb", ".0f"),
+    ]
     header = ["measure"] + [SIDE_TITLES[n] for n in names] + [f"bertfit / {SIDE_TITLES[n]}" for n in others]
-    lines = [f"### {mode}: {datetime.date.today().isoformat()}", "", f"- machine: {machine()}; {versions()}",
-             f"- command: `{command}`", f"- recipe: {json.dumps(recipe)}",
-             f"- bertfit's precision: {ours.get('precision', recipe.get('precision'))}", "",
-             "| " + " | ".join(header) + " |", "|---|" + "---:|" * (len(header) - 1)]
+    lines = [
+        f"### {mode}: {datetime.date.today().isoformat()}",
+        "",
+        f"- machine: {machine()}; {versions()}",
+        f"- command: `{command}`",
+        f"- recipe: {json.dumps(recipe)}",
+        f"- bertfit's precision: {ours.get('precision', recipe.get('precision'))}",
+        "",
+        "| " + " | ".join(header) + " |",
+        "|---|" + "---:|" * (len(header) - 1),
+    ]
     for title, key, fmt in keys:
         if not all(key in results[n] for n in names):
             continue
@@ -405,10 +597,17 @@ def multi_report(mode: str, recipe: dict, results: dict, command: str) -> str:
     for split_name in [s for s in ("validation", "test") if s in ours.get("metrics", {})]:
         for metric in [m for m in ("accuracy", "f1") if m in ours["metrics"][split_name]]:
             values = [results[n]["metrics"][split_name][metric] for n in names]
-            deltas = [f"{100 * (ours['metrics'][split_name][metric] - results[o]['metrics'][split_name][metric]):+.2f} "
-                      "points" for o in others]
-            lines.append(f"| {split_name} {metric} | " + " | ".join(f"{v:.4f}" for v in values) + " | "
-                         + " | ".join(deltas) + " |")
+            deltas = [
+                f"{100 * (ours['metrics'][split_name][metric] - results[o]['metrics'][split_name][metric]):+.2f} points"
+                for o in others
+            ]
+            lines.append(
+                f"| {split_name} {metric} | "
+                + " | ".join(f"{v:.4f}" for v in values)
+                + " | "
+                + " | ".join(deltas)
+                + " |"
+            )
     return "\n".join(lines) + "\n"
 
 
@@ -433,12 +632,15 @@ def main() -> None:
         text = multi_report(args.mode, recipe, results, command)
     elif args.mode == "throughput":
         batches = [recipe["batch_size"]] if any(o.startswith("batch_size=") for o in args.set) else [16, 32]
-        rows = {b: tuple(run_side(side, args.mode, args.set + [f"batch_size={b}"]) for side in ("hf", "bertfit"))
-                for b in batches}
+        rows = {
+            b: tuple(run_side(side, args.mode, args.set + [f"batch_size={b}"]) for side in ("hf", "bertfit"))
+            for b in batches
+        }
         text = throughput_report(recipe, rows, command)
     else:
-        text = report(args.mode, recipe, run_side("hf", args.mode, args.set), run_side("bertfit", args.mode, args.set),
-                      command)
+        text = report(
+            args.mode, recipe, run_side("hf", args.mode, args.set), run_side("bertfit", args.mode, args.set), command
+        )
     print(text)
     if not args.no_write:
         with open(REPO / "BENCHMARKS.md", "a") as handle:

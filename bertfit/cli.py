@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import os
 import sys
+import types
 import typing
 from enum import Enum
 from inspect import Parameter, Signature, signature
 from pathlib import Path
-from typing import List, Optional
+from typing import Optional
 
 import typer
 from rich.console import Console
@@ -16,9 +17,13 @@ from rich.console import Console
 from bertfit.config import Config, build_config, parse_set_overrides
 from bertfit.errors import BertfitError
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
-                  help="Fine-tune BERT-family encoders fast, reproducibly, with honest reports. "
-                  "Add --debug to any command for tracebacks instead of one-line errors.")
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="Fine-tune BERT-family encoders fast, reproducibly, with honest reports. "
+    "Add --debug to any command for tracebacks instead of one-line errors.",
+)
 console = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 160)
 errors = Console(stderr=True, highlight=False, soft_wrap=True)
 
@@ -42,14 +47,14 @@ def _choices(name: str, values) -> type[Enum]:
 
 def _option_type(name: str, annotation) -> object:
     args = [a for a in typing.get_args(annotation) if a is not type(None)]
-    if typing.get_origin(annotation) is typing.Union:
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
         if len(args) > 1:
             return str  # e.g. eval_every: steps or 'epoch'; pydantic reads the string
         annotation = args[0]
     if typing.get_origin(annotation) is typing.Literal:
         return _choices(name, typing.get_args(annotation))
     if typing.get_origin(annotation) is list:
-        return List[str] if name in REPEATABLE else str
+        return list[str] if name in REPEATABLE else str
     return annotation
 
 
@@ -65,16 +70,19 @@ def recipe_option(name: str, field) -> Parameter:
     description, _, described_default = (field.description or "").partition(" [default: ")
     shown = described_default.rstrip("]") or (False if field.default in (None, []) else str(field.default))
     option = typer.Option(None, *names, help=description, show_default=shown)
-    return Parameter(name, Parameter.KEYWORD_ONLY, default=option, annotation=Optional[kind])
+    return Parameter(name, Parameter.KEYWORD_ONLY, default=option, annotation=Optional[kind])  # noqa: UP045 (built at run time)
 
 
 def with_recipe_options(command):
     """`command(**options)` gets one keyword per Config field; typer reads them from the signature."""
-    fixed = [p for p in signature(command, eval_str=True).parameters.values()
-             if p.kind is not Parameter.VAR_KEYWORD]
+    fixed = [p for p in signature(command, eval_str=True).parameters.values() if p.kind is not Parameter.VAR_KEYWORD]
     options = [recipe_option(name, field) for name, field in Config.model_fields.items() if name not in NOT_OPTIONS]
-    fixed = [p.replace(kind=Parameter.KEYWORD_ONLY) if p.default is not Parameter.empty
-             and not isinstance(p.default, typer.models.ArgumentInfo) else p for p in fixed]
+    fixed = [
+        p.replace(kind=Parameter.KEYWORD_ONLY)
+        if p.default is not Parameter.empty and not isinstance(p.default, typer.models.ArgumentInfo)
+        else p
+        for p in fixed
+    ]
     positional = [p for p in fixed if p.kind is not Parameter.KEYWORD_ONLY]
     keywords = [p for p in fixed if p.kind is Parameter.KEYWORD_ONLY]
     parameters = positional + options + keywords
@@ -86,8 +94,8 @@ def with_recipe_options(command):
 @app.command()
 @with_recipe_options
 def train(
-    recipe: Optional[str] = typer.Argument(None, help="YAML recipe; options and --set override it"),
-    set_: Optional[List[str]] = Opt(None, "--set", help="KEY=VALUE override of any recipe key (repeatable)"),
+    recipe: str | None = typer.Argument(None, help="YAML recipe; options and --set override it"),
+    set_: list[str] | None = Opt(None, "--set", help="KEY=VALUE override of any recipe key (repeatable)"),
     resume: bool = Opt(False, "--resume", help="continue from the newest checkpoint in --output"),
     overwrite: bool = Opt(False, "--overwrite", help="replace what an earlier run wrote in --output"),
     nproc: int = Opt(1, "--nproc", help="processes on this machine (torchrun, one per GPU or gloo on CPU)"),
@@ -105,7 +113,7 @@ def train(
     run_training(cfg, resume=resume, overwrite=overwrite)
 
 
-def fit(cfg: Config, resume: bool = False, overwrite: bool = False, console: Optional[Console] = None) -> dict:
+def fit(cfg: Config, resume: bool = False, overwrite: bool = False, console: Console | None = None) -> dict:
     """Train, then write the reports (card, plots, diagnosis) from the run's files."""
     from bertfit.engine.loop import train as train_run
     from bertfit.report import write_reports
@@ -127,8 +135,10 @@ def print_summary(summary: dict, output: str) -> None:
             shown = ", ".join(f"{k} {v:.4f}" for k, v in scalar_metrics(summary[split]).items())
             console.print(f"{split}: {shown}")
     train = summary["train"]
-    console.print(f"kept step {summary['kept_step']}; trained {train['train_seconds']:.1f} s at "
-                  f"{train['samples_per_second']:.1f} samples/s ({train['padding_ratio']:.1%} padding)")
+    console.print(
+        f"kept step {summary['kept_step']}; trained {train['train_seconds']:.1f} s at "
+        f"{train['samples_per_second']:.1f} samples/s ({train['padding_ratio']:.1%} padding)"
+    )
     for finding in summary.get("diagnosis", []):
         console.print(f"[{finding['severity']}] {finding['title']}: {finding['advice']}", markup=False)
     console.print(f"wrote {output}")
@@ -173,8 +183,9 @@ def launch_distributed(nproc: int) -> int:
             return code
         if code > 128:
             return code
-        errors.print(f"bertfit: worker {rank} failed with exit code {code} (rerun with --debug for its traceback)",
-                     markup=False)
+        errors.print(
+            f"bertfit: worker {rank} failed with exit code {code} (rerun with --debug for its traceback)", markup=False
+        )
         return 1
 
 
@@ -183,28 +194,36 @@ def resume(run: str = typer.Argument(..., help="run folder to continue")):
     """Continue an interrupted run from its newest checkpoint (in RUN, wherever it was moved or copied)."""
     recipe = Path(run, "recipe.yaml")
     if not recipe.is_file():
-        raise BertfitError(f"'{run}' is not a bertfit run folder (no recipe.yaml); give the --output folder of an "
-                           "interrupted `bertfit train`")
+        raise BertfitError(
+            f"'{run}' is not a bertfit run folder (no recipe.yaml); give the --output folder of an "
+            "interrupted `bertfit train`"
+        )
     run_training(build_config(str(recipe), {"output": run}), resume=True, overwrite=False)
 
 
 @app.command("eval")
-def evaluate(run: str = typer.Argument(..., help="run folder"), data: str = Opt(..., help="dataset (as for train)"),
-             split: str = Opt("validation", help="split to score"), batch_size: int = Opt(64)):
+def evaluate(
+    run: str = typer.Argument(..., help="run folder"),
+    data: str = Opt(..., help="dataset (as for train)"),
+    split: str = Opt("validation", help="split to score"),
+    batch_size: int = Opt(64),
+):
     """Score a trained run on a dataset split; prints metrics as JSON."""
-    from bertfit.files import to_json
     from bertfit.engine.predict import evaluate_run
+    from bertfit.files import to_json
 
     print(to_json(evaluate_run(run, data, split, batch_size), indent=2))
 
 
 @app.command()
-def predict(run: str = typer.Argument(..., help="run folder"),
-            text: Optional[List[str]] = Opt(None, "--text", help="text to classify (repeatable)"),
-            pair: Optional[str] = Opt(None, "--pair", help="second text, for text-pair models"),
-            input: Optional[str] = Opt(None, "--input", help="CSV/TSV/JSONL/Parquet/TXT file of texts"),
-            output: Optional[str] = Opt(None, "--output", help="JSONL file to write (default: print)"),
-            batch_size: int = Opt(64)):
+def predict(
+    run: str = typer.Argument(..., help="run folder"),
+    text: list[str] | None = Opt(None, "--text", help="text to classify (repeatable)"),
+    pair: str | None = Opt(None, "--pair", help="second text, for text-pair models"),
+    input: str | None = Opt(None, "--input", help="CSV/TSV/JSONL/Parquet/TXT file of texts"),
+    output: str | None = Opt(None, "--output", help="JSONL file to write (default: print)"),
+    batch_size: int = Opt(64),
+):
     """Predict labels, scores or entity spans for texts."""
     from bertfit.engine.predict import check_output_path, load_run, read_inputs, write_predictions
     from bertfit.engine.predict import predict as predict_rows
@@ -226,11 +245,15 @@ def predict(run: str = typer.Argument(..., help="run folder"),
 
 
 @app.command()
-def inspect(data: str = Opt(..., help="dataset (as for train)"),
-            model: Optional[str] = Opt(None, help="tokenizer for token lengths [default: minilm, bert-base-uncased's vocabulary]"),
-            max_length: int = Opt(512, min=8, help="cut at which truncation is counted"),
-            task: TASK_CHOICES = Opt("auto", help="what to learn; auto decides from the data"), text_column: Optional[List[str]] = Opt(None, "--text-column"),
-            label_column: Optional[str] = Opt(None), as_json: bool = Opt(False, "--json", help="print JSON")):
+def inspect(
+    data: str = Opt(..., help="dataset (as for train)"),
+    model: str | None = Opt(None, help="tokenizer for token lengths [default: minilm, bert-base-uncased's vocabulary]"),
+    max_length: int = Opt(512, min=8, help="cut at which truncation is counted"),
+    task: TASK_CHOICES = Opt("auto", help="what to learn; auto decides from the data"),
+    text_column: list[str] | None = Opt(None, "--text-column"),
+    label_column: str | None = Opt(None),
+    as_json: bool = Opt(False, "--json", help="print JSON"),
+):
     """Profile a dataset: sizes, labels, lengths and truncation, empties, duplicates, leakage, tag repairs."""
     from bertfit.report.inspect import inspect_source
 
@@ -249,19 +272,30 @@ def print_profile(report: dict) -> None:
     from bertfit.tasks.profile import summary_lines
 
     table = Table(title=f"{report['dataset']} ({report['task']})")
-    for column in ("split", "rows", "labels / tags", "imbalance", "tokens p50/p95/max", "truncated", "duplicates",
-                   "empty"):
+    for column in (
+        "split",
+        "rows",
+        "labels / tags",
+        "imbalance",
+        "tokens p50/p95/max",
+        "truncated",
+        "duplicates",
+        "empty",
+    ):
         table.add_column(column, overflow="fold")
     for name, split in report["splits"].items():
         labels = split.get("labels") or split.get("entity_counts") or split.get("label_stats") or {}
         tokens = split.get("tokens")
-        table.add_row(name, f"{split['rows']:,}", ", ".join(f"{k} {v:,}" if isinstance(v, int) else f"{k} {v:.2f}"
-                                                          for k, v in labels.items()),
-                      f"{split['imbalance_ratio']:.2f}" if "imbalance_ratio" in split else "",
-                      f"{tokens['percentiles']['p50']}/{tokens['percentiles']['p95']}/{tokens['max']}" if tokens else "",
-                      f"{tokens['truncated_share']:.1%} at {tokens['max_length']}" if tokens else "",
-                      f"{split['duplicates']:,} ({split['normalised_duplicates']:,} normalised)",
-                      f"{split['empty_texts']:,}")
+        table.add_row(
+            name,
+            f"{split['rows']:,}",
+            ", ".join(f"{k} {v:,}" if isinstance(v, int) else f"{k} {v:.2f}" for k, v in labels.items()),
+            f"{split['imbalance_ratio']:.2f}" if "imbalance_ratio" in split else "",
+            f"{tokens['percentiles']['p50']}/{tokens['percentiles']['p95']}/{tokens['max']}" if tokens else "",
+            f"{tokens['truncated_share']:.1%} at {tokens['max_length']}" if tokens else "",
+            f"{split['duplicates']:,} ({split['normalised_duplicates']:,} normalised)",
+            f"{split['empty_texts']:,}",
+        )
     console.print(table)
     for line in summary_lines(report):
         if line.startswith(("leakage", "tag scheme")) or "different labels" in line or "not in train" in line:
@@ -333,7 +367,9 @@ def main() -> None:
             sys.exit(2)
         if debug:
             raise
-        report_error(f"bertfit: internal error: {type(err).__name__}: {err} (rerun with --debug for the traceback; "
-                     "please report it)")
+        report_error(
+            f"bertfit: internal error: {type(err).__name__}: {err} (rerun with --debug for the traceback; "
+            "please report it)"
+        )
         sys.exit(1)
     sys.exit(code if isinstance(code, int) else 0)

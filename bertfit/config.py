@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import difflib
 from pathlib import Path
-from typing import Any, Literal, Optional, Union
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -32,11 +32,39 @@ KEY_ALIASES = {
 
 # Fields that change the numbers a run produces: resuming with any of them different is refused.
 RESULT_FIELDS = (
-    "model", "data", "task", "text_columns", "label_column", "label_names", "train_split", "eval_split",
-    "max_train_samples", "max_eval_samples", "max_length", "truncation", "label_all_subtokens", "stride",
-    "epochs", "max_steps", "lr", "batch_size", "seed", "adam_beta1", "adam_beta2", "adam_epsilon",
-    "weight_decay", "scheduler", "warmup_ratio", "warmup_steps", "precision", "clip_norm", "grad_accum",
-    "padding", "compile", "validation_fraction", "world_size",
+    "model",
+    "data",
+    "task",
+    "text_columns",
+    "label_column",
+    "label_names",
+    "train_split",
+    "eval_split",
+    "max_train_samples",
+    "max_eval_samples",
+    "max_length",
+    "truncation",
+    "label_all_subtokens",
+    "stride",
+    "epochs",
+    "max_steps",
+    "lr",
+    "batch_size",
+    "seed",
+    "adam_beta1",
+    "adam_beta2",
+    "adam_epsilon",
+    "weight_decay",
+    "scheduler",
+    "warmup_ratio",
+    "warmup_steps",
+    "precision",
+    "clip_norm",
+    "grad_accum",
+    "padding",
+    "compile",
+    "validation_fraction",
+    "world_size",
 )
 
 
@@ -48,73 +76,84 @@ class Config(BaseModel):
 
     # What to train on what
     model: str = Field("bert-base-uncased", description="hub id, local folder, or 'minilm'")
-    data: Optional[str] = Field(None, description="hub id, BERTFIT_DATA_DIR mirror name, folder of split files, "
-                                "or a file")
-    output: Optional[str] = Field(None, description="run folder to write")
+    data: str | None = Field(None, description="hub id, BERTFIT_DATA_DIR mirror name, folder of split files, or a file")
+    output: str | None = Field(None, description="run folder to write")
     task: Literal["auto", "classification", "regression", "token"] = Field(
-        "auto", description="what to learn; auto decides from the data")
-    text_columns: Optional[list[str]] = Field(None, description="text column(s); give two for text pairs "
-                                              "[default: detected]")
-    label_column: Optional[str] = Field(None, description="label (or tag) column [default: detected]")
-    label_names: Optional[list[str]] = Field(None, description="comma-separated names for integer labels")
+        "auto", description="what to learn; auto decides from the data"
+    )
+    text_columns: list[str] | None = Field(
+        None, description="text column(s); give two for text pairs [default: detected]"
+    )
+    label_column: str | None = Field(None, description="label (or tag) column [default: detected]")
+    label_names: list[str] | None = Field(None, description="comma-separated names for integer labels")
     train_split: str = Field("train", description="split to train on")
-    eval_split: Optional[str] = Field(None, description="split to evaluate on [default: validation, else carved "
-                                      "off train]")
-    test_split: Optional[str] = Field(None, description="split scored at the end; 'none' for no test split "
-                                      "[default: test, when there is one]")
-    validation_fraction: float = Field(0.1, gt=0, lt=1, description="share of train carved off when there is no "
-                                       "validation split")
-    max_train_samples: Optional[int] = Field(None, gt=0, description="seeded random subset of the training split")
-    max_eval_samples: Optional[int] = Field(None, gt=0, description="seeded random subset of the validation split")
-    max_length: Optional[int] = Field(None, ge=8, description="max tokens per example [default: the model's, up "
-                                      "to 512]")
-    truncation: Literal["head", "tail", "head+tail"] = Field("head", description="which part of a longer text to "
-                                                             "keep")
+    eval_split: str | None = Field(
+        None, description="split to evaluate on [default: validation, else carved off train]"
+    )
+    test_split: str | None = Field(
+        None, description="split scored at the end; 'none' for no test split [default: test, when there is one]"
+    )
+    validation_fraction: float = Field(
+        0.1, gt=0, lt=1, description="share of train carved off when there is no validation split"
+    )
+    max_train_samples: int | None = Field(None, gt=0, description="seeded random subset of the training split")
+    max_eval_samples: int | None = Field(None, gt=0, description="seeded random subset of the validation split")
+    max_length: int | None = Field(None, ge=8, description="max tokens per example [default: the model's, up to 512]")
+    truncation: Literal["head", "tail", "head+tail"] = Field("head", description="which part of a longer text to keep")
     label_all_subtokens: bool = Field(False, description="token task: label every sub-token, not just the first")
     stride: int = Field(32, ge=0, description="token task: overlap between windows of a long sentence")
-    trust_remote_code: bool = Field(False, description="run the model repository's own code (only for models you "
-                                    "trust)")
+    trust_remote_code: bool = Field(
+        False, description="run the model repository's own code (only for models you trust)"
+    )
 
     # Optimisation recipe
     epochs: float = Field(3.0, gt=0, description="passes over the training data")
-    max_steps: Optional[int] = Field(None, gt=0, description="optimizer steps; overrides epochs")
+    max_steps: int | None = Field(None, gt=0, description="optimizer steps; overrides epochs")
     lr: float = Field(5e-5, gt=0, description="peak learning rate")
     batch_size: int = Field(16, gt=0, description="training batch size per device")
-    eval_batch_size: Optional[int] = Field(None, gt=0, description="evaluation batch size [default: max(64, "
-                                           "2 × batch size)]")
+    eval_batch_size: int | None = Field(
+        None, gt=0, description="evaluation batch size [default: max(64, 2 × batch size)]"
+    )
     seed: int = Field(42, ge=0, lt=2**32, description="seed for data order, subsets and initialisation")
     adam_beta1: float = Field(0.9, ge=0, lt=1, description="AdamW beta1")
     adam_beta2: float = Field(0.999, ge=0, lt=1, description="AdamW beta2")
     adam_epsilon: float = Field(1e-8, gt=0, description="AdamW epsilon")
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay (not on biases and LayerNorm)")
-    scheduler: Literal["linear", "constant", "cosine"] = Field("linear", description="learning-rate schedule after "
-                                                               "warmup")
+    scheduler: Literal["linear", "constant", "cosine"] = Field(
+        "linear", description="learning-rate schedule after warmup"
+    )
     warmup_ratio: float = Field(0.0, ge=0, le=1, description="share of the steps spent warming up")
     warmup_steps: int = Field(0, ge=0, description="warmup steps; overrides warmup_ratio")
     precision: Literal["auto", "fp32", "fp16", "bf16"] = Field(
-        "auto", description="auto: bf16 on GPUs and CPUs that have it, else fp16 on GPUs, fp32 on CPUs")
-    clip_norm: Optional[float] = Field(1.0, ge=0, description="gradient clipping norm; 0 disables")
+        "auto", description="auto: bf16 on GPUs and CPUs that have it, else fp16 on GPUs, fp32 on CPUs"
+    )
+    clip_norm: float | None = Field(1.0, ge=0, description="gradient clipping norm; 0 disables")
     grad_accum: int = Field(1, gt=0, description="gradient accumulation steps")
 
     # Evaluation and model selection
-    eval_every: Union[int, Literal["epoch"]] = Field("epoch", description="evaluate every N steps, or 'epoch'")
-    log_every: Optional[int] = Field(None, gt=0, description="log the training loss every N steps [default: about "
-                                     "25 points per run, at most every 50 steps]")
+    eval_every: int | Literal["epoch"] = Field("epoch", description="evaluate every N steps, or 'epoch'")
+    log_every: int | None = Field(
+        None,
+        gt=0,
+        description="log the training loss every N steps [default: about 25 points per run, at most every 50 steps]",
+    )
     metrics: list[Literal["matthews"]] = Field([], description="extra metrics (matthews)")
-    metric_for_best: Optional[str] = Field(None, description="metric that picks the best checkpoint [default: the "
-                                           "task's main metric]")
-    early_stopping: Optional[int] = Field(None, gt=0, description="stop after this many evaluations without "
-                                          "improvement")
+    metric_for_best: str | None = Field(
+        None, description="metric that picks the best checkpoint [default: the task's main metric]"
+    )
+    early_stopping: int | None = Field(None, gt=0, description="stop after this many evaluations without improvement")
     keep_best: bool = Field(True, description="end with the best checkpoint's weights, not the last")
 
     # Speed (changes numerics slightly; recorded in the run)
-    padding: Literal["bucket", "dynamic", "none"] = Field("bucket", description="bucket (length-grouped batches), "
-                                                          "dynamic, or none (pad to max_length)")
-    compile: Optional[bool] = Field(None, description="torch.compile the model [default: on GPU only]")
+    padding: Literal["bucket", "dynamic", "none"] = Field(
+        "bucket", description="bucket (length-grouped batches), dynamic, or none (pad to max_length)"
+    )
+    compile: bool | None = Field(None, description="torch.compile the model [default: on GPU only]")
 
     # Reliability
-    checkpoint_every: Optional[int] = Field(None, gt=0, description="also checkpoint every N steps (always at each "
-                                            "evaluation)")
+    checkpoint_every: int | None = Field(
+        None, gt=0, description="also checkpoint every N steps (always at each evaluation)"
+    )
     keep_checkpoints: int = Field(2, ge=1, description="newest checkpoints kept (the best is kept too)")
     max_bad_steps: int = Field(20, gt=0, description="consecutive non-finite steps before the run stops")
 
@@ -141,12 +180,12 @@ class Config(BaseModel):
         return value
 
     @model_validator(mode="after")
-    def _consistent(self) -> "Config":
+    def _consistent(self) -> Config:
         if self.text_columns is not None and not 1 <= len(self.text_columns) <= 2:
             raise ValueError("text_columns takes one column, or two for text pairs")
         return self
 
-    def resolved(self, **updates: Any) -> "Config":
+    def resolved(self, **updates: Any) -> Config:
         """A copy with auto fields filled in, validated like the original."""
         return Config.model_validate({**self.model_dump(), **updates})
 
@@ -206,13 +245,16 @@ class _UniqueKeyLoader(yaml.SafeLoader):
             key = self.construct_object(key_node, deep=deep)
             if key in seen:
                 raise yaml.constructor.ConstructorError(
-                    None, None, f"key '{key}' appears twice (lines {seen[key]} and {key_node.start_mark.line + 1})",
-                    key_node.start_mark)
+                    None,
+                    None,
+                    f"key '{key}' appears twice (lines {seen[key]} and {key_node.start_mark.line + 1})",
+                    key_node.start_mark,
+                )
             seen[key] = key_node.start_mark.line + 1
         return super().construct_mapping(node, deep=deep)
 
 
-def load_recipe(path: Optional[str]) -> dict[str, Any]:
+def load_recipe(path: str | None) -> dict[str, Any]:
     if path is None:
         return {}
     recipe_path = Path(path)
@@ -222,8 +264,10 @@ def load_recipe(path: Optional[str]) -> dict[str, Any]:
         content = yaml.load(recipe_path.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)
     except UnicodeDecodeError as err:
         line = recipe_path.read_bytes()[: err.start].count(b"\n") + 1
-        raise BertfitError(f"recipe '{path}' is not UTF-8 text (byte 0x{err.object[err.start]:02x} on line {line}); "
-                           "re-save it as UTF-8") from None
+        raise BertfitError(
+            f"recipe '{path}' is not UTF-8 text (byte 0x{err.object[err.start]:02x} on line {line}); "
+            "re-save it as UTF-8"
+        ) from None
     except OSError as err:
         raise BertfitError(f"recipe '{path}' cannot be read: {err.strerror}") from None
     except yaml.YAMLError as err:
@@ -237,7 +281,7 @@ def load_recipe(path: Optional[str]) -> dict[str, Any]:
     return content
 
 
-def build_config(recipe: Optional[str] = None, overrides: Optional[dict[str, Any]] = None) -> Config:
+def build_config(recipe: str | None = None, overrides: dict[str, Any] | None = None) -> Config:
     """Defaults, then the recipe, then overrides (None values mean 'not given')."""
     values: dict[str, Any] = {}
     for source in (load_recipe(recipe), overrides or {}):

@@ -9,8 +9,9 @@ import json
 import math
 import os
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from bertfit.errors import BertfitError, first_line
 

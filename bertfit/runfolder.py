@@ -16,8 +16,8 @@ import fcntl
 import json
 import os
 import shutil
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Iterable, Iterator, Optional
 
 from bertfit.errors import BertfitError
 from bertfit.files import TEMP_PREFIX, atomic_write_text, writing
@@ -26,31 +26,57 @@ LOCK = ".bertfit.lock"
 MARKER = ".bertfit-run.json"
 BOOKKEEPING = ".bertfit"  # the lock, the marker and temporary files all start with this
 # What bertfit wrote before runs carried a marker: such folders are still recognised as runs.
-LEGACY_ENTRIES = {"recipe.yaml", "log.jsonl", "metrics.json", "results.md", "data_profile.json", "diagnosis.json",
-                  "README.md", "plots", "checkpoints", "config.json", "model.safetensors", "tokenizer.json",
-                  "tokenizer_config.json", "special_tokens_map.json", "vocab.txt", "vocab.json", "merges.txt",
-                  "added_tokens.json", "spiece.model", "sentencepiece.bpe.model", "generation_config.json"}
+LEGACY_ENTRIES = {
+    "recipe.yaml",
+    "log.jsonl",
+    "metrics.json",
+    "results.md",
+    "data_profile.json",
+    "diagnosis.json",
+    "README.md",
+    "plots",
+    "checkpoints",
+    "config.json",
+    "model.safetensors",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "vocab.txt",
+    "vocab.json",
+    "merges.txt",
+    "added_tokens.json",
+    "spiece.model",
+    "sentencepiece.bpe.model",
+    "generation_config.json",
+}
 
 
 def _contains(outer: Path, inner: Path) -> bool:
     return outer == inner or outer in inner.parents
 
 
-def check_location(out: Path, protected: dict[str, Optional[Path]]) -> None:
+def check_location(out: Path, protected: dict[str, Path | None]) -> None:
     """Refuse outputs that could hold the user's own files: `protected` maps a description to a path."""
     where = out.expanduser().resolve()
     if where.exists() and not where.is_dir():
         raise BertfitError(f"output '{out}' is a file; choose a folder with --output")
-    named = {"the file system root": Path("/"), "your home folder": Path.home().resolve(),
-             "the working directory": Path.cwd().resolve()}
+    named = {
+        "the file system root": Path("/"),
+        "your home folder": Path.home().resolve(),
+        "the working directory": Path.cwd().resolve(),
+    }
     for what, path in named.items():
         if _contains(where, path):
-            raise BertfitError(f"output '{out}' is or contains {what} ({path}); choose a new folder for the run, "
-                               "e.g. --output runs/NAME")
+            raise BertfitError(
+                f"output '{out}' is or contains {what} ({path}); choose a new folder for the run, "
+                "e.g. --output runs/NAME"
+            )
     for what, path in protected.items():
         if path is not None and _contains(where, path.expanduser().resolve()):
-            raise BertfitError(f"output '{out}' is or contains {what} ({path}); bertfit never writes over its "
-                               "inputs: choose another --output")
+            raise BertfitError(
+                f"output '{out}' is or contains {what} ({path}); bertfit never writes over its "
+                "inputs: choose another --output"
+            )
 
 
 def _entries(folder: Path) -> set[str]:
@@ -67,8 +93,10 @@ def owned_entries(folder: Path) -> set[str]:
         try:
             return set(json.loads(marker.read_text(encoding="utf-8"))["owned"])
         except (ValueError, KeyError, TypeError, UnicodeDecodeError):
-            raise BertfitError(f"run folder '{folder}' has a damaged {MARKER}; move the folder's contents "
-                               "away by hand or choose another --output") from None
+            raise BertfitError(
+                f"run folder '{folder}' has a damaged {MARKER}; move the folder's contents "
+                "away by hand or choose another --output"
+            ) from None
     if _is_run(folder):
         return _entries(folder) & LEGACY_ENTRIES
     return set()
@@ -79,20 +107,27 @@ def check_contents(folder: Path, resume: bool, overwrite: bool) -> None:
     entries = _entries(folder)
     if resume:
         if not _is_run(folder):
-            raise BertfitError(f"'{folder}' is not a bertfit run folder (no recipe.yaml and log.jsonl); give the "
-                               "--output folder of an earlier `bertfit train`, or start without --resume")
+            raise BertfitError(
+                f"'{folder}' is not a bertfit run folder (no recipe.yaml and log.jsonl); give the "
+                "--output folder of an earlier `bertfit train`, or start without --resume"
+            )
         return
     if not entries:
         return
     if not overwrite:
-        advice = ("pass --overwrite to replace the run in it, or --resume to continue it" if _is_run(folder)
-                  else "choose an empty or new folder")
+        advice = (
+            "pass --overwrite to replace the run in it, or --resume to continue it"
+            if _is_run(folder)
+            else "choose an empty or new folder"
+        )
         raise BertfitError(f"output folder '{folder}' is not empty; {advice}")
     foreign = sorted(entries - owned_entries(folder))
     if foreign:
         shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
-        raise BertfitError(f"output folder '{folder}' holds files bertfit did not write ({shown}); --overwrite only "
-                           "replaces bertfit's own runs: move them away or choose another --output")
+        raise BertfitError(
+            f"output folder '{folder}' holds files bertfit did not write ({shown}); --overwrite only "
+            "replaces bertfit's own runs: move them away or choose another --output"
+        )
 
 
 class RunFolder:
@@ -103,15 +138,15 @@ class RunFolder:
         self.path = path
         self.created = False
         self.began = False
-        self._lock: Optional[int] = None
+        self._lock: int | None = None
 
     @classmethod
-    def claim(cls, path: Path, resume: bool = False, overwrite: bool = False,
-              protected: Optional[dict[str, Optional[Path]]] = None) -> "RunFolder":
+    def claim(
+        cls, path: Path, resume: bool = False, overwrite: bool = False, protected: dict[str, Path | None] | None = None
+    ) -> RunFolder:
         check_location(path, protected or {})
         folder = cls(path)
-        with writing("the run folder", path.parent if not path.exists() else path,
-                     "choose a writable --output"):
+        with writing("the run folder", path.parent if not path.exists() else path, "choose a writable --output"):
             if not path.is_dir():
                 path.mkdir(parents=True)
                 folder.created = True
@@ -124,11 +159,13 @@ class RunFolder:
         return folder
 
     @classmethod
-    def update(cls, path: Path) -> "RunFolder":
+    def update(cls, path: Path) -> RunFolder:
         """An existing run, for commands that rewrite its reports (card, doctor)."""
         if not path.is_dir() or not _is_run(path):
-            raise BertfitError(f"'{path}' is not a bertfit run folder (no recipe.yaml and log.jsonl); give the "
-                               "--output folder of a `bertfit train`")
+            raise BertfitError(
+                f"'{path}' is not a bertfit run folder (no recipe.yaml and log.jsonl); give the "
+                "--output folder of a `bertfit train`"
+            )
         folder = cls(path)
         with writing("the run folder", path, "check the folder's permissions"):
             folder._acquire()
@@ -144,8 +181,10 @@ class RunFolder:
             except BlockingIOError:
                 holder = os.read(fd, 32).decode(errors="replace").strip() or "unknown"
                 os.close(fd)
-                raise BertfitError(f"run folder '{self.path}' is in use by another bertfit process (pid {holder}); "
-                                   "wait for it to finish or choose another --output") from None
+                raise BertfitError(
+                    f"run folder '{self.path}' is in use by another bertfit process (pid {holder}); "
+                    "wait for it to finish or choose another --output"
+                ) from None
             # The holder before us may have removed the lock file between our open and our lock: then we hold
             # a lock on a file nobody else can see, and must take the one that is there now.
             try:
@@ -211,7 +250,7 @@ class RunFolder:
                 (self.path / MARKER).unlink(missing_ok=True)
                 self.path.rmdir()  # only if empty: a file someone put there meanwhile stays
 
-    def __enter__(self) -> "RunFolder":
+    def __enter__(self) -> RunFolder:
         return self
 
     def __exit__(self, *exc) -> None:

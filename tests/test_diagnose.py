@@ -3,10 +3,10 @@
 import json
 
 import pytest
+from conftest import run_cli
 
 from bertfit.config import Config
 from bertfit.report.diagnose import diagnose as diagnose_run
-from conftest import run_cli
 
 
 def diagnose(events, profile, summary, recipe):
@@ -15,8 +15,17 @@ def diagnose(events, profile, summary, recipe):
 
 
 def evals(rows, **extra):
-    return [{"event": "eval", "step": step, "epoch": step / 1563, "train_loss": train,
-             "metrics": {"loss": val, "accuracy": acc}, **extra} for step, train, val, acc in rows]
+    return [
+        {
+            "event": "eval",
+            "step": step,
+            "epoch": step / 1563,
+            "train_loss": train,
+            "metrics": {"loss": val, "accuracy": acc},
+            **extra,
+        }
+        for step, train, val, acc in rows
+    ]
 
 
 def ids(findings):
@@ -29,11 +38,22 @@ BIG_PROFILE = {"splits": {"validation": {"rows": 25000, "majority_rate": 0.5}, "
 
 def test_imdb_seed_overfitting_is_named_with_best_step():
     # bert-base-uncased-ft-imdb: validation loss 0.1783 at step 2250 rose to 0.2556 at step 6000.
-    rows = [(750, 0.3012, 0.2102, 0.9290), (1500, 0.2101, 0.1854, 0.9380), (2250, 0.1850, 0.1783, 0.9420),
-            (3000, 0.1203, 0.1945, 0.9431), (3750, 0.0951, 0.2103, 0.9440), (4500, 0.0612, 0.2287, 0.9445),
-            (5250, 0.0402, 0.2412, 0.9450), (6000, 0.0251, 0.2556, 0.9450)]
-    summary = {"kept_step": 6000, "best_step": 5250, "metric_for_best": "accuracy",
-               "train": {"train_seconds": 3000, "padding_ratio": 0.1}}
+    rows = [
+        (750, 0.3012, 0.2102, 0.9290),
+        (1500, 0.2101, 0.1854, 0.9380),
+        (2250, 0.1850, 0.1783, 0.9420),
+        (3000, 0.1203, 0.1945, 0.9431),
+        (3750, 0.0951, 0.2103, 0.9440),
+        (4500, 0.0612, 0.2287, 0.9445),
+        (5250, 0.0402, 0.2412, 0.9450),
+        (6000, 0.0251, 0.2556, 0.9450),
+    ]
+    summary = {
+        "kept_step": 6000,
+        "best_step": 5250,
+        "metric_for_best": "accuracy",
+        "train": {"train_seconds": 3000, "padding_ratio": 0.1},
+    }
     findings = diagnose(evals(rows), BIG_PROFILE, summary, BINARY)
     assert ids(findings) == ["overfitting"]
     assert "0.1783 at step 2250 → 0.2556 at step 6000 (+43%)" in findings[0].evidence
@@ -42,8 +62,12 @@ def test_imdb_seed_overfitting_is_named_with_best_step():
 
 def test_tweet_seed_learning_rate_too_high():
     # Horovod_Tweet_Sentiment_1K_4eps: Adam lr 3e-4; validation accuracy 0.52-0.54 on 3 classes after 4 epochs.
-    rows = [(32, 1.0921, 1.0502, 0.5200), (64, 1.0872, 1.0455, 0.5300), (96, 1.0856, 1.0431, 0.5400),
-            (128, 1.0849, 1.0440, 0.5300)]
+    rows = [
+        (32, 1.0921, 1.0502, 0.5200),
+        (64, 1.0872, 1.0455, 0.5300),
+        (96, 1.0856, 1.0431, 0.5400),
+        (128, 1.0849, 1.0440, 0.5300),
+    ]
     recipe = {"task": "classification", "label_names": ["negative", "neutral", "positive"], "lr": 3e-4}
     profile = {"splits": {"validation": {"rows": 2000, "majority_rate": 0.52}, "train": {"majority_rate": 0.48}}}
     summary = {"metric_for_best": "accuracy", "train": {"train_seconds": 60, "padding_ratio": 0.1}}
@@ -54,25 +78,44 @@ def test_tweet_seed_learning_rate_too_high():
 
 def test_healthy_run_has_no_findings():
     rows = [(125, 0.4398, 0.4242, 0.8085), (250, 0.3107, 0.3473, 0.8429)]
-    events = [{"event": "train", "step": s, "loss": l} for s, l in ((50, 0.62), (100, 0.45), (150, 0.38), (200, 0.33))]
+    events = [
+        {"event": "train", "step": s, "loss": loss} for s, loss in ((50, 0.62), (100, 0.45), (150, 0.38), (200, 0.33))
+    ]
     events += evals(rows, train_accuracy=0.86)
-    profile = {"splits": {"validation": {"rows": 872, "majority_rate": 0.509},
-                          "train": {"majority_rate": 0.56, "imbalance_ratio": 1.26}}, "leakage": {"validation": {
-                              "exact": 0, "normalised": 2, "share": 0.002}}}
-    summary = {"metric_for_best": "accuracy", "kept_step": 250, "best_step": 250,
-               "validation": {"confusion_matrix": [[350, 78], [59, 385]]},
-               "train": {"train_seconds": 58, "padding_ratio": 0.04}}
+    profile = {
+        "splits": {
+            "validation": {"rows": 872, "majority_rate": 0.509},
+            "train": {"majority_rate": 0.56, "imbalance_ratio": 1.26},
+        },
+        "leakage": {"validation": {"exact": 0, "normalised": 2, "share": 0.002}},
+    }
+    summary = {
+        "metric_for_best": "accuracy",
+        "kept_step": 250,
+        "best_step": 250,
+        "validation": {"confusion_matrix": [[350, 78], [59, 385]]},
+        "train": {"train_seconds": 58, "padding_ratio": 0.04},
+    }
     assert diagnose(events, profile, summary, {**BINARY, "lr": 5e-5}) == []
 
 
 def test_data_and_speed_findings():
-    profile = {"splits": {"train": {"imbalance_ratio": 9.0, "labels": {"neg": 900, "pos": 100}, "rows": 1000,
-                                    "tokens": {"truncated_share": 0.15, "max_length": 512, "max": 2700,
-                                               "percentiles": {"p95": 900}}},
-                          "validation": {"rows": 5000}},
-               "leakage": {"validation": {"exact": 40, "normalised": 60, "share": 0.012}}}
-    summary = {"validation": {"confusion_matrix": [[480, 20], [400, 100]]},
-               "train": {"train_seconds": 10, "padding_ratio": 0.45}}
+    profile = {
+        "splits": {
+            "train": {
+                "imbalance_ratio": 9.0,
+                "labels": {"neg": 900, "pos": 100},
+                "rows": 1000,
+                "tokens": {"truncated_share": 0.15, "max_length": 512, "max": 2700, "percentiles": {"p95": 900}},
+            },
+            "validation": {"rows": 5000},
+        },
+        "leakage": {"validation": {"exact": 40, "normalised": 60, "share": 0.012}},
+    }
+    summary = {
+        "validation": {"confusion_matrix": [[480, 20], [400, 100]]},
+        "train": {"train_seconds": 10, "padding_ratio": 0.45},
+    }
     events = evals([(10, 0.3, 0.4, 0.58)]) + [{"event": "bad_step", "step": 3}]
     events[0]["metrics"]["runtime"] = 30.0
     found = {f.id: f for f in diagnose(events, profile, summary, BINARY)}
@@ -83,8 +126,11 @@ def test_data_and_speed_findings():
 
 
 def test_collapse_and_metric_noise():
-    summary = {"metric_for_best": "accuracy", "validation": {"confusion_matrix": [[50, 0], [48, 2]]},
-               "train": {"train_seconds": 10}}
+    summary = {
+        "metric_for_best": "accuracy",
+        "validation": {"confusion_matrix": [[50, 0], [48, 2]]},
+        "train": {"train_seconds": 10},
+    }
     profile = {"splits": {"validation": {"rows": 100, "majority_rate": 0.5}, "train": {"majority_rate": 0.5}}}
     rows = [(10, 0.5, 0.6, 0.50), (20, 0.45, 0.62, 0.52)]
     found = ids(diagnose(evals(rows), profile, summary, BINARY))
@@ -94,14 +140,29 @@ def test_collapse_and_metric_noise():
 @pytest.mark.slow
 def test_real_runs_lr_too_high_flagged_and_healthy_silent(tmp_path, capsys):
     common = ["train", "--model", "minilm", "--data", "sst2", "--batch-size", 16, "--max-length", 64]
-    code, stdout, stderr = run_cli(common + ["--output", tmp_path / "hot", "--lr", "1e-2", "--max-train-samples", 480,
-                                             "--max-steps", 30, "--eval-every", 15], capsys)
+    code, stdout, stderr = run_cli(
+        common
+        + [
+            "--output",
+            tmp_path / "hot",
+            "--lr",
+            "1e-2",
+            "--max-train-samples",
+            480,
+            "--max-steps",
+            30,
+            "--eval-every",
+            15,
+        ],
+        capsys,
+    )
     assert code == 0, stderr
     hot = {f["id"] for f in json.loads((tmp_path / "hot" / "diagnosis.json").read_text())}
     assert hot & {"lr_too_high", "collapse"}, hot
     assert "Not learning" in stdout or "Collapse" in stdout
-    code, _, stderr = run_cli(common + ["--output", tmp_path / "ok", "--lr", "1e-4", "--max-train-samples", 1920,
-                                        "--epochs", 1], capsys)
+    code, _, stderr = run_cli(
+        common + ["--output", tmp_path / "ok", "--lr", "1e-4", "--max-train-samples", 1920, "--epochs", 1], capsys
+    )
     assert code == 0, stderr
     assert json.loads((tmp_path / "ok" / "diagnosis.json").read_text()) == []
     code, printed, _ = run_cli(["doctor", tmp_path / "ok"], capsys)

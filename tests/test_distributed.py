@@ -10,21 +10,44 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from safetensors.torch import load_file
-
 from conftest import SAMPLES
+from safetensors.torch import load_file
 from test_train_tiny import log_without_timings
 
 
 def train_args(model, out, batch_size, *extra):
-    return ["train", "--model", model, "--data", SAMPLES / "sst2_200.csv", "--output", out, "--batch-size", batch_size,
-            "--max-steps", 8, "--eval-every", 4, "--lr", "1e-3", "--padding", "dynamic", "--max-eval-samples", 19,
-            *extra]
+    return [
+        "train",
+        "--model",
+        model,
+        "--data",
+        SAMPLES / "sst2_200.csv",
+        "--output",
+        out,
+        "--batch-size",
+        batch_size,
+        "--max-steps",
+        8,
+        "--eval-every",
+        4,
+        "--lr",
+        "1e-3",
+        "--padding",
+        "dynamic",
+        "--max-eval-samples",
+        19,
+        *extra,
+    ]
 
 
 def bertfit(*args):
-    done = subprocess.run([sys.executable, "-m", "bertfit", *map(str, args)], capture_output=True, text=True,
-                          env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=600)
+    done = subprocess.run(
+        [sys.executable, "-m", "bertfit", *map(str, args)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        timeout=600,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     return done
 
@@ -47,18 +70,25 @@ def test_two_gloo_processes_match_one_process_with_the_same_effective_batch(tiny
     recipe = (double / "recipe.yaml").read_text()
     assert "world_size: 2" in recipe
     card = (double / "README.md").read_text()
-    assert "num_devices: 2" in card and "total_train_batch_size: 16 (train_batch_size is per device: 8 × 2 devices" in card
+    assert (
+        "num_devices: 2" in card and "total_train_batch_size: 16 (train_batch_size is per device: 8 × 2 devices" in card
+    )
     start = json.loads((double / "log.jsonl").read_text().splitlines()[0])
     assert start["effective_batch_size"] == 16 and start["world_size"] == 2
     assert not list(double.glob("*.tmp*")) and sorted(p.name for p in double.iterdir()) == sorted(
-        p.name for p in single.iterdir())
+        p.name for p in single.iterdir()
+    )
 
 
 def test_resume_refuses_another_world_size(tiny_bert_no_dropout, tmp_path):
     out = tmp_path / "run"
     bertfit(*train_args(tiny_bert_no_dropout, out, 8, "--nproc", 2))
-    done = subprocess.run([sys.executable, "-m", "bertfit", *map(str, train_args(tiny_bert_no_dropout, out, 8)),
-                           "--resume"], capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [sys.executable, "-m", "bertfit", *map(str, train_args(tiny_bert_no_dropout, out, 8)), "--resume"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 2 and "world_size: 2 in the checkpoint, 1 now" in done.stderr
 
 
@@ -66,9 +96,9 @@ def _sharded_eval(rank, world, port, model_dir, result_file):
     import torch.distributed as dist
 
     from bertfit import models
-    from bertfit.tasks import ClassificationTask
     from bertfit.engine.device import Dist
     from bertfit.engine.evaluation import evaluate
+    from bertfit.tasks import ClassificationTask
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world)
@@ -77,8 +107,17 @@ def _sharded_eval(rank, world, port, model_dir, result_file):
     task = ClassificationTask(["sentence"], "label", ["0", "1"], 64)
     tokenizer = models.load_tokenizer(model_dir)
     model = models.load_model(model_dir, task.auto_model, task.head_config())
-    result = evaluate(model, task, task.encode(frame, tokenizer), frame, 8, torch.device("cpu"), "fp32",
-                      tokenizer.pad_token_id, Dist(rank, world))
+    result = evaluate(
+        model,
+        task,
+        task.encode(frame, tokenizer),
+        frame,
+        8,
+        torch.device("cpu"),
+        "fp32",
+        tokenizer.pad_token_id,
+        Dist(rank, world),
+    )
     if rank == 0:
         with open(result_file, "w") as handle:
             json.dump({k: v for k, v in result.items() if k not in ("runtime", "samples_per_second")}, handle)
@@ -106,23 +145,59 @@ def test_sharded_eval_counts_every_example_once(tiny_bert, tmp_path):
 
 
 def test_launcher_reports_user_errors_in_one_line(tmp_path):
-    for extra, message in ((["--data", "nope.csv"], "data file or folder 'nope.csv' not found"),
-                           (["--data", SAMPLES / "sst2_200.csv", "--lr", "-1"], "invalid value for 'lr'")):
-        done = subprocess.run([sys.executable, "-m", "bertfit", "train", "--model", "minilm", "--output",
-                               tmp_path / "o", "--nproc", "2", *map(str, extra)], capture_output=True, text=True,
-                              timeout=300)
+    for extra, message in (
+        (["--data", "nope.csv"], "data file or folder 'nope.csv' not found"),
+        (["--data", SAMPLES / "sst2_200.csv", "--lr", "-1"], "invalid value for 'lr'"),
+    ):
+        done = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "bertfit",
+                "train",
+                "--model",
+                "minilm",
+                "--output",
+                tmp_path / "o",
+                "--nproc",
+                "2",
+                *map(str, extra),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         assert done.returncode == 2 and message in done.stderr and len(done.stderr.strip().splitlines()) == 1
         assert not (tmp_path / "o").exists()
 
 
 def test_a_worker_error_after_launch_is_one_line_exit_2(tiny_bert, tmp_path):
     """max_length is checked against the tokenizer, inside the workers: still one line, not one per worker."""
-    done = subprocess.run([sys.executable, "-m", "bertfit", "train", "--model", tiny_bert, "--data",
-                           str(SAMPLES / "sst2_200.csv"), "--output", str(tmp_path / "o"), "--nproc", "2",
-                           "--max-length", "1024"], capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "bertfit",
+            "train",
+            "--model",
+            tiny_bert,
+            "--data",
+            str(SAMPLES / "sst2_200.csv"),
+            "--output",
+            str(tmp_path / "o"),
+            "--nproc",
+            "2",
+            "--max-length",
+            "1024",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 2, done.stderr
     assert done.stderr.strip().splitlines() == [
-        "error: max_length 1024 is longer than the model accepts (512); lower it"]
+        "error: max_length 1024 is longer than the model accepts (512); lower it"
+    ]
     assert not (tmp_path / "o").exists()
 
 
@@ -130,16 +205,38 @@ def test_ddp_sigterm_then_resume_matches_the_uninterrupted_run(tiny_bert, tmp_pa
     import signal
     import time
 
-    args = ["--model", tiny_bert, "--data", SAMPLES / "sst2_200.csv", "--batch-size", 4, "--max-steps", 40,
-            "--eval-every", 20, "--checkpoint-every", 5, "--set", "log_every=1", "--padding", "dynamic"]
+    args = [
+        "--model",
+        tiny_bert,
+        "--data",
+        SAMPLES / "sst2_200.csv",
+        "--batch-size",
+        4,
+        "--max-steps",
+        40,
+        "--eval-every",
+        20,
+        "--checkpoint-every",
+        5,
+        "--set",
+        "log_every=1",
+        "--padding",
+        "dynamic",
+    ]
     whole = tmp_path / "whole"
     bertfit("train", "--output", whole, "--nproc", 2, *args)
     out = tmp_path / "run"
-    launcher = subprocess.Popen([sys.executable, "-m", "bertfit", "train", "--output", str(out), "--nproc", "2",
-                                 *map(str, args)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                env={**os.environ, "OMP_NUM_THREADS": "1"}, start_new_session=True)
+    launcher = subprocess.Popen(
+        [sys.executable, "-m", "bertfit", "train", "--output", str(out), "--nproc", "2", *map(str, args)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        start_new_session=True,
+    )
     deadline = time.time() + 120
-    while time.time() < deadline and not ((out / "log.jsonl").is_file() and '"step": 8' in (out / "log.jsonl").read_text()):
+    while time.time() < deadline and not (
+        (out / "log.jsonl").is_file() and '"step": 8' in (out / "log.jsonl").read_text()
+    ):
         time.sleep(0.01)
     os.killpg(launcher.pid, signal.SIGTERM)  # as a scheduler preempting the job; torchrun passes it on once
     _, stderr = launcher.communicate(timeout=120)

@@ -3,12 +3,12 @@
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import SAMPLES
 
 from bertfit.data.schema import DataSpec
 from bertfit.report.inspect import inspect_source
 from bertfit.tasks import build_task
 from bertfit.tasks.profile import length_stats, normalise_text, profile, summary_lines
-from conftest import SAMPLES
 
 
 def profile_of(frames, spec):
@@ -16,15 +16,19 @@ def profile_of(frames, spec):
 
 
 def test_classification_profile_counts():
-    train = pd.DataFrame({"text": ["Good film!", "good film", "bad", "bad", "awful", "fine", "ok", "great", "", "meh"],
-                          "label": [1, 1, 0, 0, 0, 1, 1, 1, 1, 1]})
+    train = pd.DataFrame(
+        {
+            "text": ["Good film!", "good film", "bad", "bad", "awful", "fine", "ok", "great", "", "meh"],
+            "label": [1, 1, 0, 0, 0, 1, 1, 1, 1, 1],
+        }
+    )
     validation = pd.DataFrame({"text": ["GOOD  film.", "new text", "bad", "other"], "label": [1, 0, 0, 2]})
     spec = DataSpec("classification", ["text"], "label", ["neg", "pos", "mixed"])
     report = profile_of({"train": train, "validation": validation}, spec)
     split = report["splits"]["train"]
     assert split["rows"] == 10 and split["labels"] == {"pos": 7, "neg": 3}
     assert split["imbalance_ratio"] == pytest.approx(7 / 3) and split["majority_rate"] == 0.7
-    assert split["duplicates"] == 1            # "bad" twice
+    assert split["duplicates"] == 1  # "bad" twice
     assert split["normalised_duplicates"] == 2  # and "Good film!" ~ "good film"
     assert split["empty_texts"] == 1
     assert report["splits"]["validation"]["labels_not_in_train"] == ["mixed"]
@@ -47,8 +51,12 @@ def test_length_percentiles_and_truncation_share():
 
 
 def test_token_profile_counts_entities_and_repairs():
-    frame = pd.DataFrame({"tokens": [["John", "lives", "in", "New", "York"], ["Hi"]],
-                          "ner_tags": [["B-PER", "O", "O", "B-LOC", "I-LOC"], ["O"]]})
+    frame = pd.DataFrame(
+        {
+            "tokens": [["John", "lives", "in", "New", "York"], ["Hi"]],
+            "ner_tags": [["B-PER", "O", "O", "B-LOC", "I-LOC"], ["O"]],
+        }
+    )
     spec = DataSpec("token", ["tokens"], "ner_tags", ["O", "B-LOC", "I-LOC", "B-PER"], "IOB2", 3)
     report = profile_of({"train": frame}, spec)
     assert report["splits"]["train"]["entity_counts"] == {"PER": 1, "LOC": 1}

@@ -5,14 +5,15 @@ import signal
 
 import pytest
 import torch
+from conftest import SAMPLES, run_cli
 from safetensors.torch import load_file
 
 from bertfit.engine import device, evaluation
-from conftest import SAMPLES, run_cli
 
 
-@pytest.mark.parametrize("avx512_bf16, amx, expected", [(True, False, "bf16"), (False, True, "bf16"),
-                                                        (False, False, "fp32")])
+@pytest.mark.parametrize(
+    "avx512_bf16, amx, expected", [(True, False, "bf16"), (False, True, "bf16"), (False, False, "fp32")]
+)
 def test_auto_picks_bf16_on_cpu_only_where_the_cpu_has_it(monkeypatch, avx512_bf16, amx, expected):
     monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16)
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
@@ -67,8 +68,21 @@ def test_a_bf16_cpu_run_resumes_bit_exactly(tiny_bert, tmp_path):
 
 def test_predict_and_eval_use_the_runs_precision(tiny_bert, tmp_path, capsys, monkeypatch):
     out = tmp_path / "run"
-    args = ["train", "--model", tiny_bert, "--data", SAMPLES / "sst2_200.csv", "--output", out, "--batch-size", 32,
-            "--max-steps", 2, "--precision", "bf16"]
+    args = [
+        "train",
+        "--model",
+        tiny_bert,
+        "--data",
+        SAMPLES / "sst2_200.csv",
+        "--output",
+        out,
+        "--batch-size",
+        32,
+        "--max-steps",
+        2,
+        "--precision",
+        "bf16",
+    ]
     assert run_cli(args, capsys)[0] == 0
     seen = []
     real = device.autocast

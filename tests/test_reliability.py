@@ -4,18 +4,17 @@ import errno
 import json
 import os
 import signal
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
+from conftest import SAMPLES, STEPS, recipe_args, run_cli, spawn, wait_for_step
 from safetensors.torch import load_file
+from test_train_tiny import log_without_timings
 
 from bertfit.records import scalar_metrics
-from conftest import SAMPLES, STEPS, recipe_args, run_cli, spawn, wait_for_step
-from test_train_tiny import log_without_timings
+
 
 @pytest.mark.parametrize("kill_at", [4, 14, 29])
 def test_sigkill_then_resume_is_bit_identical(uninterrupted, tiny_bert, tmp_path, kill_at):
@@ -34,8 +33,9 @@ def test_sigkill_then_resume_is_bit_identical(uninterrupted, tiny_bert, tmp_path
     ours, theirs = load_file(out / "model.safetensors"), load_file(uninterrupted / "model.safetensors")
     assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours), killed_after
     assert log_without_timings(out / "log.jsonl") == log_without_timings(uninterrupted / "log.jsonl")
-    assert scalar_metrics(json.loads((out / "metrics.json").read_text())["validation"]) == \
-        scalar_metrics(json.loads((uninterrupted / "metrics.json").read_text())["validation"])
+    assert scalar_metrics(json.loads((out / "metrics.json").read_text())["validation"]) == scalar_metrics(
+        json.loads((uninterrupted / "metrics.json").read_text())["validation"]
+    )
 
 
 def test_sigterm_saves_a_resumable_checkpoint_and_exits_143(tiny_bert, tmp_path):
@@ -99,7 +99,7 @@ def test_non_finite_steps_never_reach_the_weights(tiny_bert, tmp_path, capsys, m
     assert all(torch.isfinite(w).all() for w in weights.values())
     diagnosis = json.loads((out / "diagnosis.json").read_text())
     assert diagnosis[0]["id"] == "non_finite" and "the run stopped" in diagnosis[0]["evidence"]
-    bad = [json.loads(l) for l in (out / "log.jsonl").read_text().splitlines() if '"bad_step"' in l]
+    bad = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines() if '"bad_step"' in line]
     assert [b["step"] for b in bad] == [8, 9, 10, 11]
 
 
@@ -123,10 +123,9 @@ def test_resume_refuses_a_changed_recipe_and_foreign_pickles(tiny_bert, tmp_path
 
 
 def test_rotation_keeps_the_newest_and_never_the_best_away(tiny_bert, tmp_path):
-    from bertfit.engine import checkpoint
     from bertfit.config import Config
+    from bertfit.engine import checkpoint
     from bertfit.models import load_model
-
     from bertfit.tasks import build_task
 
     task = build_task("classification", ["text"], "label", ["a", "b"], 64)
@@ -223,9 +222,33 @@ def test_the_host_waits_for_the_device_per_log_line_not_per_step(tiny_bert, tmp_
 
 def epoch_recipe_args(model, out):
     """Length buckets, accumulation and an epoch-based length: the other data-order paths a resume must restore."""
-    return ["train", "--model", model, "--data", SAMPLES / "sst2_200.csv", "--output", out, "--batch-size", 8,
-            "--grad-accum", 2, "--epochs", 2, "--eval-every", "epoch", "--checkpoint-every", 5, "--lr", "1e-3",
-            "--set", "log_every=1", "--max-length", 128, "--padding", "bucket"]
+    return [
+        "train",
+        "--model",
+        model,
+        "--data",
+        SAMPLES / "sst2_200.csv",
+        "--output",
+        out,
+        "--batch-size",
+        8,
+        "--grad-accum",
+        2,
+        "--epochs",
+        2,
+        "--eval-every",
+        "epoch",
+        "--checkpoint-every",
+        5,
+        "--lr",
+        "1e-3",
+        "--set",
+        "log_every=1",
+        "--max-length",
+        128,
+        "--padding",
+        "bucket",
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -238,8 +261,9 @@ def uninterrupted_epochs(tmp_path_factory, tiny_bert):
 
 
 @pytest.mark.parametrize("kill_at", [7, 16])  # inside the first epoch, and after its evaluation
-def test_sigkill_then_resume_is_bit_identical_with_buckets_accumulation_and_epochs(uninterrupted_epochs, tiny_bert,
-                                                                                   tmp_path, kill_at):
+def test_sigkill_then_resume_is_bit_identical_with_buckets_accumulation_and_epochs(
+    uninterrupted_epochs, tiny_bert, tmp_path, kill_at
+):
     out = tmp_path / "run"
     process = spawn(epoch_recipe_args(tiny_bert, out))
     wait_for_step(process, out / "log.jsonl", kill_at)
@@ -253,4 +277,6 @@ def test_sigkill_then_resume_is_bit_identical_with_buckets_accumulation_and_epoc
     assert all(torch.equal(ours[k], theirs[k]) for k in theirs)
     assert log_without_timings(out / "log.jsonl") == log_without_timings(uninterrupted_epochs / "log.jsonl")
     summary = json.loads((out / "metrics.json").read_text())
-    assert summary["train"]["steps"] == json.loads((uninterrupted_epochs / "metrics.json").read_text())["train"]["steps"]
+    assert (
+        summary["train"]["steps"] == json.loads((uninterrupted_epochs / "metrics.json").read_text())["train"]["steps"]
+    )

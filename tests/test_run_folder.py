@@ -11,9 +11,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
-
 from conftest import SAMPLES, recipe_args, run_cli, spawn, wait_for_step
+from safetensors.torch import load_file
 
 
 def weights(folder: Path) -> dict:
@@ -26,8 +25,10 @@ def same_weights(a: Path, b: Path) -> bool:
 
 
 def tree(folder: Path) -> dict:
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "dir"
-            for p in sorted(folder.rglob("*"))}
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "dir"
+        for p in sorted(folder.rglob("*"))
+    }
 
 
 @pytest.fixture(scope="module")
@@ -52,8 +53,10 @@ def test_a_second_process_on_the_same_output_is_refused_and_the_first_goes_on(ti
     for args in (long_run + ["--overwrite"], long_run + ["--resume"], ["card", out], ["resume", out]):
         code, _, stderr = run_cli(args, capsys)
         assert code == 2, stderr
-        assert stderr.strip() == (f"error: run folder '{out}' is in use by another bertfit process (pid "
-                                  f"{first.pid}); wait for it to finish or choose another --output")
+        assert stderr.strip() == (
+            f"error: run folder '{out}' is in use by another bertfit process (pid "
+            f"{first.pid}); wait for it to finish or choose another --output"
+        )
     reached = wait_for_step(first, out / "log.jsonl", 1)
     assert wait_for_step(first, out / "log.jsonl", reached + 5) > reached  # still training, untouched
     first.send_signal(signal.SIGTERM)
@@ -80,12 +83,32 @@ def test_a_killed_run_leaves_no_lock_behind(tiny_bert, tmp_path):
 
 def test_overwrite_removes_only_what_bertfit_wrote(tiny_bert, tmp_path, capsys):
     out = tmp_path / "run"
-    args = ["train", "--model", tiny_bert, "--data", SAMPLES / "sst2_200.csv", "--output", out, "--batch-size", 32,
-            "--max-steps", 2, "--eval-every", 2]
+    args = [
+        "train",
+        "--model",
+        tiny_bert,
+        "--data",
+        SAMPLES / "sst2_200.csv",
+        "--output",
+        out,
+        "--batch-size",
+        32,
+        "--max-steps",
+        2,
+        "--eval-every",
+        2,
+    ]
     assert run_cli(args, capsys)[0] == 0
     marker = json.loads((out / ".bertfit-run.json").read_text())["owned"]
-    assert {"model.safetensors", "config.json", "tokenizer.json", "checkpoints", "plots", "log.jsonl",
-            "README.md"} <= set(marker)
+    assert {
+        "model.safetensors",
+        "config.json",
+        "tokenizer.json",
+        "checkpoints",
+        "plots",
+        "log.jsonl",
+        "README.md",
+    } <= set(marker)
     assert set(marker) == {p.name for p in out.iterdir() if not p.name.startswith(".bertfit")}
     assert run_cli(args + ["--overwrite", "--seed", "7"], capsys)[0] == 0
     assert "seed: 7" in (out / "recipe.yaml").read_text()
@@ -107,8 +130,19 @@ def test_a_file_put_into_the_output_during_setup_is_never_deleted(tiny_bert, tmp
         return real(*args, **kwargs)
 
     monkeypatch.setattr(models, "load_tokenizer", meanwhile)
-    args = ["train", "--model", tiny_bert, "--data", SAMPLES / "sst2_200.csv", "--output", out, "--batch-size", 32,
-            "--max-steps", 2]
+    args = [
+        "train",
+        "--model",
+        tiny_bert,
+        "--data",
+        SAMPLES / "sst2_200.csv",
+        "--output",
+        out,
+        "--batch-size",
+        32,
+        "--max-steps",
+        2,
+    ]
     code, _, stderr = run_cli(args, capsys)
     assert code == 2 and f"output folder '{out}' is not empty" in stderr
     assert {p.name for p in out.iterdir()} == {"theirs.txt"}
@@ -152,6 +186,7 @@ def test_a_damaged_newest_checkpoint_falls_back_to_the_one_before(interrupted, u
 
 # ---------------------------------------------------------------- real small file systems (tmpfs, as root)
 
+
 @pytest.fixture
 def tmpfs(tmp_path):
     """Mount a real tmpfs of the size asked for; skipped (with the reason) where mounting is not allowed."""
@@ -161,8 +196,9 @@ def tmpfs(tmp_path):
         point = tmp_path / f"fs{len(mounts)}"
         point.mkdir()
         options = f"size={size_mb}m" + (",ro" if read_only else "")
-        done = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(point)], capture_output=True,
-                              text=True)
+        done = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(point)], capture_output=True, text=True
+        )
         if done.returncode != 0:
             pytest.skip(f"cannot mount a tmpfs here ({done.stderr.strip() or 'mount failed'}); needs root")
         mounts.append(point)
@@ -177,8 +213,9 @@ def used_bytes(folder: Path) -> int:
     return shutil.disk_usage(folder).used
 
 
-def test_a_real_full_disk_at_a_checkpoint_is_one_line_and_leaves_nothing_torn(tiny_bert, tmpfs, tmp_path,
-                                                                              uninterrupted):
+def test_a_real_full_disk_at_a_checkpoint_is_one_line_and_leaves_nothing_torn(
+    tiny_bert, tmpfs, tmp_path, uninterrupted
+):
     disk = tmpfs(20)  # a checkpoint of the tiny model is ~12 MB: the first fits, the second does not
     out = disk / "run"
     process = spawn(recipe_args(tiny_bert, out))
@@ -201,8 +238,23 @@ def test_a_real_full_disk_at_a_checkpoint_is_one_line_and_leaves_nothing_torn(ti
 def test_a_real_full_disk_at_the_final_save_keeps_the_checkpoint_to_resume_from(tiny_bert, tmpfs, tmp_path):
     disk = tmpfs(15)  # one ~12 MB checkpoint fits; the model folder written after it does not
     out = disk / "run"
-    args = ["train", "--model", tiny_bert, "--data", SAMPLES / "sst2_200.csv", "--output", out, "--batch-size", 16,
-            "--max-steps", 4, "--eval-every", 4, "--set", "keep_checkpoints=1"]
+    args = [
+        "train",
+        "--model",
+        tiny_bert,
+        "--data",
+        SAMPLES / "sst2_200.csv",
+        "--output",
+        out,
+        "--batch-size",
+        16,
+        "--max-steps",
+        4,
+        "--eval-every",
+        4,
+        "--set",
+        "keep_checkpoints=1",
+    ]
     process = spawn(args)
     _, err = process.communicate(timeout=300)
     lines = err.decode().strip().splitlines()
@@ -219,8 +271,17 @@ def test_a_real_full_disk_at_the_final_save_keeps_the_checkpoint_to_resume_from(
 
 def test_a_read_only_file_system_is_one_line(tiny_bert, tmpfs, capsys):
     disk = tmpfs(5, read_only=True)
-    args = ["train", "--model", tiny_bert, "--data", SAMPLES / "sst2_200.csv", "--output", disk / "run",
-            "--max-steps", 2]
+    args = [
+        "train",
+        "--model",
+        tiny_bert,
+        "--data",
+        SAMPLES / "sst2_200.csv",
+        "--output",
+        disk / "run",
+        "--max-steps",
+        2,
+    ]
     code, _, stderr = run_cli(args, capsys)
     assert code == 2 and len(stderr.strip().splitlines()) == 1
     assert f"error: read-only file system while writing the run folder in '{disk}'" in stderr

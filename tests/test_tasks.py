@@ -16,32 +16,38 @@ TAGS = ["O", "B-LOC", "I-LOC", "B-PER", "I-PER"]
 
 
 def token_task(max_length=16, stride=4, all_subtokens=False):
-    return TokenTask(["tokens"], "ner_tags", TAGS, max_length, "head", (), stride=stride,
-                     label_all_subtokens=all_subtokens)
+    return TokenTask(
+        ["tokens"], "ner_tags", TAGS, max_length, "head", (), stride=stride, label_all_subtokens=all_subtokens
+    )
 
 
 def test_collation_pads_masks_and_keeps_pairs(minilm_tokenizer):
     task = ClassificationTask(["a", "b"], "label", ["no", "yes"], 64)
-    frame = pd.DataFrame({"a": ["short one", "a somewhat longer first sentence here"], "b": ["x", "y z"],
-                          "label": [0, 1]})
+    frame = pd.DataFrame(
+        {"a": ["short one", "a somewhat longer first sentence here"], "b": ["x", "y z"], "label": [0, 1]}
+    )
     features = task.encode(frame, minilm_tokenizer)
-    batch = task.collate(features, np.array([0, 1]), minilm_tokenizer.pad_token_id,
-                         pad_to=partial(round_up, multiple=8))
+    batch = task.collate(
+        features, np.array([0, 1]), minilm_tokenizer.pad_token_id, pad_to=partial(round_up, multiple=8)
+    )
     longest = int(features.lengths.max())
     assert batch["input_ids"].shape == (2, -(-longest // 8) * 8)
     assert batch["attention_mask"].sum(1).tolist() == features.lengths.tolist()
-    assert (batch["input_ids"][0, features.lengths[0]:] == minilm_tokenizer.pad_token_id).all()
+    assert (batch["input_ids"][0, features.lengths[0] :] == minilm_tokenizer.pad_token_id).all()
     assert batch["token_type_ids"][0].tolist()[: features.lengths[0]].count(1) == 2  # "x [SEP]"
     assert batch["labels"].tolist() == [0, 1]
     fixed = task.collate(features, np.array([0]), minilm_tokenizer.pad_token_id, pad_to=lambda longest: 64)
     assert fixed["input_ids"].shape == (1, 64)
 
 
-@pytest.mark.parametrize("mode, expected", [
-    ("head", [101, 1, 2, 3, 4, 5, 6, 102]),
-    ("tail", [101, 7, 8, 9, 10, 11, 12, 102]),
-    ("head+tail", [101, 1, 8, 9, 10, 11, 12, 102]),
-])
+@pytest.mark.parametrize(
+    "mode, expected",
+    [
+        ("head", [101, 1, 2, 3, 4, 5, 6, 102]),
+        ("tail", [101, 7, 8, 9, 10, 11, 12, 102]),
+        ("head+tail", [101, 1, 8, 9, 10, 11, 12, 102]),
+    ],
+)
 def test_truncation_modes_keep_special_tokens(mode, expected):
     ids = [101] + list(range(1, 13)) + [102]
     assert _truncate(ids, 8, mode) == expected
@@ -77,7 +83,7 @@ def test_first_subtoken_carries_the_label(minilm_tokenizer):
     assert features.items[0] == 3
     every = token_task(max_length=64, all_subtokens=True).encode(frame, minilm_tokenizer)
     tagged = [TAGS[t] for t in every.labels[0] if t != IGNORE]
-    assert tagged[0] == "B-PER" and set(tagged[1:tagged.index("O")]) == {"I-PER"}
+    assert tagged[0] == "B-PER" and set(tagged[1 : tagged.index("O")]) == {"I-PER"}
     assert every.word_ids[0][every.word_ids[0] >= 0].tolist() == [0, 1, 2]  # predictions still one per word
 
 
@@ -100,7 +106,9 @@ def test_long_sentence_windows_predict_every_word_exactly_once(minilm_tokenizer)
 
 
 def test_features_round_trip_through_the_cache_format(tmp_path, minilm_tokenizer):
-    frame = pd.DataFrame({"tokens": [["John", "lives", "in", "Paris"]] * 3, "ner_tags": [["B-PER", "O", "O", "B-LOC"]] * 3})
+    frame = pd.DataFrame(
+        {"tokens": [["John", "lives", "in", "Paris"]] * 3, "ner_tags": [["B-PER", "O", "O", "B-LOC"]] * 3}
+    )
     features = token_task(max_length=8, stride=2).encode(frame, minilm_tokenizer)
     features.save(tmp_path / "f.npz")
     again = Features.load(tmp_path / "f.npz")

@@ -3,9 +3,9 @@
 import json
 
 import pytest
+from conftest import SAMPLES, run_cli
 
 from bertfit.tasks.token import entity_spans
-from conftest import SAMPLES, run_cli
 
 
 def test_entity_spans_from_word_tags():
@@ -14,22 +14,37 @@ def test_entity_spans_from_word_tags():
     tags = ["B-PER", "I-PER", "O", "B-LOC", "I-LOC", "I-LOC", "O"]
     spans = entity_spans(text, offsets, tags, [0.9, 0.7, 0.99, 0.8, 0.8, 0.5, 0.9])
     assert [(s["entity_group"], s["word"], s["start"], s["end"]) for s in spans] == [
-        ("PER", "Angela Merkel", 0, 13), ("LOC", "New York City", 22, 35)]
+        ("PER", "Angela Merkel", 0, 13),
+        ("LOC", "New York City", 22, 35),
+    ]
     assert spans[0]["score"] == pytest.approx(0.8)
     # An I- after O starts an entity; B- after B- of the same type starts another.
-    assert [s["word"] for s in entity_spans("a b c", [(0, 1), (2, 3), (4, 5)], ["I-ORG", "B-ORG", "B-ORG"],
-                                            [1, 1, 1])] == ["a", "b", "c"]
+    assert [
+        s["word"] for s in entity_spans("a b c", [(0, 1), (2, 3), (4, 5)], ["I-ORG", "B-ORG", "B-ORG"], [1, 1, 1])
+    ] == ["a", "b", "c"]
 
 
 @pytest.fixture(scope="module")
 def conll_run(tmp_path_factory, tiny_bert):
     out = tmp_path_factory.mktemp("conll") / "run"
-    from bertfit.config import build_config
     from bertfit.cli import fit as train
+    from bertfit.config import build_config
 
-    cfg = build_config(None, {"model": tiny_bert, "data": str(SAMPLES / "conll_50.conll"), "output": str(out),
-                              "batch_size": 8, "max_steps": 12, "eval_every": 6, "lr": 5e-3, "max_length": 24,
-                              "stride": 6, "precision": "fp32"})  # predict is compared with fp32 pipeline()
+    cfg = build_config(
+        None,
+        {
+            "model": tiny_bert,
+            "data": str(SAMPLES / "conll_50.conll"),
+            "output": str(out),
+            "batch_size": 8,
+            "max_steps": 12,
+            "eval_every": 6,
+            "lr": 5e-3,
+            "max_length": 24,
+            "stride": 6,
+            "precision": "fp32",
+        },
+    )  # predict is compared with fp32 pipeline()
     return out, train(cfg)
 
 
@@ -72,11 +87,12 @@ def test_predict_entities_match_the_pipeline(conll_run, tmp_path, capsys):
     theirs = tagger(text)
     assert ours, "the tiny model should tag something after training on the sample"
     # All words here are single WordPiece tokens, so word- and token-level aggregation must agree exactly.
-    assert [(e["entity_group"], e["start"], e["end"]) for e in ours] == \
-           [(e["entity_group"], e["start"], e["end"]) for e in theirs]
+    assert [(e["entity_group"], e["start"], e["end"]) for e in ours] == [
+        (e["entity_group"], e["start"], e["end"]) for e in theirs
+    ]
     for a, b in zip(ours, theirs):
         assert a["score"] == pytest.approx(float(b["score"]), abs=1e-4)
-        assert a["word"] == text[a["start"]:a["end"]]
+        assert a["word"] == text[a["start"] : a["end"]]
 
 
 def test_eval_on_conll_file(conll_run, capsys):
@@ -87,9 +103,15 @@ def test_eval_on_conll_file(conll_run, capsys):
     assert 0 <= scored["f1"] <= 1 and 0 < scored["accuracy"] <= 1
 
 
-@pytest.mark.parametrize("content, message", [
-    ("John B-PER\nlives\n\n", "x.conll:2: sentence 1 has a token without a tag ('lives'); each line needs 'TOKEN TAG'"),
-])
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (
+            "John B-PER\nlives\n\n",
+            "x.conll:2: sentence 1 has a token without a tag ('lives'); each line needs 'TOKEN TAG'",
+        ),
+    ],
+)
 def test_conll_errors_name_file_and_sentence(tmp_path, tiny_bert, capsys, content, message):
     path = tmp_path / "x.conll"
     path.write_text(content)
@@ -105,11 +127,14 @@ def token_folder(tmp_path, train_rows, validation_rows):
     return folder
 
 
-@pytest.mark.parametrize("validation, message", [
-    ([(["a", "b"], ["O"])], "validation.jsonl' sentence 1 has 2 tokens but 1 tags"),
-    ([(["a"], ["B-ORG"])], "validation.jsonl' sentence 1: tag 'B-ORG' never appears in the training data"),
-    ([(["a"], ["O"]), ([], [])], "validation.jsonl' sentence 2 is empty; remove it"),
-])
+@pytest.mark.parametrize(
+    "validation, message",
+    [
+        ([(["a", "b"], ["O"])], "validation.jsonl' sentence 1 has 2 tokens but 1 tags"),
+        ([(["a"], ["B-ORG"])], "validation.jsonl' sentence 1: tag 'B-ORG' never appears in the training data"),
+        ([(["a"], ["O"]), ([], [])], "validation.jsonl' sentence 2 is empty; remove it"),
+    ],
+)
 def test_token_data_errors(tmp_path, tiny_bert, capsys, validation, message):
     folder = token_folder(tmp_path, [(["John", "runs"], ["B-PER", "O"])] * 4, validation)
     code, _, stderr = run_cli(["train", "--model", tiny_bert, "--data", folder, "--output", tmp_path / "o"], capsys)

@@ -5,15 +5,31 @@ from pathlib import Path
 
 import pytest
 import torch
-
-from bertfit.records import TIMING_FIELDS
-from bertfit.engine.device import resolve_precision
 from conftest import SAMPLES, run_cli
+
+from bertfit.engine.device import resolve_precision
+from bertfit.records import TIMING_FIELDS
 
 
 def tiny_args(model, out, *extra, data=SAMPLES / "sst2_200.csv"):
-    return ["train", "--model", model, "--data", data, "--output", out, "--batch-size", 16, "--max-steps", 6,
-            "--eval-every", 3, "--lr", "1e-3", *extra]
+    return [
+        "train",
+        "--model",
+        model,
+        "--data",
+        data,
+        "--output",
+        out,
+        "--batch-size",
+        16,
+        "--max-steps",
+        6,
+        "--eval-every",
+        3,
+        "--lr",
+        "1e-3",
+        *extra,
+    ]
 
 
 def log_without_timings(path: Path) -> list[dict]:
@@ -29,13 +45,24 @@ def test_run_folder_is_complete_and_pipeline_ready(tiny_bert, tmp_path, capsys):
     out = tmp_path / "run"
     code, stdout, stderr = run_cli(tiny_args(tiny_bert, out, "--label-names", "negative,positive"), capsys)
     assert code == 0, stderr
-    for name in ("config.json", "model.safetensors", "tokenizer.json", "metrics.json", "log.jsonl", "recipe.yaml",
-                 "README.md", "results.md"):
+    for name in (
+        "config.json",
+        "model.safetensors",
+        "tokenizer.json",
+        "metrics.json",
+        "log.jsonl",
+        "recipe.yaml",
+        "README.md",
+        "results.md",
+    ):
         assert (out / name).is_file(), name
     assert "Training Loss |    Epoch |     Step | Validation Loss | Accuracy" in stdout
     recipe = (out / "recipe.yaml").read_text()
-    assert "task: classification" in recipe and "- sentence" in recipe \
+    assert (
+        "task: classification" in recipe
+        and "- sentence" in recipe
         and f"precision: {resolve_precision('auto', torch.device('cpu'))}" in recipe
+    )
     metrics = json.loads((out / "metrics.json").read_text())
     assert set(metrics["validation"]) >= {"loss", "accuracy", "f1", "precision", "recall"}
     assert metrics["best_step"] in (3, 6) and metrics["train"]["samples_per_second"] > 0
@@ -80,7 +107,7 @@ def test_best_checkpoint_is_kept_and_early_stopping_stops(tiny_bert, tmp_path, c
     code, _, stderr = run_cli(args, capsys)
     assert code == 0, stderr
     metrics = json.loads((out / "metrics.json").read_text())
-    evals = [json.loads(l) for l in (out / "log.jsonl").read_text().splitlines() if '"event": "eval"' in l]
+    evals = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines() if '"event": "eval"' in line]
     losses = {e["step"]: e["metrics"]["loss"] for e in evals}
     best_step = min(losses, key=losses.get)  # loss: lower is better
     assert metrics["best_step"] == best_step and metrics["best_metric"] == losses[best_step]
@@ -90,12 +117,15 @@ def test_best_checkpoint_is_kept_and_early_stopping_stops(tiny_bert, tmp_path, c
     assert (out / "checkpoints" / f"step-{metrics['best_step']:08d}").is_dir()
 
 
-@pytest.mark.parametrize("extra, message", [
-    (["--precision", "fp16"], "precision fp16 needs a CUDA GPU (no GPU found); use --precision fp32 or bf16"),
-    (["--eval-every", 500], "eval_every 500 is larger than the whole run (6 steps)"),
-    (["--text-column", "review"], "column 'review' not found in"),
-    (["--max-length", 4096], "max_length 4096 is longer than the model accepts (512)"),
-])
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--precision", "fp16"], "precision fp16 needs a CUDA GPU (no GPU found); use --precision fp32 or bf16"),
+        (["--eval-every", 500], "eval_every 500 is larger than the whole run (6 steps)"),
+        (["--text-column", "review"], "column 'review' not found in"),
+        (["--max-length", 4096], "max_length 4096 is longer than the model accepts (512)"),
+    ],
+)
 def test_user_errors_are_one_line_exit_2_and_write_nothing(tiny_bert, tmp_path, capsys, extra, message):
     out = tmp_path / "run"
     code, _, stderr = run_cli(tiny_args(tiny_bert, out, *extra), capsys)

@@ -1,4 +1,5 @@
-"""Reading one data file into a frame: CSV/TSV, JSON lines or arrays, Parquet, CoNLL; every defect named by file and line."""
+"""Reading one data file into a frame: CSV/TSV, JSON lines or arrays, Parquet, CoNLL; each defect named by file
+and line."""
 
 from __future__ import annotations
 
@@ -10,8 +11,16 @@ import pandas as pd
 
 from bertfit.errors import BertfitError, first_line
 
-READERS = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".json": "jsonl", ".parquet": "parquet",
-           ".conll": "conll", ".bio": "conll", ".iob": "conll"}
+READERS = {
+    ".csv": "csv",
+    ".tsv": "tsv",
+    ".jsonl": "jsonl",
+    ".json": "jsonl",
+    ".parquet": "parquet",
+    ".conll": "conll",
+    ".bio": "conll",
+    ".iob": "conll",
+}
 
 
 def _undecodable_row(path: Path, err: UnicodeDecodeError, raw: bytes) -> str:
@@ -42,8 +51,10 @@ def read_conll(path: Path) -> pd.DataFrame:
         if fields[0] == "-DOCSTART-":
             continue
         if len(fields) < 2:
-            raise BertfitError(f"{path}:{number}: sentence {len(sentences) + 1} has a token without a tag "
-                               f"('{line.strip()}'); each line needs 'TOKEN TAG'")
+            raise BertfitError(
+                f"{path}:{number}: sentence {len(sentences) + 1} has a token without a tag "
+                f"('{line.strip()}'); each line needs 'TOKEN TAG'"
+            )
         tokens.append(fields[0])
         tags.append(fields[-1])
     if tokens:
@@ -71,12 +82,18 @@ def _read_jsonl(path: Path) -> pd.DataFrame:
         except DuplicateKey as twice:
             raise BertfitError(f"{path}: key '{twice}' appears twice in one object; keep one") from None
         except json.JSONDecodeError as err:
-            raise BertfitError(f"{path}:{err.lineno}: not valid JSON ({err.msg}, column {err.colno}); fix the "
-                               "file or write one JSON object per line") from None
-        bad = next((i for i, row in enumerate(rows) if not isinstance(row, dict)), None) if isinstance(rows, list) else 0
+            raise BertfitError(
+                f"{path}:{err.lineno}: not valid JSON ({err.msg}, column {err.colno}); fix the "
+                "file or write one JSON object per line"
+            ) from None
+        bad = (
+            next((i for i, row in enumerate(rows) if not isinstance(row, dict)), None) if isinstance(rows, list) else 0
+        )
         if bad is not None:
-            raise BertfitError(f"{path}: item {bad + 1} of the JSON array is not an object; each example needs "
-                               "named fields, e.g. {\"text\": ..., \"label\": ...}")
+            raise BertfitError(
+                f"{path}: item {bad + 1} of the JSON array is not an object; each example needs "
+                'named fields, e.g. {"text": ..., "label": ...}'
+            )
         return pd.DataFrame(rows)
     rows = []
     for number, line in enumerate(text.split("\n"), start=1):
@@ -87,7 +104,9 @@ def _read_jsonl(path: Path) -> pd.DataFrame:
         except DuplicateKey as twice:
             raise BertfitError(f"{path}:{number}: key '{twice}' appears twice in one object; keep one") from None
         except json.JSONDecodeError as err:
-            raise BertfitError(f"{path}:{number}: not a JSON object ({err.msg}); write one JSON object per line") from None
+            raise BertfitError(
+                f"{path}:{number}: not a JSON object ({err.msg}); write one JSON object per line"
+            ) from None
         if not isinstance(row, dict):
             raise BertfitError(f"{path}:{number}: expected a JSON object per line, got {type(row).__name__}")
         rows.append(row)
@@ -100,15 +119,24 @@ def _read_delimited(path: Path, kind: str) -> pd.DataFrame:
     # TSVs from GLUE contain bare quotes inside sentences: read them literally.
     quoting = csv.QUOTE_NONE if kind == "tsv" else csv.QUOTE_MINIMAL
     try:
-        frame = pd.read_csv(path, sep=sep, quoting=quoting, keep_default_na=False, na_values=[""],
-                            encoding="utf-8", dtype_backend="numpy_nullable")
+        frame = pd.read_csv(
+            path,
+            sep=sep,
+            quoting=quoting,
+            keep_default_na=False,
+            na_values=[""],
+            encoding="utf-8",
+            dtype_backend="numpy_nullable",
+        )
     except pd.errors.EmptyDataError:
         raise BertfitError(f"file '{path}' is empty; it needs a header row and at least one example") from None
     except pd.errors.ParserError as err:
         detail = str(err).strip().splitlines()[-1].split("C error: ")[-1]
         shown_sep = "tab" if kind == "tsv" else "comma"
-        raise BertfitError(f"file '{path}' has rows with the wrong number of fields ({detail}); "
-                           f"quote fields that contain a {shown_sep}") from None
+        raise BertfitError(
+            f"file '{path}' has rows with the wrong number of fields ({detail}); "
+            f"quote fields that contain a {shown_sep}"
+        ) from None
     header = text.splitlines()[0] if text else ""
     names = next(csv.reader([header], delimiter=sep, quoting=quoting), [])
     twice = next((name for name in names if names.count(name) > 1), None)
@@ -117,8 +145,10 @@ def _read_delimited(path: Path, kind: str) -> pd.DataFrame:
     if frame.shape[1] == 1:
         other, other_kind = ("\t", "tsv") if kind == "csv" else (",", "csv")
         if other in header:
-            raise BertfitError(f"file '{path}' looks {other_kind.upper()}-separated but is read as "
-                               f"{kind.upper()}; rename it to '{path.stem}.{other_kind}'")
+            raise BertfitError(
+                f"file '{path}' looks {other_kind.upper()}-separated but is read as "
+                f"{kind.upper()}; rename it to '{path.stem}.{other_kind}'"
+            )
     return frame
 
 
@@ -128,15 +158,16 @@ def _read_parquet(path: Path) -> pd.DataFrame:
     try:
         return pd.read_parquet(path)
     except (pa.ArrowException, OSError, ValueError) as err:
-        raise BertfitError(f"file '{path}' is not a readable Parquet file ({first_line(err, 120)}); it may be "
-                           "truncated: write it again") from None
+        raise BertfitError(
+            f"file '{path}' is not a readable Parquet file ({first_line(err, 120)}); it may be "
+            "truncated: write it again"
+        ) from None
 
 
 def read_file(path: Path) -> pd.DataFrame:
     kind = READERS.get(path.suffix.lower())
     if kind is None:
-        raise BertfitError(f"file '{path}' has an unsupported extension; use one of "
-                           f"{', '.join(sorted(set(READERS)))}")
+        raise BertfitError(f"file '{path}' has an unsupported extension; use one of {', '.join(sorted(set(READERS)))}")
     if path.stat().st_size == 0:
         raise BertfitError(f"file '{path}' is empty; it needs at least one example")
     if kind == "parquet":

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field, replace
-from typing import Optional
 
 import numpy as np
 import pandas as pd
@@ -21,8 +20,14 @@ MAX_TEXT_CHARS = 100_000
 TEXT_COLUMNS = ("text", "sentence", "review", "tweet", "content", "document", "comment")
 
 
-PAIR_COLUMNS = (("sentence1", "sentence2"), ("premise", "hypothesis"), ("question", "sentence"),
-                ("question1", "question2"), ("question", "passage"), ("text_a", "text_b"))
+PAIR_COLUMNS = (
+    ("sentence1", "sentence2"),
+    ("premise", "hypothesis"),
+    ("question", "sentence"),
+    ("question1", "question2"),
+    ("question", "passage"),
+    ("text_a", "text_b"),
+)
 
 
 TOKEN_COLUMNS = ("tokens", "words")
@@ -38,10 +43,10 @@ class DataSpec:
     task: str
     text_columns: list[str]
     label_column: str
-    label_names: Optional[list[str]]  # None for regression
-    tag_scheme: Optional[str] = None
+    label_names: list[str] | None  # None for regression
+    tag_scheme: str | None = None
     repaired_tags: int = 0
-    tag_id_names: Optional[list[str]] = None  # token task with integer tags: the name of each id
+    tag_id_names: list[str] | None = None  # token task with integer tags: the name of each id
     io_tags: bool = False  # token task: tags without B-/I- prefixes, read as I-X
     notes: list[str] = field(default_factory=list)  # what detection decided that the user should know
 
@@ -51,9 +56,16 @@ def _is_list_column(frame: pd.DataFrame, column: str) -> bool:
     return len(values) > 0 and isinstance(values.iloc[0], (list, tuple, np.ndarray))
 
 
-def detect(splits: Splits, train_split: str, task: str, text_columns: Optional[list[str]],
-           label_column: Optional[str], label_names: Optional[list[str]], strict: bool = True,
-           training: bool = True) -> DataSpec:
+def detect(
+    splits: Splits,
+    train_split: str,
+    task: str,
+    text_columns: list[str] | None,
+    label_column: str | None,
+    label_names: list[str] | None,
+    strict: bool = True,
+    training: bool = True,
+) -> DataSpec:
     """Decide the task and columns from the training split, then check every split against them.
 
     `strict=False` (for `bertfit inspect`) lets empty texts and unseen labels through to be counted;
@@ -72,8 +84,10 @@ def detect(splits: Splits, train_split: str, task: str, text_columns: Optional[l
 
     label = label_column or next((c for c in LABEL_COLUMNS if c in columns), None)
     if label is None:
-        raise BertfitError(_headerless(file, columns) or f"no label column in '{file}' (columns: "
-                           f"{', '.join(map(str, columns))}); name it with --label-column")
+        raise BertfitError(
+            _headerless(file, columns)
+            or f"no label column in '{file}' (columns: {', '.join(map(str, columns))}); name it with --label-column"
+        )
     if text_columns is None:
         text_columns = _detect_text_columns(train, label, file)
     kind = task if task != "auto" else _classify_or_regress(train[label])
@@ -96,13 +110,15 @@ def normalise(splits: Splits, spec: DataSpec) -> Splits:
     return replace(splits, frames=frames, notes=notes)
 
 
-def _headerless(file: str, columns: list) -> Optional[str]:
+def _headerless(file: str, columns: list) -> str | None:
     """A file read with its first example as the header names its 'columns' after that example's values."""
     looks_like_data = [c for c in map(str, columns) if NUMBER.fullmatch(c.strip()) or len(c.split()) > 3]
     if not looks_like_data:
         return None
-    return (f"'{file}' seems to have no header row: its first line ({', '.join(repr(str(c)[:40]) for c in columns)}) "
-            "was read as column names; add a header line naming the columns, e.g. 'sentence' and 'label'")
+    return (
+        f"'{file}' seems to have no header row: its first line ({', '.join(repr(str(c)[:40]) for c in columns)}) "
+        "was read as column names; add a header line naming the columns, e.g. 'sentence' and 'label'"
+    )
 
 
 def _detect_text_columns(train: pd.DataFrame, label: str, file: str) -> list[str]:
@@ -112,15 +128,19 @@ def _detect_text_columns(train: pd.DataFrame, label: str, file: str) -> list[str
             return list(pair)
     singles = [c for c in TEXT_COLUMNS if c in columns]
     if len(singles) > 1:
-        raise BertfitError(f"ambiguous text column in '{file}': {', '.join(repr(c) for c in singles)} could all "
-                           f"be the text; choose with --text-column {singles[0]}")
+        raise BertfitError(
+            f"ambiguous text column in '{file}': {', '.join(repr(c) for c in singles)} could all "
+            f"be the text; choose with --text-column {singles[0]}"
+        )
     if singles:
         return singles
     strings = [c for c in columns if pd.api.types.is_string_dtype(train[c])]
     if len(strings) == 1:
         return strings
-    raise BertfitError(_headerless(file, list(train.columns)) or f"no text column in '{file}' (columns: "
-                       f"{', '.join(map(str, train.columns))}); name it with --text-column")
+    raise BertfitError(
+        _headerless(file, list(train.columns))
+        or f"no text column in '{file}' (columns: {', '.join(map(str, train.columns))}); name it with --text-column"
+    )
 
 
 def _classify_or_regress(labels: pd.Series) -> str:
@@ -154,7 +174,7 @@ def label_key(value: object) -> str:
 
 def _check_label_values(splits: Splits, label: str, kind: str) -> None:
     """One label per row, of one kind, present: each problem named by file and row."""
-    first_kind: Optional[tuple[str, str, int, object]] = None
+    first_kind: tuple[str, str, int, object] | None = None
     for split, frame in splits.frames.items():
         if label not in frame.columns:
             continue
@@ -162,35 +182,46 @@ def _check_label_values(splits: Splits, label: str, kind: str) -> None:
         for row, value in enumerate(frame[label].tolist(), start=1):
             if isinstance(value, (list, tuple, dict, np.ndarray)):
                 shape = "an object" if isinstance(value, dict) else "a list"
-                raise BertfitError(f"'{file}' row {row}: label is {shape} ({str(value)[:60]}); bertfit trains on "
-                                   "one label per example (a class name, a class id or a score)")
-            if value is None or value is pd.NA or (isinstance(value, float) and np.isnan(value)) or (
-                    isinstance(value, str) and (not value.strip() or value.strip().lower() in MISSING_WORDS)):
-                shown = "empty or NaN" if value is None or not isinstance(value, str) or not value.strip() \
-                    else f"'{value}'"
+                raise BertfitError(
+                    f"'{file}' row {row}: label is {shape} ({str(value)[:60]}); bertfit trains on "
+                    "one label per example (a class name, a class id or a score)"
+                )
+            if (
+                value is None
+                or value is pd.NA
+                or (isinstance(value, float) and np.isnan(value))
+                or (isinstance(value, str) and (not value.strip() or value.strip().lower() in MISSING_WORDS))
+            ):
+                shown = (
+                    "empty or NaN" if value is None or not isinstance(value, str) or not value.strip() else f"'{value}'"
+                )
                 raise BertfitError(f"'{file}' row {row}: label is {shown}; fill it in or drop the row")
             value_kind = "number" if _is_number(value) else "text"
             if first_kind is None:
                 first_kind = (value_kind, file, row, value)
             elif value_kind != first_kind[0]:
-                raise BertfitError(f"'{file}' row {row}: label {value!r} is {value_kind}, but labels are "
-                                   f"{first_kind[0]} elsewhere ({first_kind[3]!r} in '{first_kind[1]}' row "
-                                   f"{first_kind[2]}); label column '{label}' mixes numbers and strings: use one "
-                                   "kind of label")
+                raise BertfitError(
+                    f"'{file}' row {row}: label {value!r} is {value_kind}, but labels are "
+                    f"{first_kind[0]} elsewhere ({first_kind[3]!r} in '{first_kind[1]}' row "
+                    f"{first_kind[2]}); label column '{label}' mixes numbers and strings: use one "
+                    "kind of label"
+                )
             if kind == "regression" and value_kind == "text":
-                raise BertfitError(f"'{file}' row {row}: regression needs numeric labels in '{label}', got "
-                                   f"{value!r}")
+                raise BertfitError(f"'{file}' row {row}: regression needs numeric labels in '{label}', got {value!r}")
             if kind == "classification" and value_kind == "number" and float(value) != int(float(value)):
-                raise BertfitError(f"'{file}' row {row}: label {value} is not a whole number, so it is not a class; "
-                                   "for scores use --task regression")
+                raise BertfitError(
+                    f"'{file}' row {row}: label {value} is not a whole number, so it is not a class; "
+                    "for scores use --task regression"
+                )
 
 
-def _label_names(splits: Splits, label: str, given: Optional[list[str]], training: bool) -> dict:
+def _label_names(splits: Splits, label: str, given: list[str] | None, training: bool) -> dict:
     """Class names: given ones (matched by name, else as ids 0..K-1), the dataset's own, or the values found."""
     keys = {split: frame[label].map(label_key) for split, frame in splits.frames.items() if label in frame.columns}
     found = set().union(*(set(k) for k in keys.values()))
-    numeric = all(_is_number(v) for frame in splits.frames.values() if label in frame.columns
-                  for v in frame[label].head(1))
+    numeric = all(
+        _is_number(v) for frame in splits.frames.values() if label in frame.columns for v in frame[label].head(1)
+    )
     names = given or splits.label_names or KNOWN_LABEL_NAMES.get(splits.name)
     source = "--label-names" if given and training else "the model's labels" if given else "the dataset's label names"
     if names:
@@ -204,19 +235,21 @@ def _label_names(splits: Splits, label: str, given: Optional[list[str]], trainin
             outside = np.flatnonzero(((ids < 0) | (ids >= len(names))).to_numpy())
             if len(outside):
                 row = int(outside[0])
-                raise BertfitError(f"'{splits.files.get(split, split)}' row {row + 1}: label {ids.iloc[row]} has no "
-                                   f"name: {source} ({', '.join(names[:6])}{', ...' if len(names) > 6 else ''}) "
-                                   f"take ids 0..{len(names) - 1}; fix the label"
-                                   + (" or --label-names" if training else ""))
+                raise BertfitError(
+                    f"'{splits.files.get(split, split)}' row {row + 1}: label {ids.iloc[row]} has no "
+                    f"name: {source} ({', '.join(names[:6])}{', ...' if len(names) > 6 else ''}) "
+                    f"take ids 0..{len(names) - 1}; fix the label" + (" or --label-names" if training else "")
+                )
         return {"label_names": list(names)}
     if not numeric:
         return {"label_names": sorted(found)}
     ids = sorted(int(k) for k in found)
     if ids != list(range(len(ids))):
         shown = ", ".join(map(str, ids[:6])) + (", ..." if len(ids) > 6 else "")
-        return {"label_names": [str(i) for i in ids],
-                "notes": [f"integer labels ({shown}) are not 0..{len(ids) - 1}: each value is a class named by its "
-                          "number"]}
+        return {
+            "label_names": [str(i) for i in ids],
+            "notes": [f"integer labels ({shown}) are not 0..{len(ids) - 1}: each value is a class named by its number"],
+        }
     return {"label_names": [str(i) for i in ids]}
 
 
@@ -227,58 +260,78 @@ def _check_rows(splits: Splits, spec: DataSpec, train_split: str, strict: bool, 
         frame, file = splits.frames[split], splits.files.get(split, split)
         for column in spec.text_columns + [spec.label_column]:
             if column not in frame.columns:
-                raise BertfitError(f"column '{column}' is missing from '{file}' (columns: "
-                                   f"{', '.join(map(str, frame.columns))})")
+                raise BertfitError(
+                    f"column '{column}' is missing from '{file}' (columns: {', '.join(map(str, frame.columns))})"
+                )
         for column in spec.text_columns:
             texts = frame[column]
             empty = texts.isna() | texts.astype(str).str.strip().eq("")
             if empty.any() and strict:
                 row = int(np.flatnonzero(empty.to_numpy())[0])
-                raise BertfitError(f"'{file}' row {row + 1}: text column '{column}' is empty "
-                                   f"({int(empty.sum())} such rows); drop or fill them")
+                raise BertfitError(
+                    f"'{file}' row {row + 1}: text column '{column}' is empty "
+                    f"({int(empty.sum())} such rows); drop or fill them"
+                )
             sizes = texts.astype(str).str.len()
             if (sizes > MAX_TEXT_CHARS).any() and strict:
                 row = int(np.flatnonzero((sizes > MAX_TEXT_CHARS).to_numpy())[0])
-                raise BertfitError(f"'{file}' row {row + 1}: text in '{column}' is {int(sizes.iloc[row]):,} characters "
-                                   f"(limit {MAX_TEXT_CHARS:,}); check for an unclosed quote, or split the document")
+                raise BertfitError(
+                    f"'{file}' row {row + 1}: text in '{column}' is {int(sizes.iloc[row]):,} characters "
+                    f"(limit {MAX_TEXT_CHARS:,}); check for an unclosed quote, or split the document"
+                )
         if spec.task == "classification":
             present = set(frame[spec.label_column].map(label_key))
             if train_labels is None:
                 train_labels = present
                 if len(present) < 2 and training and strict:
-                    raise BertfitError(f"'{file}' has one class only ({next(iter(present))!r}); classification "
-                                       "needs examples of at least two classes (for scores, use --task regression)")
+                    raise BertfitError(
+                        f"'{file}' has one class only ({next(iter(present))!r}); classification "
+                        "needs examples of at least two classes (for scores, use --task regression)"
+                    )
             unseen = sorted(present - train_labels)
             if unseen and strict and training:
-                raise BertfitError(f"'{file}' has labels never seen in training: {', '.join(unseen)}; "
-                                   "the model cannot predict them")
-
+                raise BertfitError(
+                    f"'{file}' has labels never seen in training: {', '.join(unseen)}; the model cannot predict them"
+                )
 
 
 # ---------------------------------------------------------------- token classification
 
-def _detect_token(splits: Splits, train_split: str, text_columns: Optional[list[str]], label_column: Optional[str],
-                  list_columns: list[str], given_names: Optional[list[str]]) -> DataSpec:
+
+def _detect_token(
+    splits: Splits,
+    train_split: str,
+    text_columns: list[str] | None,
+    label_column: str | None,
+    list_columns: list[str],
+    given_names: list[str] | None,
+) -> DataSpec:
     file = splits.files.get(train_split, train_split)
     tokens = (text_columns or [None])[0] or next((c for c in TOKEN_COLUMNS if c in list_columns), None)
     tags = label_column or next((c for c in TAG_COLUMNS if c in list_columns and c != tokens), None)
     if tokens is None or tags is None:
-        raise BertfitError(f"token classification needs a list-of-tokens and a list-of-tags column in '{file}' "
-                           f"(list columns: {', '.join(list_columns) or 'none'}); name them with "
-                           "--text-column and --label-column")
+        raise BertfitError(
+            f"token classification needs a list-of-tokens and a list-of-tags column in '{file}' "
+            f"(list columns: {', '.join(list_columns) or 'none'}); name them with "
+            "--text-column and --label-column"
+        )
     id_names = None
     for split, frame in splits.frames.items():
         split_file = splits.files.get(split, split)
         for number, (words, labels) in enumerate(zip(frame[tokens], frame[tags]), start=1):
             for what, value in (("tokens", words), ("tags", labels)):
                 if not isinstance(value, (list, tuple, np.ndarray)):
-                    raise BertfitError(f"'{split_file}' sentence {number}: {what} are {value!r}, not a list; give "
-                                       f"each sentence a list of {what}")
+                    raise BertfitError(
+                        f"'{split_file}' sentence {number}: {what} are {value!r}, not a list; give "
+                        f"each sentence a list of {what}"
+                    )
             if len(words) == 0:
                 raise BertfitError(f"'{split_file}' sentence {number} is empty; remove it")
             if len(words) != len(labels):
-                raise BertfitError(f"'{split_file}' sentence {number} has {len(words)} tokens but {len(labels)} "
-                                   "tags; each token needs exactly one tag")
+                raise BertfitError(
+                    f"'{split_file}' sentence {number} has {len(words)} tokens but {len(labels)} "
+                    "tags; each token needs exactly one tag"
+                )
         if len(frame) and not isinstance(frame[tags].iloc[0][0], str):
             id_names = given_names or splits.label_names
             if not id_names:
@@ -286,39 +339,49 @@ def _detect_token(splits: Splits, train_split: str, text_columns: Optional[list[
             for number, row in enumerate(frame[tags], start=1):
                 bad = next((t for t in row if not _is_number(t) or not 0 <= int(t) < len(id_names)), None)
                 if bad is not None:
-                    raise BertfitError(f"'{split_file}' sentence {number}: tag {bad!r} has no name: the "
-                                       f"{len(id_names)} tag names take ids 0..{len(id_names) - 1}; fix the tag or "
-                                       "--label-names")
+                    raise BertfitError(
+                        f"'{split_file}' sentence {number}: tag {bad!r} has no name: the "
+                        f"{len(id_names)} tag names take ids 0..{len(id_names) - 1}; fix the tag or "
+                        "--label-names"
+                    )
     io_tags = _io_scheme(splits, {split: _named_tags(frame[tags], id_names) for split, frame in splits.frames.items()})
     rows = _token_rows(splits, tags, id_names, io_tags)
     scheme, repaired = rows[train_split][1], sum(fixed for _, _, fixed in rows.values())
     notes = []
     if io_tags:
         scheme, repaired = "IO", 0
-        notes.append("tags have no B-/I- prefixes (the IO scheme): read as I-X and converted to IOB2, so adjacent "
-                     "entities of one type merge")
+        notes.append(
+            "tags have no B-/I- prefixes (the IO scheme): read as I-X and converted to IOB2, so adjacent "
+            "entities of one type merge"
+        )
     elif scheme == "IOB1":
         notes.append("tags are IOB1: converted to IOB2 (an entity-initial I-X became B-X)")
-    names = given_names if given_names and isinstance(given_names[0], str) and not io_tags else order_tags(
-        {t for row in rows[train_split][0] for t in row})
+    names = (
+        given_names
+        if given_names and isinstance(given_names[0], str) and not io_tags
+        else order_tags({t for row in rows[train_split][0] for t in row})
+    )
     known = set(names)
     for split, (converted, _, _) in rows.items():
         for number, row in enumerate(converted, start=1):
             unknown = [t for t in row if t not in known]
             if unknown:
-                raise BertfitError(f"'{splits.files.get(split, split)}' sentence {number}: tag '{unknown[0]}' "
-                                   "never appears in the training data")
+                raise BertfitError(
+                    f"'{splits.files.get(split, split)}' sentence {number}: tag '{unknown[0]}' "
+                    "never appears in the training data"
+                )
     return DataSpec("token", [tokens], tags, names, scheme, repaired, id_names, io_tags, notes)
 
 
-def _named_tags(column: pd.Series, id_names: Optional[list[str]]) -> list[list[str]]:
+def _named_tags(column: pd.Series, id_names: list[str] | None) -> list[list[str]]:
     if len(column) and not isinstance(column.iloc[0][0], str):
         return [[id_names[int(t)] for t in row] for row in column]
     return [list(row) for row in column]
 
 
-def _token_rows(splits: Splits, tags: str, id_names: Optional[list[str]],
-                io_tags: bool) -> dict[str, tuple[list[list[str]], str, int]]:
+def _token_rows(
+    splits: Splits, tags: str, id_names: list[str] | None, io_tags: bool
+) -> dict[str, tuple[list[list[str]], str, int]]:
     """Per split: the tags as IOB2 names, the scheme found and how many entity-initial I- tags were repaired."""
     rows = {}
     for split, frame in splits.frames.items():
@@ -342,6 +405,8 @@ def _io_scheme(splits: Splits, named: dict[str, list[list[str]]]) -> bool:
                 else:
                     plain = plain or (split, number, tag)
     if prefixed and plain:
-        raise BertfitError(f"'{splits.files.get(plain[0], plain[0])}' sentence {plain[1]}: tag '{plain[2]}' has no "
-                           f"B-/I- prefix while others do (e.g. '{prefixed[2]}'); use one tag scheme")
+        raise BertfitError(
+            f"'{splits.files.get(plain[0], plain[0])}' sentence {plain[1]}: tag '{plain[2]}' has no "
+            f"B-/I- prefix while others do (e.g. '{prefixed[2]}'); use one tag scheme"
+        )
     return bool(plain)

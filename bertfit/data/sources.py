@@ -7,7 +7,6 @@ import json
 import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
 import pandas as pd
@@ -15,16 +14,28 @@ import pandas as pd
 from bertfit.data.readers import READERS, read_file
 from bertfit.errors import BertfitError
 
-SPLIT_NAMES = {"train": ("train",), "validation": ("validation", "valid", "val", "dev", "testa"),
-               "test": ("test", "testb")}
+SPLIT_NAMES = {
+    "train": ("train",),
+    "validation": ("validation", "valid", "val", "dev", "testa"),
+    "test": ("test", "testb"),
+}
 
 LABEL_COLUMNS = ("label", "labels", "sentiment", "target", "score", "class", "category")
 
 
 # Hub ids resolve to mirror folders under BERTFIT_DATA_DIR by these names before the hub is tried.
-MIRROR_ALIASES = {"glue/sst2": "sst2", "tweet_eval/sentiment": "tweet_sentiment", "glue/cola": "cola",
-                  "glue/mrpc": "mrpc", "glue/rte": "rte", "glue/stsb": "stsb", "stanfordnlp/imdb": "imdb",
-                  "eriktks/conll2003": "conll2003", "glue/mnli": "mnli", "nyu-mll/glue/sst2": "sst2"}
+MIRROR_ALIASES = {
+    "glue/sst2": "sst2",
+    "tweet_eval/sentiment": "tweet_sentiment",
+    "glue/cola": "cola",
+    "glue/mrpc": "mrpc",
+    "glue/rte": "rte",
+    "glue/stsb": "stsb",
+    "stanfordnlp/imdb": "imdb",
+    "eriktks/conll2003": "conll2003",
+    "glue/mnli": "mnli",
+    "nyu-mll/glue/sst2": "sst2",
+}
 
 
 # Datasets whose hub id is `name/config` rather than `owner/name`, and short names whose hub home moved.
@@ -36,9 +47,13 @@ HUB_NAMES = {"imdb": "stanfordnlp/imdb", "conll2003": "eriktks/conll2003", "sst2
 
 # Label names of well-known datasets whose mirrors store integer labels only (the hub's ClassLabel names).
 KNOWN_LABEL_NAMES = {
-    "sst2": ["negative", "positive"], "imdb": ["neg", "pos"], "cola": ["unacceptable", "acceptable"],
-    "tweet_sentiment": ["negative", "neutral", "positive"], "mrpc": ["not_equivalent", "equivalent"],
-    "rte": ["entailment", "not_entailment"], "mnli": ["entailment", "neutral", "contradiction"],
+    "sst2": ["negative", "positive"],
+    "imdb": ["neg", "pos"],
+    "cola": ["unacceptable", "acceptable"],
+    "tweet_sentiment": ["negative", "neutral", "positive"],
+    "mrpc": ["not_equivalent", "equivalent"],
+    "rte": ["entailment", "not_entailment"],
+    "mnli": ["entailment", "neutral", "contradiction"],
 }
 
 
@@ -49,15 +64,16 @@ class Splits:
     name: str
     frames: dict[str, pd.DataFrame]
     files: dict[str, str]
-    label_names: Optional[list[str]] = None
+    label_names: list[str] | None = None
     notes: list[str] = field(default_factory=list)
 
 
-def _split_of(stem: str) -> Optional[str]:
+def _split_of(stem: str) -> str | None:
     stem = stem.lower()
     for split, names in SPLIT_NAMES.items():
-        if stem in names or any(stem.endswith(f"_{n}") or stem.endswith(f"-{n}") or stem.endswith(f".{n}")
-                                for n in names):
+        if stem in names or any(
+            stem.endswith(f"_{n}") or stem.endswith(f"-{n}") or stem.endswith(f".{n}") for n in names
+        ):
             return split
     return None
 
@@ -65,21 +81,25 @@ def _split_of(stem: str) -> Optional[str]:
 def _read_folder(folder: Path) -> tuple[dict[str, pd.DataFrame], dict[str, str]]:
     files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in READERS)
     if not files:
-        raise BertfitError(f"folder '{folder}' has no data files; expected train/validation/test files "
-                           f"with one of {', '.join(sorted(set(READERS)))}")
+        raise BertfitError(
+            f"folder '{folder}' has no data files; expected train/validation/test files "
+            f"with one of {', '.join(sorted(set(READERS)))}"
+        )
     by_split: dict[str, Path] = {}
     for path in files:
         split = _split_of(path.stem) or path.stem
         if split in by_split:
-            raise BertfitError(f"folder '{folder}' has two files for split '{split}': "
-                               f"'{by_split[split].name}' and '{path.name}'; keep one")
+            raise BertfitError(
+                f"folder '{folder}' has two files for split '{split}': "
+                f"'{by_split[split].name}' and '{path.name}'; keep one"
+            )
         by_split[split] = path
     if len(by_split) == 1 and "train" not in by_split:
         by_split = {"train": next(iter(by_split.values()))}
     return {split: read_file(path) for split, path in by_split.items()}, {s: str(p) for s, p in by_split.items()}
 
 
-def mirror_folder(name: str) -> Optional[Path]:
+def mirror_folder(name: str) -> Path | None:
     root = os.environ.get("BERTFIT_DATA_DIR")
     if not root:
         return None
@@ -94,16 +114,20 @@ def _load_hub(name: str) -> Splits:
     try:
         import datasets
     except ImportError:
-        raise BertfitError(f"dataset '{name}' is not a file, folder or BERTFIT_DATA_DIR mirror, and loading from "
-                           "the hub needs the `datasets` package: pip install datasets") from None
+        raise BertfitError(
+            f"dataset '{name}' is not a file, folder or BERTFIT_DATA_DIR mirror, and loading from "
+            "the hub needs the `datasets` package: pip install datasets"
+        ) from None
     first, _, rest = name.partition("/")
     args = (HUB_CONFIG_DATASETS[first], rest) if first in HUB_CONFIG_DATASETS and rest else (HUB_NAMES.get(name, name),)
     try:
         loaded = datasets.load_dataset(*args)
     except Exception as err:  # the hub raises many types; all mean 'cannot get it'
         reason = str(err).strip().splitlines()[0][:160] if str(err).strip() else type(err).__name__
-        raise BertfitError(f"dataset '{name}' not found locally (no such file or folder, no BERTFIT_DATA_DIR "
-                           f"mirror) and the hub is unreachable or has no such dataset: {reason}") from None
+        raise BertfitError(
+            f"dataset '{name}' not found locally (no such file or folder, no BERTFIT_DATA_DIR "
+            f"mirror) and the hub is unreachable or has no such dataset: {reason}"
+        ) from None
     frames, label_names = {}, None
     for split, dataset in loaded.items():
         frame = dataset.to_pandas()
@@ -136,7 +160,7 @@ def load_splits(source: str) -> Splits:
     return _load_hub(source)
 
 
-def local_path(source: Optional[str]) -> Optional[Path]:
+def local_path(source: str | None) -> Path | None:
     """Where a dataset lives on this machine (a file, a folder or its mirror), if it does."""
     if not source:
         return None
@@ -144,7 +168,7 @@ def local_path(source: Optional[str]) -> Optional[Path]:
     return path if path.exists() else mirror_folder(source)
 
 
-def _parquet_label_names(path: Path) -> Optional[list[str]]:
+def _parquet_label_names(path: Path) -> list[str] | None:
     """Parquet files written by `datasets` carry the ClassLabel names in their schema metadata."""
     import pyarrow.parquet as pq
 
@@ -162,7 +186,7 @@ def _parquet_label_names(path: Path) -> Optional[list[str]]:
     return None
 
 
-def _folder_label_names(folder: Path, files: dict[str, str]) -> Optional[list[str]]:
+def _folder_label_names(folder: Path, files: dict[str, str]) -> list[str] | None:
     for file in files.values():
         if file.endswith(".parquet") and (names := _parquet_label_names(Path(file))):
             return names
@@ -171,12 +195,20 @@ def _folder_label_names(folder: Path, files: dict[str, str]) -> Optional[list[st
 
 def require_split(splits: Splits, train_split: str) -> None:
     if train_split not in splits.frames:
-        raise BertfitError(f"dataset '{splits.name}' has no '{train_split}' split (it has: {', '.join(splits.frames)}); "
-                           f"choose one with --set train_split=NAME")
+        raise BertfitError(
+            f"dataset '{splits.name}' has no '{train_split}' split (it has: {', '.join(splits.frames)}); "
+            f"choose one with --set train_split=NAME"
+        )
 
 
-def choose_splits(splits: Splits, train_split: str, eval_split: Optional[str], test_split: Optional[str],
-                  seed: int, validation_fraction: float) -> tuple[Splits, str, str, Optional[str]]:
+def choose_splits(
+    splits: Splits,
+    train_split: str,
+    eval_split: str | None,
+    test_split: str | None,
+    seed: int,
+    validation_fraction: float,
+) -> tuple[Splits, str, str, str | None]:
     """Name the train/eval/test splits, carving a seeded validation split off train when there is none.
 
     Returns new Splits (the given ones are left as they are) and the three names."""
@@ -191,29 +223,41 @@ def choose_splits(splits: Splits, train_split: str, eval_split: Optional[str], t
     if eval_split is None:
         train = frames[train_split]
         if len(train) < 2:
-            raise BertfitError(f"dataset '{splits.name}' has {len(train)} example; need at least 2 to carve "
-                               "off a validation split")
+            raise BertfitError(
+                f"dataset '{splits.name}' has {len(train)} example; need at least 2 to carve off a validation split"
+            )
         order = np.random.default_rng(seed).permutation(len(train))
         n_eval = max(1, int(round(len(train) * validation_fraction)))
         splits = replace(
             splits,
-            frames={**frames, "validation": train.iloc[np.sort(order[:n_eval])].reset_index(drop=True),
-                    train_split: train.iloc[np.sort(order[n_eval:])].reset_index(drop=True)},
-            files={**splits.files,
-                   "validation": f"{splits.files[train_split]} (seeded {validation_fraction:.0%} carved off)"},
-            notes=[*splits.notes, f"no validation split: {n_eval} examples carved off '{train_split}' with seed {seed}"])
+            frames={
+                **frames,
+                "validation": train.iloc[np.sort(order[:n_eval])].reset_index(drop=True),
+                train_split: train.iloc[np.sort(order[n_eval:])].reset_index(drop=True),
+            },
+            files={
+                **splits.files,
+                "validation": f"{splits.files[train_split]} (seeded {validation_fraction:.0%} carved off)",
+            },
+            notes=[
+                *splits.notes,
+                f"no validation split: {n_eval} examples carved off '{train_split}' with seed {seed}",
+            ],
+        )
         frames, eval_split = splits.frames, "validation"
     if test_split == "none":  # asked for no test scoring
         test_split = None
     elif test_split is None:
         test_split = "test" if "test" in frames and "test" not in (train_split, eval_split) else None
     elif test_split not in frames:
-        raise BertfitError(f"dataset '{splits.name}' has no '{test_split}' split (it has: {', '.join(frames)}); "
-                           "use --set test_split=none to score no test split")
+        raise BertfitError(
+            f"dataset '{splits.name}' has no '{test_split}' split (it has: {', '.join(frames)}); "
+            "use --set test_split=none to score no test split"
+        )
     return splits, train_split, eval_split, test_split
 
 
-def subsample(frame: pd.DataFrame, limit: Optional[int], seed: int) -> pd.DataFrame:
+def subsample(frame: pd.DataFrame, limit: int | None, seed: int) -> pd.DataFrame:
     """A seeded random subset, kept in file order (files are often sorted by label)."""
     if limit is None or limit >= len(frame):
         return frame

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+
 def order_tags(tags: set[str]) -> list[str]:
     """'O' first, then by entity type with B before I (E, S), the order HF datasets use."""
     prefix_rank = {"B": 0, "I": 1, "E": 2, "S": 3}

@@ -9,8 +9,9 @@ import numpy as np
 BUCKET_BATCHES = 50
 
 
-def epoch_batches(lengths: np.ndarray, batch_size: int, seed: int, epoch: int, padding: str,
-                  min_size: int = 1) -> list[np.ndarray]:
+def epoch_batches(
+    lengths: np.ndarray, batch_size: int, seed: int, epoch: int, padding: str, min_size: int = 1
+) -> list[np.ndarray]:
     """The global batches of one epoch: every example exactly once, order fixed by (seed, epoch) alone.
 
     `bucket` sorts each window of BUCKET_BATCHES batches by length, then shuffles whole batches;
@@ -20,13 +21,13 @@ def epoch_batches(lengths: np.ndarray, batch_size: int, seed: int, epoch: int, p
     rng = np.random.default_rng([seed, epoch])
     order = rng.permutation(len(lengths))
     if padding != "bucket":
-        return _merge_small([order[i:i + batch_size] for i in range(0, len(order), batch_size)], min_size)
+        return _merge_small([order[i : i + batch_size] for i in range(0, len(order), batch_size)], min_size)
     window = batch_size * BUCKET_BATCHES
     batches = []
     for start in range(0, len(order), window):
-        chunk = order[start:start + window]
+        chunk = order[start : start + window]
         chunk = chunk[np.argsort(lengths[chunk], kind="stable")]
-        batches.extend(chunk[i:i + batch_size] for i in range(0, len(chunk), batch_size))
+        batches.extend(chunk[i : i + batch_size] for i in range(0, len(chunk), batch_size))
     # The short final batch of each window stays where shuffling puts it, like any other.
     return _merge_small([batches[i] for i in rng.permutation(len(batches))], min_size)
 
@@ -34,9 +35,7 @@ def epoch_batches(lengths: np.ndarray, batch_size: int, seed: int, epoch: int, p
 def _merge_small(batches: list[np.ndarray], min_size: int) -> list[np.ndarray]:
     merged: list[np.ndarray] = []
     for batch in batches:
-        if len(batch) < min_size and merged:
-            merged[-1] = np.concatenate([merged[-1], batch])
-        elif merged and len(merged[-1]) < min_size:
+        if merged and (len(batch) < min_size or len(merged[-1]) < min_size):
             merged[-1] = np.concatenate([merged[-1], batch])
         else:
             merged.append(batch)

@@ -7,7 +7,6 @@ import pickle
 import random
 import shutil
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
 import torch
@@ -38,8 +37,12 @@ def rng_state() -> dict:
     numpy_state = np.random.get_state()
     return {
         "python": random.getstate(),
-        "numpy": {"keys": torch.from_numpy(numpy_state[1].astype(np.int64)), "pos": int(numpy_state[2]),
-                  "has_gauss": int(numpy_state[3]), "cached_gauss": float(numpy_state[4])},
+        "numpy": {
+            "keys": torch.from_numpy(numpy_state[1].astype(np.int64)),
+            "pos": int(numpy_state[2]),
+            "has_gauss": int(numpy_state[3]),
+            "cached_gauss": float(numpy_state[4]),
+        },
         "torch": torch.get_rng_state(),
         "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
     }
@@ -58,13 +61,24 @@ class Damaged(BertfitError):
     """A checkpoint whose files cannot be read back (torn, truncated, overwritten with junk)."""
 
 
-def save(folder: Path, step: int, model: torch.nn.Module, training_state: dict, recipe: Config,
-         keep: int, best_step: Optional[int]) -> Path:
+def save(
+    folder: Path,
+    step: int,
+    model: torch.nn.Module,
+    training_state: dict,
+    recipe: Config,
+    keep: int,
+    best_step: int | None,
+) -> Path:
     """Write checkpoint `step` atomically, then drop old ones but the newest `keep` and the best."""
     final = folder / f"{PREFIX}{step:08d}"
     tmp = folder / f".tmp-{PREFIX}{step:08d}"
-    with writing(f"checkpoint {final.name}", folder, "free space and resume with --resume (the previous checkpoint "
-                 "is intact)", cleanup=tmp):
+    with writing(
+        f"checkpoint {final.name}",
+        folder,
+        "free space and resume with --resume (the previous checkpoint is intact)",
+        cleanup=tmp,
+    ):
         if tmp.exists():
             shutil.rmtree(tmp)
         tmp.mkdir(parents=True)
@@ -90,7 +104,7 @@ def set_aside(path: Path) -> Path:
     return aside
 
 
-def _rotate(folder: Path, keep: int, best_step: Optional[int]) -> None:
+def _rotate(folder: Path, keep: int, best_step: int | None) -> None:
     checkpoints = complete(folder)
     protected = {f"{PREFIX}{best_step:08d}"} if best_step is not None else set()
     for old in checkpoints[:-keep]:
@@ -102,8 +116,11 @@ def complete(folder: Path) -> list[Path]:
     """Finished checkpoints, oldest first (a torn write never gets its final name)."""
     if not folder.is_dir():
         return []
-    return sorted(p for p in folder.iterdir() if p.is_dir() and p.name.startswith(PREFIX)
-                  and (p / STATE_FILE).is_file() and (p / WEIGHTS_FILE).is_file())
+    return sorted(
+        p
+        for p in folder.iterdir()
+        if p.is_dir() and p.name.startswith(PREFIX) and (p / STATE_FILE).is_file() and (p / WEIGHTS_FILE).is_file()
+    )
 
 
 def load_state(path: Path) -> dict:
@@ -112,15 +129,19 @@ def load_state(path: Path) -> dict:
         state = torch.load(path / STATE_FILE, weights_only=True, map_location="cpu")
     except pickle.UnpicklingError as err:
         if "weights only" in str(err).lower():
-            raise BertfitError(f"checkpoint '{path}' holds objects other than tensors and plain values "
-                               f"({first_line(err, 80)}); bertfit only loads its own checkpoints") from None
+            raise BertfitError(
+                f"checkpoint '{path}' holds objects other than tensors and plain values "
+                f"({first_line(err, 80)}); bertfit only loads its own checkpoints"
+            ) from None
         raise Damaged(f"checkpoint '{path}' is damaged ({first_line(err, 80)})") from None
     except (RuntimeError, EOFError, OSError, ValueError) as err:
         raise Damaged(f"checkpoint '{path}' is damaged ({first_line(err, 80)})") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         found = state.get("format", 1) if isinstance(state, dict) else "unknown"
-        raise BertfitError(f"checkpoint '{path}' was written by another bertfit version (format {found}, this one "
-                           f"reads {FORMAT}); resume it with that version, or start the run again")
+        raise BertfitError(
+            f"checkpoint '{path}' was written by another bertfit version (format {found}, this one "
+            f"reads {FORMAT}); resume it with that version, or start the run again"
+        )
     return state
 
 
@@ -133,8 +154,11 @@ def load_weights(path: Path, model: torch.nn.Module) -> None:
 
 def recipe_differences(saved: dict, current: Config) -> list[str]:
     now = current.model_dump()
-    return [f"{key}: {saved.get(key)!r} in the checkpoint, {now.get(key)!r} now"
-            for key in RESULT_FIELDS if saved.get(key) != now.get(key)]
+    return [
+        f"{key}: {saved.get(key)!r} in the checkpoint, {now.get(key)!r} now"
+        for key in RESULT_FIELDS
+        if saved.get(key) != now.get(key)
+    ]
 
 
 def saved_recipe(path: Path) -> dict:

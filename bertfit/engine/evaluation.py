@@ -4,9 +4,9 @@ over features through `infer`, and score through `evaluate`."""
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
-from typing import Callable
 
 import numpy as np
 import pandas as pd
@@ -25,9 +25,18 @@ class Inference:
 
 
 @torch.no_grad()
-def infer(model: torch.nn.Module, task: Task, features: Features, output: Callable[[torch.Tensor], torch.Tensor],
-          batch_size: int, device: torch.device, precision: str, pad_id: int, ranks: Dist = Dist(),
-          with_loss: bool = False) -> Inference:
+def infer(
+    model: torch.nn.Module,
+    task: Task,
+    features: Features,
+    output: Callable[[torch.Tensor], torch.Tensor],
+    batch_size: int,
+    device: torch.device,
+    precision: str,
+    pad_id: int,
+    ranks: Dist = Dist(),
+    with_loss: bool = False,
+) -> Inference:
     """Length-sorted batches; `output` (task.predictions or task.scores) reduced to small host arrays; exact under
     sharding across ranks. The model is left in the mode it was in."""
     was_training = model.training
@@ -58,12 +67,22 @@ def infer(model: torch.nn.Module, task: Task, features: Features, output: Callab
     return Inference(task.stack([shard[i] for i in range(len(features))]), total_loss)
 
 
-def evaluate(model: torch.nn.Module, task: Task, features: Features, frame: pd.DataFrame, batch_size: int,
-             device: torch.device, precision: str, pad_id: int, ranks: Dist = Dist()) -> dict:
+def evaluate(
+    model: torch.nn.Module,
+    task: Task,
+    features: Features,
+    frame: pd.DataFrame,
+    batch_size: int,
+    device: torch.device,
+    precision: str,
+    pad_id: int,
+    ranks: Dist = Dist(),
+) -> dict:
     """Loss (mean per loss term) and the task's metrics, with how long it took."""
     started = time.perf_counter()
-    inference = infer(model, task, features, task.predictions, batch_size, device, precision, pad_id, ranks,
-                      with_loss=True)
+    inference = infer(
+        model, task, features, task.predictions, batch_size, device, precision, pad_id, ranks, with_loss=True
+    )
     result = {"loss": inference.loss_sum / max(1, int(features.items.sum()))}
     result.update(task.metrics(features, frame, inference.outputs))
     seconds = time.perf_counter() - started

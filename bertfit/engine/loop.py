@@ -10,10 +10,10 @@ import os
 import shutil
 import signal
 import time
+from collections.abc import Callable
 from dataclasses import asdict
 from functools import partial
 from pathlib import Path
-from typing import Callable, Optional
 
 import torch
 import torch.distributed as dist
@@ -48,8 +48,9 @@ class Diverged(BertfitError):
 Reporter = Callable[[Path, bool], list]
 
 
-def train(cfg: Config, resume: bool = False, overwrite: bool = False, console=None,
-          reporter: Optional[Reporter] = None) -> dict:
+def train(
+    cfg: Config, resume: bool = False, overwrite: bool = False, console=None, reporter: Reporter | None = None
+) -> dict:
     """Only the rank that writes holds the run folder (its lock, the check of its contents, the clearing)."""
     if not cfg.output:
         raise BertfitError("no output folder given; pass --output DIR")
@@ -62,20 +63,33 @@ def train(cfg: Config, resume: bool = False, overwrite: bool = False, console=No
 def log_start(run: Run) -> None:
     """The data profile, and the run's first log line: what it trains on, where, and how."""
     cfg = run.cfg
-    data_profile = profile(run.frames, run.task, run.spec, {k: f.full_lengths for k, f in run.features.items()},
-                           cfg.max_length)
+    data_profile = profile(
+        run.frames, run.task, run.spec, {k: f.full_lengths for k, f in run.features.items()}, cfg.max_length
+    )
     run.folder.write_text("data_profile.json", json.dumps(data_profile, indent=2))
-    run.log.event("start", profile=summary_lines(data_profile), task=run.task.kind, dataset=run.splits.name,
-                  model=cfg.model, examples={name: len(frame) for name, frame in run.frames.items()},
-                  features={name: len(f) for name, f in run.features.items()},
-                  steps=run.total_steps, steps_per_epoch=run.steps_per_epoch,
-                  effective_batch_size=cfg.effective_batch_size(), world_size=cfg.world_size,
-                  device=str(run.device), hardware=hardware(run.device), precision=cfg.precision,
-                  notes=run.splits.notes, tag_scheme=run.spec.tag_scheme, repaired_tags=run.spec.repaired_tags,
-                  **run.timings)
+    run.log.event(
+        "start",
+        profile=summary_lines(data_profile),
+        task=run.task.kind,
+        dataset=run.splits.name,
+        model=cfg.model,
+        examples={name: len(frame) for name, frame in run.frames.items()},
+        features={name: len(f) for name, f in run.features.items()},
+        steps=run.total_steps,
+        steps_per_epoch=run.steps_per_epoch,
+        effective_batch_size=cfg.effective_batch_size(),
+        world_size=cfg.world_size,
+        device=str(run.device),
+        hardware=hardware(run.device),
+        precision=cfg.precision,
+        notes=run.splits.notes,
+        tag_scheme=run.spec.tag_scheme,
+        repaired_tags=run.spec.repaired_tags,
+        **run.timings,
+    )
 
 
-def run_loop(run: Run, resume: bool, console, reporter: Optional[Reporter] = None) -> dict:
+def run_loop(run: Run, resume: bool, console, reporter: Reporter | None = None) -> dict:
     cfg, state, ranks, task = run.cfg, run.state, run.dist, run.task
     if not resume and ranks.main:
         log_start(run)
@@ -95,8 +109,10 @@ def run_loop(run: Run, resume: bool, console, reporter: Optional[Reporter] = Non
             step_items = int(train_features.items[step_batch].sum())
             micro = batching.micro_batches(step_batch, cfg.grad_accum, ranks.rank, ranks.world)
             for i, indices in enumerate(micro):
-                batch = {k: v.to(run.device, non_blocking=True) for k, v in task.collate(
-                    train_features, indices, pad_id, pad_to).items()}
+                batch = {
+                    k: v.to(run.device, non_blocking=True)
+                    for k, v in task.collate(train_features, indices, pad_id, pad_to).items()
+                }
                 labels = batch.pop("labels")
                 sync = i == len(micro) - 1 or not ranks.enabled
                 with contextlib.nullcontext() if sync else run.forward.no_sync():
@@ -104,9 +120,14 @@ def run_loop(run: Run, resume: bool, console, reporter: Optional[Reporter] = Non
                         logits = run.forward(**batch).logits
                     loss_sum = task.loss_sum(logits, labels)
                     run.scaler.scale(loss_sum * ranks.world / step_items).backward()
-                run.log.accumulate(loss_sum.detach(), task.correct(logits.detach(), labels) if task.tracks_accuracy
-                                   else None, int(train_features.items[indices].sum()), len(indices),
-                                   int(train_features.lengths[indices].sum()), batch["input_ids"].numel())
+                run.log.accumulate(
+                    loss_sum.detach(),
+                    task.correct(logits.detach(), labels) if task.tracks_accuracy else None,
+                    int(train_features.items[indices].sum()),
+                    len(indices),
+                    int(train_features.lengths[indices].sum()),
+                    batch["input_ids"].numel(),
+                )
             run.scaler.unscale_(run.optimizer)
             grad_norm = torch.nn.utils.clip_grad_norm_(run.model.parameters(), cfg.clip_norm or float("inf"))
             guard.step(run.optimizer, run.scaler, grad_norm)
@@ -130,8 +151,13 @@ def run_loop(run: Run, resume: bool, console, reporter: Optional[Reporter] = Non
             state.train_seconds += step_seconds
             progress.advance(state.step, len(step_batch), step_seconds)
             if log_now:
-                run.log.train_event(state.step, epoch_position(run), run.scheduler.get_last_lr()[0], guard.last_norm,
-                                    state.train_seconds)
+                run.log.train_event(
+                    state.step,
+                    epoch_position(run),
+                    run.scheduler.get_last_lr()[0],
+                    guard.last_norm,
+                    state.train_seconds,
+                )
             if state.stop_reason == "diverged":
                 break
             if evaluate_now:
@@ -147,9 +173,11 @@ def run_loop(run: Run, resume: bool, console, reporter: Optional[Reporter] = Non
         if ranks.main and reporter is not None:
             with run.folder.recording():
                 reporter(run.out, False)
-        raise Diverged(f"training stopped at step {state.step}: {state.bad_steps} consecutive steps had non-finite "
-                       f"loss or gradients; lower --lr or use --precision fp32/bf16 (last good checkpoint: "
-                       f"{last_good[-1] if last_good else 'none'})")
+        raise Diverged(
+            f"training stopped at step {state.step}: {state.bad_steps} consecutive steps had non-finite "
+            f"loss or gradients; lower --lr or use --precision fp32/bf16 (last good checkpoint: "
+            f"{last_good[-1] if last_good else 'none'})"
+        )
     return finish(run, reporter)
 
 
@@ -179,7 +207,7 @@ class NonFiniteGuard:
         self.count += 1
 
     def settle(self, run: Run) -> None:
-        state, norms = run.state, self.norms[:self.count].tolist()
+        state, norms = run.state, self.norms[: self.count].tolist()
         for offset, norm in enumerate(norms):
             if math.isfinite(norm):
                 state.bad_steps = 0
@@ -229,11 +257,21 @@ def epoch_position(run: Run) -> float:
 
 def evaluate_and_select(run: Run) -> None:
     cfg, state = run.cfg, run.state
-    result = evaluate(run.model, run.task, run.features["validation"], run.frames["validation"],
-                      cfg.eval_batch, run.device, cfg.precision, run.tokenizer.pad_token_id, run.dist)
+    result = evaluate(
+        run.model,
+        run.task,
+        run.features["validation"],
+        run.frames["validation"],
+        cfg.eval_batch,
+        run.device,
+        cfg.precision,
+        run.tokenizer.pad_token_id,
+        run.dist,
+    )
     metric = result[cfg.metric_for_best]
-    improved = state.best_metric is None or (metric < state.best_metric if cfg.metric_for_best in LOWER_IS_BETTER
-                                             else metric > state.best_metric)
+    improved = state.best_metric is None or (
+        metric < state.best_metric if cfg.metric_for_best in LOWER_IS_BETTER else metric > state.best_metric
+    )
     if improved:
         state.best_metric, state.best_step, state.evals_without_gain = metric, state.step, 0
     else:
@@ -251,11 +289,24 @@ def save_checkpoint(run: Run) -> None:
         rng = [None] * run.dist.world
         dist.all_gather_object(rng, checkpoint.rng_state())
     if run.dist.main:
-        training_state = {"format": checkpoint.FORMAT, "optimizer": run.optimizer.state_dict(),
-                          "scheduler": run.scheduler.state_dict(), "scaler": run.scaler.state_dict(), "rng": rng,
-                          "state": asdict(state), "log": run.log.state_dict()}
-        checkpoint.save(run.out / "checkpoints", state.step, run.model, training_state, run.cfg,
-                        run.cfg.keep_checkpoints, state.best_step)
+        training_state = {
+            "format": checkpoint.FORMAT,
+            "optimizer": run.optimizer.state_dict(),
+            "scheduler": run.scheduler.state_dict(),
+            "scaler": run.scaler.state_dict(),
+            "rng": rng,
+            "state": asdict(state),
+            "log": run.log.state_dict(),
+        }
+        checkpoint.save(
+            run.out / "checkpoints",
+            state.step,
+            run.model,
+            training_state,
+            run.cfg,
+            run.cfg.keep_checkpoints,
+            state.best_step,
+        )
     if run.dist.enabled:
         dist.barrier()
 
@@ -264,8 +315,9 @@ def save_model_folder(run: Run) -> None:
     """Weights, config and tokenizer, each file moved into place whole: a full disk leaves the old files or none,
     and the checkpoints to resume from."""
     tmp = run.out / f"{TEMP_PREFIX}model"
-    with writing("the model", run.out, f"free space and run `bertfit resume {run.out}` (the checkpoints are intact)",
-                 cleanup=tmp):
+    with writing(
+        "the model", run.out, f"free space and run `bertfit resume {run.out}` (the checkpoints are intact)", cleanup=tmp
+    ):
         if tmp.exists():
             shutil.rmtree(tmp)
         run.model.save_pretrained(tmp)
@@ -277,7 +329,7 @@ def save_model_folder(run: Run) -> None:
         tmp.rmdir()
 
 
-def finish(run: Run, reporter: Optional[Reporter] = None) -> dict:
+def finish(run: Run, reporter: Reporter | None = None) -> dict:
     """Keep the best weights, score them on every split, and write the model folder and reports."""
     cfg, state = run.cfg, run.state
     if not run.log.evals:
@@ -289,16 +341,32 @@ def finish(run: Run, reporter: Optional[Reporter] = None) -> dict:
         kept_step = state.best_step
     results = {"validation": next(e for e in run.log.evals if e["step"] == kept_step)["metrics"]}
     if "test" in run.features:
-        results["test"] = evaluate(run.model, run.task, run.features["test"], run.frames["test"],
-                                   cfg.eval_batch, run.device, cfg.precision, run.tokenizer.pad_token_id, run.dist)
+        results["test"] = evaluate(
+            run.model,
+            run.task,
+            run.features["test"],
+            run.frames["test"],
+            cfg.eval_batch,
+            run.device,
+            cfg.precision,
+            run.tokenizer.pad_token_id,
+            run.dist,
+        )
     train_stats = {**run.log.throughput(state.train_seconds), "steps": state.step, **run.timings}
     peak = peak_flops(run.device)
     if peak:  # 6 FLOPs per parameter per real token (forward + backward), attention aside
         parameters = sum(p.numel() for p in run.model.parameters())
         train_stats.update(mfu=6 * parameters * train_stats["tokens_per_second"] / peak, peak_flops=peak)
-    summary = {"kept_step": kept_step, "best_step": state.best_step, "best_metric": state.best_metric,
-               "metric_for_best": cfg.metric_for_best, "stop_reason": state.stop_reason,
-               "final": run.log.evals[-1]["metrics"], **results, "train": train_stats}
+    summary = {
+        "kept_step": kept_step,
+        "best_step": state.best_step,
+        "best_metric": state.best_metric,
+        "metric_for_best": cfg.metric_for_best,
+        "stop_reason": state.stop_reason,
+        "final": run.log.evals[-1]["metrics"],
+        **results,
+        "train": train_stats,
+    }
     if run.dist.main:
         save_model_folder(run)
         write_records(run, summary)
@@ -314,5 +382,8 @@ def write_records(run: Run, summary: dict) -> None:
     run.folder.write_text("metrics.json", to_json(summary, indent=2))
     evals = run.log.evals
     run.folder.write_text("results.md", markdown_table(table_columns(evals), table_rows(evals)) + "\n")
-    run.log.event("end", **{k: v for k, v in summary.items() if k in ("kept_step", "best_step", "stop_reason")},
-                  **summary["train"])
+    run.log.event(
+        "end",
+        **{k: v for k, v in summary.items() if k in ("kept_step", "best_step", "stop_reason")},
+        **summary["train"],
+    )

@@ -31,14 +31,17 @@ class LoadedRun:
 def load_run(run_dir: str) -> LoadedRun:
     folder = Path(run_dir)
     if not (folder / "recipe.yaml").is_file() or not (folder / "config.json").is_file():
-        raise BertfitError(f"'{run_dir}' is not a finished bertfit run (no recipe.yaml and config.json); "
-                           "point at the --output folder of `bertfit train`")
+        raise BertfitError(
+            f"'{run_dir}' is not a finished bertfit run (no recipe.yaml and config.json); "
+            "point at the --output folder of `bertfit train`"
+        )
     cfg = build_config(str(folder / "recipe.yaml"))
     task = task_for(cfg)
     device = default_device()
     model = models.load_model(str(folder), task.auto_model, task.head_config()).to(device).eval()
-    return LoadedRun(cfg, task, model, models.load_tokenizer(str(folder)), device,
-                     inference_precision(cfg.precision, device))
+    return LoadedRun(
+        cfg, task, model, models.load_tokenizer(str(folder)), device, inference_precision(cfg.precision, device)
+    )
 
 
 def evaluate_run(run_dir: str, source: str, split: str, batch_size: int = 64) -> dict:
@@ -52,16 +55,25 @@ def evaluate_run(run_dir: str, source: str, split: str, batch_size: int = 64) ->
         raise BertfitError(f"labels in '{source}' ({spec.label_names}) differ from the model's ({cfg.label_names})")
     frame = schema.normalise(splits, spec).frames[split]
     features = run.task.encode(frame, run.tokenizer)
-    return evaluate(run.model, run.task, features, frame, batch_size, run.device, run.precision,
-                    run.tokenizer.pad_token_id)
+    return evaluate(
+        run.model, run.task, features, frame, batch_size, run.device, run.precision, run.tokenizer.pad_token_id
+    )
 
 
 def predict(run: LoadedRun, rows: list[list[str]], batch_size: int = 64) -> list[dict]:
     """`rows` holds one text (or text pair) per example; token tasks get entity spans with character offsets."""
     frame, context = run.task.prediction_frame(rows)
     features = run.task.encode(frame, run.tokenizer)
-    scores = infer(run.model, run.task, features, run.task.scores, batch_size, run.device, run.precision,
-                   run.tokenizer.pad_token_id).outputs
+    scores = infer(
+        run.model,
+        run.task,
+        features,
+        run.task.scores,
+        batch_size,
+        run.device,
+        run.precision,
+        run.tokenizer.pad_token_id,
+    ).outputs
     return run.task.decode(features, context, scores)
 
 
@@ -78,11 +90,11 @@ def read_inputs(path: str, columns: list[str]) -> list[list[str]]:
         if missing and len(columns) == 1 and "text" in frame.columns:
             columns = ["text"]
         elif missing:
-            raise BertfitError(f"input file '{path}' lacks column(s) {', '.join(missing)} (has: "
-                               f"{', '.join(map(str, frame.columns))})")
+            raise BertfitError(
+                f"input file '{path}' lacks column(s) {', '.join(missing)} (has: {', '.join(map(str, frame.columns))})"
+            )
         values = frame[columns].to_numpy().tolist()
-        rows = [[" ".join(map(str, v)) if isinstance(v, (list, np.ndarray)) else str(v) for v in row]
-                for row in values]
+        rows = [[" ".join(map(str, v)) if isinstance(v, (list, np.ndarray)) else str(v) for v in row] for row in values]
     if not rows:
         raise BertfitError(f"input file '{path}' has no texts; write one text per line (or row)")
     return rows

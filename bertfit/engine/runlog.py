@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Optional
 
 import torch
 import torch.distributed as dist
@@ -40,9 +39,15 @@ class RunLog:
 
     # -- saved in each checkpoint
     def state_dict(self) -> dict:
-        return {"lines": len(self.events), "window": dict(self.window), "since_eval": dict(self.since_eval),
-                "pending": {"loss": float(self.loss), "correct": int(self.correct), **self.host},
-                "samples": self.samples, "tokens": self.tokens, "padded": self.padded}
+        return {
+            "lines": len(self.events),
+            "window": dict(self.window),
+            "since_eval": dict(self.since_eval),
+            "pending": {"loss": float(self.loss), "correct": int(self.correct), **self.host},
+            "samples": self.samples,
+            "tokens": self.tokens,
+            "padded": self.padded,
+        }
 
     def load_state_dict(self, state: dict) -> None:
         """Continue from a checkpoint: the log is cut back to the lines written up to it."""
@@ -64,13 +69,16 @@ class RunLog:
         record = {"event": kind, **fields, "time": round(time.time(), 3)}
         self.events.append(record)
         if self.enabled:
-            with writing("the run log", self.path.parent, "free space and resume with --resume"):
-                with self.path.open("a", encoding="utf-8") as handle:
-                    handle.write(to_json(record) + "\n")
+            with (
+                writing("the run log", self.path.parent, "free space and resume with --resume"),
+                self.path.open("a", encoding="utf-8") as handle,
+            ):
+                handle.write(to_json(record) + "\n")
         return record
 
-    def accumulate(self, loss_sum: torch.Tensor, correct: Optional[torch.Tensor], items: int, examples: int,
-                   tokens: int, padded: int) -> None:
+    def accumulate(
+        self, loss_sum: torch.Tensor, correct: torch.Tensor | None, items: int, examples: int, tokens: int, padded: int
+    ) -> None:
         self.loss += loss_sum.double()
         if correct is not None:
             self.correct += correct
@@ -98,16 +106,26 @@ class RunLog:
     def train_event(self, step: int, epoch: float, lr: float, grad_norm: float, train_seconds: float) -> None:
         self._flush()
         window = self.window
-        self.event("train", step=step, epoch=epoch, lr=lr, loss=window["loss"] / max(1, window["items"]),
-                   grad_norm=grad_norm, **self.throughput(train_seconds))
+        self.event(
+            "train",
+            step=step,
+            epoch=epoch,
+            lr=lr,
+            loss=window["loss"] / max(1, window["items"]),
+            grad_norm=grad_norm,
+            **self.throughput(train_seconds),
+        )
         self.window = empty_window()
 
-    def eval_event(self, step: int, epoch: float, result: dict, best_step: Optional[int], with_accuracy: bool) -> None:
+    def eval_event(self, step: int, epoch: float, result: dict, best_step: int | None, with_accuracy: bool) -> None:
         """`with_accuracy`: the training accuracy since the last evaluation is reported too."""
         self._flush()
         since = self.since_eval
-        fields = {"step": step, "epoch": epoch,
-                  "train_loss": since["loss"] / since["items"] if since["items"] else None}
+        fields = {
+            "step": step,
+            "epoch": epoch,
+            "train_loss": since["loss"] / since["items"] if since["items"] else None,
+        }
         if with_accuracy and since["examples"]:
             fields["train_accuracy"] = since["correct"] / since["examples"]
         record = self.event("eval", **fields, metrics=result, best_step=best_step)
@@ -119,16 +137,18 @@ class RunLog:
                 self.header_printed = True
             self.console.print(row[0], markup=False, highlight=False)
 
-    def progress(self, console, total: int, done: int) -> "Progress":
+    def progress(self, console, total: int, done: int) -> Progress:
         self.console = console
         return Progress(console if self.enabled else None, total, done)
 
     def throughput(self, train_seconds: float) -> dict:
         seconds = train_seconds or float("nan")
-        return {"train_seconds": round(train_seconds, 3),
-                "samples_per_second": round(self.samples / seconds, 2),
-                "tokens_per_second": round(self.tokens / seconds, 1),
-                "padding_ratio": round(1 - self.tokens / self.padded, 4) if self.padded else 0.0}
+        return {
+            "train_seconds": round(train_seconds, 3),
+            "samples_per_second": round(self.samples / seconds, 2),
+            "tokens_per_second": round(self.tokens / seconds, 1),
+            "padding_ratio": round(1 - self.tokens / self.padded, 4) if self.padded else 0.0,
+        }
 
 
 class Progress:
@@ -141,9 +161,18 @@ class Progress:
             from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
             from rich.progress import Progress as RichProgress
 
-            self.bar = RichProgress(TextColumn("training"), BarColumn(), MofNCompleteColumn(), TextColumn("steps"),
-                                    TimeElapsedColumn(), TextColumn("<"), TimeRemainingColumn(),
-                                    TextColumn("{task.fields[speed]}"), console=console, transient=False)
+            self.bar = RichProgress(
+                TextColumn("training"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("steps"),
+                TimeElapsedColumn(),
+                TextColumn("<"),
+                TimeRemainingColumn(),
+                TextColumn("{task.fields[speed]}"),
+                console=console,
+                transient=False,
+            )
             self.task = self.bar.add_task("train", total=total, completed=done, speed="")
 
     def __enter__(self):

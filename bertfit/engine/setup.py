@@ -8,7 +8,6 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
 import torch
@@ -31,11 +30,11 @@ class State:
     step: int = 0
     epoch: int = 0
     position: int = 0  # step batches of `epoch` already consumed
-    best_metric: Optional[float] = None
-    best_step: Optional[int] = None
+    best_metric: float | None = None
+    best_step: int | None = None
     evals_without_gain: int = 0
     bad_steps: int = 0
-    stop_reason: Optional[str] = None
+    stop_reason: str | None = None
     train_seconds: float = 0.0
 
 
@@ -43,7 +42,7 @@ class State:
 class Run:
     cfg: Config
     out: Path
-    folder: Optional[RunFolder]  # held by the rank that writes; None on the others
+    folder: RunFolder | None  # held by the rank that writes; None on the others
     dist: Dist
     device: torch.device
     task: Task
@@ -90,7 +89,7 @@ def check_inputs(cfg: Config, device: torch.device) -> Inputs:
     return Inputs(Path(cfg.output), precision, splits, spec, time.perf_counter() - started)
 
 
-def protected_inputs(cfg: Config) -> dict[str, Optional[Path]]:
+def protected_inputs(cfg: Config) -> dict[str, Path | None]:
     """The user's own files a run must never write over: the data and the model, where they are local."""
     model = models.resolve_model(cfg.model)
     return {"the data": sources.local_path(cfg.data), "the model": Path(model) if Path(model).exists() else None}
@@ -109,24 +108,41 @@ def prepare_data(cfg: Config, inputs: Inputs, tokenizer) -> tuple[Config, source
     """Name the splits, subsample and tokenize (cached); returns the config with every auto field resolved."""
     spec = inputs.spec
     splits, train_split, eval_split, test_split = sources.choose_splits(
-        schema.normalise(inputs.splits, spec), cfg.train_split, cfg.eval_split, cfg.test_split, cfg.seed,
-        cfg.validation_fraction)
+        schema.normalise(inputs.splits, spec),
+        cfg.train_split,
+        cfg.eval_split,
+        cfg.test_split,
+        cfg.seed,
+        cfg.validation_fraction,
+    )
     model_max = min(int(getattr(tokenizer, "model_max_length", 512) or 512), 512)
     max_length = cfg.max_length or model_max
     if max_length > model_max:
         raise BertfitError(f"max_length {max_length} is longer than the model accepts ({model_max}); lower it")
     metrics = tuple(cfg.metrics) + (("matthews",) if "cola" in splits.name and "matthews" not in cfg.metrics else ())
-    cfg = cfg.resolved(task=spec.task, text_columns=spec.text_columns, label_column=spec.label_column,
-                       label_names=spec.label_names, train_split=train_split, eval_split=eval_split,
-                       test_split=test_split or cfg.test_split, max_length=max_length, metrics=list(metrics))
+    cfg = cfg.resolved(
+        task=spec.task,
+        text_columns=spec.text_columns,
+        label_column=spec.label_column,
+        label_names=spec.label_names,
+        train_split=train_split,
+        eval_split=eval_split,
+        test_split=test_split or cfg.test_split,
+        max_length=max_length,
+        metrics=list(metrics),
+    )
     task = task_for(cfg)
     known = ("loss", *task.metric_names())
     if cfg.metric_for_best is not None and cfg.metric_for_best not in known:
-        raise BertfitError(f"metric_for_best '{cfg.metric_for_best}' is not reported for this {spec.task} task; "
-                           f"choose one of {', '.join(known)}")
+        raise BertfitError(
+            f"metric_for_best '{cfg.metric_for_best}' is not reported for this {spec.task} task; "
+            f"choose one of {', '.join(known)}"
+        )
     cfg = cfg.resolved(metric_for_best=cfg.metric_for_best or task.primary_metric)
-    frames = {"train": sources.subsample(splits.frames[train_split], cfg.max_train_samples, cfg.seed),
-              "validation": sources.subsample(splits.frames[eval_split], cfg.max_eval_samples, cfg.seed)}
+    frames = {
+        "train": sources.subsample(splits.frames[train_split], cfg.max_train_samples, cfg.seed),
+        "validation": sources.subsample(splits.frames[eval_split], cfg.max_eval_samples, cfg.seed),
+    }
     if test_split:
         frames["test"] = splits.frames[test_split]
     tokenizing = time.perf_counter()
@@ -144,8 +160,9 @@ def make_optimizer(cfg: Config, model: torch.nn.Module) -> torch.optim.Optimizer
     groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     # Fused: one kernel for all parameters (on CPU too, about 10x faster than foreach here), and it can skip
     # a non-finite step on the device (see NonFiniteGuard).
-    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.adam_beta1, cfg.adam_beta2), eps=cfg.adam_epsilon,
-                             fused=True)
+    return torch.optim.AdamW(
+        groups, lr=cfg.lr, betas=(cfg.adam_beta1, cfg.adam_beta2), eps=cfg.adam_epsilon, fused=True
+    )
 
 
 def make_scheduler(cfg: Config, optimizer, total_steps: int):
@@ -158,36 +175,67 @@ def make_scheduler(cfg: Config, optimizer, total_steps: int):
 
 def plan_epoch(cfg: Config, features: Features, epoch: int) -> list[np.ndarray]:
     """The step batches of one epoch; each needs an example for every rank in every micro-batch."""
-    return batching.epoch_batches(features.lengths, cfg.effective_batch_size(), cfg.seed, epoch, cfg.padding,
-                                  min_size=cfg.grad_accum * cfg.world_size)
+    return batching.epoch_batches(
+        features.lengths,
+        cfg.effective_batch_size(),
+        cfg.seed,
+        epoch,
+        cfg.padding,
+        min_size=cfg.grad_accum * cfg.world_size,
+    )
 
 
-def setup(cfg: Config, folder: Optional[RunFolder], resume: bool = False, overwrite: bool = False) -> Run:
+def setup(cfg: Config, folder: RunFolder | None, resume: bool = False, overwrite: bool = False) -> Run:
     ranks, device = init_distributed()
     inputs = check_inputs(cfg, device)
     compile_model = device.type == "cuda" if cfg.compile is None else cfg.compile
     model_path = models.resolve_model(cfg.model)
     tokenizer = models.load_tokenizer(model_path, cfg.trust_remote_code)
     cfg, splits, task, frames, features, timings = prepare_data(
-        cfg.resolved(precision=inputs.precision, compile=compile_model, world_size=ranks.world), inputs, tokenizer)
+        cfg.resolved(precision=inputs.precision, compile=compile_model, world_size=ranks.world), inputs, tokenizer
+    )
     per_epoch = len(plan_epoch(cfg, features["train"], 0))
     total = cfg.max_steps or math.ceil(cfg.epochs * per_epoch)
     cfg = cfg.resolved(log_every=cfg.log_every or max(1, min(50, total // 25)))
     if isinstance(cfg.eval_every, int) and cfg.eval_every > total:
-        raise BertfitError(f"eval_every {cfg.eval_every} is larger than the whole run ({total} steps); "
-                           f"use a value up to {total} or 'epoch'")
+        raise BertfitError(
+            f"eval_every {cfg.eval_every} is larger than the whole run ({total} steps); "
+            f"use a value up to {total} or 'epoch'"
+        )
     torch.manual_seed(cfg.seed)
     model = models.load_model(model_path, task.auto_model, task.head_config(), cfg.trust_remote_code).to(device)
     forward = torch.compile(model) if compile_model else model
     if ranks.enabled:
         forward = torch.nn.parallel.DistributedDataParallel(
-            forward, device_ids=[device.index] if device.type == "cuda" else None)
+            forward, device_ids=[device.index] if device.type == "cuda" else None
+        )
     optimizer = make_optimizer(cfg, model)
     scheduler = make_scheduler(cfg, optimizer, total)
     scaler = torch.amp.GradScaler(device.type, enabled=inputs.precision == "fp16")
     log = RunLog(inputs.out / "log.jsonl", enabled=ranks.main, device=device)
-    run = Run(cfg, inputs.out, folder, ranks, device, task, splits, inputs.spec, frames, features, tokenizer, model,
-              forward, optimizer, scheduler, scaler, per_epoch, total, log, State(), timings)
+    run = Run(
+        cfg,
+        inputs.out,
+        folder,
+        ranks,
+        device,
+        task,
+        splits,
+        inputs.spec,
+        frames,
+        features,
+        tokenizer,
+        model,
+        forward,
+        optimizer,
+        scheduler,
+        scaler,
+        per_epoch,
+        total,
+        log,
+        State(),
+        timings,
+    )
     log_state = restore(run) if resume else None
     if folder is not None:
         folder.begin(resume, overwrite)
@@ -204,15 +252,18 @@ def restore(run: Run) -> dict:
     out = run.out
     found = checkpoint.complete(out / "checkpoints")
     if not found:
-        raise BertfitError(f"nothing to resume in '{out}': no complete checkpoint in {out / 'checkpoints'}; "
-                           "start without --resume")
+        raise BertfitError(
+            f"nothing to resume in '{out}': no complete checkpoint in {out / 'checkpoints'}; start without --resume"
+        )
     damaged = []
     for candidate in reversed(found):
         try:
             differences = checkpoint.recipe_differences(checkpoint.saved_recipe(candidate), run.cfg)
             if differences:
-                raise BertfitError(f"cannot resume from {candidate}: the recipe changed "
-                                   f"({'; '.join(differences)}); use the original settings or start a new run")
+                raise BertfitError(
+                    f"cannot resume from {candidate}: the recipe changed "
+                    f"({'; '.join(differences)}); use the original settings or start a new run"
+                )
             saved = checkpoint.load_state(candidate)
             checkpoint.load_weights(candidate, run.model)
         except checkpoint.Damaged as why:
@@ -220,13 +271,17 @@ def restore(run: Run) -> dict:
             continue
         for bad, why in damaged:
             if run.dist.main:
-                print(f"warning: {why}; set aside as {checkpoint.set_aside(bad).name}, resuming from "
-                      f"{candidate.name}", file=sys.stderr)
+                print(
+                    f"warning: {why}; set aside as {checkpoint.set_aside(bad).name}, resuming from {candidate.name}",
+                    file=sys.stderr,
+                )
         run.optimizer.load_state_dict(saved["optimizer"])
         run.scheduler.load_state_dict(saved["scheduler"])
         run.scaler.load_state_dict(saved["scaler"])
         checkpoint.set_rng_state(saved["rng"][run.dist.rank])
         run.state = State(**saved["state"])
         return saved["log"]
-    raise BertfitError(f"every checkpoint in '{out / 'checkpoints'}' is damaged ({damaged[0][1]}); start the run "
-                       "again without --resume")
+    raise BertfitError(
+        f"every checkpoint in '{out / 'checkpoints'}' is damaged ({damaged[0][1]}); start the run "
+        "again without --resume"
+    )

@@ -20,6 +20,7 @@ def framework_versions() -> dict:
     versions = {"Transformers": transformers.__version__, "Pytorch": torch.__version__}
     try:
         import datasets
+
         versions["Datasets"] = datasets.__version__
     except ImportError:
         pass
@@ -29,21 +30,32 @@ def framework_versions() -> dict:
 
 def hyperparameters(cfg, device: str) -> list[str]:
     """In the wording of the seeds' (HF Trainer) model cards; `device` is where the run trained."""
-    lines = [f"learning_rate: {cfg.lr:g}", f"train_batch_size: {cfg.batch_size}",
-             f"eval_batch_size: {cfg.eval_batch}", f"seed: {cfg.seed}"]
+    lines = [
+        f"learning_rate: {cfg.lr:g}",
+        f"train_batch_size: {cfg.batch_size}",
+        f"eval_batch_size: {cfg.eval_batch}",
+        f"seed: {cfg.seed}",
+    ]
     if cfg.world_size > 1:
-        lines += [f"distributed_type: {'multi-GPU' if device.startswith('cuda') else 'multi-CPU (gloo)'}",
-                  f"num_devices: {cfg.world_size}"]
+        lines += [
+            f"distributed_type: {'multi-GPU' if device.startswith('cuda') else 'multi-CPU (gloo)'}",
+            f"num_devices: {cfg.world_size}",
+        ]
     if cfg.grad_accum > 1:
         lines.append(f"gradient_accumulation_steps: {cfg.grad_accum}")
     if cfg.effective_batch_size() != cfg.batch_size:
-        lines.append(f"total_train_batch_size: {cfg.effective_batch_size()} (train_batch_size is per device: "
-                     f"{cfg.batch_size} × {cfg.world_size} devices × {cfg.grad_accum} accumulation steps)")
-    lines += [f"optimizer: Adam with betas=({cfg.adam_beta1},{cfg.adam_beta2}) and epsilon={cfg.adam_epsilon:.0e}",
-              f"lr_scheduler_type: {cfg.scheduler}"]
+        lines.append(
+            f"total_train_batch_size: {cfg.effective_batch_size()} (train_batch_size is per device: "
+            f"{cfg.batch_size} × {cfg.world_size} devices × {cfg.grad_accum} accumulation steps)"
+        )
+    lines += [
+        f"optimizer: Adam with betas=({cfg.adam_beta1},{cfg.adam_beta2}) and epsilon={cfg.adam_epsilon:.0e}",
+        f"lr_scheduler_type: {cfg.scheduler}",
+    ]
     if cfg.warmup_steps or cfg.warmup_ratio:
-        lines.append(f"lr_scheduler_warmup_{'steps' if cfg.warmup_steps else 'ratio'}: "
-                     f"{cfg.warmup_steps or cfg.warmup_ratio}")
+        lines.append(
+            f"lr_scheduler_warmup_{'steps' if cfg.warmup_steps else 'ratio'}: {cfg.warmup_steps or cfg.warmup_ratio}"
+        )
     lines.append(f"training_steps: {cfg.max_steps}" if cfg.max_steps else f"num_epochs: {cfg.epochs:g}")
     if cfg.weight_decay:
         lines.append(f"weight_decay: {cfg.weight_decay:g}")
@@ -53,24 +65,48 @@ def hyperparameters(cfg, device: str) -> list[str]:
         lines.append(f"mixed_precision_training: Native AMP ({cfg.precision}; fp32 master weights)")
     else:
         lines.append("training_precision: float32")
-    lines += [f"max_length: {cfg.max_length} (truncation: {cfg.truncation})", f"padding: {cfg.padding}",
-              f"torch_compile: {bool(cfg.compile)}"]
+    lines += [
+        f"max_length: {cfg.max_length} (truncation: {cfg.truncation})",
+        f"padding: {cfg.padding}",
+        f"torch_compile: {bool(cfg.compile)}",
+    ]
     return lines
 
 
 def _front_matter(cfg, dataset: str, summary: dict, result_split: str, metric_names: list[str]) -> list[str]:
     base, license_id = hub_identity(cfg.model)
     kind = task_for(cfg).pipeline_tag
-    lines = ["---", "library_name: transformers", f"license: {license_id or 'other  # unknown: set the license'}",
-             f"base_model: {base}", "tags:", "- generated_from_trainer", "- bertfit", "datasets:", f"- {dataset}",
-             "metrics:"] + [f"- {m}" for m in metric_names]
-    lines += ["model-index:", f"- name: {Path(cfg.output).name}", "  results:", "  - task:", f"      type: {kind}",
-              f"      name: {kind.replace('-', ' ').title()}", "    dataset:", f"      name: {dataset}",
-              f"      type: {dataset}", f"      split: {cfg.test_split if result_split == 'test' else cfg.eval_split}",
-              "    metrics:"]
+    lines = [
+        "---",
+        "library_name: transformers",
+        f"license: {license_id or 'other  # unknown: set the license'}",
+        f"base_model: {base}",
+        "tags:",
+        "- generated_from_trainer",
+        "- bertfit",
+        "datasets:",
+        f"- {dataset}",
+        "metrics:",
+    ] + [f"- {m}" for m in metric_names]
+    lines += [
+        "model-index:",
+        f"- name: {Path(cfg.output).name}",
+        "  results:",
+        "  - task:",
+        f"      type: {kind}",
+        f"      name: {kind.replace('-', ' ').title()}",
+        "    dataset:",
+        f"      name: {dataset}",
+        f"      type: {dataset}",
+        f"      split: {cfg.test_split if result_split == 'test' else cfg.eval_split}",
+        "    metrics:",
+    ]
     for name in metric_names:
-        lines += [f"    - name: {METRIC_TITLES.get(name, name)}", f"      type: {name}",
-                  f"      value: {summary[result_split][name]:.4f}"]
+        lines += [
+            f"    - name: {METRIC_TITLES.get(name, name)}",
+            f"      type: {name}",
+            f"      value: {summary[result_split][name]:.4f}",
+        ]
     return lines + ["---"]
 
 
@@ -83,55 +119,108 @@ def model_card(cfg, events: list[dict], summary: dict, profile, findings: list[d
     labels = ", ".join(cfg.label_names) if cfg.label_names else "a real-valued score"
     base = hub_identity(cfg.model)[0]
     shown = summary[result_split]
-    body = [f"# {Path(cfg.output).name}", "",
-            f"This model is a fine-tuned version of [{base}](https://huggingface.co/{base}) on the {dataset} dataset.",
-            f"It achieves the following results on the {result_split} set:", "", f"- Loss: {shown['loss']:.4f}"]
+    body = [
+        f"# {Path(cfg.output).name}",
+        "",
+        f"This model is a fine-tuned version of [{base}](https://huggingface.co/{base}) on the {dataset} dataset.",
+        f"It achieves the following results on the {result_split} set:",
+        "",
+        f"- Loss: {shown['loss']:.4f}",
+    ]
     body += [f"- {METRIC_TITLES.get(m, m)}: {shown[m]:.4f}" for m in metric_names]
     sizes = ", ".join(f"{name} {count:,}" for name, count in start.get("examples", {}).items())
-    body += ["", "## Model description", "", f"- Base model: {base} (`--model {cfg.model}`)", f"- Task: {cfg.task}",
-             f"- Labels ({len(cfg.label_names or [])}): {labels}" if cfg.label_names else f"- Target: {labels}",
-             f"- Input: {', '.join(cfg.text_columns)}; target column: {cfg.label_column}", "",
-             "## Training and evaluation data", "", f"- Dataset: {dataset}; examples used: {sizes}",
-             f"- Splits: train = `{cfg.train_split}`, validation = `{cfg.eval_split}`"
-             + (f", test = `{cfg.test_split}`" if cfg.test_split not in (None, "none") else "")]
+    body += [
+        "",
+        "## Model description",
+        "",
+        f"- Base model: {base} (`--model {cfg.model}`)",
+        f"- Task: {cfg.task}",
+        f"- Labels ({len(cfg.label_names or [])}): {labels}" if cfg.label_names else f"- Target: {labels}",
+        f"- Input: {', '.join(cfg.text_columns)}; target column: {cfg.label_column}",
+        "",
+        "## Training and evaluation data",
+        "",
+        f"- Dataset: {dataset}; examples used: {sizes}",
+        f"- Splits: train = `{cfg.train_split}`, validation = `{cfg.eval_split}`"
+        + (f", test = `{cfg.test_split}`" if cfg.test_split not in (None, "none") else ""),
+    ]
     body += [f"- Note: {note}" for note in start.get("notes", [])]
     if profile:
         body += ["", "### Data profile", ""] + [f"- {line}" for line in summary_lines(profile)]
-    body += ["", "## Training procedure", "", "### Training hyperparameters", "",
-             "The following hyperparameters were used during training:", ""]
+    body += [
+        "",
+        "## Training procedure",
+        "",
+        "### Training hyperparameters",
+        "",
+        "The following hyperparameters were used during training:",
+        "",
+    ]
     body += [f"- {line}" for line in hyperparameters(cfg, start.get("device", "unknown"))]
     body += ["", "### Training results", "", markdown_table(table_columns(evals), table_rows(evals)), ""]
     if summary.get("best_metric") is not None:
-        body.append(f"The weights kept are those of step {summary['kept_step']} (best {summary['metric_for_best']} "
-                    f"{summary['best_metric']:.4f} at step {summary['best_step']}).")
+        body.append(
+            f"The weights kept are those of step {summary['kept_step']} (best {summary['metric_for_best']} "
+            f"{summary['best_metric']:.4f} at step {summary['best_step']})."
+        )
     if any(e.get("train_accuracy") is not None for e in evals):
-        body += ["", "Per evaluation, on the training examples seen since the previous one and on validation:", "",
-                 markdown_table(["Epoch", "Step", "Training Loss", "Training Accuracy", "Validation Loss",
-                                 "Validation Accuracy"],
-                                [[f"{e['epoch']:.2f}", str(e["step"]), f"{e['train_loss']:.4f}",
-                                  f"{e['train_accuracy']:.4f}", f"{e['metrics']['loss']:.4f}",
-                                  f"{e['metrics'].get('accuracy', float('nan')):.4f}"]
-                                 for e in evals if e.get("train_accuracy") is not None])]
+        body += [
+            "",
+            "Per evaluation, on the training examples seen since the previous one and on validation:",
+            "",
+            markdown_table(
+                ["Epoch", "Step", "Training Loss", "Training Accuracy", "Validation Loss", "Validation Accuracy"],
+                [
+                    [
+                        f"{e['epoch']:.2f}",
+                        str(e["step"]),
+                        f"{e['train_loss']:.4f}",
+                        f"{e['train_accuracy']:.4f}",
+                        f"{e['metrics']['loss']:.4f}",
+                        f"{e['metrics'].get('accuracy', float('nan')):.4f}",
+                    ]
+                    for e in evals
+                    if e.get("train_accuracy") is not None
+                ],
+            ),
+        ]
     per_type = shown.get("per_type")
     if per_type:
-        body += ["", f"### Per entity type ({result_split})", "",
-                 markdown_table(["Entity", "Precision", "Recall", "F1", "Support"],
-                                [[k, f"{v['precision']:.4f}", f"{v['recall']:.4f}", f"{v['f1']:.4f}", f"{v['support']:,}"]
-                                 for k, v in sorted(per_type.items())])]
+        body += [
+            "",
+            f"### Per entity type ({result_split})",
+            "",
+            markdown_table(
+                ["Entity", "Precision", "Recall", "F1", "Support"],
+                [
+                    [k, f"{v['precision']:.4f}", f"{v['recall']:.4f}", f"{v['f1']:.4f}", f"{v['support']:,}"]
+                    for k, v in sorted(per_type.items())
+                ],
+            ),
+        ]
     train = summary["train"]
-    body += ["", "### Hardware and throughput", "", f"- Hardware: {start.get('hardware', 'not recorded')}",
-             f"- Training: {train['train_seconds']:.1f} s for {train['steps']} steps, {train['samples_per_second']:.1f} "
-             f"samples/s, {train['tokens_per_second']:.0f} real tokens/s; padding {train['padding_ratio']:.1%} of "
-             "the tokens computed"]
+    body += [
+        "",
+        "### Hardware and throughput",
+        "",
+        f"- Hardware: {start.get('hardware', 'not recorded')}",
+        f"- Training: {train['train_seconds']:.1f} s for {train['steps']} steps, {train['samples_per_second']:.1f} "
+        f"samples/s, {train['tokens_per_second']:.0f} real tokens/s; padding {train['padding_ratio']:.1%} of "
+        "the tokens computed",
+    ]
     if train.get("mfu") is not None:
-        body.append(f"- Model FLOP utilisation: {train['mfu']:.1%} of the GPU's {train['peak_flops'] / 1e12:.0f} "
-                    "TFLOP/s dense bf16 peak")
+        body.append(
+            f"- Model FLOP utilisation: {train['mfu']:.1%} of the GPU's {train['peak_flops'] / 1e12:.0f} "
+            "TFLOP/s dense bf16 peak"
+        )
     body.append(f"- Tokenization: {train['tokenize_seconds']:.1f} s (cached for reruns)")
     body += ["", "## Diagnosis", ""]
     if findings:
         for finding in findings:
-            body += [f"- **{finding['severity'].upper()} — {finding['title']}.** {finding['evidence']}. "
-                     f"*Advice:* {finding['advice']}."]
+            body += [
+                f"- **{finding['severity'].upper()} — {finding['title']}.** {finding['evidence']}. "
+                f"*Advice:* {finding['advice']}."
+            ]
     else:
         body.append("No problems found: losses, metrics, data and speed look healthy (`bertfit doctor` re-checks).")
     if plots:

@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
-from typing import Optional
-
 from bertfit import models
 from bertfit.data import schema, sources
 from bertfit.tasks import build_task
 from bertfit.tasks.profile import profile
 
 
-def inspect_source(source: str, model: str, max_length: int, task: str = "auto",
-                   text_columns: Optional[list[str]] = None, label_column: Optional[str] = None) -> dict:
+def inspect_source(
+    source: str,
+    model: str,
+    max_length: int,
+    task: str = "auto",
+    text_columns: list[str] | None = None,
+    label_column: str | None = None,
+) -> dict:
     """Profile a dataset as it is (no split carved off): every split, against `train` when there is one."""
     splits = sources.load_splits(source)
     reference = "train" if "train" in splits.frames else next(iter(splits.frames))

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 from bertfit.config import Config
 from bertfit.records import METRIC_TITLES, scalar_metrics
@@ -20,15 +19,20 @@ def _pyplot():
     return plt
 
 
-def draw_all(folder: Path, events: list[dict], summary: dict, profile: Optional[dict], cfg: Config) -> list[str]:
+def draw_all(folder: Path, events: list[dict], summary: dict, profile: dict | None, cfg: Config) -> list[str]:
     """Writes plots/*.png; returns their paths relative to the run folder."""
     plt = _pyplot()
     out = folder / "plots"
     out.mkdir(exist_ok=True)
     evals = [e for e in events if e["event"] == "eval"]
     drawn = []
-    for name, draw in (("loss", _loss), ("metrics", _metrics), ("confusion", _confusion), ("entities", _entities),
-                       ("lengths", _lengths)):
+    for name, draw in (
+        ("loss", _loss),
+        ("metrics", _metrics),
+        ("confusion", _confusion),
+        ("entities", _entities),
+        ("lengths", _lengths),
+    ):
         figure = draw(plt, events, evals, summary, profile or {}, cfg)
         if figure is not None:
             figure.tight_layout()
@@ -48,10 +52,18 @@ def _loss(plt, events, evals, summary, profile, cfg):
     if train:
         axis.plot(*zip(*train), label="training loss", color="tab:blue", marker="." if len(train) < 30 else None)
     if evals:
-        axis.plot([e["step"] for e in evals], [e["metrics"]["loss"] for e in evals], label="validation loss",
-                  color="tab:orange", marker="o")
-    axis.set(xlabel="optimizer step", ylabel=f"loss (mean per {task_for(cfg).loss_unit})",
-             title="Training and validation loss")
+        axis.plot(
+            [e["step"] for e in evals],
+            [e["metrics"]["loss"] for e in evals],
+            label="validation loss",
+            color="tab:orange",
+            marker="o",
+        )
+    axis.set(
+        xlabel="optimizer step",
+        ylabel=f"loss (mean per {task_for(cfg).loss_unit})",
+        title="Training and validation loss",
+    )
     axis.legend()
     return figure
 
@@ -102,10 +114,17 @@ def _entities(plt, events, evals, summary, profile, cfg):
     figure, axis = plt.subplots(figsize=(max(5, 1.2 * len(names) + 2), 4))
     bars = axis.bar(names, [per_type[n]["f1"] for n in names], color="tab:green")
     for bar, name in zip(bars, names):
-        axis.text(bar.get_x() + bar.get_width() / 2, bar.get_height(), f"{per_type[name]['f1']:.3f}\n"
-                  f"n={per_type[name]['support']:,}", ha="center", va="bottom", fontsize=8)
-    axis.set(ylim=(0, 1.15), xlabel="entity type", ylabel="F1 (entity level, seqeval)",
-             title="Validation F1 per entity type")
+        axis.text(
+            bar.get_x() + bar.get_width() / 2,
+            bar.get_height(),
+            f"{per_type[name]['f1']:.3f}\nn={per_type[name]['support']:,}",
+            ha="center",
+            va="bottom",
+            fontsize=8,
+        )
+    axis.set(
+        ylim=(0, 1.15), xlabel="entity type", ylabel="F1 (entity level, seqeval)", title="Validation F1 per entity type"
+    )
     return figure
 
 
@@ -116,8 +135,12 @@ def _lengths(plt, events, evals, summary, profile, cfg):
     counts, edges = tokens["histogram"]["counts"], tokens["histogram"]["edges"]
     figure, axis = plt.subplots(figsize=(7, 4))
     axis.stairs(counts, edges, fill=True, alpha=0.6, label="training examples")
-    axis.axvline(tokens["max_length"], color="red", linestyle="--",
-                 label=f"max_length {tokens['max_length']} ({tokens['truncated_share']:.1%} truncated)")
+    axis.axvline(
+        tokens["max_length"],
+        color="red",
+        linestyle="--",
+        label=f"max_length {tokens['max_length']} ({tokens['truncated_share']:.1%} truncated)",
+    )
     axis.set(xlabel="tokens per example (before truncation)", ylabel="examples", title="Token lengths")
     axis.legend()
     return figure

@@ -4,8 +4,6 @@ task type); to add a kind, add a module with a `Task` subclass and register it i
 
 from __future__ import annotations
 
-from typing import Optional
-
 from bertfit.tasks.base import IGNORE, LOWER_IS_BETTER, Features, Task
 from bertfit.tasks.classification import ClassificationTask
 from bertfit.tasks.regression import RegressionTask
@@ -16,14 +14,32 @@ TASKS: dict[str, type[Task]] = {task.kind: task for task in (ClassificationTask,
 __all__ = ["IGNORE", "LOWER_IS_BETTER", "TASKS", "Features", "Task", "build_task", "task_for"]
 
 
-def build_task(kind: str, text_columns: list[str], label_column: str, label_names: Optional[list[str]],
-               max_length: int, truncation: str = "head", extra_metrics: tuple[str, ...] = (), stride: int = 32,
-               label_all_subtokens: bool = False) -> Task:
-    return TASKS[kind](text_columns, label_column, label_names, max_length, truncation, extra_metrics, stride,
-                       label_all_subtokens)
+def build_task(
+    kind: str,
+    text_columns: list[str],
+    label_column: str,
+    label_names: list[str] | None,
+    max_length: int,
+    truncation: str = "head",
+    extra_metrics: tuple[str, ...] = (),
+    stride: int = 32,
+    label_all_subtokens: bool = False,
+) -> Task:
+    return TASKS[kind](
+        text_columns, label_column, label_names, max_length, truncation, extra_metrics, stride, label_all_subtokens
+    )
 
 
 def task_for(cfg) -> Task:
     """The task of a resolved recipe (one whose task, columns, labels and max_length are filled in)."""
-    return build_task(cfg.task, cfg.text_columns, cfg.label_column, cfg.label_names, cfg.max_length, cfg.truncation,
-                      tuple(cfg.metrics), cfg.stride, cfg.label_all_subtokens)
+    return build_task(
+        cfg.task,
+        cfg.text_columns,
+        cfg.label_column,
+        cfg.label_names,
+        cfg.max_length,
+        cfg.truncation,
+        tuple(cfg.metrics),
+        cfg.stride,
+        cfg.label_all_subtokens,
+    )

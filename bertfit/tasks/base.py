@@ -6,14 +6,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Optional
 
 import numpy as np
 import pandas as pd
 import torch
-
 
 IGNORE = -100
 LOWER_IS_BETTER = {"loss", "mse"}
@@ -27,8 +26,8 @@ class Features:
     labels: object  # np.ndarray per example (sequence tasks) or list of per-token arrays (token task)
     example_ids: np.ndarray
     full_lengths: np.ndarray  # before truncation, for the data profile
-    token_type_ids: Optional[list[np.ndarray]] = None
-    word_ids: Optional[list[np.ndarray]] = None  # token task: the word a position predicts, -1 elsewhere
+    token_type_ids: list[np.ndarray] | None = None
+    word_ids: list[np.ndarray] | None = None  # token task: the word a position predicts, -1 elsewhere
     lengths: np.ndarray = field(init=False)
     items: np.ndarray = field(init=False)  # loss terms each feature contributes (1, or its labelled tokens)
 
@@ -37,8 +36,9 @@ class Features:
         if self.word_ids is None:
             self.items = np.ones(len(self.input_ids), dtype=np.int64)
         else:
-            self.items = np.fromiter(((lab != IGNORE).sum() for lab in self.labels), dtype=np.int64,
-                                     count=len(self.input_ids))
+            self.items = np.fromiter(
+                ((lab != IGNORE).sum() for lab in self.labels), dtype=np.int64, count=len(self.input_ids)
+            )
 
     def __len__(self) -> int:
         return len(self.input_ids)
@@ -47,8 +47,11 @@ class Features:
     RAGGED = ("input_ids", "token_type_ids", "word_ids", "labels")
 
     def save(self, path: Path) -> None:
-        arrays = {"example_ids": self.example_ids, "full_lengths": self.full_lengths, "offsets": np.concatenate(
-            [[0], np.cumsum(self.lengths)])}
+        arrays = {
+            "example_ids": self.example_ids,
+            "full_lengths": self.full_lengths,
+            "offsets": np.concatenate([[0], np.cumsum(self.lengths)]),
+        }
         for name in self.RAGGED:
             value = getattr(self, name)
             if value is None:
@@ -60,7 +63,7 @@ class Features:
         os.replace(tmp, path)
 
     @classmethod
-    def load(cls, path: Path) -> "Features":
+    def load(cls, path: Path) -> Features:
         with np.load(path, allow_pickle=False) as stored:
             offsets = stored["offsets"]
             values = {}
@@ -104,9 +107,17 @@ class Task:
     loss_unit: str  # what the loss is averaged over
     tracks_accuracy = False  # whether training accuracy can be counted from the logits
 
-    def __init__(self, text_columns: list[str], label_column: str, label_names: Optional[list[str]],
-                 max_length: int, truncation: str = "head", extra_metrics: tuple[str, ...] = (), stride: int = 32,
-                 label_all_subtokens: bool = False):
+    def __init__(
+        self,
+        text_columns: list[str],
+        label_column: str,
+        label_names: list[str] | None,
+        max_length: int,
+        truncation: str = "head",
+        extra_metrics: tuple[str, ...] = (),
+        stride: int = 32,
+        label_all_subtokens: bool = False,
+    ):
         self.text_columns = text_columns
         self.label_column = label_column
         self.label_names = label_names
@@ -121,7 +132,7 @@ class Task:
         """from_pretrained keyword arguments that give the model this task's head (labels, problem type)."""
         raise NotImplementedError
 
-    def chance_loss(self) -> Optional[float]:
+    def chance_loss(self) -> float | None:
         """The loss of a model that has learnt nothing (uniform over the classes), where one is defined."""
         return None
 
@@ -132,8 +143,9 @@ class Task:
     def encode_cached(self, frame: pd.DataFrame, tokenizer) -> Features:
         """Tokenize once per (data, tokenizer, settings): reruns and resumes read the cached features."""
         columns = self.text_columns + ([self.label_column] if self.label_column in frame.columns else [])
-        key = _cache_key(type(self).__name__, self.settings(), tokenizer_fingerprint(tokenizer),
-                         frame_fingerprint(frame, columns))
+        key = _cache_key(
+            type(self).__name__, self.settings(), tokenizer_fingerprint(tokenizer), frame_fingerprint(frame, columns)
+        )
         path = cache_dir() / f"{key}.npz"
         if path.is_file():
             try:
@@ -149,11 +161,16 @@ class Task:
         return features
 
     def settings(self) -> dict:
-        return {"max_length": self.max_length, "truncation": self.truncation, "labels": self.label_names,
-                "columns": self.text_columns}
+        return {
+            "max_length": self.max_length,
+            "truncation": self.truncation,
+            "labels": self.label_names,
+            "columns": self.text_columns,
+        }
 
-    def collate(self, features: Features, indices: np.ndarray, pad_id: int,
-                pad_to: Callable[[int], int] = int) -> dict[str, torch.Tensor]:
+    def collate(
+        self, features: Features, indices: np.ndarray, pad_id: int, pad_to: Callable[[int], int] = int
+    ) -> dict[str, torch.Tensor]:
         """Pad a batch to `pad_to` of its longest member (itself, a multiple, a grid length or a fixed length)."""
         lengths = features.lengths[indices]
         width = pad_to(int(lengths.max()))

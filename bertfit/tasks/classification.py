@@ -29,16 +29,22 @@ class ClassificationTask(SequenceTask):
         return keys.astype(np.int64).to_numpy()
 
     def head_config(self):
-        return {"num_labels": len(self.label_names), "id2label": dict(enumerate(self.label_names)),
-                "label2id": {name: i for i, name in enumerate(self.label_names)},
-                "problem_type": "single_label_classification"}
+        return {
+            "num_labels": len(self.label_names),
+            "id2label": dict(enumerate(self.label_names)),
+            "label2id": {name: i for i, name in enumerate(self.label_names)},
+            "problem_type": "single_label_classification",
+        }
 
     def chance_loss(self):
         return math.log(len(self.label_names)) if len(self.label_names) >= 2 else None
 
     def metric_names(self):
-        names = ("f1", "precision", "recall") if len(self.label_names) == 2 else (
-            "f1_macro", "recall_macro", "precision_macro")
+        names = (
+            ("f1", "precision", "recall")
+            if len(self.label_names) == 2
+            else ("f1_macro", "recall_macro", "precision_macro")
+        )
         return ("accuracy", *names) + (("matthews",) if "matthews" in self.extra_metrics else ())
 
     def loss_sum(self, logits, labels):
@@ -54,8 +60,9 @@ class ClassificationTask(SequenceTask):
         return logits.float().softmax(-1)
 
     def metrics(self, features, frame, predictions):
-        return classification_metrics(np.asarray(features.labels), predictions, len(self.label_names),
-                                      "matthews" in self.extra_metrics)
+        return classification_metrics(
+            np.asarray(features.labels), predictions, len(self.label_names), "matthews" in self.extra_metrics
+        )
 
     def decode(self, features, context, scores):
         return [{"label": self.label_names[int(s.argmax())], "score": float(s.max())} for s in scores]
@@ -65,9 +72,11 @@ class ClassificationTask(SequenceTask):
         labels = frame[self.label_column]
         shown = labels.map(lambda v: v if isinstance(v, str) else names[int(v)] if int(v) < len(names) else v)
         counts = shown.astype(str).value_counts()
-        result = {"labels": {str(k): int(v) for k, v in counts.items()},
-                  "majority_rate": float(counts.iloc[0] / len(frame)),
-                  "imbalance_ratio": float(counts.iloc[0] / counts.iloc[-1])}
+        result = {
+            "labels": {str(k): int(v) for k, v in counts.items()},
+            "majority_rate": float(counts.iloc[0] / len(frame)),
+            "imbalance_ratio": float(counts.iloc[0] / counts.iloc[-1]),
+        }
         if len(self.text_columns) == 2:
             pairs = pd.DataFrame({"text": texts, "label": labels.astype(str)})
             result["conflicting_pairs"] = int((pairs.groupby("text")["label"].nunique() > 1).sum())
@@ -75,20 +84,31 @@ class ClassificationTask(SequenceTask):
 
 
 def classification_metrics(labels: np.ndarray, predictions: np.ndarray, n_classes: int, matthews: bool) -> dict:
-    from sklearn.metrics import (accuracy_score, confusion_matrix, f1_score, matthews_corrcoef, precision_score,
-                                 recall_score)
+    from sklearn.metrics import (
+        accuracy_score,
+        confusion_matrix,
+        f1_score,
+        matthews_corrcoef,
+        precision_score,
+        recall_score,
+    )
 
     labels, predictions = np.asarray(labels), np.asarray(predictions)
     result = {"accuracy": float(accuracy_score(labels, predictions))}
     if n_classes == 2:
         kwargs = {"pos_label": 1, "average": "binary", "zero_division": 0}
-        result.update(f1=f1_score(labels, predictions, **kwargs), precision=precision_score(labels, predictions, **kwargs),
-                      recall=recall_score(labels, predictions, **kwargs))
+        result.update(
+            f1=f1_score(labels, predictions, **kwargs),
+            precision=precision_score(labels, predictions, **kwargs),
+            recall=recall_score(labels, predictions, **kwargs),
+        )
     else:
         kwargs = {"average": "macro", "labels": list(range(n_classes)), "zero_division": 0}
-        result.update(f1_macro=f1_score(labels, predictions, **kwargs),
-                      recall_macro=recall_score(labels, predictions, **kwargs),
-                      precision_macro=precision_score(labels, predictions, **kwargs))
+        result.update(
+            f1_macro=f1_score(labels, predictions, **kwargs),
+            recall_macro=recall_score(labels, predictions, **kwargs),
+            precision_macro=precision_score(labels, predictions, **kwargs),
+        )
     if matthews:
         result["matthews"] = matthews_corrcoef(labels, predictions)
     result = {k: float(v) for k, v in result.items()}

@@ -1,9 +1,9 @@
-"""The data profile, as a task sees its data: sizes, label balance, lengths and truncation, empties, duplicates and leakage, tag repairs."""
+"""The data profile, as a task sees its data: sizes, label balance, lengths and truncation, empties, duplicates and
+leakage, tag repairs."""
 
 from __future__ import annotations
 
 import re
-from typing import Optional
 
 import numpy as np
 import pandas as pd
@@ -24,15 +24,24 @@ def normalise_text(text: str) -> str:
 
 def length_stats(full_lengths: np.ndarray, max_length: int) -> dict:
     counts, edges = np.histogram(full_lengths, bins=min(50, max(1, len(np.unique(full_lengths)))))
-    return {"percentiles": {f"p{p}": int(np.percentile(full_lengths, p)) for p in PERCENTILES},
-            "mean": float(full_lengths.mean()), "max": int(full_lengths.max()), "max_length": max_length,
-            "truncated": int((full_lengths > max_length).sum()),
-            "truncated_share": float((full_lengths > max_length).mean()),
-            "histogram": {"counts": counts.tolist(), "edges": [float(e) for e in edges]}}
+    return {
+        "percentiles": {f"p{p}": int(np.percentile(full_lengths, p)) for p in PERCENTILES},
+        "mean": float(full_lengths.mean()),
+        "max": int(full_lengths.max()),
+        "max_length": max_length,
+        "truncated": int((full_lengths > max_length).sum()),
+        "truncated_share": float((full_lengths > max_length).mean()),
+        "histogram": {"counts": counts.tolist(), "edges": [float(e) for e in edges]},
+    }
 
 
-def profile(frames: dict[str, pd.DataFrame], task: Task, spec: DataSpec,
-            full_lengths: Optional[dict[str, np.ndarray]] = None, max_length: int = 512) -> dict:
+def profile(
+    frames: dict[str, pd.DataFrame],
+    task: Task,
+    spec: DataSpec,
+    full_lengths: dict[str, np.ndarray] | None = None,
+    max_length: int = 512,
+) -> dict:
     """Per split, and across splits (leakage). `full_lengths` are token counts before truncation."""
     texts = {name: task.profile_texts(frame) for name, frame in frames.items()}
     normalised = {name: series.map(normalise_text) for name, series in texts.items()}
@@ -74,14 +83,19 @@ def summary_lines(report: dict) -> list[str]:
     for name, split in report["splits"].items():
         parts = [f"{name}: {split['rows']:,} rows"]
         if "labels" in split:
-            parts.append("labels " + ", ".join(f"{k} {v:,}" for k, v in split["labels"].items())
-                         + f" (imbalance {split['imbalance_ratio']:.2f})")
+            parts.append(
+                "labels "
+                + ", ".join(f"{k} {v:,}" for k, v in split["labels"].items())
+                + f" (imbalance {split['imbalance_ratio']:.2f})"
+            )
         if "entity_counts" in split:
             parts.append("entities " + ", ".join(f"{k} {v:,}" for k, v in sorted(split["entity_counts"].items())))
         if "tokens" in split:
             tokens = split["tokens"]
-            parts.append(f"tokens p50 {tokens['percentiles']['p50']}, p95 {tokens['percentiles']['p95']}, "
-                         f"max {tokens['max']}; {tokens['truncated_share']:.1%} truncated at {tokens['max_length']}")
+            parts.append(
+                f"tokens p50 {tokens['percentiles']['p50']}, p95 {tokens['percentiles']['p95']}, "
+                f"max {tokens['max']}; {tokens['truncated_share']:.1%} truncated at {tokens['max_length']}"
+            )
         if split["duplicates"]:
             parts.append(f"{split['duplicates']:,} duplicates")
         if split["empty_texts"]:
@@ -93,10 +107,14 @@ def summary_lines(report: dict) -> list[str]:
         lines.append("; ".join(parts))
     for name, leak in report["leakage"].items():
         if leak["normalised"]:
-            lines.append(f"leakage: {leak['exact']:,} exact and {leak['normalised']:,} normalised duplicates of "
-                         f"train in {name} ({leak['share']:.1%})")
+            lines.append(
+                f"leakage: {leak['exact']:,} exact and {leak['normalised']:,} normalised duplicates of "
+                f"train in {name} ({leak['share']:.1%})"
+            )
     if report.get("repaired_tags"):
-        lines.append(f"tag scheme {report['tag_scheme']}: {report['repaired_tags']:,} entity-initial I- tags repaired to B-")
+        lines.append(
+            f"tag scheme {report['tag_scheme']}: {report['repaired_tags']:,} entity-initial I- tags repaired to B-"
+        )
     elif report.get("tag_scheme"):
         lines.append(f"tag scheme: {report['tag_scheme']}")
     return lines

@@ -38,8 +38,14 @@ class RegressionTask(SequenceTask):
 
     def label_profile(self, frame, texts):
         labels = frame[self.label_column]
-        return {"label_stats": {"mean": float(labels.mean()), "std": float(labels.std()),
-                                "min": float(labels.min()), "max": float(labels.max())}}
+        return {
+            "label_stats": {
+                "mean": float(labels.mean()),
+                "std": float(labels.std()),
+                "min": float(labels.min()),
+                "max": float(labels.max()),
+            }
+        }
 
 
 def regression_metrics(labels: np.ndarray, predictions: np.ndarray) -> dict:
@@ -47,6 +53,8 @@ def regression_metrics(labels: np.ndarray, predictions: np.ndarray) -> dict:
 
     labels, predictions = np.asarray(labels, dtype=np.float64), np.asarray(predictions, dtype=np.float64)
     constant = np.ptp(predictions) == 0 or np.ptp(labels) == 0
-    return {"pearson": 0.0 if constant else float(pearsonr(predictions, labels)[0]),
-            "spearman": 0.0 if constant else float(spearmanr(predictions, labels)[0]),
-            "mse": float(np.mean((predictions - labels) ** 2))}
+    return {
+        "pearson": 0.0 if constant else float(pearsonr(predictions, labels)[0]),
+        "spearman": 0.0 if constant else float(spearmanr(predictions, labels)[0]),
+        "mse": float(np.mean((predictions - labels) ** 2)),
+    }

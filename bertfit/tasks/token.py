@@ -16,7 +16,8 @@ WORD = re.compile(r"\w+|[^\w\s]")
 
 
 class TokenTask(Task):
-    """Words → sub-tokens with `is_split_into_words`; first sub-token labelled; long sentences in overlapping windows."""
+    """Words → sub-tokens with `is_split_into_words`; first sub-token labelled; long sentences in overlapping
+    windows."""
 
     kind = "token"
     primary_metric = "f1"
@@ -29,12 +30,16 @@ class TokenTask(Task):
         index = {name: i for i, name in enumerate(self.label_names)}
         self.tag_index = index
         # B-X continuation sub-tokens are labelled I-X when every sub-token carries a label (as run_ner does).
-        self.continuation = {i: index.get("I-" + name[2:], i) if name.startswith("B-") else i
-                             for name, i in index.items()}
+        self.continuation = {
+            i: index.get("I-" + name[2:], i) if name.startswith("B-") else i for name, i in index.items()
+        }
 
     def head_config(self):
-        return {"num_labels": len(self.label_names), "id2label": dict(enumerate(self.label_names)),
-                "label2id": {name: i for i, name in enumerate(self.label_names)}}
+        return {
+            "num_labels": len(self.label_names),
+            "id2label": dict(enumerate(self.label_names)),
+            "label2id": {name: i for i, name in enumerate(self.label_names)},
+        }
 
     def settings(self):
         return {**super().settings(), "stride": self.stride, "all_subtokens": self.label_all_subtokens}
@@ -55,8 +60,14 @@ class TokenTask(Task):
         words = [list(map(str, w)) for w in frame[self.text_columns[0]]]
         has_tags = self.label_column in frame.columns
         tags = [[self.tag_index[t] for t in row] for row in frame[self.label_column]] if has_tags else None
-        encoded = tokenizer(words, is_split_into_words=True, add_special_tokens=False, truncation=False,
-                            return_attention_mask=False, return_token_type_ids=False)
+        encoded = tokenizer(
+            words,
+            is_split_into_words=True,
+            add_special_tokens=False,
+            truncation=False,
+            return_attention_mask=False,
+            return_token_type_ids=False,
+        )
         cls_id, sep_id = tokenizer.cls_token_id, tokenizer.sep_token_id
         input_ids, labels, word_ids, example_ids, full_lengths = [], [], [], [], []
         for example, ids in enumerate(encoded["input_ids"]):
@@ -80,8 +91,13 @@ class TokenTask(Task):
                 word_ids.append(np.concatenate([[-1], word_here, [-1]]))
                 example_ids.append(example)
             full_lengths.append(len(ids) + 2)
-        return Features(input_ids=input_ids, labels=labels, example_ids=np.asarray(example_ids),
-                        full_lengths=np.asarray(full_lengths), word_ids=word_ids)
+        return Features(
+            input_ids=input_ids,
+            labels=labels,
+            example_ids=np.asarray(example_ids),
+            full_lengths=np.asarray(full_lengths),
+            word_ids=word_ids,
+        )
 
     @staticmethod
     def _owners(first: np.ndarray, spans: list[tuple[int, int]]) -> np.ndarray:
@@ -135,7 +151,9 @@ class TokenTask(Task):
             words[features.example_ids[feature]][word_here[where]] = np.asarray(output)[: len(word_here)][where]
         return words
 
-    def word_predictions(self, features: Features, frame: pd.DataFrame, predictions: list[np.ndarray]) -> list[list[str]]:
+    def word_predictions(
+        self, features: Features, frame: pd.DataFrame, predictions: list[np.ndarray]
+    ) -> list[list[str]]:
         """One tag per word; a word with no sub-tokens is predicted 'O'."""
         stitched = self.stitch(features, predictions, [len(w) for w in frame[self.text_columns[0]]], -1)
         outside = self.tag_index.get("O", 0)
@@ -159,8 +177,9 @@ class TokenTask(Task):
         for text, offsets, probs in zip(texts, spans, stitched):
             probs = probs[: len(offsets)]
             tags = [self.label_names[i] for i in probs.argmax(-1)] if len(offsets) else []
-            results.append({"text": text, "entities": entity_spans(text, offsets, tags,
-                                                                   probs.max(-1) if len(offsets) else [])})
+            results.append(
+                {"text": text, "entities": entity_spans(text, offsets, tags, probs.max(-1) if len(offsets) else [])}
+            )
         return results
 
     def profile_texts(self, frame):
@@ -168,21 +187,34 @@ class TokenTask(Task):
 
     def label_profile(self, frame, texts):
         tags = {str(k): int(v) for k, v in frame[self.label_column].explode().dropna().value_counts().items()}
-        return {"tags": tags, "entity_counts": {k[2:]: v for k, v in tags.items() if k.startswith(("B-", "S-"))},
-                "words": int(frame[self.text_columns[0]].map(len).sum())}
+        return {
+            "tags": tags,
+            "entity_counts": {k[2:]: v for k, v in tags.items() if k.startswith(("B-", "S-"))},
+            "words": int(frame[self.text_columns[0]].map(len).sum()),
+        }
 
 
 def token_metrics(true: list[list[str]], predicted: list[list[str]]) -> dict:
     from seqeval.metrics import accuracy_score, classification_report, f1_score, precision_score, recall_score
 
     report = classification_report(true, predicted, output_dict=True, zero_division=0)
-    per_type = {name: {"precision": float(v["precision"]), "recall": float(v["recall"]), "f1": float(v["f1-score"]),
-                       "support": int(v["support"])}
-                for name, v in report.items() if not name.endswith(" avg")}
-    return {"precision": float(precision_score(true, predicted, zero_division=0)),
-            "recall": float(recall_score(true, predicted, zero_division=0)),
-            "f1": float(f1_score(true, predicted, zero_division=0)),
-            "accuracy": float(accuracy_score(true, predicted)), "per_type": per_type}
+    per_type = {
+        name: {
+            "precision": float(v["precision"]),
+            "recall": float(v["recall"]),
+            "f1": float(v["f1-score"]),
+            "support": int(v["support"]),
+        }
+        for name, v in report.items()
+        if not name.endswith(" avg")
+    }
+    return {
+        "precision": float(precision_score(true, predicted, zero_division=0)),
+        "recall": float(recall_score(true, predicted, zero_division=0)),
+        "f1": float(f1_score(true, predicted, zero_division=0)),
+        "accuracy": float(accuracy_score(true, predicted)),
+        "per_type": per_type,
+    }
 
 
 def entity_spans(text: str, offsets: list[tuple[int, int]], tags: list[str], scores) -> list[dict]:
@@ -196,12 +228,23 @@ def entity_spans(text: str, offsets: list[tuple[int, int]], tags: list[str], sco
         else:
             if current:
                 entities.append(current)
-            current = {"entity_group": kind, "start": start, "end": end, "scores": [float(score)]} \
-                if prefix in ("B", "I", "S", "E") and kind else None
+            current = (
+                {"entity_group": kind, "start": start, "end": end, "scores": [float(score)]}
+                if prefix in ("B", "I", "S", "E") and kind
+                else None
+            )
         if current is not None and prefix in ("E", "S"):
             entities.append(current)
             current = None
     if current:
         entities.append(current)
-    return [{"entity_group": e["entity_group"], "word": text[e["start"]:e["end"]], "start": e["start"],
-             "end": e["end"], "score": float(np.mean(e["scores"]))} for e in entities]
+    return [
+        {
+            "entity_group": e["entity_group"],
+            "word": text[e["start"] : e["end"]],
+            "start": e["start"],
+            "end": e["end"],
+            "score": float(np.mean(e["scores"])),
+        }
+        for e in entities
+    ]
