@@ -183,3 +183,12 @@ def test_fp16_loss_scale_calibration_is_not_a_fault():
     assert "non_finite" in ids(diagnose(evals(rows) + many, None, {}, fp16))
     diverged = calibration + [{"event": "diverged", "step": 3}]
     assert "non_finite" in ids(diagnose(evals(rows) + diverged, None, {}, fp16))
+
+
+def test_one_problem_is_reported_once():
+    # At lr 1e-6 the loss sits at chance and barely moves: two rules see it, the report names it once.
+    train = [{"event": "train", "step": s, "loss": 0.6931 - s * 1e-6} for s in range(10, 210, 10)]
+    rows = [(100, 0.6931, 0.6930, 0.5), (200, 0.6930, 0.6930, 0.5)]
+    profile = {"splits": {"validation": {"rows": 872, "majority_rate": 0.5}, "train": {"majority_rate": 0.5}}}
+    found = ids(diagnose(train + evals(rows), profile, {}, {**BINARY, "lr": 1e-6}))
+    assert found.count("lr_too_low") == 1
