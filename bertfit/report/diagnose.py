@@ -17,9 +17,13 @@ OVERFIT_RISE = 0.20  # validation loss this far above its minimum ...
 CHANCE_SHARE = 0.85  # training loss at or above this share of ln(C) means 'not learning'
 NEAR_MAJORITY = 0.02  # validation accuracy within this of the majority rate
 COLLAPSE_SHARE = 0.95  # one class taking this share of predictions
-HIGH_LR, LOW_LR = 1e-4, 5e-6
+HIGH_LR, LOW_LR = 1e-4, 1e-5  # outside 1e-5..1e-4, fine-tuning a pretrained encoder is rarely right
+GOOD_LR = "2e-5–5e-5"  # what fine-tuning posts and the seeds' recipes use
+SHORT_RUN = 100  # optimizer steps: fewer are too few to judge a learning rate by
 FLAT_LOSS = 0.05  # training loss moved less than 5% from first to last window
 UNDERFIT_ACCURACY = 0.75
+SMALL_TRAIN, MEMORISED_GAP = 2000, 0.20  # training examples; training minus validation accuracy
+LOW_F1 = 0.5  # entity (or positive-class) F1 below this is a failed run
 IMBALANCE_RATIO, LOW_RECALL = 3.0, 0.5
 LEAKAGE_SHARE = 0.005
 TRUNCATION_SHARE = 0.05
@@ -61,6 +65,15 @@ def _smoothed(points: list[tuple[int, float]]) -> list[tuple[int, float]]:
     ]
 
 
+# A finding that explains another makes it redundant (and its advice could contradict): collapse to one class or a
+# model at chance is not also 'underfitting' or 'low F1'.
+SUPERSEDED_BY = {
+    "underfitting": {"collapse", "lr_too_high", "lr_too_low", "not_learning", "too_short"},
+    "low_f1": {"collapse", "lr_too_high", "lr_too_low", "not_learning", "non_finite"},
+    "collapse": {"lr_too_high", "non_finite"},
+}
+
+
 def diagnose(events: list[dict], profile: dict | None, summary: dict | None, cfg: Config) -> list[Finding]:
     """`cfg` is the run's resolved recipe. A problem two rules see is reported once, by the first."""
     evals = [e for e in events if e["event"] == "eval"]
@@ -68,11 +81,13 @@ def diagnose(events: list[dict], profile: dict | None, summary: dict | None, cfg
     findings: list[Finding] = []
     for rule in (
         _non_finite,
-        _overfitting,
         _not_learning,
-        _collapse,
         _learning_rate_too_low,
+        _collapse,
+        _overfitting,
+        _memorised_small_data,
         _underfitting,
+        _low_f1,
         _metric_noise,
         _imbalance,
         _leakage,
@@ -80,9 +95,27 @@ def diagnose(events: list[dict], profile: dict | None, summary: dict | None, cfg
         _slow,
     ):
         found = rule(events, evals, profile or {}, summary or {}, cfg, task)
-        if found and found.id not in {f.id for f in findings}:
+        seen = {f.id for f in findings}
+        if found and found.id not in seen and not SUPERSEDED_BY.get(found.id, set()) & seen:
             findings.append(found)
     return findings
+
+
+def _steps(events: list[dict]) -> int:
+    return max((e["step"] for e in events if e["event"] in ("train", "eval")), default=0)
+
+
+def _stop_earlier(cfg: Config) -> str:
+    """What would stop a run at its best, leaving out what the recipe already does."""
+    advice = []
+    if not cfg.early_stopping:
+        advice.append("early_stopping: 2-3 evaluations")
+    if not cfg.keep_best:
+        advice.append("keep_best: true")
+    advice.append(f"fewer epochs (now {cfg.epochs:g})" if not cfg.max_steps else f"fewer steps (now {cfg.max_steps})")
+    if not cfg.weight_decay:
+        advice.append("weight_decay 0.01")
+    return ", ".join(advice)
 
 
 def as_dicts(findings: list[Finding]) -> list[dict]:
@@ -101,10 +134,23 @@ def _non_finite(events, evals, profile, summary, cfg, task) -> Finding | None:
     diverged = any(e["event"] == "diverged" for e in events)
     # fp16's GradScaler skips a step each time it lowers the loss scale, mostly early on: a few skips are how it
     # calibrates, not a fault.
-    steps = max((e["step"] for e in events if e["event"] in ("train", "eval")), default=0)
-    if cfg.precision == "fp16" and not diverged and finite_losses and len(bad) <= max(FP16_SCALER_SKIPS, 0.01 * steps):
+    if (
+        cfg.precision == "fp16"
+        and not diverged
+        and finite_losses
+        and len(bad) <= max(FP16_SCALER_SKIPS, 0.01 * _steps(events))
+    ):
         return None
     first = bad[0]["step"] if bad else None
+    advice = [
+        f"lower the learning rate (now {cfg.lr:g}; {GOOD_LR} is usual)"
+        if cfg.lr > 5e-5
+        else f"lower the learning rate below {cfg.lr:g} or add warmup"
+    ]
+    if not cfg.clip_norm:
+        advice.append("turn gradient clipping on (clip_norm 1.0)")
+    if cfg.precision == "fp16":
+        advice.append("use bf16 or fp32 instead of fp16")
     return Finding(
         "non_finite",
         "error",
@@ -112,7 +158,7 @@ def _non_finite(events, evals, profile, summary, cfg, task) -> Finding | None:
         f"{len(bad)} step(s) with non-finite loss or gradients"
         + (f", first at step {first}" if first else "")
         + ("; the run stopped" if diverged else "; those updates were skipped"),
-        f"lower the learning rate (now {cfg.lr:g}), keep gradient clipping on, and prefer bf16 or fp32 over fp16",
+        ", ".join(advice),
     )
 
 
@@ -142,8 +188,7 @@ def _overfitting(events, evals, profile, summary, cfg, task) -> Finding | None:
         "Overfitting: validation loss rose while training loss kept falling",
         f"validation loss {best:.4f} at step {best_step} → {last:.4f} at step {last_step} "
         f"(+{last / best - 1:.0%}); training loss {at_best[-1]:.4f} → {after[-1]:.4f}; {kept_text}",
-        "stop earlier (early_stopping: 2-3 evaluations, keep_best: true), train fewer epochs, or add "
-        "weight decay (0.01) / more data",
+        f"stop earlier ({_stop_earlier(cfg)}), or add training data",
     )
 
 
@@ -162,7 +207,7 @@ def _not_learning(events, evals, profile, summary, cfg, task) -> Finding | None:
     rising = len(train) >= 3 and train[-1][1] > 1.5 * min(v for _, v in train) and train[-1][1] > 0.5 * chance
     if not (near_chance or near_majority or rising):
         return None
-    lr = cfg.lr
+    steps, lr = _steps(events), cfg.lr
     evidence = f"training loss {final_loss:.4f} at step {train[-1][0]} vs ln({classes}) = {chance:.4f} (chance)"
     if accuracies:
         evidence += f"; validation accuracy {min(accuracies):.4f}–{max(accuracies):.4f}"
@@ -175,24 +220,37 @@ def _not_learning(events, evals, profile, summary, cfg, task) -> Finding | None:
             "lr_too_high",
             "error",
             "Not learning: the learning rate is too high",
-            evidence,
-            f"lr {lr:g} is above the 1e-5–1e-4 range that fine-tuning pretrained encoders tolerates; "
-            "use 2e-5 to 5e-5 with a linear schedule and 6-10% warmup",
+            f"{evidence}; lr {lr:g}",
+            f"lower the learning rate from {lr:g} to {GOOD_LR} (pretrained encoders tolerate 1e-5–1e-4), with a "
+            "linear schedule" + ("" if cfg.warmup_ratio or cfg.warmup_steps else " and 6-10% warmup"),
         )
-    if lr <= LOW_LR:
+    if lr < LOW_LR and steps >= SHORT_RUN:
         return Finding(
             "lr_too_low",
             "warning",
             "Not learning: the learning rate is too low",
-            evidence,
-            f"lr {lr:g} barely moves the weights; use 2e-5 to 5e-5",
+            f"{evidence}; lr {lr:g} over {steps} steps",
+            f"raise the learning rate from {lr:g} to {GOOD_LR}",
         )
+    if steps < SHORT_RUN:
+        return Finding(
+            "too_short",
+            "warning",
+            "Not learning yet: the run is too short to judge",
+            f"{evidence}; only {steps} optimizer steps",
+            f"train for more steps (a few hundred at least; now {steps}) before changing the learning rate (now "
+            f"{lr:g})",
+        )
+    advice = ["check that labels match texts (`bertfit inspect`)"]
+    if not (cfg.warmup_ratio or cfg.warmup_steps):
+        advice.append("add warmup (warmup_ratio 0.06)")
+    advice.append(f"train longer than {steps} steps")
     return Finding(
         "not_learning",
         "warning",
         "Not learning: the model stays at chance",
-        evidence,
-        "check that labels match texts (inspect), try lr 2e-5–5e-5 with warmup, and train longer",
+        f"{evidence}; lr {lr:g} is in the usual range",
+        ", ".join(advice),
     )
 
 
@@ -207,19 +265,29 @@ def _collapse(events, evals, profile, summary, cfg, task) -> Finding | None:
     true_share = sum(matrix[top]) / total if total else 0
     if not total or predicted[top] / total < COLLAPSE_SHARE or true_share >= 0.8:
         return None
+    steps = _steps(events)
+    imbalance = profile.get("splits", {}).get("train", {}).get("imbalance_ratio", 1)
+    if cfg.lr >= HIGH_LR:
+        advice = f"lower the learning rate from {cfg.lr:g} to {GOOD_LR}"
+    elif steps < SHORT_RUN:
+        advice = f"train for more steps (now {steps}): early in training a model often predicts one class"
+    elif imbalance >= IMBALANCE_RATIO:
+        advice = f"the training labels are imbalanced ({imbalance:.1f}:1): oversample the rare classes"
+    else:
+        advice = "check that labels match texts (`bertfit inspect`) and that the labels are not shuffled"
     return Finding(
         "collapse",
         "error",
         "Collapse to one class",
         f"{predicted[top] / total:.1%} of validation predictions are '{names[top] if top < len(names) else top}'"
         f", which is {true_share:.1%} of the true labels",
-        "lower the learning rate, check class balance (inspect) and consider class weights or resampling",
+        advice,
     )
 
 
 def _learning_rate_too_low(events, evals, profile, summary, cfg, task) -> Finding | None:
     train = _smoothed(_train_losses(events))
-    if len(train) < 3 or cfg.lr > LOW_LR * 4:
+    if len(train) < 3 or cfg.lr >= LOW_LR or _steps(events) < SHORT_RUN:
         return None
     first, last = train[0][1], train[-1][1]
     if first <= 0 or (first - last) / first >= FLAT_LOSS:
@@ -230,7 +298,7 @@ def _learning_rate_too_low(events, evals, profile, summary, cfg, task) -> Findin
         "Learning rate too low: the training loss barely moves",
         f"training loss {first:.4f} → {last:.4f} ({(first - last) / first:.1%}) over {train[-1][0]} steps "
         f"at lr {cfg.lr:g}",
-        "raise the learning rate to 2e-5–5e-5",
+        f"raise the learning rate from {cfg.lr:g} to {GOOD_LR}",
     )
 
 
@@ -244,34 +312,93 @@ def _underfitting(events, evals, profile, summary, cfg, task) -> Finding | None:
     majority = profile.get("splits", {}).get("train", {}).get("majority_rate", 0)
     if final >= UNDERFIT_ACCURACY or final <= majority + NEAR_MAJORITY or not still_improving:
         return None  # at chance is 'not learning', reported by its own rule
+    steps = _steps(events)
+    advice = [f"train longer (now {steps} steps" + (f", {cfg.epochs:g} epochs)" if not cfg.max_steps else ")")]
+    if cfg.lr < 2e-5:
+        advice.append(f"raise the learning rate from {cfg.lr:g} to {GOOD_LR}")
     return Finding(
         "underfitting",
         "warning",
         "Underfitting: training accuracy is still low at the end",
         f"training accuracy {final:.4f} over the last evaluation window; validation accuracy was still "
         f"improving at the last evaluation ({accuracies[-1][1]:.4f} at step {accuracies[-1][0]})",
-        "train longer (more epochs or max_steps), or raise the learning rate within 2e-5–1e-4",
+        ", ".join(advice),
     )
 
 
 def _metric_noise(events, evals, profile, summary, cfg, task) -> Finding | None:
+    """Only when keeping the best checkpoint chose other weights than the last, on a gain within the noise."""
     metric = summary.get("metric_for_best", "accuracy")
-    values = _series(evals, metric)
+    values = dict(_series(evals, metric))
     n = profile.get("splits", {}).get("validation", {}).get("rows")
-    if metric not in ("accuracy",) or len(values) < 2 or not n or n >= SMALL_EVAL:
+    kept, last = summary.get("kept_step"), max(values, default=None)
+    if metric != "accuracy" or not n or n >= SMALL_EVAL or kept is None or kept == last or last is None:
         return None
-    ranked = sorted((v for _, v in values), reverse=True)
-    best, runner_up = ranked[0], ranked[1]
+    best, final = values.get(kept), values[last]
+    if best is None:
+        return None
     half_width = 1.96 * math.sqrt(max(best * (1 - best), 1e-12) / n)
-    if best - runner_up >= half_width:
+    if best - final >= half_width:
         return None
     return Finding(
         "metric_noise",
         "info",
-        "Validation set too small to rank these checkpoints",
-        f"{metric} {best:.4f} ± {half_width:.4f} (95% binomial interval, n = {n}); the best beat the "
-        f"runner-up by {best - runner_up:.4f}",
-        "treat differences below the interval as noise: evaluate on a larger split, or compare several seeds",
+        "The kept checkpoint won on noise",
+        f"step {kept} was kept for {metric} {best:.4f} against {final:.4f} at the last step {last}, a gain within "
+        f"± {half_width:.4f} (95% binomial interval, n = {n})",
+        "treat the two as equal: evaluate on a larger split, or compare several seeds, before preferring either",
+    )
+
+
+def _memorised_small_data(events, evals, profile, summary, cfg, task) -> Finding | None:
+    rows = profile.get("splits", {}).get("train", {}).get("rows")
+    last = next((e for e in reversed(evals) if e.get("train_accuracy") is not None), None)
+    if not rows or rows >= SMALL_TRAIN or last is None or "accuracy" not in last["metrics"]:
+        return None
+    gap = last["train_accuracy"] - last["metrics"]["accuracy"]
+    if gap < MEMORISED_GAP:
+        return None
+    return Finding(
+        "small_data",
+        "warning",
+        "Too little training data: the model memorises it",
+        f"{rows:,} training examples; training accuracy {last['train_accuracy']:.4f} vs validation accuracy "
+        f"{last['metrics']['accuracy']:.4f} at step {last['step']} (gap {gap:.2f})",
+        f"add labelled examples (the main fix; validation is far below training), and meanwhile {_stop_earlier(cfg)}",
+    )
+
+
+def _low_f1(events, evals, profile, summary, cfg, task) -> Finding | None:
+    """The expression seed's 'low precision/recall': entity F1 (or the positive class's F1) far below usable."""
+    kept = summary.get("validation", {})
+    if not {"precision", "recall", "f1"} <= set(kept) or kept["f1"] >= LOW_F1:
+        return None
+    steps = _steps(events)
+    evidence = f"validation precision {kept['precision']:.3f}, recall {kept['recall']:.3f}, F1 {kept['f1']:.3f}"
+    per_type = kept.get("per_type") or {}
+    if per_type:
+        worst = sorted(per_type.items(), key=lambda item: item[1]["f1"])[:3]
+        evidence += "; weakest types " + ", ".join(f"{k} F1 {v['f1']:.2f} (n={v['support']})" for k, v in worst)
+    advice = []
+    if steps < 10 * SHORT_RUN:
+        advice.append(f"train longer (now {steps} steps; the expression seed trains 5 epochs)")
+    if cfg.lr >= HIGH_LR:
+        advice.append(f"lower the learning rate from {cfg.lr:g} to {GOOD_LR}")
+    elif cfg.lr < LOW_LR:
+        advice.append(f"raise the learning rate from {cfg.lr:g} to {GOOD_LR}")
+    rows = profile.get("splits", {}).get("train", {}).get("rows")
+    if rows and rows < SMALL_TRAIN:
+        advice.append(f"add labelled examples ({rows:,} now)")
+    if profile.get("repaired_tags"):
+        advice.append(f"check the tags: {profile['repaired_tags']:,} entity-initial I- tags needed repair")
+    if not advice:
+        advice.append("check the labels (`bertfit inspect`) and add examples of the weakest types")
+    return Finding(
+        "low_f1",
+        "error" if kept["f1"] < LOW_F1 / 5 else "warning",
+        "Low precision and recall",
+        evidence,
+        ", ".join(advice),
     )
 
 
@@ -288,13 +415,17 @@ def _imbalance(events, evals, profile, summary, cfg, task) -> Finding | None:
     worst = min(range(len(recalls)), key=recalls.__getitem__)
     if recalls[worst] >= LOW_RECALL:
         return None
+    balanced = "f1_macro" if len(names) > 2 else "f1"
+    advice = "oversample the rare classes"
+    if cfg.metric_for_best != balanced:
+        advice += f", and choose the checkpoint by {balanced} (metric_for_best: {balanced})"
     return Finding(
         "imbalance",
         "warning",
         "Class imbalance with low minority recall",
         f"training labels {train.get('labels')} (ratio {train['imbalance_ratio']:.1f}); validation recall of "
         f"'{names[worst] if worst < len(names) else worst}' is {recalls[worst]:.2f}",
-        "resample or weight the classes, and choose the checkpoint by macro F1 (metric_for_best: f1_macro)",
+        advice,
     )
 
 
