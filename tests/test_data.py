@@ -263,3 +263,50 @@ def test_detection_leaves_the_data_as_it_is_and_normalise_returns_new_frames(tmp
     assert normalised.frames["train"]["ner_tags"][0] == ["B-PER", "I-PER", "O", "B-LOC"]
     assert splits.frames["train"].equals(before)  # the detected splits are still the files' contents
     assert any("IOB1" in note for note in normalised.notes) and splits.notes == []
+
+
+GLUE_MNLI_HEADER = (
+    "index\tpromptID\tpairID\tgenre\tsentence1_binary_parse\tsentence2_binary_parse\tsentence1_parse\t"
+    "sentence2_parse\tsentence1\tsentence2\tlabel1\tgold_label"
+)
+
+
+def glue_mnli_row(i: int, label: str) -> str:
+    premise, hypothesis = f"The cat sat on mat {i} .", f'A "cat" is on mat {i} .'
+    parse = "( ( The cat ) ( sat ) )"
+    return (
+        f"{i}\t{i}\t{i}e\tfiction\t{parse}\t{parse}\t(ROOT (S))\t(ROOT (S))\t{premise}\t{hypothesis}\t{label}\t{label}"
+    )
+
+
+def test_glue_format_mnli_just_works(tmp_path):
+    labels = ["entailment", "neutral", "contradiction"]
+    for name, n in (("train", 30), ("dev_matched", 9), ("dev_mismatched", 9)):
+        rows = [glue_mnli_row(i, labels[i % 3]) for i in range(n)]
+        (tmp_path / f"{name}.tsv").write_text(GLUE_MNLI_HEADER + "\n" + "\n".join(rows) + "\n")
+    splits = sources.load_splits(str(tmp_path))
+    assert set(splits.frames) == {"train", "validation_matched", "validation_mismatched"}
+    spec = schema.detect(splits, "train", "auto", None, None, None)
+    assert (spec.task, spec.text_columns, spec.label_column) == (
+        "classification",
+        ["sentence1", "sentence2"],
+        "gold_label",
+    )
+    assert sorted(spec.label_names) == sorted(labels)
+    _, train, eval_split, test = sources.choose_splits(splits, "train", None, None, 42, 0.1)
+    assert (train, eval_split, test) == ("train", "validation_matched", None)  # nothing carved off train
+    # The MNLI seed recipe's split names (eval_split validation_matched, test_split validation_mismatched).
+    chosen = sources.choose_splits(splits, "train", "validation_matched", "validation_mismatched", 42, 0.1)
+    assert chosen[1:] == ("train", "validation_matched", "validation_mismatched")
+
+
+def test_a_missing_mirror_names_where_it_looked(monkeypatch, tmp_path):
+    import datasets
+
+    monkeypatch.setattr(datasets, "load_dataset", lambda *a: (_ for _ in ()).throw(ConnectionError("offline")))
+    monkeypatch.setenv("BERTFIT_DATA_DIR", str(tmp_path))
+    with pytest.raises(BertfitError, match=f"no folder 'mnli' in BERTFIT_DATA_DIR \\({tmp_path}\\)"):
+        sources.load_splits("mnli")
+    monkeypatch.delenv("BERTFIT_DATA_DIR")
+    with pytest.raises(BertfitError, match="BERTFIT_DATA_DIR is not set"):
+        sources.load_splits("mnli")

@@ -20,7 +20,8 @@ SPLIT_NAMES = {
     "test": ("test", "testb"),
 }
 
-LABEL_COLUMNS = ("label", "labels", "sentiment", "target", "score", "class", "category")
+# `gold_label`: GLUE's MNLI/SNLI files, whose `label1`..`label5` are the annotators' votes.
+LABEL_COLUMNS = ("label", "labels", "gold_label", "sentiment", "target", "score", "class", "category")
 
 
 # Hub ids resolve to mirror folders under BERTFIT_DATA_DIR by these names before the hub is tried.
@@ -69,12 +70,18 @@ class Splits:
 
 
 def _split_of(stem: str) -> str | None:
+    """`dev.tsv` is validation, `mnli_dev` too; a qualified split keeps its qualifier in the canonical name:
+    GLUE's `dev_matched` is the hub's `validation_matched`."""
     stem = stem.lower()
     for split, names in SPLIT_NAMES.items():
         if stem in names or any(
             stem.endswith(f"_{n}") or stem.endswith(f"-{n}") or stem.endswith(f".{n}") for n in names
         ):
             return split
+    for split, names in SPLIT_NAMES.items():
+        qualified = next((stem[len(n) + 1 :] for n in names if stem.startswith(f"{n}_")), None)
+        if qualified:
+            return f"{split}_{qualified}"
     return None
 
 
@@ -124,9 +131,11 @@ def _load_hub(name: str) -> Splits:
         loaded = datasets.load_dataset(*args)
     except Exception as err:  # the hub raises many types; all mean 'cannot get it'
         reason = str(err).strip().splitlines()[0][:160] if str(err).strip() else type(err).__name__
+        root = os.environ.get("BERTFIT_DATA_DIR")
+        mirror = f"no folder '{name}' in BERTFIT_DATA_DIR ({root})" if root else "BERTFIT_DATA_DIR is not set"
         raise BertfitError(
-            f"dataset '{name}' not found locally (no such file or folder, no BERTFIT_DATA_DIR "
-            f"mirror) and the hub is unreachable or has no such dataset: {reason}"
+            f"dataset '{name}' not found locally (no such file or folder; {mirror}) and the hub is unreachable or "
+            f"has no such dataset: {reason}"
         ) from None
     frames, label_names = {}, None
     for split, dataset in loaded.items():
@@ -217,7 +226,11 @@ def choose_splits(
     if eval_split == "validation" and "validation" not in frames:
         eval_split = None  # carved, as the first run did (a resolved recipe names the carved split)
     if eval_split is None:
-        eval_split = "validation" if "validation" in frames and train_split != "validation" else None
+        qualified = sorted(name for name in frames if name.startswith("validation_"))
+        if "validation" in frames and train_split != "validation":
+            eval_split = "validation"
+        elif qualified:  # MNLI: validation_matched before validation_mismatched
+            eval_split = qualified[0]
     elif eval_split not in frames:
         raise BertfitError(f"dataset '{splits.name}' has no '{eval_split}' split (it has: {', '.join(frames)})")
     if eval_split is None:
