@@ -139,6 +139,11 @@ def print_summary(summary: dict, output: str) -> None:
         f"kept step {summary['kept_step']}; trained {train['train_seconds']:.1f} s at "
         f"{train['samples_per_second']:.1f} samples/s ({train['padding_ratio']:.1%} padding)"
     )
+    if summary.get("stop_reason") == "early_stopping":
+        console.print(
+            f"stopped early at step {train['steps']}: {summary['metric_for_best']} did not improve after step "
+            f"{summary['best_step']}"
+        )
     for finding in summary.get("diagnosis", []):
         console.print(f"[{finding['severity']}] {finding['title']}: {finding['advice']}", markup=False)
     console.print(f"wrote {output}")

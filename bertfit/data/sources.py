@@ -39,6 +39,14 @@ MIRROR_ALIASES = {
 }
 
 
+# What each mirror folder is on the Hub (id, config), for model cards.
+HUB_DATASETS = {
+    **{name: ("nyu-mll/glue", name) for name in ("sst2", "cola", "mrpc", "rte", "stsb", "mnli", "qnli", "qqp")},
+    "imdb": ("stanfordnlp/imdb", None),
+    "tweet_sentiment": ("cardiffnlp/tweet_eval", "sentiment"),
+    "conll2003": ("eriktks/conll2003", None),
+    "go_emotions": ("google-research-datasets/go_emotions", "simplified"),
+}
 # Datasets whose hub id is `name/config` rather than `owner/name`, and short names whose hub home moved.
 HUB_CONFIG_DATASETS = {"glue": "nyu-mll/glue", "tweet_eval": "cardiffnlp/tweet_eval", "super_glue": "super_glue"}
 
@@ -167,6 +175,11 @@ def load_splits(source: str) -> Splits:
         frames, files = _read_folder(mirror)
         return Splits(mirror.name, frames, files, _folder_label_names(mirror, files))
     return _load_hub(source)
+
+
+def hub_dataset(name: str) -> tuple[str, str | None] | None:
+    """The Hub id and config of a dataset known by a mirror name or a hub alias; None for local files."""
+    return HUB_DATASETS.get(MIRROR_ALIASES.get(name, name))
 
 
 def local_path(source: str | None) -> Path | None:

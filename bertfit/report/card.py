@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from bertfit.data.sources import hub_dataset
 from bertfit.models import hub_identity
 from bertfit.records import METRIC_TITLES, markdown_table, scalar_metrics, table_columns, table_rows
 from bertfit.tasks import task_for
@@ -57,6 +58,8 @@ def hyperparameters(cfg, device: str) -> list[str]:
             f"lr_scheduler_warmup_{'steps' if cfg.warmup_steps else 'ratio'}: {cfg.warmup_steps or cfg.warmup_ratio}"
         )
     lines.append(f"training_steps: {cfg.max_steps}" if cfg.max_steps else f"num_epochs: {cfg.epochs:g}")
+    if cfg.early_stopping:
+        lines.append(f"early_stopping_patience: {cfg.early_stopping} evaluations of {cfg.metric_for_best}")
     if cfg.weight_decay:
         lines.append(f"weight_decay: {cfg.weight_decay:g}")
     if cfg.clip_norm:
@@ -73,41 +76,96 @@ def hyperparameters(cfg, device: str) -> list[str]:
     return lines
 
 
-def _front_matter(cfg, dataset: str, summary: dict, result_split: str, metric_names: list[str]) -> list[str]:
+# The Hub's metric ids (evaluate's names); macro averages are the same metric with an argument.
+HUB_METRICS = {
+    "accuracy": ("accuracy", None),
+    "f1": ("f1", None),
+    "precision": ("precision", None),
+    "recall": ("recall", None),
+    "f1_macro": ("f1", {"average": "macro"}),
+    "precision_macro": ("precision", {"average": "macro"}),
+    "recall_macro": ("recall", {"average": "macro"}),
+    "matthews": ("matthews_correlation", None),
+    "pearson": ("pearsonr", None),
+    "spearman": ("spearmanr", None),
+    "mse": ("mse", None),
+}
+
+
+def front_matter(cfg, dataset: str, summary: dict, result_split: str, metric_names: list[str]) -> str:
+    """The card's YAML header, built by huggingface_hub (so the Hub reads its model-index as written)."""
+    from huggingface_hub import EvalResult, ModelCardData
+
     base, license_id = hub_identity(cfg.model)
-    kind = task_for(cfg).pipeline_tag
-    lines = [
-        "---",
-        "library_name: transformers",
-        f"license: {license_id or 'other  # unknown: set the license'}",
-        f"base_model: {base}",
-        "tags:",
-        "- generated_from_trainer",
-        "- bertfit",
-        "datasets:",
-        f"- {dataset}",
-        "metrics:",
-    ] + [f"- {m}" for m in metric_names]
-    lines += [
-        "model-index:",
-        f"- name: {Path(cfg.output).name}",
-        "  results:",
-        "  - task:",
-        f"      type: {kind}",
-        f"      name: {kind.replace('-', ' ').title()}",
-        "    dataset:",
-        f"      name: {dataset}",
-        f"      type: {dataset}",
-        f"      split: {cfg.test_split if result_split == 'test' else cfg.eval_split}",
-        "    metrics:",
+    task = task_for(cfg)
+    hub = hub_dataset(dataset)
+    dataset_id, dataset_config = hub if hub else (dataset, None)
+    split = cfg.test_split if result_split == "test" else cfg.eval_split
+    results = [
+        EvalResult(
+            task_type=task.pipeline_tag,
+            task_name=task.pipeline_tag.replace("-", " ").title(),
+            dataset_type=dataset_id,
+            dataset_name=dataset,
+            dataset_config=dataset_config,
+            dataset_split=split,
+            metric_type=HUB_METRICS.get(name, (name, None))[0],
+            metric_args=HUB_METRICS.get(name, (name, None))[1],
+            metric_name=METRIC_TITLES.get(name, name),
+            metric_value=round(summary[result_split][name], 4),
+        )
+        for name in metric_names
     ]
-    for name in metric_names:
-        lines += [
-            f"    - name: {METRIC_TITLES.get(name, name)}",
-            f"      type: {name}",
-            f"      value: {summary[result_split][name]:.4f}",
-        ]
-    return lines + ["---"]
+    data = ModelCardData(
+        library_name="transformers",
+        license=license_id or "other",
+        base_model=base,
+        pipeline_tag=task.pipeline_tag,
+        tags=["bertfit", task.pipeline_tag],
+        datasets=[dataset_id] if hub else None,  # a local file or folder has no Hub id to name
+        metrics=sorted({HUB_METRICS.get(name, (name, None))[0] for name in metric_names}),
+        model_name=Path(cfg.output).name,
+        eval_results=results,
+    )
+    return f"---\n{data.to_yaml()}\n---"
+
+
+def early_stop_line(cfg, summary: dict, evals: list[dict]) -> str | None:
+    """The card's and the console's sentence for a run that early stopping ended."""
+    if summary.get("stop_reason") != "early_stopping" or not evals:
+        return None
+    last = evals[-1]
+    return (
+        f"Training stopped early at step {last['step']} (epoch {last['epoch']:.2f} of {cfg.epochs:g}): "
+        f"{summary['metric_for_best']} did not improve for {cfg.early_stopping} evaluations after step "
+        f"{summary['best_step']} (early_stopping: {cfg.early_stopping})."
+    )
+
+
+def intended_uses(cfg, dataset: str, sizes: str) -> list[str]:
+    """What the model is for, and the limits its training implies, in plain words."""
+    tag = task_for(cfg).pipeline_tag
+    unit = "text pair" if len(cfg.text_columns) > 1 else "text"
+    if not cfg.label_names:
+        does = f"predicts a real-valued score for each {unit}"
+    elif tag == "token-classification":
+        does = f"tags each word of a text with one of {len(cfg.label_names)} tags ({', '.join(cfg.label_names)})"
+    else:
+        does = f"classifies each {unit} as one of {', '.join(cfg.label_names)}"
+    return [
+        "## Intended uses & limitations",
+        "",
+        f"This model {does}, as learned from {dataset} ({sizes}). Load it with "
+        f'`transformers.pipeline("{tag}", model=...)` or `bertfit predict`.',
+        "",
+        f"- It knows only what {dataset} shows: texts from other domains, periods or languages may be scored with "
+        "confidence and still wrongly; check it on your own data (`bertfit eval RUN --data YOURS`) before relying "
+        "on it.",
+        f"- Inputs longer than {cfg.max_length} tokens are cut ({cfg.truncation}); the data profile below says how "
+        "many training examples were.",
+        "- Scores are the model's probabilities, not calibrated confidences; the labels carry the biases of "
+        "whoever wrote them.",
+    ]
 
 
 def model_card(cfg, events: list[dict], summary: dict, profile, findings: list[dict], plots: list[str]) -> str:
@@ -137,7 +195,9 @@ def model_card(cfg, events: list[dict], summary: dict, profile, findings: list[d
         f"- Task: {cfg.task}",
         f"- Labels ({len(cfg.label_names or [])}): {labels}" if cfg.label_names else f"- Target: {labels}",
         f"- Input: {', '.join(cfg.text_columns)}; target column: {cfg.label_column}",
-        "",
+    ]
+    body += ["", *intended_uses(cfg, dataset, sizes), ""]
+    body += [
         "## Training and evaluation data",
         "",
         f"- Dataset: {dataset}; examples used: {sizes}",
@@ -163,6 +223,9 @@ def model_card(cfg, events: list[dict], summary: dict, profile, findings: list[d
             f"The weights kept are those of step {summary['kept_step']} (best {summary['metric_for_best']} "
             f"{summary['best_metric']:.4f} at step {summary['best_step']})."
         )
+    stop = early_stop_line(cfg, summary, evals)
+    if stop:
+        body += ["", stop]
     if any(e.get("train_accuracy") is not None for e in evals):
         body += [
             "",
@@ -226,4 +289,4 @@ def model_card(cfg, events: list[dict], summary: dict, profile, findings: list[d
     if plots:
         body += ["", "## Plots", ""] + [f"![{Path(p).stem}]({p})" for p in plots]
     body += ["", "### Framework versions", ""] + [f"- {k} {v}" for k, v in framework_versions().items()]
-    return "\n".join(_front_matter(cfg, dataset, summary, result_split, metric_names) + body) + "\n"
+    return front_matter(cfg, dataset, summary, result_split, metric_names) + "\n" + "\n".join(body) + "\n"

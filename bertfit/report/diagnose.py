@@ -28,6 +28,7 @@ IMBALANCE_RATIO, LOW_RECALL = 3.0, 0.5
 LEAKAGE_SHARE = 0.005
 TRUNCATION_SHARE = 0.05
 PADDING_SHARE = 0.30
+SLOW_EVAL_SECONDS = 60  # evaluation shorter than this is never worth a warning, however short the training
 SMALL_EVAL = 2000
 FP16_SCALER_SKIPS = 5  # skipped fp16 steps tolerated (or 1% of steps) as loss-scale calibration
 LOW_MFU = 0.05
@@ -482,7 +483,7 @@ def _slow(events, evals, profile, summary, cfg, task) -> Finding | None:
         else:
             advice.append("lengths vary widely inside batches: lower max_length or use a larger dataset per bucket")
     eval_seconds = sum(e["metrics"].get("runtime", 0) for e in evals)
-    if eval_seconds > train["train_seconds"]:
+    if eval_seconds > max(train["train_seconds"], SLOW_EVAL_SECONDS):
         reasons.append(f"evaluation took {eval_seconds:.0f} s against {train['train_seconds']:.0f} s of training")
         advice.append("evaluate less often (eval_every) or on a subset (max_eval_samples), with a larger eval batch")
     mfu = train.get("mfu")

@@ -59,6 +59,9 @@ def _loss(plt, events, evals, summary, profile, cfg):
             color="tab:orange",
             marker="o",
         )
+    kept = summary.get("kept_step")
+    if kept is not None:
+        axis.axvline(kept, color="grey", linestyle="--", label=f"kept weights (step {kept})")
     axis.set(
         xlabel="optimizer step",
         ylabel=f"loss (mean per {task_for(cfg).loss_unit})",
