@@ -143,6 +143,11 @@ class Config(BaseModel):
     )
     early_stopping: int | None = Field(None, gt=0, description="stop after this many evaluations without improvement")
     keep_best: bool = Field(True, description="end with the best checkpoint's weights, not the last")
+    find_mislabeled: bool = Field(
+        True,
+        description="rank training examples by their margin during training (area "
+        "under the margin) to list likely mislabeled ones; classification only",
+    )
 
     # Speed (changes numerics slightly; recorded in the run)
     padding: Literal["bucket", "dynamic", "none"] = Field(

@@ -111,7 +111,9 @@ def test_data_and_speed_findings():
             },
             "validation": {"rows": 5000},
         },
-        "leakage": {"validation": {"exact": 40, "normalised": 60, "share": 0.012}},
+        "leakage": {
+            "validation": {"exact": 40, "normalised": 60, "share": 0.012, "substantive": 50, "substantive_share": 0.01}
+        },
     }
     summary = {
         "validation": {"confusion_matrix": [[480, 20], [400, 100]]},

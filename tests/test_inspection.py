@@ -32,7 +32,14 @@ def test_classification_profile_counts():
     assert split["normalised_duplicates"] == 2  # and "Good film!" ~ "good film"
     assert split["empty_texts"] == 1
     assert report["splits"]["validation"]["labels_not_in_train"] == ["mixed"]
-    assert report["leakage"]["validation"] == {"exact": 1, "normalised": 2, "share": 0.5}
+    # Both shared texts are short phrases: counted, but not as copied examples.
+    assert report["leakage"]["validation"] == {
+        "exact": 1,
+        "normalised": 2,
+        "share": 0.5,
+        "substantive": 0,
+        "substantive_share": 0.0,
+    }
     assert any(line.startswith("leakage: 1 exact and 2 normalised") for line in summary_lines(report))
 
 
@@ -75,3 +82,15 @@ def test_inspect_on_a_sample_file_and_a_mirror(tmp_path):
     assert 0 < tokens["truncated_share"] < 0.5 and tokens["max"] > 512
     mirror = inspect_source("rte", "minilm", 128)
     assert set(mirror["splits"]) == {"train", "validation"} and mirror["splits"]["train"]["rows"] == 2490
+
+
+def test_only_texts_of_some_length_count_as_copied_examples():
+    train = pd.DataFrame(
+        {"text": ["LONDON 1996-08-30", "a long review that was copied into validation"], "label": [0, 1]}
+    )
+    validation = pd.DataFrame(
+        {"text": ["London 1996-08-30", "A long review that was copied into validation!"], "label": [0, 1]}
+    )
+    spec = DataSpec("classification", ["text"], "label", ["a", "b"])
+    leak = profile_of({"train": train, "validation": validation}, spec)["leakage"]["validation"]
+    assert (leak["normalised"], leak["substantive"], leak["substantive_share"]) == (2, 1, 0.5)

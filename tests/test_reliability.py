@@ -36,6 +36,8 @@ def test_sigkill_then_resume_is_bit_identical(uninterrupted, tiny_bert, tmp_path
     assert scalar_metrics(json.loads((out / "metrics.json").read_text())["validation"]) == scalar_metrics(
         json.loads((uninterrupted / "metrics.json").read_text())["validation"]
     )
+    # The margins behind the mislabeled list are checkpointed too: the same examples, the same margins.
+    assert (out / "mislabeled.jsonl").read_text() == (uninterrupted / "mislabeled.jsonl").read_text()
 
 
 def test_sigterm_saves_a_resumable_checkpoint_and_exits_143(tiny_bert, tmp_path):

@@ -1,3 +1,4 @@
+import json
 from functools import partial
 
 import numpy as np
@@ -155,3 +156,34 @@ def test_seqeval_metrics_against_hand_computed_values():
     assert got["accuracy"] == pytest.approx(6 / 8)
     assert got["per_type"]["LOC"] == {"precision": 0.0, "recall": 0.0, "f1": 0.0, "support": 2}
     assert got["per_type"]["PER"]["f1"] == 1.0
+
+
+def test_margins_are_the_given_logit_minus_the_best_other():
+    task = ClassificationTask(["text"], "label", ["a", "b", "c"], 64)
+    logits = torch.tensor([[2.0, 1.0, 0.5], [0.0, 3.0, 1.0], [1.0, 1.0, 4.0]])
+    margins = task.margins(logits.bfloat16(), torch.tensor([0, 0, 2]))
+    assert margins.tolist() == [1.0, -3.0, 3.0] and margins.dtype == torch.float32
+
+
+def test_mislabeled_examples_are_listed_lowest_margin_first(tiny_bert, tmp_path, capsys):
+    from conftest import run_cli
+
+    data = tmp_path / "data"
+    data.mkdir()
+    # Every "good" text is positive but one, every "bad" one negative but one: those two contradict the rest.
+    rows = [("good film", 1)] * 40 + [("bad film", 0)] * 40 + [("good film", 0), ("bad film", 1)]
+    (data / "train.csv").write_text("text,label\n" + "".join(f"{t} {i},{y}\n" for i, (t, y) in enumerate(rows)))
+    (data / "validation.csv").write_text("text,label\n" + "good film,1\nbad film,0\n" * 4)
+    out = tmp_path / "run"
+    args = ["train", "--model", tiny_bert, "--data", data, "--output", out, "--batch-size", 8, "--epochs", 6]
+    code, _, stderr = run_cli(args + ["--lr", "2e-3"], capsys)
+    assert code == 0, stderr
+    listed = [json.loads(line) for line in (out / "mislabeled.jsonl").read_text().splitlines()]
+    summary = json.loads((out / "metrics.json").read_text())["mislabeled"]
+    assert summary["flagged"] == len(listed) and summary["lowest"] == listed[: len(summary["lowest"])]
+    assert [e["margin"] for e in listed] == sorted(e["margin"] for e in listed) and all(e["margin"] < 0 for e in listed)
+    assert {e["row"] for e in listed[:2]} == {80, 81} and summary["examined"] == 82
+    assert {(e["text"], e["label"], e["suspected"]) for e in listed[:2]} == {
+        ("good film 80", "0", "1"),
+        ("bad film 81", "1", "0"),
+    }

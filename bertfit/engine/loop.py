@@ -120,6 +120,8 @@ def run_loop(run: Run, resume: bool, console, reporter: Reporter | None = None) 
                         logits = run.forward(**batch).logits
                     loss_sum = task.loss_sum(logits, labels)
                     run.scaler.scale(loss_sum * ranks.world / step_items).backward()
+                if run.margins is not None:
+                    run.margins.add(task, indices, logits.detach(), labels)
                 run.log.accumulate(
                     loss_sum.detach(),
                     task.correct(logits.detach(), labels) if task.tracks_accuracy else None,
@@ -288,6 +290,7 @@ def save_checkpoint(run: Run) -> None:
     if run.dist.enabled:  # each rank's dropout stream, so a resumed rank continues its own
         rng = [None] * run.dist.world
         dist.all_gather_object(rng, checkpoint.rng_state())
+    margins = run.margins.state_dict() if run.margins is not None else None  # a collective: every rank calls it
     if run.dist.main:
         training_state = {
             "format": checkpoint.FORMAT,
@@ -297,6 +300,7 @@ def save_checkpoint(run: Run) -> None:
             "rng": rng,
             "state": asdict(state),
             "log": run.log.state_dict(),
+            **({"margins": margins} if margins is not None else {}),
         }
         checkpoint.save(
             run.out / "checkpoints",
@@ -367,8 +371,15 @@ def finish(run: Run, reporter: Reporter | None = None) -> dict:
         **results,
         "train": train_stats,
     }
+    mislabeled = []
+    if run.margins is not None:  # a collective: every rank calls it
+        summary["mislabeled"], mislabeled = run.margins.ranked(
+            run.task, run.frames["train"], run.features["train"].labels
+        )
     if run.dist.main:
         save_model_folder(run)
+        if run.margins is not None:
+            run.folder.write_text("mislabeled.jsonl", "".join(to_json(example) + "\n" for example in mislabeled))
         write_records(run, summary)
         if reporter is not None:
             with run.folder.recording():

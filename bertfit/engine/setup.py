@@ -17,6 +17,7 @@ from bertfit.config import Config
 from bertfit.data import schema, sources
 from bertfit.engine import batching, checkpoint
 from bertfit.engine.device import Dist, default_device, init_distributed, resolve_precision
+from bertfit.engine.margins import MarginTracker
 from bertfit.engine.runlog import RunLog
 from bertfit.errors import BertfitError
 from bertfit.runfolder import RunFolder, check_contents, check_location
@@ -61,6 +62,7 @@ class Run:
     log: RunLog
     state: State
     timings: dict
+    margins: MarginTracker | None = None  # single-label classification, unless find_mislabeled is off
 
 
 @dataclass
@@ -236,6 +238,8 @@ def setup(cfg: Config, folder: RunFolder | None, resume: bool = False, overwrite
         State(),
         timings,
     )
+    if cfg.find_mislabeled and task.finds_mislabeled:
+        run.margins = MarginTracker(len(features["train"]), len(task.label_names), device)
     log_state = restore(run) if resume else None
     if folder is not None:
         folder.begin(resume, overwrite)
@@ -280,6 +284,8 @@ def restore(run: Run) -> dict:
         run.scaler.load_state_dict(saved["scaler"])
         checkpoint.set_rng_state(saved["rng"][run.dist.rank])
         run.state = State(**saved["state"])
+        if run.margins is not None and "margins" in saved and run.dist.main:  # the saved sums are all ranks' totals
+            run.margins.load_state_dict(saved["margins"])
         return saved["log"]
     raise BertfitError(
         f"every checkpoint in '{out / 'checkpoints'}' is damaged ({damaged[0][1]}); start the run "

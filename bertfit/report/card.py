@@ -261,6 +261,30 @@ def model_card(cfg, events: list[dict], summary: dict, profile, findings: list[d
                 ],
             ),
         ]
+    mislabeled = summary.get("mislabeled") or {}
+    if mislabeled.get("lowest"):
+        body += [
+            "",
+            "### Possibly mislabeled training examples",
+            "",
+            f"{mislabeled['flagged']:,} of {mislabeled['examined']:,} training examples have a negative area under "
+            "the margin (the model kept preferring another label; Pleiss et al. 2020). The lowest "
+            f"{len(mislabeled['lowest'])} (all of them are in `mislabeled.jsonl`):",
+            "",
+            markdown_table(
+                ["Row", "Text", "Label", "Looks like", "Margin"],
+                [
+                    [
+                        str(e["row"]),
+                        e["text"][:80].replace("|", "\\|"),
+                        e["label"],
+                        e["suspected"],
+                        f"{e['margin']:.2f}",
+                    ]
+                    for e in mislabeled["lowest"]
+                ],
+            ),
+        ]
     train = summary["train"]
     body += [
         "",

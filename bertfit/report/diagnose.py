@@ -90,6 +90,7 @@ def diagnose(events: list[dict], profile: dict | None, summary: dict | None, cfg
         _underfitting,
         _low_f1,
         _metric_noise,
+        _mislabeled,
         _imbalance,
         _leakage,
         _truncation,
@@ -406,6 +407,29 @@ def _low_f1(events, evals, profile, summary, cfg, task) -> Finding | None:
 # ---------------------------------------------------------------- data
 
 
+def _shorten(text: str, width: int = 60) -> str:
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def _mislabeled(events, evals, profile, summary, cfg, task) -> Finding | None:
+    found = summary.get("mislabeled") or {}
+    if not found.get("flagged"):
+        return None
+    shown = "; ".join(
+        f"'{_shorten(e['text'])}' labelled {e['label']}, looks {e['suspected']} (margin {e['margin']:.2f})"
+        for e in found["lowest"][:3]
+    )
+    return Finding(
+        "mislabeled",
+        "info",
+        "Training examples whose label the model keeps contradicting",
+        f"{found['flagged']:,} of {found['examined']:,} training examples ({found['flagged'] / found['examined']:.1%}) "
+        f"have a negative area under the margin; lowest: {shown}",
+        "review mislabeled.jsonl in the run folder (lowest margin first; the top of the list is the likeliest to be "
+        "wrong), fix or drop the wrong labels, and train again",
+    )
+
+
 def _imbalance(events, evals, profile, summary, cfg, task) -> Finding | None:
     train = profile.get("splits", {}).get("train", {})
     matrix = summary.get("validation", {}).get("confusion_matrix")
@@ -431,10 +455,14 @@ def _imbalance(events, evals, profile, summary, cfg, task) -> Finding | None:
 
 
 def _leakage(events, evals, profile, summary, cfg, task) -> Finding | None:
-    leaks = {k: v for k, v in profile.get("leakage", {}).items() if v["share"] >= LEAKAGE_SHARE}
+    leaks = {k: v for k, v in profile.get("leakage", {}).items() if v.get("substantive_share", 0) >= LEAKAGE_SHARE}
     if not leaks:
         return None
-    parts = [f"{v['normalised']:,} of {k} ({v['share']:.1%}; {v['exact']:,} exact)" for k, v in leaks.items()]
+    parts = [
+        f"{v['substantive']:,} of {k} ({v['substantive_share']:.1%}) of 5 words or more; {v['normalised']:,} in all, "
+        f"{v['exact']:,} exact"
+        for k, v in leaks.items()
+    ]
     return Finding(
         "leakage",
         "warning",

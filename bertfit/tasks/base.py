@@ -106,6 +106,7 @@ class Task:
     auto_model: str  # the transformers Auto class that builds the model with this task's head
     loss_unit: str  # what the loss is averaged over
     tracks_accuracy = False  # whether training accuracy can be counted from the logits
+    finds_mislabeled = False  # whether a training example's margin (given label vs the rest) is defined
 
     def __init__(
         self,
@@ -198,6 +199,10 @@ class Task:
 
     # -- training
     def loss_sum(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def margins(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Per example: the given label's logit minus the largest other one (for tasks that find mislabeled)."""
         raise NotImplementedError
 
     def correct(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

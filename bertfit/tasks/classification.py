@@ -15,6 +15,7 @@ from bertfit.tasks.sequence import SequenceTask
 class ClassificationTask(SequenceTask):
     kind = "classification"
     tracks_accuracy = True
+    finds_mislabeled = True
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -49,6 +50,12 @@ class ClassificationTask(SequenceTask):
 
     def loss_sum(self, logits, labels):
         return F.cross_entropy(logits.float(), labels, reduction="sum")
+
+    def margins(self, logits, labels):
+        logits = logits.float()
+        given = logits.gather(1, labels[:, None]).squeeze(1)
+        others = logits.scatter(1, labels[:, None], float("-inf")).amax(1)
+        return given - others
 
     def correct(self, logits, labels):
         return (logits.argmax(-1) == labels).sum()

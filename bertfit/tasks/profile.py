@@ -12,6 +12,7 @@ from bertfit.data.schema import DataSpec
 from bertfit.tasks.base import Task
 
 PERCENTILES = (50, 90, 95, 99)
+SUBSTANTIVE_WORDS = 5  # a shared text this long or longer is a copied example, not a common phrase
 _PUNCTUATION = re.compile(r"[^\w\s]")
 _SPACES = re.compile(r"\s+")
 
@@ -69,8 +70,18 @@ def profile(
             if name == "train":
                 continue
             exact = int(texts[name].isin(train_exact).sum())
-            near = int(normalised[name].isin(train_normal).sum())
-            result["leakage"][name] = {"exact": exact, "normalised": near, "share": near / max(1, len(frames[name]))}
+            shared = normalised[name].isin(train_normal)
+            # Short lines recur in any corpus (CoNLL's datelines and scores, SST's "good"): they are counted, but
+            # only texts of some length are evidence of copied examples.
+            substantive = int((shared & (normalised[name].str.count(" ") + 1 >= SUBSTANTIVE_WORDS)).sum())
+            rows = max(1, len(frames[name]))
+            result["leakage"][name] = {
+                "exact": exact,
+                "normalised": int(shared.sum()),
+                "share": int(shared.sum()) / rows,
+                "substantive": substantive,
+                "substantive_share": substantive / rows,
+            }
     if spec.tag_scheme is not None:
         result["tag_scheme"] = spec.tag_scheme
         result["repaired_tags"] = spec.repaired_tags
