@@ -269,3 +269,45 @@ def test_one_problem_is_reported_once():
     profile = {"splits": {"validation": {"rows": 872, "majority_rate": 0.5}, "train": {"majority_rate": 0.5}}}
     found = ids(diagnose(train + evals(rows), profile, {}, {**BINARY, "lr": 1e-6}))
     assert found.count("lr_too_low") == 1
+
+
+def test_underfitting_says_train_longer_and_raises_only_a_low_lr():
+    profile = {"splits": {"train": {"rows": 20000, "majority_rate": 0.5}, "validation": {"rows": 5000}}}
+    rows = [(200, 0.62, 0.6, 0.64), (400, 0.58, 0.57, 0.68)]
+    found = diagnose(evals(rows, train_accuracy=0.66), profile, {"train": {}}, {**BINARY, "lr": 5e-5, "epochs": 1})
+    under = next(f for f in found if f.id == "underfitting")
+    assert "train longer (now 400 steps, 1 epochs)" in under.advice and "raise" not in under.advice
+    low_lr = diagnose(evals(rows, train_accuracy=0.66), profile, {"train": {}}, {**BINARY, "lr": 1.5e-5})
+    assert "raise the learning rate from 1.5e-05" in next(f for f in low_lr if f.id == "underfitting").advice
+    fitted = diagnose(evals(rows, train_accuracy=0.9), profile, {"train": {}}, {**BINARY, "lr": 5e-5})
+    assert "underfitting" not in ids(fitted)
+
+
+def test_lr_too_low_needs_a_low_lr_and_a_flat_loss_over_a_real_run():
+    train = [{"event": "train", "step": s, "loss": 0.69 - s * 1e-6} for s in range(10, 310, 10)]
+    rows = [(150, 0.69, 0.66, 0.62), (300, 0.69, 0.65, 0.64)]
+    profile = {"splits": {"validation": {"rows": 872, "majority_rate": 0.5}, "train": {"majority_rate": 0.5}}}
+    assert "lr_too_low" in ids(diagnose(train + evals(rows), profile, {}, {**BINARY, "lr": 1e-7}))
+    assert "lr_too_low" not in ids(diagnose(train + evals(rows), profile, {}, {**BINARY, "lr": 2e-5}))
+    falling = [{"event": "train", "step": s, "loss": 0.69 - s * 1e-3} for s in range(10, 310, 10)]
+    assert "lr_too_low" not in ids(diagnose(falling + evals(rows), profile, {}, {**BINARY, "lr": 1e-7}))
+
+
+def test_mislabeled_is_information_with_examples():
+    summary = {
+        "train": {},
+        "mislabeled": {
+            "examined": 4000,
+            "flagged": 180,
+            "lowest": [
+                {"row": 7, "text": "a masterpiece", "label": "negative", "suspected": "positive", "margin": -3.1}
+            ],
+        },
+    }
+    found = next(f for f in diagnose(evals([(100, 0.3, 0.3, 0.9)]), None, summary, BINARY) if f.id == "mislabeled")
+    assert (
+        found.severity == "info"
+        and "180 of 4,000" in found.evidence
+        and "'a masterpiece' labelled negative" in (found.evidence)
+    )
+    assert "mislabeled" not in ids(diagnose(evals([(100, 0.3, 0.3, 0.9)]), None, {"train": {}}, BINARY))
