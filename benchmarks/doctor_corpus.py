@@ -112,7 +112,7 @@ CASES = {
         {"small_data"},
         {"overfitting"},
     ),
-    "imbalance": Case({"max_steps": 60, "eval_every": 30}, {"imbalance"}, {"collapse"}, imbalanced_sst2),
+    "imbalance": Case({"max_steps": 150, "eval_every": 75}, {"imbalance"}, {"collapse"}, imbalanced_sst2),
     "leakage": Case({"epochs": 1, "eval_every": 47}, {"leakage"}, set(), leaky_sst2),
     "truncation": Case(
         {

@@ -72,6 +72,7 @@ SUPERSEDED_BY = {
     "underfitting": {"collapse", "lr_too_high", "lr_too_low", "not_learning", "too_short"},
     "low_f1": {"collapse", "lr_too_high", "lr_too_low", "not_learning", "non_finite"},
     "collapse": {"lr_too_high", "non_finite"},
+    "not_learning": {"imbalance"},  # stuck at the majority class of imbalanced data: the imbalance is the cause
 }
 
 
@@ -97,10 +98,10 @@ def diagnose(events: list[dict], profile: dict | None, summary: dict | None, cfg
         _slow,
     ):
         found = rule(events, evals, profile or {}, summary or {}, cfg, task)
-        seen = {f.id for f in findings}
-        if found and found.id not in seen and not SUPERSEDED_BY.get(found.id, set()) & seen:
+        if found and found.id not in {f.id for f in findings}:
             findings.append(found)
-    return findings
+    seen = {f.id for f in findings}
+    return [f for f in findings if not SUPERSEDED_BY.get(f.id, set()) & seen]
 
 
 def _steps(events: list[dict]) -> int:
