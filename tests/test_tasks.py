@@ -8,6 +8,7 @@ import torch
 
 from bertfit.engine.batching import round_up
 from bertfit.tasks import IGNORE, Features
+from bertfit.tasks.base import Ragged
 from bertfit.tasks.classification import ClassificationTask, classification_metrics
 from bertfit.tasks.regression import RegressionTask, regression_metrics
 from bertfit.tasks.sequence import _truncate
@@ -187,3 +188,53 @@ def test_mislabeled_examples_are_listed_lowest_margin_first(tiny_bert, tmp_path,
         ("good film 80", "0", "1"),
         ("bad film 81", "1", "0"),
     }
+
+
+def _same_features(a: Features, b: Features) -> bool:
+    def same(x, y):
+        if x is None or y is None:
+            return x is None and y is None
+        if isinstance(x, Ragged):
+            return np.array_equal(x.flat, y.flat) and np.array_equal(x.offsets, y.offsets)
+        return np.array_equal(np.asarray(x), np.asarray(y))
+
+    fields = ("input_ids", "labels", "token_type_ids", "word_ids", "example_ids", "full_lengths", "lengths", "items")
+    return all(same(getattr(a, name), getattr(b, name)) for name in fields)
+
+
+@pytest.mark.parametrize("name", ["sst2_200.csv", "rte_100.tsv", "imdb_100.jsonl", "conll_50.conll"])
+def test_memory_mapped_features_equal_the_in_memory_ones(name, minilm_tokenizer, tmp_path, monkeypatch):
+    from conftest import SAMPLES
+
+    from bertfit.data import schema, sources
+    from bertfit.tasks import build_task
+
+    monkeypatch.setenv("BERTFIT_CACHE", str(tmp_path))
+    splits = sources.load_splits(str(SAMPLES / name))
+    spec = schema.detect(splits, "train", "auto", None, None, None)
+    frame = schema.normalise(splits, spec).frames["train"]
+    task = build_task(spec.task, spec.text_columns, spec.label_column, spec.label_names, 48, stride=8)
+    in_memory = task.encode(frame, minilm_tokenizer)
+    written = task.encode_cached(frame, minilm_tokenizer)  # encodes and writes the cache entry
+    mapped = task.encode_cached(frame, minilm_tokenizer)  # reads it back, memory-mapped
+    assert isinstance(mapped.input_ids.flat, np.memmap) and len(list(tmp_path.glob("features/*"))) == 1
+    assert _same_features(in_memory, written) and _same_features(in_memory, mapped)
+    batch = np.arange(min(8, len(mapped)))
+    ours, theirs = task.collate(mapped, batch, 0), task.collate(in_memory, batch, 0)
+    assert all(torch.equal(ours[k], theirs[k]) for k in theirs)
+
+
+@pytest.mark.parametrize("name", ["sst2_200.csv", "rte_100.tsv"])
+def test_encoding_in_chunks_equals_encoding_at_once(name, minilm_tokenizer, monkeypatch):
+    from conftest import SAMPLES
+
+    from bertfit.data import schema, sources
+    from bertfit.tasks import build_task, sequence
+
+    splits = sources.load_splits(str(SAMPLES / name))
+    spec = schema.detect(splits, "train", "auto", None, None, None)
+    frame = splits.frames["train"]
+    task = build_task(spec.task, spec.text_columns, spec.label_column, spec.label_names, 24)  # truncates many
+    at_once = task.encode(frame, minilm_tokenizer)
+    monkeypatch.setattr(sequence, "ENCODE_CHUNK", 7)
+    assert _same_features(at_once, task.encode(frame, minilm_tokenizer))

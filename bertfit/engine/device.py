@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
 from dataclasses import dataclass
@@ -54,6 +55,16 @@ def init_distributed() -> tuple[Dist, torch.device]:
         host_group = dist.new_group(backend="gloo") if world > 1 else None
         return Dist(rank, world, local_rank, host_group), torch.device("cuda", local_rank)
     return Dist(rank, world, local_rank), torch.device("cpu")
+
+
+@contextlib.contextmanager
+def main_first(ranks: Dist):
+    """Rank 0 runs the block first; the others run it after (reading what rank 0 cached, e.g. the features)."""
+    if ranks.enabled and not ranks.main:
+        dist.barrier(group=ranks.host_group)
+    yield
+    if ranks.enabled and ranks.main:
+        dist.barrier(group=ranks.host_group)
 
 
 def default_device() -> torch.device:

@@ -16,7 +16,7 @@ from bertfit import models
 from bertfit.config import Config
 from bertfit.data import schema, sources
 from bertfit.engine import batching, checkpoint
-from bertfit.engine.device import Dist, default_device, init_distributed, resolve_precision
+from bertfit.engine.device import Dist, default_device, init_distributed, main_first, resolve_precision
 from bertfit.engine.margins import MarginTracker
 from bertfit.engine.runlog import RunLog
 from bertfit.errors import BertfitError
@@ -106,7 +106,9 @@ def preflight(cfg: Config, resume: bool, overwrite: bool) -> None:
         check_contents(inputs.out, resume, overwrite)
 
 
-def prepare_data(cfg: Config, inputs: Inputs, tokenizer) -> tuple[Config, sources.Splits, Task, dict, dict, dict]:
+def prepare_data(
+    cfg: Config, inputs: Inputs, tokenizer, ranks: Dist = Dist()
+) -> tuple[Config, sources.Splits, Task, dict, dict, dict]:
     """Name the splits, subsample and tokenize (cached); returns the config with every auto field resolved."""
     spec = inputs.spec
     splits, train_split, eval_split, test_split = sources.choose_splits(
@@ -148,7 +150,8 @@ def prepare_data(cfg: Config, inputs: Inputs, tokenizer) -> tuple[Config, source
     if test_split:
         frames["test"] = splits.frames[test_split]
     tokenizing = time.perf_counter()
-    features = {name: task.encode_cached(frame, tokenizer) for name, frame in frames.items()}
+    with main_first(ranks):  # one rank tokenizes; the others memory-map its cache entry
+        features = {name: task.encode_cached(frame, tokenizer) for name, frame in frames.items()}
     timings = {"load_seconds": inputs.seconds, "tokenize_seconds": time.perf_counter() - tokenizing}
     return cfg, splits, task, frames, features, timings
 
@@ -194,7 +197,10 @@ def setup(cfg: Config, folder: RunFolder | None, resume: bool = False, overwrite
     model_path = models.resolve_model(cfg.model)
     tokenizer = models.load_tokenizer(model_path, cfg.trust_remote_code)
     cfg, splits, task, frames, features, timings = prepare_data(
-        cfg.resolved(precision=inputs.precision, compile=compile_model, world_size=ranks.world), inputs, tokenizer
+        cfg.resolved(precision=inputs.precision, compile=compile_model, world_size=ranks.world),
+        inputs,
+        tokenizer,
+        ranks,
     )
     per_epoch = len(plan_epoch(cfg, features["train"], 0))
     total = cfg.max_steps or math.ceil(cfg.epochs * per_epoch)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,64 +19,101 @@ IGNORE = -100
 LOWER_IS_BETTER = {"loss", "mse"}
 
 
+class Ragged:
+    """Rows of different lengths in one flat array and their offsets. A few bytes per token and no Python object
+    per row, so ten million examples fit; the arrays can be memory-mapped from the feature cache, so DDP ranks on
+    one machine share one copy."""
+
+    def __init__(self, flat: np.ndarray, offsets: np.ndarray):
+        self.flat, self.offsets = flat, offsets
+
+    @classmethod
+    def from_rows(cls, rows: list, dtype, offsets: np.ndarray | None = None) -> Ragged:
+        if offsets is None:
+            offsets = np.zeros(len(rows) + 1, dtype=np.int64)
+            np.cumsum([len(row) for row in rows], out=offsets[1:])
+        flat = np.concatenate(rows).astype(dtype, copy=False) if len(rows) else np.zeros(0, dtype=dtype)
+        return cls(flat, offsets)
+
+    @classmethod
+    def concat(cls, parts: list[Ragged]) -> Ragged:
+        starts = np.cumsum([0] + [len(part.flat) for part in parts[:-1]])
+        offsets = np.concatenate([[0]] + [part.offsets[1:] + start for part, start in zip(parts, starts)])
+        return cls(np.concatenate([part.flat for part in parts]), offsets.astype(np.int64))
+
+    def __getitem__(self, row: int) -> np.ndarray:
+        return self.flat[self.offsets[row] : self.offsets[row + 1]]
+
+    def __len__(self) -> int:
+        return len(self.offsets) - 1
+
+    def __iter__(self):
+        return (self[row] for row in range(len(self)))
+
+    def lengths(self) -> np.ndarray:
+        return np.diff(self.offsets)
+
+
 @dataclass
 class Features:
-    """Tokenized examples, ragged, kept on the host. A token-task example may span several windows (features)."""
+    """Tokenized examples, kept on the host. A token-task example may span several windows (features)."""
 
-    input_ids: list[np.ndarray]
-    labels: object  # np.ndarray per example (sequence tasks) or list of per-token arrays (token task)
+    input_ids: Ragged
+    labels: np.ndarray | Ragged  # one per feature (sequence tasks), or one per token (token task)
     example_ids: np.ndarray
     full_lengths: np.ndarray  # before truncation, for the data profile
-    token_type_ids: list[np.ndarray] | None = None
-    word_ids: list[np.ndarray] | None = None  # token task: the word a position predicts, -1 elsewhere
+    token_type_ids: Ragged | None = None
+    word_ids: Ragged | None = None  # token task: the word a position predicts, -1 elsewhere
     lengths: np.ndarray = field(init=False)
     items: np.ndarray = field(init=False)  # loss terms each feature contributes (1, or its labelled tokens)
 
     def __post_init__(self) -> None:
-        self.lengths = np.fromiter((len(ids) for ids in self.input_ids), dtype=np.int64, count=len(self.input_ids))
-        if self.word_ids is None:
-            self.items = np.ones(len(self.input_ids), dtype=np.int64)
+        self.lengths = self.input_ids.lengths()
+        if isinstance(self.labels, Ragged):
+            labelled = (self.labels.flat != IGNORE).astype(np.int64)
+            self.items = np.add.reduceat(labelled, self.labels.offsets[:-1]) if len(self.labels) else labelled
         else:
-            self.items = np.fromiter(
-                ((lab != IGNORE).sum() for lab in self.labels), dtype=np.int64, count=len(self.input_ids)
-            )
+            self.items = np.ones(len(self.input_ids), dtype=np.int64)
 
     def __len__(self) -> int:
         return len(self.input_ids)
 
-    # A flat on-disk form (no pickle): ragged fields concatenated with their offsets.
+    # On disk: one .npy per array (no pickle), memory-mapped when read back. Ragged fields share input_ids' offsets.
     RAGGED = ("input_ids", "token_type_ids", "word_ids", "labels")
 
-    def save(self, path: Path) -> None:
-        arrays = {
-            "example_ids": self.example_ids,
-            "full_lengths": self.full_lengths,
-            "offsets": np.concatenate([[0], np.cumsum(self.lengths)]),
-        }
+    def save(self, folder: Path) -> None:
+        """Written under a temporary name and renamed into place whole: ranks may write the same entry at once."""
+        tmp = folder.with_name(f"{folder.name}.{os.getpid()}.tmp")
+        tmp.mkdir(parents=True, exist_ok=True)
+        arrays = {"example_ids": self.example_ids, "full_lengths": self.full_lengths, "offsets": self.input_ids.offsets}
         for name in self.RAGGED:
             value = getattr(self, name)
-            if value is None:
-                continue
-            arrays[name] = np.concatenate(value) if isinstance(value, list) else value
-            arrays[f"{name}__ragged"] = np.array(isinstance(value, list))
-        tmp = path.with_suffix(f".{os.getpid()}.tmp.npz")  # ranks may write the same cache entry at once
-        np.savez(tmp, **arrays)
-        os.replace(tmp, path)
+            if value is not None:
+                arrays[name if not isinstance(value, Ragged) else f"{name}.flat"] = (
+                    value.flat if isinstance(value, Ragged) else value
+                )
+        for name, array in arrays.items():
+            np.save(tmp / f"{name}.npy", np.ascontiguousarray(array), allow_pickle=False)
+        try:
+            os.replace(tmp, folder)
+        except OSError:  # another rank got there first: its copy is the same
+            shutil.rmtree(tmp, ignore_errors=True)
 
     @classmethod
-    def load(cls, path: Path) -> Features:
-        with np.load(path, allow_pickle=False) as stored:
-            offsets = stored["offsets"]
-            values = {}
-            for name in cls.RAGGED:
-                if name not in stored:
-                    values[name] = None
-                elif bool(stored[f"{name}__ragged"]):
-                    flat = stored[name]
-                    values[name] = [flat[a:b] for a, b in zip(offsets[:-1], offsets[1:])]
-                else:
-                    values[name] = stored[name]
-            return cls(example_ids=stored["example_ids"], full_lengths=stored["full_lengths"], **values)
+    def load(cls, folder: Path) -> Features:
+        def read(name: str) -> np.ndarray:
+            return np.load(folder / f"{name}.npy", mmap_mode="r", allow_pickle=False)
+
+        offsets = np.asarray(read("offsets"))
+        values = {}
+        for name in cls.RAGGED:
+            if (folder / f"{name}.flat.npy").is_file():
+                values[name] = Ragged(read(f"{name}.flat"), offsets)
+            elif (folder / f"{name}.npy").is_file():
+                values[name] = read(name)
+            else:
+                values[name] = None
+        return cls(example_ids=np.asarray(read("example_ids")), full_lengths=np.asarray(read("full_lengths")), **values)
 
 
 def _cache_key(*parts: object) -> str:
@@ -94,7 +132,16 @@ def tokenizer_fingerprint(tokenizer) -> bytes:
 
 
 def frame_fingerprint(frame: pd.DataFrame, columns: list[str]) -> bytes:
-    return hashlib.sha256(frame[columns].to_json(orient="values").encode()).digest()
+    """8 bytes per row (pandas' fixed-key row hashes) rather than the frame as text; list columns (token tasks)
+    have no row hash and are read as text."""
+    digest = hashlib.sha256()
+    for column in columns:
+        values = frame[column]
+        if len(values) and isinstance(values.iloc[0], (list, tuple, np.ndarray)):
+            digest.update(values.to_json(orient="values").encode())
+        else:
+            digest.update(pd.util.hash_pandas_object(values, index=False).to_numpy().tobytes())
+    return digest.digest()
 
 
 class Task:
@@ -147,12 +194,12 @@ class Task:
         key = _cache_key(
             type(self).__name__, self.settings(), tokenizer_fingerprint(tokenizer), frame_fingerprint(frame, columns)
         )
-        path = cache_dir() / f"{key}.npz"
-        if path.is_file():
+        path = cache_dir() / key
+        if path.is_dir():
             try:
                 return Features.load(path)
             except (OSError, ValueError, KeyError):
-                path.unlink(missing_ok=True)  # a torn cache file is rebuilt, never trusted
+                shutil.rmtree(path, ignore_errors=True)  # a damaged cache entry is rebuilt, never trusted
         features = self.encode(frame, tokenizer)
         try:
             path.parent.mkdir(parents=True, exist_ok=True)

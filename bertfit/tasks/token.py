@@ -9,7 +9,7 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from bertfit.tasks.base import IGNORE, Features, Task
+from bertfit.tasks.base import IGNORE, Features, Ragged, Task
 
 # Words as BERT's pre-tokenizer sees them: runs of word characters, or single punctuation marks.
 WORD = re.compile(r"\w+|[^\w\s]")
@@ -91,12 +91,13 @@ class TokenTask(Task):
                 word_ids.append(np.concatenate([[-1], word_here, [-1]]))
                 example_ids.append(example)
             full_lengths.append(len(ids) + 2)
+        ragged_ids = Ragged.from_rows(input_ids, np.int32)
         return Features(
-            input_ids=input_ids,
-            labels=labels,
-            example_ids=np.asarray(example_ids),
-            full_lengths=np.asarray(full_lengths),
-            word_ids=word_ids,
+            input_ids=ragged_ids,
+            labels=Ragged.from_rows(labels, np.int64, ragged_ids.offsets),
+            example_ids=np.asarray(example_ids, dtype=np.int64),
+            full_lengths=np.asarray(full_lengths, dtype=np.int64),
+            word_ids=Ragged.from_rows(word_ids, np.int64, ragged_ids.offsets),
         )
 
     @staticmethod
