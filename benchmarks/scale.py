@@ -52,7 +52,8 @@ def synth(rows: int) -> Path:
     return folder
 
 
-def run(rows: int) -> dict:
+def run(rows: int, baseline: str | None = None) -> dict:
+    """`baseline`: a checkout of an earlier bertfit to run instead (put first on PYTHONPATH), for a side by side."""
     folder = synth(rows)
     with tempfile.TemporaryDirectory(prefix="bertfit-scale-") as work:
         out, cache = Path(work) / "run", Path(work) / "cache"
@@ -77,10 +78,10 @@ def run(rows: int) -> dict:
             str(STEPS),
             "--set",
             "log_every=10",
-            "--no-find-mislabeled",
-        ]
+        ] + ([] if baseline else ["--no-find-mislabeled"])
         started, launched = time.perf_counter(), time.time()
-        done = subprocess.run(args, capture_output=True, text=True, env={**os.environ, "BERTFIT_CACHE": str(cache)})
+        env = {**os.environ, "BERTFIT_CACHE": str(cache), **({"PYTHONPATH": baseline} if baseline else {})}
+        done = subprocess.run(args, capture_output=True, text=True, env=env)
         wall = time.perf_counter() - started
         peak_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024  # the largest child so far
         if done.returncode:
@@ -93,6 +94,7 @@ def run(rows: int) -> dict:
     step_ms = (train[-1]["time"] - first["time"]) / (train[-1]["step"] - first["step"]) * 1000
     return {
         "rows": rows,
+        "code": "baseline" if baseline else "this",
         "load_s": start["load_seconds"],
         "tokenize_s": start["tokenize_seconds"],
         "first_step_s": train[0]["time"] - launched,  # launch to the first logged step (10)
@@ -106,15 +108,18 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("sizes", nargs="*", type=int)
     parser.add_argument("--synth", type=int)
+    parser.add_argument("--baseline", help="an earlier bertfit checkout to run too, each size after this one")
     options = parser.parse_args()
     os.environ.setdefault("BERTFIT_DATA_DIR", str(REPO.parent / "shared" / "data"))
     if options.synth:
         print(synth(options.synth))
         return
     results = []
-    for rows in sorted(options.sizes):  # smallest first: RUSAGE_CHILDREN keeps the largest peak so far
-        results.append(run(rows))
-        print(json.dumps(results[-1]), flush=True)
+    # Smallest first, the baseline (which needs more memory) after: RUSAGE_CHILDREN keeps the largest peak so far.
+    for rows in sorted(options.sizes):
+        for baseline in [None] + ([options.baseline] if options.baseline else []):
+            results.append(run(rows, baseline))
+            print(json.dumps(results[-1]), flush=True)
     import torch
 
     lines = [
@@ -124,12 +129,12 @@ def main() -> None:
         f"- command: `python benchmarks/scale.py {' '.join(map(str, options.sizes))}`: minilm, max_length 64, "
         f"batch 32, {STEPS} steps, cold feature cache; rows synthesised from SST-2 train",
         "",
-        "| rows | load s | tokenize s | launch to step 10, s | ms per step (50..200) | peak RSS MB |",
-        "|---:|---:|---:|---:|---:|---:|",
+        "| rows | code | load s | tokenize s | launch to step 10, s | ms per step (50..200) | peak RSS MB |",
+        "|---:|---|---:|---:|---:|---:|---:|",
     ]
     lines += [
-        f"| {r['rows']:,} | {r['load_s']:.1f} | {r['tokenize_s']:.1f} | {r['first_step_s']:.1f} | {r['step_ms']:.0f} | "
-        f"{r['peak_rss_mb']:.0f} |"
+        f"| {r['rows']:,} | {r['code']} | {r['load_s']:.1f} | {r['tokenize_s']:.1f} | {r['first_step_s']:.1f} | "
+        f"{r['step_ms']:.0f} | {r['peak_rss_mb']:.0f} |"
         for r in results
     ]
     text = "\n".join(lines) + "\n"

@@ -94,3 +94,28 @@ def test_only_texts_of_some_length_count_as_copied_examples():
     spec = DataSpec("classification", ["text"], "label", ["a", "b"])
     leak = profile_of({"train": train, "validation": validation}, spec)["leakage"]["validation"]
     assert (leak["normalised"], leak["substantive"], leak["substantive_share"]) == (2, 1, 0.5)
+
+
+def test_arrow_normalisation_matches_pythons_unicode_regexes():
+    import re
+
+    def reference(text: str) -> str:  # the definition, in Python's re (Unicode \w and \s)
+        text = text.replace("<br />", " ").lower()
+        return re.sub(r"\s+", " ", re.sub(r"[^\w\s]", " ", text)).strip()
+
+    texts = [
+        "Café  CRÈME!!",
+        "naïve\u00a0façade\u2003ok",
+        "日本語のテキスト。",
+        "emoji 😀 here",
+        "a_b-c",
+        "x<br /><br />y",
+        "Ünïcödé\tTABS\nand\x1clines",
+        "١٢٣ numbers ½",
+        "",
+    ]
+    frame = pd.read_json(SAMPLES / "imdb_100.jsonl", lines=True)
+    texts += frame["text"].tolist()
+    from bertfit.tasks.profile import normalise_texts
+
+    assert normalise_texts(pd.Series(texts)).tolist() == [reference(t) for t in texts]
