@@ -311,3 +311,12 @@ def test_mislabeled_is_information_with_examples():
         and "'a masterpiece' labelled negative" in (found.evidence)
     )
     assert "mislabeled" not in ids(diagnose(evals([(100, 0.3, 0.3, 0.9)]), None, {"train": {}}, BINARY))
+
+
+@pytest.mark.parametrize("share, severity", [(0.023, "info"), (0.33, "warning")])
+def test_leakage_is_a_warning_only_when_it_can_move_the_scores(share, severity):
+    # CoNLL-2003 shares 2.3% of its validation sentences (headlines, table headers) with train; a copied split more.
+    leak = {"exact": 0, "normalised": 0, "share": share, "substantive": 1, "substantive_share": share}
+    profile = {"leakage": {"validation": leak}}
+    found = next(f for f in diagnose([], profile, {"train": {}}, BINARY) if f.id == "leakage")
+    assert found.severity == severity and f"at most {share:.1%}" in found.evidence
