@@ -310,3 +310,14 @@ def test_a_missing_mirror_names_where_it_looked(monkeypatch, tmp_path):
     monkeypatch.delenv("BERTFIT_DATA_DIR")
     with pytest.raises(BertfitError, match="BERTFIT_DATA_DIR is not set"):
         sources.load_splits("mnli")
+
+
+def test_a_bad_row_deep_in_a_large_file_is_named_by_file_and_line(tmp_path):
+    path = tmp_path / "big.csv"
+    rows = [f"sentence number {i},{i % 2}" for i in range(300_000)]
+    rows[250_000] = "a sentence, with an unquoted comma,1"
+    path.write_text("sentence,label\n" + "\n".join(rows) + "\n")
+    with pytest.raises(
+        BertfitError, match=r"file '.*big\.csv' has rows with the wrong number of fields \(.*line 250002"
+    ):
+        sources.load_splits(str(path))
