@@ -311,8 +311,8 @@ def print_profile(report: dict) -> None:
 def doctor(run: str = typer.Argument(..., help="run folder")):
     """Diagnose a finished run: findings with evidence and advice (also written to diagnosis.json and the card)."""
     findings = refresh_reports(Path(run))
-    if not findings:
-        console.print("no findings: losses, metrics, data and speed look healthy")
+    if not any(f["severity"] in ("warning", "error") for f in findings):
+        console.print("no problems found: losses, metrics, data and speed look healthy")
     for finding in findings:
         console.print(f"[{finding['severity']}] {finding['title']}", markup=False)
         console.print(f"  evidence: {finding['evidence']}", markup=False)

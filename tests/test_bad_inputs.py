@@ -486,7 +486,8 @@ CASES = {
     ),
     "unknown dataset offline": Case(
         lambda e: e.train("no_such_dataset_xyz"),
-        "dataset 'no_such_dataset_xyz' not found locally (no such file or folder, no BERTFIT_DATA_DIR mirror)",
+        "dataset 'no_such_dataset_xyz' not found locally (no such file or folder; no folder "
+        "'no_such_dataset_xyz' in BERTFIT_DATA_DIR",
     ),
     # ---------------------------------------------------------------- token data
     "CoNLL token without tag": Case(

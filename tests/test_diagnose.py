@@ -241,9 +241,10 @@ def test_real_runs_lr_too_high_flagged_and_healthy_silent(tmp_path, capsys):
         common + ["--output", tmp_path / "ok", "--lr", "1e-4", "--max-train-samples", 1920, "--epochs", 1], capsys
     )
     assert code == 0, stderr
-    assert json.loads((tmp_path / "ok" / "diagnosis.json").read_text()) == []
+    found = json.loads((tmp_path / "ok" / "diagnosis.json").read_text())
+    assert [f for f in found if f["severity"] != "info"] == []  # information (e.g. mislabeled examples) may remain
     code, printed, _ = run_cli(["doctor", tmp_path / "ok"], capsys)
-    assert code == 0 and "no findings" in printed
+    assert code == 0 and "no problems found" in printed
     card = (tmp_path / "ok" / "README.md").read_text()
     assert "## Diagnosis" in card and "No problems found" in card and "![loss](plots/loss.png)" in card
     for plot in ("loss", "metrics", "confusion", "lengths"):

@@ -302,14 +302,13 @@ def model_card(cfg, events: list[dict], summary: dict, profile, findings: list[d
         )
     body.append(f"- Tokenization: {train['tokenize_seconds']:.1f} s (cached for reruns)")
     body += ["", "## Diagnosis", ""]
-    if findings:
-        for finding in findings:
-            body += [
-                f"- **{finding['severity'].upper()} — {finding['title']}.** {finding['evidence']}. "
-                f"*Advice:* {finding['advice']}."
-            ]
-    else:
-        body.append("No problems found: losses, metrics, data and speed look healthy (`bertfit doctor` re-checks).")
+    if not any(f["severity"] in ("warning", "error") for f in findings):
+        body += ["No problems found: losses, metrics, data and speed look healthy (`bertfit doctor` re-checks).", ""]
+    for finding in findings:
+        body += [
+            f"- **{finding['severity'].upper()} — {finding['title']}.** {finding['evidence']}. "
+            f"*Advice:* {finding['advice']}."
+        ]
     if plots:
         body += ["", "## Plots", ""] + [f"![{Path(p).stem}]({p})" for p in plots]
     body += ["", "### Framework versions", ""] + [f"- {k} {v}" for k, v in framework_versions().items()]
