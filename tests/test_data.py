@@ -321,3 +321,18 @@ def test_a_bad_row_deep_in_a_large_file_is_named_by_file_and_line(tmp_path):
         BertfitError, match=r"file '.*big\.csv' has rows with the wrong number of fields \(.*line 250002"
     ):
         sources.load_splits(str(path))
+
+
+@pytest.mark.parametrize("chunk", [1, 2, 3, 7, 1 << 24])
+def test_utf8_is_checked_in_chunks_and_names_the_line(tmp_path, chunk):
+    path = tmp_path / "mixed.csv"
+    good = "text,label\ncafé ünïcode 日本,1\nplain,0\n".encode()
+    path.write_bytes(good + b"bad \xff byte,1\n")
+    path.with_name("ok.csv").write_bytes(good)
+    readers.check_utf8(path.with_name("ok.csv"), chunk)  # multi-byte characters split across chunks are fine
+    with pytest.raises(BertfitError, match=r"is not UTF-8 text: byte 0xff on line 4; re-save it as UTF-8"):
+        readers.check_utf8(path, chunk)
+    truncated = path.with_name("cut.csv")
+    truncated.write_bytes(good + "é".encode()[:1])  # a multi-byte character cut at the end of the file
+    with pytest.raises(BertfitError, match=r"byte 0xc3 on line 4"):
+        readers.check_utf8(truncated, chunk)

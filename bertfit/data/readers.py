@@ -3,6 +3,7 @@ and line."""
 
 from __future__ import annotations
 
+import codecs
 import csv
 import json
 from pathlib import Path
@@ -23,8 +24,8 @@ READERS = {
 }
 
 
-def _undecodable_row(path: Path, err: UnicodeDecodeError, raw: bytes) -> str:
-    line = raw[: err.start].count(b"\n") + 1
+def _undecodable_row(path: Path, err: UnicodeDecodeError, raw: bytes, first_line: int = 1) -> str:
+    line = raw[: err.start].count(b"\n") + first_line
     return f"file '{path}' is not UTF-8 text: byte 0x{raw[err.start]:02x} on line {line}; re-save it as UTF-8"
 
 
@@ -113,8 +114,27 @@ def _read_jsonl(path: Path) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def check_utf8(path: Path, chunk_bytes: int = 1 << 24) -> None:
+    """The file decodes as UTF-8, checked in chunks: a 600 MB CSV is never held as one string."""
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    line = 1
+    with path.open("rb") as handle:
+        while chunk := handle.read(chunk_bytes):
+            try:
+                decoder.decode(chunk)
+            except UnicodeDecodeError as err:  # err.object: the bytes held back from the last chunk, then this one
+                raise BertfitError(_undecodable_row(path, err, err.object, first_line=line)) from None
+            line += chunk.count(b"\n")
+        try:
+            decoder.decode(b"", final=True)
+        except UnicodeDecodeError as err:
+            raise BertfitError(_undecodable_row(path, err, err.object, first_line=line)) from None
+
+
 def _read_delimited(path: Path, kind: str) -> pd.DataFrame:
-    text = read_text(path)
+    check_utf8(path)
+    with path.open(encoding="utf-8", newline="") as handle:
+        header = handle.readline().rstrip("\r\n")
     sep = "\t" if kind == "tsv" else ","
     # TSVs from GLUE contain bare quotes inside sentences: read them literally.
     quoting = csv.QUOTE_NONE if kind == "tsv" else csv.QUOTE_MINIMAL
@@ -137,7 +157,6 @@ def _read_delimited(path: Path, kind: str) -> pd.DataFrame:
             f"file '{path}' has rows with the wrong number of fields ({detail}); "
             f"quote fields that contain a {shown_sep}"
         ) from None
-    header = text.splitlines()[0] if text else ""
     names = next(csv.reader([header], delimiter=sep, quoting=quoting), [])
     twice = next((name for name in names if names.count(name) > 1), None)
     if twice is not None:
