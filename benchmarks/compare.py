@@ -519,17 +519,20 @@ def machine() -> str:
     return f"CPU {platform.machine()}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads"
 
 
+# What each side reports, in the tables' order: title, key, format.
+MEASURES = [
+    ("tokenize s", "tokenize_seconds", ".1f"),
+    ("train s", "train_seconds", ".1f"),
+    ("eval s", "eval_seconds", ".1f"),
+    ("end-to-end s", "total_seconds", ".1f"),
+    ("train samples/s", "train_samples_per_second", ".1f"),
+    ("train real tokens/s", "train_tokens_per_second", ".0f"),
+    ("eval samples/s", "eval_samples_per_second", ".1f"),
+    ("peak memory MB", "peak_memory_mb", ".0f"),
+]
+
+
 def report(mode: str, recipe: dict, hf: dict, ours: dict, command: str) -> str:
-    rows = [
-        ("tokenize s", "tokenize_seconds", ".1f"),
-        ("train s", "train_seconds", ".1f"),
-        ("eval s", "eval_seconds", ".1f"),
-        ("end-to-end s", "total_seconds", ".1f"),
-        ("train samples/s", "train_samples_per_second", ".1f"),
-        ("train real tokens/s", "train_tokens_per_second", ".0f"),
-        ("eval samples/s", "eval_samples_per_second", ".1f"),
-        ("peak memory MB", "peak_memory_mb", ".0f"),
-    ]
     lines = [
         f"### {mode}: {datetime.date.today().isoformat()}",
         "",
@@ -540,7 +543,7 @@ def report(mode: str, recipe: dict, hf: dict, ours: dict, command: str) -> str:
         "| measure | HF Trainer | bertfit | bertfit / Trainer |",
         "|---|---:|---:|---:|",
     ]
-    for title, key, fmt in rows:
+    for title, key, fmt in MEASURES:
         ratio = ours[key] / hf[key] if hf[key] else float("nan")
         if key.endswith("seconds") and ours[key]:
             speedup = hf[key] / ours[key]
@@ -561,16 +564,6 @@ def multi_report(mode: str, recipe: dict, results: dict, command: str) -> str:
     names = list(results)
     ours = results["bertfit"]
     others = [n for n in names if n != "bertfit"]
-    keys = [
-        ("tokenize s", "tokenize_seconds", ".1f"),
-        ("train s", "train_seconds", ".1f"),
-        ("eval s", "eval_seconds", ".1f"),
-        ("end-to-end s", "total_seconds", ".1f"),
-        ("train samples/s", "train_samples_per_second", ".1f"),
-        ("train real tokens/s", "train_tokens_per_second", ".0f"),
-        ("eval samples/s", "eval_samples_per_second", ".1f"),
-        ("peak memory MB", "peak_memory_mb", ".0f"),
-    ]
     header = ["measure"] + [SIDE_TITLES[n] for n in names] + [f"bertfit / {SIDE_TITLES[n]}" for n in others]
     lines = [
         f"### {mode}: {datetime.date.today().isoformat()}",
@@ -583,7 +576,7 @@ def multi_report(mode: str, recipe: dict, results: dict, command: str) -> str:
         "| " + " | ".join(header) + " |",
         "|---|" + "---:|" * (len(header) - 1),
     ]
-    for title, key, fmt in keys:
+    for title, key, fmt in MEASURES:
         if not all(key in results[n] for n in names):
             continue
         cells = [f"{results[n][key]:{fmt}}" for n in names]

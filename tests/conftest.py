@@ -103,14 +103,14 @@ class NoCapture:
 STEPS = 36
 
 
+def sample_run_args(model, out, *options, data=SAMPLES / "sst2_200.csv") -> list:
+    """`bertfit train` of `model` on a sample file into `out`, with the given options."""
+    return ["train", "--model", model, "--data", data, "--output", out, *options]
+
+
 def recipe_args(model, out):
-    return [
-        "train",
-        "--model",
+    return sample_run_args(
         model,
-        "--data",
-        SAMPLES / "sst2_200.csv",
-        "--output",
         out,
         "--batch-size",
         8,
@@ -128,7 +128,7 @@ def recipe_args(model, out):
         128,
         "--padding",
         "dynamic",
-    ]
+    )
 
 
 def spawn(args, env_extra=None):

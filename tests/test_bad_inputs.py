@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from conftest import SAMPLES, NoCapture, run_cli
+from conftest import SAMPLES, NoCapture, run_cli, sample_run_args
 
 ROWS = "".join(f"sentence {i} is fine,{i % 2}\n" for i in range(20))
 GOOD_CSV = "sentence,label\n" + ROWS
@@ -703,13 +703,8 @@ def snapshot(folder: Path) -> dict[str, str]:
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory, tiny_bert):
     out = tmp_path_factory.mktemp("finished") / "run"
-    args = [
-        "train",
-        "--model",
+    args = sample_run_args(
         tiny_bert,
-        "--data",
-        SAMPLES / "sst2_200.csv",
-        "--output",
         out,
         "--batch-size",
         32,
@@ -719,7 +714,7 @@ def finished_run(tmp_path_factory, tiny_bert):
         1,
         "--label-names",
         "negative,positive",
-    ]
+    )
     assert run_cli(args, NoCapture())[0] == 0
     return out
 

@@ -10,19 +10,14 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import SAMPLES
+from conftest import SAMPLES, sample_run_args
 from safetensors.torch import load_file
 from test_train_tiny import log_without_timings
 
 
 def train_args(model, out, batch_size, *extra):
-    return [
-        "train",
-        "--model",
+    return sample_run_args(
         model,
-        "--data",
-        SAMPLES / "sst2_200.csv",
-        "--output",
         out,
         "--batch-size",
         batch_size,
@@ -37,7 +32,7 @@ def train_args(model, out, batch_size, *extra):
         "--max-eval-samples",
         19,
         *extra,
-    ]
+    )
 
 
 def bertfit(*args):

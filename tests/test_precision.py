@@ -5,7 +5,7 @@ import signal
 
 import pytest
 import torch
-from conftest import SAMPLES, run_cli
+from conftest import SAMPLES, run_cli, sample_run_args
 from safetensors.torch import load_file
 
 from bertfit.engine import device, evaluation
@@ -68,13 +68,8 @@ def test_a_bf16_cpu_run_resumes_bit_exactly(tiny_bert, tmp_path):
 
 def test_predict_and_eval_use_the_runs_precision(tiny_bert, tmp_path, capsys, monkeypatch):
     out = tmp_path / "run"
-    args = [
-        "train",
-        "--model",
+    args = sample_run_args(
         tiny_bert,
-        "--data",
-        SAMPLES / "sst2_200.csv",
-        "--output",
         out,
         "--batch-size",
         32,
@@ -82,7 +77,7 @@ def test_predict_and_eval_use_the_runs_precision(tiny_bert, tmp_path, capsys, mo
         2,
         "--precision",
         "bf16",
-    ]
+    )
     assert run_cli(args, capsys)[0] == 0
     seen = []
     real = device.autocast

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import SAMPLES, STEPS, recipe_args, run_cli, spawn, wait_for_step
+from conftest import STEPS, recipe_args, run_cli, sample_run_args, spawn, wait_for_step
 from safetensors.torch import load_file
 from test_train_tiny import log_without_timings
 
@@ -224,13 +224,8 @@ def test_the_host_waits_for_the_device_per_log_line_not_per_step(tiny_bert, tmp_
 
 def epoch_recipe_args(model, out):
     """Length buckets, accumulation and an epoch-based length: the other data-order paths a resume must restore."""
-    return [
-        "train",
-        "--model",
+    return sample_run_args(
         model,
-        "--data",
-        SAMPLES / "sst2_200.csv",
-        "--output",
         out,
         "--batch-size",
         8,
@@ -250,7 +245,7 @@ def epoch_recipe_args(model, out):
         128,
         "--padding",
         "bucket",
-    ]
+    )
 
 
 @pytest.fixture(scope="module")

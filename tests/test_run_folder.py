@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import SAMPLES, recipe_args, run_cli, spawn, wait_for_step
+from conftest import recipe_args, run_cli, sample_run_args, spawn, wait_for_step
 from safetensors.torch import load_file
 
 
@@ -83,13 +83,8 @@ def test_a_killed_run_leaves_no_lock_behind(tiny_bert, tmp_path):
 
 def test_overwrite_removes_only_what_bertfit_wrote(tiny_bert, tmp_path, capsys):
     out = tmp_path / "run"
-    args = [
-        "train",
-        "--model",
+    args = sample_run_args(
         tiny_bert,
-        "--data",
-        SAMPLES / "sst2_200.csv",
-        "--output",
         out,
         "--batch-size",
         32,
@@ -97,7 +92,7 @@ def test_overwrite_removes_only_what_bertfit_wrote(tiny_bert, tmp_path, capsys):
         2,
         "--eval-every",
         2,
-    ]
+    )
     assert run_cli(args, capsys)[0] == 0
     marker = json.loads((out / ".bertfit-run.json").read_text())["owned"]
     assert {
@@ -130,19 +125,14 @@ def test_a_file_put_into_the_output_during_setup_is_never_deleted(tiny_bert, tmp
         return real(*args, **kwargs)
 
     monkeypatch.setattr(models, "load_tokenizer", meanwhile)
-    args = [
-        "train",
-        "--model",
+    args = sample_run_args(
         tiny_bert,
-        "--data",
-        SAMPLES / "sst2_200.csv",
-        "--output",
         out,
         "--batch-size",
         32,
         "--max-steps",
         2,
-    ]
+    )
     code, _, stderr = run_cli(args, capsys)
     assert code == 2 and f"output folder '{out}' is not empty" in stderr
     assert {p.name for p in out.iterdir()} == {"theirs.txt"}
@@ -238,13 +228,8 @@ def test_a_real_full_disk_at_a_checkpoint_is_one_line_and_leaves_nothing_torn(
 def test_a_real_full_disk_at_the_final_save_keeps_the_checkpoint_to_resume_from(tiny_bert, tmpfs, tmp_path):
     disk = tmpfs(15)  # one ~12 MB checkpoint fits; the model folder written after it does not
     out = disk / "run"
-    args = [
-        "train",
-        "--model",
+    args = sample_run_args(
         tiny_bert,
-        "--data",
-        SAMPLES / "sst2_200.csv",
-        "--output",
         out,
         "--batch-size",
         16,
@@ -254,7 +239,7 @@ def test_a_real_full_disk_at_the_final_save_keeps_the_checkpoint_to_resume_from(
         4,
         "--set",
         "keep_checkpoints=1",
-    ]
+    )
     process = spawn(args)
     _, err = process.communicate(timeout=300)
     lines = err.decode().strip().splitlines()
@@ -271,17 +256,12 @@ def test_a_real_full_disk_at_the_final_save_keeps_the_checkpoint_to_resume_from(
 
 def test_a_read_only_file_system_is_one_line(tiny_bert, tmpfs, capsys):
     disk = tmpfs(5, read_only=True)
-    args = [
-        "train",
-        "--model",
+    args = sample_run_args(
         tiny_bert,
-        "--data",
-        SAMPLES / "sst2_200.csv",
-        "--output",
         disk / "run",
         "--max-steps",
         2,
-    ]
+    )
     code, _, stderr = run_cli(args, capsys)
     assert code == 2 and len(stderr.strip().splitlines()) == 1
     assert f"error: read-only file system while writing the run folder in '{disk}'" in stderr

@@ -5,20 +5,15 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import SAMPLES, run_cli
+from conftest import SAMPLES, run_cli, sample_run_args
 
 from bertfit.engine.device import resolve_precision
 from bertfit.records import TIMING_FIELDS
 
 
 def tiny_args(model, out, *extra, data=SAMPLES / "sst2_200.csv"):
-    return [
-        "train",
-        "--model",
+    return sample_run_args(
         model,
-        "--data",
-        data,
-        "--output",
         out,
         "--batch-size",
         16,
@@ -29,7 +24,8 @@ def tiny_args(model, out, *extra, data=SAMPLES / "sst2_200.csv"):
         "--lr",
         "1e-3",
         *extra,
-    ]
+        data=data,
+    )
 
 
 def log_without_timings(path: Path) -> list[dict]:

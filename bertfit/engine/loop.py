@@ -22,7 +22,7 @@ from bertfit.config import Config
 from bertfit.engine import batching, checkpoint
 from bertfit.engine.device import agreed, autocast, hardware, peak_flops
 from bertfit.engine.evaluation import evaluate
-from bertfit.engine.setup import Run, plan_epoch, protected_inputs, setup
+from bertfit.engine.setup import Run, output_folder, plan_epoch, protected_inputs, setup
 from bertfit.errors import BertfitError
 from bertfit.files import TEMP_PREFIX, to_json, writing
 from bertfit.records import markdown_table, table_columns, table_rows
@@ -52,10 +52,9 @@ def train(
     cfg: Config, resume: bool = False, overwrite: bool = False, console=None, reporter: Reporter | None = None
 ) -> dict:
     """Only the rank that writes holds the run folder (its lock, the check of its contents, the clearing)."""
-    if not cfg.output:
-        raise BertfitError("no output folder given; pass --output DIR")
+    out = output_folder(cfg)
     writer = int(os.environ.get("RANK", "0")) == 0
-    folder = RunFolder.claim(Path(cfg.output), resume, overwrite, protected_inputs(cfg)) if writer else None
+    folder = RunFolder.claim(out, resume, overwrite, protected_inputs(cfg)) if writer else None
     with folder or contextlib.nullcontext():
         return run_loop(setup(cfg, folder, resume=resume, overwrite=overwrite), resume, console, reporter)
 

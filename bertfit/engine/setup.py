@@ -76,19 +76,25 @@ class Inputs:
     seconds: float
 
 
-def check_inputs(cfg: Config, device: torch.device) -> Inputs:
-    """The checks of a run's inputs, shared by the launcher's preflight and by each worker's setup."""
-    started = time.perf_counter()
+def output_folder(cfg: Config) -> Path:
+    """Data and output are both given: checked before the run folder is claimed, so a missing one writes nothing."""
     if not cfg.data:
         raise BertfitError("no data given; pass --data (a hub id, mirror name, folder or file)")
     if not cfg.output:
         raise BertfitError("no output folder given; pass --output DIR")
+    return Path(cfg.output)
+
+
+def check_inputs(cfg: Config, device: torch.device) -> Inputs:
+    """The checks of a run's inputs, shared by the launcher's preflight and by each worker's setup."""
+    started = time.perf_counter()
+    out = output_folder(cfg)
     precision = resolve_precision(cfg.precision, device)
     splits = sources.load_splits(cfg.data)
     sources.require_split(splits, cfg.train_split)
     # Rows are checked before a validation split is carved off, so errors name rows of the user's file.
     spec = schema.detect(splits, cfg.train_split, cfg.task, cfg.text_columns, cfg.label_column, cfg.label_names)
-    return Inputs(Path(cfg.output), precision, splits, spec, time.perf_counter() - started)
+    return Inputs(out, precision, splits, spec, time.perf_counter() - started)
 
 
 def protected_inputs(cfg: Config) -> dict[str, Path | None]:

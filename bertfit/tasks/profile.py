@@ -29,10 +29,6 @@ def normalise_texts(texts: pd.Series) -> pd.Series:
     return pd.Series(values.to_numpy(zero_copy_only=False), index=texts.index, dtype="str")
 
 
-def normalise_text(text: str) -> str:
-    return normalise_texts(pd.Series([text])).iloc[0]
-
-
 def _row_hashes(texts: pd.Series) -> np.ndarray:
     """64-bit hashes: set membership over millions of texts without Python string sets."""
     return pd.util.hash_pandas_object(texts, index=False).to_numpy()
