@@ -204,10 +204,11 @@ def _same_features(a: Features, b: Features) -> bool:
 
 @pytest.mark.parametrize("name", ["sst2_200.csv", "rte_100.tsv", "imdb_100.jsonl", "conll_50.conll"])
 def test_memory_mapped_features_equal_the_in_memory_ones(name, minilm_tokenizer, tmp_path, monkeypatch):
+    """The cache entry is written chunk by chunk (7 rows at a time here), and read back memory-mapped."""
     from conftest import SAMPLES
 
     from bertfit.data import schema, sources
-    from bertfit.tasks import build_task
+    from bertfit.tasks import base, build_task
 
     monkeypatch.setenv("BERTFIT_CACHE", str(tmp_path))
     splits = sources.load_splits(str(SAMPLES / name))
@@ -215,6 +216,7 @@ def test_memory_mapped_features_equal_the_in_memory_ones(name, minilm_tokenizer,
     frame = schema.normalise(splits, spec).frames["train"]
     task = build_task(spec.task, spec.text_columns, spec.label_column, spec.label_names, 48, stride=8)
     in_memory = task.encode(frame, minilm_tokenizer)
+    monkeypatch.setattr(base, "ENCODE_CHUNK", 7)
     written = task.encode_cached(frame, minilm_tokenizer)  # encodes and writes the cache entry
     mapped = task.encode_cached(frame, minilm_tokenizer)  # reads it back, memory-mapped
     assert isinstance(mapped.input_ids.flat, np.memmap) and len(list(tmp_path.glob("features/*"))) == 1
@@ -224,17 +226,17 @@ def test_memory_mapped_features_equal_the_in_memory_ones(name, minilm_tokenizer,
     assert all(torch.equal(ours[k], theirs[k]) for k in theirs)
 
 
-@pytest.mark.parametrize("name", ["sst2_200.csv", "rte_100.tsv"])
+@pytest.mark.parametrize("name", ["sst2_200.csv", "rte_100.tsv", "conll_50.conll"])
 def test_encoding_in_chunks_equals_encoding_at_once(name, minilm_tokenizer, monkeypatch):
     from conftest import SAMPLES
 
     from bertfit.data import schema, sources
-    from bertfit.tasks import build_task, sequence
+    from bertfit.tasks import base, build_task
 
     splits = sources.load_splits(str(SAMPLES / name))
     spec = schema.detect(splits, "train", "auto", None, None, None)
-    frame = splits.frames["train"]
+    frame = schema.normalise(splits, spec).frames["train"]
     task = build_task(spec.task, spec.text_columns, spec.label_column, spec.label_names, 24)  # truncates many
     at_once = task.encode(frame, minilm_tokenizer)
-    monkeypatch.setattr(sequence, "ENCODE_CHUNK", 7)
+    monkeypatch.setattr(base, "ENCODE_CHUNK", 7)
     assert _same_features(at_once, task.encode(frame, minilm_tokenizer))

@@ -172,6 +172,28 @@ def label_key(value: object) -> str:
     return str(value)
 
 
+def _first_rows(column: pd.Series):
+    """(row, value) for the first row of each distinct value, in row order: a check that depends on the value alone
+    then finds the same first bad row as a walk over every row, in a few calls rather than millions. Object columns
+    may hold lists, which cannot be hashed: there every row is walked."""
+    if column.dtype == object:
+        return enumerate(column.tolist())
+    codes, values = pd.factorize(column, use_na_sentinel=False)
+    _, first = np.unique(codes, return_index=True)
+    return zip(first.tolist(), list(values), strict=True)
+
+
+def _rows_to_check(column: pd.Series):
+    """The rows whose labels stand for all the others: the first of each distinct value, or for scores (a million
+    distinct floats) the first missing, first whole and first fractional number, which the checks tell apart."""
+    if not pd.api.types.is_float_dtype(column):
+        return _first_rows(column)
+    values = column.to_numpy(dtype=float, na_value=np.nan)
+    classes = np.where(np.isnan(values), 0, np.where(np.mod(values, 1) == 0, 1, 2))
+    first = np.sort(np.unique(classes, return_index=True)[1])
+    return ((int(row), column.iloc[row]) for row in first)
+
+
 def _check_label_values(splits: Splits, label: str, kind: str) -> None:
     """One label per row, of one kind, present: each problem named by file and row."""
     first_kind: tuple[str, str, int, object] | None = None
@@ -179,7 +201,8 @@ def _check_label_values(splits: Splits, label: str, kind: str) -> None:
         if label not in frame.columns:
             continue
         file = splits.files.get(split, split)
-        for row, value in enumerate(frame[label].tolist(), start=1):
+        for index, value in _rows_to_check(frame[label]):
+            row = index + 1
             if isinstance(value, (list, tuple, dict, np.ndarray)):
                 shape = "an object" if isinstance(value, dict) else "a list"
                 raise BertfitError(
@@ -217,8 +240,12 @@ def _check_label_values(splits: Splits, label: str, kind: str) -> None:
 
 def _label_names(splits: Splits, label: str, given: list[str] | None, training: bool) -> dict:
     """Class names: given ones (matched by name, else as ids 0..K-1), the dataset's own, or the values found."""
-    keys = {split: frame[label].map(label_key) for split, frame in splits.frames.items() if label in frame.columns}
-    found = set().union(*(set(k) for k in keys.values()))
+    keys = {
+        split: [(row, label_key(value)) for row, value in _first_rows(frame[label])]
+        for split, frame in splits.frames.items()
+        if label in frame.columns
+    }
+    found = {key for pairs in keys.values() for _, key in pairs}
     numeric = all(
         _is_number(v) for frame in splits.frames.values() if label in frame.columns for v in frame[label].head(1)
     )
@@ -230,13 +257,11 @@ def _label_names(splits: Splits, label: str, given: list[str] | None, training: 
         if not numeric:
             unknown = sorted(found - set(names))
             raise BertfitError(f"labels {unknown} are not in {source} {list(names)}")
-        for split, series in keys.items():
-            ids = series.astype(int)
-            outside = np.flatnonzero(((ids < 0) | (ids >= len(names))).to_numpy())
-            if len(outside):
-                row = int(outside[0])
+        for split, pairs in keys.items():
+            row, key = next(((row, key) for row, key in pairs if not 0 <= int(key) < len(names)), (None, None))
+            if row is not None:
                 raise BertfitError(
-                    f"'{splits.files.get(split, split)}' row {row + 1}: label {ids.iloc[row]} has no "
+                    f"'{splits.files.get(split, split)}' row {row + 1}: label {key} has no "
                     f"name: {source} ({', '.join(names[:6])}{', ...' if len(names) > 6 else ''}) "
                     f"take ids 0..{len(names) - 1}; fix the label" + (" or --label-names" if training else "")
                 )
@@ -264,23 +289,20 @@ def _check_rows(splits: Splits, spec: DataSpec, train_split: str, strict: bool, 
                     f"column '{column}' is missing from '{file}' (columns: {', '.join(map(str, frame.columns))})"
                 )
         for column in spec.text_columns:
-            texts = frame[column]
-            empty = texts.isna() | texts.astype(str).str.strip().eq("")
-            if empty.any() and strict:
-                row = int(np.flatnonzero(empty.to_numpy())[0])
+            empty, long = _text_problems(frame[column])
+            if len(empty) and strict:
                 raise BertfitError(
-                    f"'{file}' row {row + 1}: text column '{column}' is empty "
-                    f"({int(empty.sum())} such rows); drop or fill them"
+                    f"'{file}' row {empty[0] + 1}: text column '{column}' is empty "
+                    f"({len(empty)} such rows); drop or fill them"
                 )
-            sizes = texts.astype(str).str.len()
-            if (sizes > MAX_TEXT_CHARS).any() and strict:
-                row = int(np.flatnonzero((sizes > MAX_TEXT_CHARS).to_numpy())[0])
+            if len(long) and strict:
+                row, size = long[0]
                 raise BertfitError(
-                    f"'{file}' row {row + 1}: text in '{column}' is {int(sizes.iloc[row]):,} characters "
+                    f"'{file}' row {row + 1}: text in '{column}' is {size:,} characters "
                     f"(limit {MAX_TEXT_CHARS:,}); check for an unclosed quote, or split the document"
                 )
         if spec.task == "classification":
-            present = set(frame[spec.label_column].map(label_key))
+            present = {label_key(value) for _, value in _first_rows(frame[spec.label_column])}
             if train_labels is None:
                 train_labels = present
                 if len(present) < 2 and training and strict:
@@ -293,6 +315,21 @@ def _check_rows(splits: Splits, spec: DataSpec, train_split: str, strict: bool, 
                 raise BertfitError(
                     f"'{file}' has labels never seen in training: {', '.join(unseen)}; the model cannot predict them"
                 )
+
+
+def _text_problems(texts: pd.Series, chunk: int = 1_000_000) -> tuple[list[int], list[tuple[int, int]]]:
+    """Rows whose text is missing or blank, and rows (with their length) longer than MAX_TEXT_CHARS; a million
+    rows at a time, so that the stripped copy of a ten-million-row column never exists whole."""
+    empty: list[int] = []
+    long: list[tuple[int, int]] = []
+    for at in range(0, len(texts), chunk):
+        part = texts.iloc[at : at + chunk]
+        as_text = part.astype(str)
+        blank = (part.isna() | as_text.str.strip().eq("")).to_numpy(dtype=bool)
+        empty.extend((np.flatnonzero(blank) + at).tolist())
+        sizes = as_text.str.len().to_numpy()
+        long.extend((int(row) + at, int(sizes[row])) for row in np.flatnonzero(sizes > MAX_TEXT_CHARS)[:1])
+    return empty, long
 
 
 # ---------------------------------------------------------------- token classification

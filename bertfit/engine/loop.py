@@ -20,7 +20,7 @@ import torch.distributed as dist
 
 from bertfit.config import Config
 from bertfit.engine import batching, checkpoint
-from bertfit.engine.device import agreed, autocast, hardware, peak_flops
+from bertfit.engine.device import agreed, autocast, hardware, peak_flops, release_free_memory
 from bertfit.engine.evaluation import evaluate
 from bertfit.engine.setup import Run, output_folder, plan_epoch, protected_inputs, setup
 from bertfit.errors import BertfitError
@@ -62,10 +62,13 @@ def train(
 def log_start(run: Run) -> None:
     """The data profile, and the run's first log line: what it trains on, where, and how."""
     cfg = run.cfg
+    profiling = time.perf_counter()
     data_profile = profile(
         run.frames, run.task, run.spec, {k: f.full_lengths for k, f in run.features.items()}, cfg.max_length
     )
+    run.timings["profile_seconds"] = time.perf_counter() - profiling
     run.folder.write_text("data_profile.json", json.dumps(data_profile, indent=2))
+    release_free_memory()
     run.log.event(
         "start",
         profile=summary_lines(data_profile),

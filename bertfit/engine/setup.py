@@ -16,7 +16,14 @@ from bertfit import models
 from bertfit.config import Config
 from bertfit.data import schema, sources
 from bertfit.engine import batching, checkpoint
-from bertfit.engine.device import Dist, default_device, init_distributed, main_first, resolve_precision
+from bertfit.engine.device import (
+    Dist,
+    default_device,
+    init_distributed,
+    main_first,
+    release_free_memory,
+    resolve_precision,
+)
 from bertfit.engine.margins import MarginTracker
 from bertfit.engine.runlog import RunLog
 from bertfit.errors import BertfitError
@@ -159,6 +166,7 @@ def prepare_data(
     with main_first(ranks):  # one rank tokenizes; the others memory-map its cache entry
         features = {name: task.encode_cached(frame, tokenizer) for name, frame in frames.items()}
     timings = {"load_seconds": inputs.seconds, "tokenize_seconds": time.perf_counter() - tokenizing}
+    release_free_memory()
     return cfg, splits, task, frames, features, timings
 
 

@@ -4,6 +4,7 @@ fills in. Nothing outside `bertfit.tasks` asks which kind of task it holds: it a
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import os
 import shutil
@@ -17,6 +18,10 @@ import torch
 
 IGNORE = -100
 LOWER_IS_BETTER = {"loss", "mse"}
+# Rows tokenized at a time: large enough for the fast tokenizer's threads, small enough to bound its lists.
+ENCODE_CHUNK = 50_000
+# Part of the cache key: entries written in an older layout are never read.
+CACHE_FORMAT = 2
 
 
 class Ragged:
@@ -33,6 +38,15 @@ class Ragged:
             offsets = np.zeros(len(rows) + 1, dtype=np.int64)
             np.cumsum([len(row) for row in rows], out=offsets[1:])
         flat = np.concatenate(rows).astype(dtype, copy=False) if len(rows) else np.zeros(0, dtype=dtype)
+        return cls(flat, offsets)
+
+    @classmethod
+    def from_lists(cls, rows: list[list[int]], dtype) -> Ragged:
+        """From the tokenizer's lists of ints, without an array per row."""
+        lengths = np.fromiter(map(len, rows), dtype=np.int64, count=len(rows))
+        offsets = np.zeros(len(rows) + 1, dtype=np.int64)
+        np.cumsum(lengths, out=offsets[1:])
+        flat = np.fromiter(itertools.chain.from_iterable(rows), dtype=dtype, count=int(offsets[-1]))
         return cls(flat, offsets)
 
     @classmethod
@@ -72,48 +86,114 @@ class Features:
         if isinstance(self.labels, Ragged):
             labelled = (self.labels.flat != IGNORE).astype(np.int64)
             self.items = np.add.reduceat(labelled, self.labels.offsets[:-1]) if len(self.labels) else labelled
-        else:
-            self.items = np.ones(len(self.input_ids), dtype=np.int64)
+        else:  # one loss term per feature: a read-only view of a single 1, not an array per example
+            self.items = np.broadcast_to(np.int64(1), (len(self.input_ids),))
 
     def __len__(self) -> int:
         return len(self.input_ids)
 
-    # On disk: one .npy per array (no pickle), memory-mapped when read back. Ragged fields share input_ids' offsets.
+    # Ragged fields share input_ids' offsets; on disk each array is a raw file named by `arrays()`.
     RAGGED = ("input_ids", "token_type_ids", "word_ids", "labels")
 
-    def save(self, folder: Path) -> None:
-        """Written under a temporary name and renamed into place whole: ranks may write the same entry at once."""
-        tmp = folder.with_name(f"{folder.name}.{os.getpid()}.tmp")
-        tmp.mkdir(parents=True, exist_ok=True)
+    def arrays(self) -> dict[str, np.ndarray]:
+        """The flat arrays that hold these features, by file name (offsets stored once, for all ragged fields)."""
         arrays = {"example_ids": self.example_ids, "full_lengths": self.full_lengths, "offsets": self.input_ids.offsets}
         for name in self.RAGGED:
             value = getattr(self, name)
             if value is not None:
-                arrays[name if not isinstance(value, Ragged) else f"{name}.flat"] = (
+                arrays[f"{name}.flat" if isinstance(value, Ragged) else name] = (
                     value.flat if isinstance(value, Ragged) else value
                 )
-        for name, array in arrays.items():
-            np.save(tmp / f"{name}.npy", np.ascontiguousarray(array), allow_pickle=False)
-        try:
-            os.replace(tmp, folder)
-        except OSError:  # another rank got there first: its copy is the same
-            shutil.rmtree(tmp, ignore_errors=True)
+        return arrays
+
+    @classmethod
+    def concat(cls, parts: list[Features]) -> Features:
+        def join(values: list):
+            if values[0] is None:
+                return None
+            return Ragged.concat(values) if isinstance(values[0], Ragged) else np.concatenate(values)
+
+        return cls(
+            input_ids=join([p.input_ids for p in parts]),
+            labels=join([p.labels for p in parts]),
+            example_ids=join([p.example_ids for p in parts]),
+            full_lengths=join([p.full_lengths for p in parts]),
+            token_type_ids=join([p.token_type_ids for p in parts]),
+            word_ids=join([p.word_ids for p in parts]),
+        )
+
+    def save(self, folder: Path) -> None:
+        writer = FeatureWriter(folder)
+        writer.add(self)
+        writer.close()
 
     @classmethod
     def load(cls, folder: Path) -> Features:
-        def read(name: str) -> np.ndarray:
-            return np.load(folder / f"{name}.npy", mmap_mode="r", allow_pickle=False)
+        """Every array memory-mapped read-only: DDP ranks on one machine share the page cache's one copy."""
+        manifest = json.loads((folder / MANIFEST).read_text())
 
-        offsets = np.asarray(read("offsets"))
+        def read(name: str) -> np.ndarray:
+            dtype, length = np.dtype(manifest[name]["dtype"]), manifest[name]["length"]
+            if length == 0:  # an empty file cannot be mapped
+                return np.zeros(0, dtype=dtype)
+            return np.memmap(folder / f"{name}.bin", dtype=dtype, mode="r", shape=(length,))
+
+        offsets = read("offsets")
         values = {}
         for name in cls.RAGGED:
-            if (folder / f"{name}.flat.npy").is_file():
+            if f"{name}.flat" in manifest:
                 values[name] = Ragged(read(f"{name}.flat"), offsets)
-            elif (folder / f"{name}.npy").is_file():
-                values[name] = read(name)
             else:
-                values[name] = None
-        return cls(example_ids=np.asarray(read("example_ids")), full_lengths=np.asarray(read("full_lengths")), **values)
+                values[name] = read(name) if name in manifest else None
+        return cls(example_ids=read("example_ids"), full_lengths=read("full_lengths"), **values)
+
+
+MANIFEST = "arrays.json"
+
+
+class FeatureWriter:
+    """Appends encoded chunks to raw files in a cache entry, so that a split is never held whole in memory: ten
+    million examples are tokenized in chunks of ENCODE_CHUNK rows and written as they come. Raw files plus a
+    manifest rather than .npy, because a .npy header needs the length before the data; no pickle either way.
+
+    Written under a temporary name and renamed into place whole when closed: ranks may write the same entry at
+    once, and an interrupted write leaves no entry."""
+
+    def __init__(self, folder: Path):
+        self.folder = folder
+        self.tmp = folder.with_name(f"{folder.name}.{os.getpid()}.tmp")
+        shutil.rmtree(self.tmp, ignore_errors=True)
+        self.tmp.mkdir(parents=True)
+        self.handles: dict = {}
+        self.manifest: dict[str, dict] = {}
+        self.tokens = 0
+
+    def add(self, part: Features) -> None:
+        arrays = part.arrays()
+        # Offsets continue from the tokens already written; the leading 0 is written once.
+        offsets = arrays.pop("offsets")
+        arrays["offsets"] = (offsets if not self.handles else offsets[1:]) + self.tokens
+        self.tokens += int(offsets[-1])
+        for name, array in arrays.items():
+            if name not in self.handles:
+                self.handles[name] = (self.tmp / f"{name}.bin").open("wb")
+                self.manifest[name] = {"dtype": np.dtype(array.dtype).str, "length": 0}
+            self.handles[name].write(np.ascontiguousarray(array, dtype=self.manifest[name]["dtype"]).tobytes())
+            self.manifest[name]["length"] += len(array)
+
+    def close(self) -> None:
+        for handle in self.handles.values():
+            handle.close()
+        (self.tmp / MANIFEST).write_text(json.dumps(self.manifest))
+        try:
+            os.replace(self.tmp, self.folder)
+        except OSError:  # another rank got there first: its copy is the same
+            shutil.rmtree(self.tmp, ignore_errors=True)
+
+    def discard(self) -> None:
+        for handle in self.handles.values():
+            handle.close()
+        shutil.rmtree(self.tmp, ignore_errors=True)
 
 
 def _cache_key(*parts: object) -> str:
@@ -131,16 +211,38 @@ def tokenizer_fingerprint(tokenizer) -> bytes:
     return hashlib.sha256(tokenizer.backend_tokenizer.to_str().encode()).digest()
 
 
-def frame_fingerprint(frame: pd.DataFrame, columns: list[str]) -> bytes:
-    """8 bytes per row (pandas' fixed-key row hashes) rather than the frame as text; list columns (token tasks)
-    have no row hash and are read as text."""
+class _DigestSink:
+    """A write-only file whose bytes go into a hash, so that a column can be streamed through it."""
+
+    def __init__(self, digest):
+        self.digest, self.closed = digest, False
+
+    def write(self, data) -> int:
+        self.digest.update(data)
+        return len(data)
+
+    def flush(self) -> None:
+        pass
+
+
+def frame_fingerprint(frame: pd.DataFrame, columns: list[str], chunk: int = 1_000_000) -> bytes:
+    """The columns' content, streamed as Arrow IPC into SHA-256 a million rows at a time: no Python object per
+    row, and list columns (token tasks) included. Columns Arrow cannot type (mixed objects) are read as JSON."""
+    import pyarrow as pa
+
     digest = hashlib.sha256()
     for column in columns:
-        values = frame[column]
-        if len(values) and isinstance(values.iloc[0], (list, tuple, np.ndarray)):
-            digest.update(values.to_json(orient="values").encode())
-        else:
-            digest.update(pd.util.hash_pandas_object(values, index=False).to_numpy().tobytes())
+        digest.update(str(column).encode())
+        for at in range(0, max(1, len(frame)), chunk):
+            values = frame[column].iloc[at : at + chunk]
+            try:
+                array = pa.array(values)
+            except (pa.ArrowException, TypeError, ValueError):
+                digest.update(values.to_json(orient="values").encode())
+                continue
+            batch = pa.record_batch([array.combine_chunks() if isinstance(array, pa.ChunkedArray) else array], ["v"])
+            with pa.ipc.new_stream(pa.PythonFile(_DigestSink(digest), mode="w"), batch.schema) as stream:
+                stream.write_batch(batch)
     return digest.digest()
 
 
@@ -185,14 +287,34 @@ class Task:
         return None
 
     # -- features
-    def encode(self, frame: pd.DataFrame, tokenizer) -> Features:
+    def encode_rows(self, frame: pd.DataFrame, tokenizer) -> Features:
+        """The features of a slice of a split, with example ids counted from the slice's first row."""
         raise NotImplementedError
 
-    def encode_cached(self, frame: pd.DataFrame, tokenizer) -> Features:
-        """Tokenize once per (data, tokenizer, settings): reruns and resumes read the cached features."""
+    def encode_chunks(self, frame: pd.DataFrame, tokenizer, progress: Callable[[int], None] | None = None):
+        """Features of ENCODE_CHUNK rows at a time, so that the tokenizer's Python lists never hold more than a
+        chunk of the data; `progress` is told how many rows each chunk held."""
+        for at in range(0, max(1, len(frame)), ENCODE_CHUNK):
+            chunk = frame.iloc[at : at + ENCODE_CHUNK]
+            part = self.encode_rows(chunk, tokenizer)
+            part.example_ids = part.example_ids + at
+            yield part
+            if progress is not None:
+                progress(len(chunk))
+
+    def encode(self, frame: pd.DataFrame, tokenizer) -> Features:
+        return Features.concat(list(self.encode_chunks(frame, tokenizer)))
+
+    def encode_cached(self, frame: pd.DataFrame, tokenizer, progress: Callable[[int], None] | None = None) -> Features:
+        """Tokenize once per (data, tokenizer, settings): reruns and resumes read the cached features, which are
+        written chunk by chunk as they are encoded and then memory-mapped."""
         columns = self.text_columns + ([self.label_column] if self.label_column in frame.columns else [])
         key = _cache_key(
-            type(self).__name__, self.settings(), tokenizer_fingerprint(tokenizer), frame_fingerprint(frame, columns)
+            CACHE_FORMAT,
+            type(self).__name__,
+            self.settings(),
+            tokenizer_fingerprint(tokenizer),
+            frame_fingerprint(frame, columns),
         )
         path = cache_dir() / key
         if path.is_dir():
@@ -200,13 +322,21 @@ class Task:
                 return Features.load(path)
             except (OSError, ValueError, KeyError):
                 shutil.rmtree(path, ignore_errors=True)  # a damaged cache entry is rebuilt, never trusted
-        features = self.encode(frame, tokenizer)
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            features.save(path)
-        except OSError:
-            pass  # a read-only or full cache only costs the next run a re-tokenization
-        return features
+            writer = FeatureWriter(path)
+        except OSError:  # a read-only cache only costs the next run a re-tokenization
+            return self.encode(frame, tokenizer)
+        try:
+            for part in self.encode_chunks(frame, tokenizer, progress):
+                writer.add(part)
+            writer.close()
+            return Features.load(path)
+        except OSError:  # a full disk: nothing half-written stays behind, and the run goes on from memory
+            writer.discard()
+            return self.encode(frame, tokenizer)
+        except BaseException:
+            writer.discard()
+            raise
 
     def settings(self) -> dict:
         return {
@@ -290,6 +420,6 @@ class Task:
         """One string per example, as duplicates and leakage are judged."""
         raise NotImplementedError
 
-    def label_profile(self, frame: pd.DataFrame, texts: pd.Series) -> dict:
+    def label_profile(self, frame: pd.DataFrame, text_hashes: np.ndarray) -> dict:
         """Label statistics of one split: counts and balance, tag counts, or the score distribution."""
         raise NotImplementedError

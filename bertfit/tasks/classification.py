@@ -22,12 +22,13 @@ class ClassificationTask(SequenceTask):
         self.primary_metric = "matthews" if "matthews" in self.extra_metrics else "accuracy"
 
     def label_ids(self, frame: pd.DataFrame) -> np.ndarray:
-        """By name first (class names, or integer labels named by their number), else as ids 0..K-1."""
-        keys = frame[self.label_column].map(label_key)
+        """By name first (class names, or integer labels named by their number), else as ids 0..K-1. Over the
+        distinct values, then spread by their codes: a label column has a handful of values and millions of rows."""
+        codes, values = pd.factorize(frame[self.label_column])
+        keys = [label_key(value) for value in values]
         index = {name: i for i, name in enumerate(self.label_names)}
-        if keys.isin(index).all():
-            return keys.map(index).to_numpy(np.int64)
-        return keys.astype(np.int64).to_numpy()
+        ids = [index[key] for key in keys] if all(key in index for key in keys) else [int(key) for key in keys]
+        return np.asarray(ids, dtype=np.int64)[codes] if len(codes) else np.zeros(0, np.int64)
 
     def head_config(self):
         return {
@@ -74,18 +75,25 @@ class ClassificationTask(SequenceTask):
     def decode(self, features, context, scores):
         return [{"label": self.label_names[int(s.argmax())], "score": float(s.max())} for s in scores]
 
-    def label_profile(self, frame, texts):
+    def label_profile(self, frame, text_hashes):
         names = self.label_names or []
         labels = frame[self.label_column]
-        shown = labels.map(lambda v: v if isinstance(v, str) else names[int(v)] if int(v) < len(names) else v)
-        counts = shown.astype(str).value_counts()
+        # Counted per distinct value, then named: never a Python call per row.
+        by_value = labels.value_counts(sort=False)
+        shown = [v if isinstance(v, str) else names[int(v)] if int(v) < len(names) else v for v in by_value.index]
+        counts = (
+            pd.Series(by_value.to_numpy(), index=[str(v) for v in shown])
+            .groupby(level=0, sort=False)
+            .sum()
+            .sort_values(ascending=False, kind="stable")
+        )
         result = {
             "labels": {str(k): int(v) for k, v in counts.items()},
             "majority_rate": float(counts.iloc[0] / len(frame)),
             "imbalance_ratio": float(counts.iloc[0] / counts.iloc[-1]),
         }
         if len(self.text_columns) == 2:
-            pairs = pd.DataFrame({"text": texts, "label": labels.astype(str)})
+            pairs = pd.DataFrame({"text": text_hashes, "label": pd.factorize(labels)[0]})
             result["conflicting_pairs"] = int((pairs.groupby("text")["label"].nunique() > 1).sum())
         return result
 

@@ -3,6 +3,8 @@ leakage, tag repairs."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import pandas as pd
 
@@ -16,22 +18,64 @@ _SPACE = r"\s\p{Z}\x{85}\x{0b}\x{1c}-\x{1f}"
 _NOT_WORD = rf"[^\p{{L}}\p{{N}}_{_SPACE}]"
 
 
-def normalise_texts(texts: pd.Series) -> pd.Series:
+# Rows profiled at a time: each chunk's texts exist as Python strings only while they are hashed.
+PROFILE_CHUNK = 250_000
+
+
+def _normalise(values):
     """What a near-duplicate shares: case, punctuation and spacing removed (and IMDB's <br /> tags). In Arrow, a
     column at a time: a million texts in about a second."""
-    import pyarrow as pa
     import pyarrow.compute as pc
 
-    values = pa.array(texts.astype(str).to_numpy(dtype=object), type=pa.string())
     values = pc.utf8_lower(pc.replace_substring(values, "<br />", " "))
     values = pc.replace_substring_regex(values, _NOT_WORD, " ")
-    values = pc.utf8_trim(pc.replace_substring_regex(values, f"[{_SPACE}]+", " "), " ")
-    return pd.Series(values.to_numpy(zero_copy_only=False), index=texts.index, dtype="str")
+    return pc.utf8_trim(pc.replace_substring_regex(values, f"[{_SPACE}]+", " "), " ")
 
 
-def _row_hashes(texts: pd.Series) -> np.ndarray:
-    """64-bit hashes: set membership over millions of texts without Python string sets."""
-    return pd.util.hash_pandas_object(texts, index=False).to_numpy()
+def _arrow(texts: pd.Series):
+    import pyarrow as pa
+
+    values = pa.array(texts.astype(str), type=pa.large_string())  # no copy when the column is Arrow already
+    return values.combine_chunks() if isinstance(values, pa.ChunkedArray) else values
+
+
+def normalise_texts(texts: pd.Series) -> pd.Series:
+    return pd.Series(_normalise(_arrow(texts)).to_pandas(), index=texts.index, dtype="str")
+
+
+def _row_hashes(values) -> np.ndarray:
+    """64-bit hashes of Arrow strings: set membership over millions of texts without Python string sets."""
+    return pd.util.hash_array(values.to_numpy(zero_copy_only=False))
+
+
+@dataclass
+class TextSummary:
+    """What the profile needs of a split's texts, a few bytes per row: built a chunk at a time, so that ten
+    million texts are never all held as Python strings (or as a normalised copy)."""
+
+    empty: int
+    exact: np.ndarray  # row hashes of the texts
+    normalised: np.ndarray  # and of the normalised texts
+    substantive: np.ndarray  # the normalised text has SUBSTANTIVE_WORDS words or more
+
+    @classmethod
+    def of(cls, frame: pd.DataFrame, task: Task) -> TextSummary:
+        import pyarrow.compute as pc
+
+        empty, exact, normalised, substantive = 0, [], [], []
+        for at in range(0, max(1, len(frame)), PROFILE_CHUNK):
+            texts = _arrow(task.profile_texts(frame.iloc[at : at + PROFILE_CHUNK]))
+            empty += pc.sum(pc.equal(pc.utf8_trim_whitespace(texts), "")).as_py() or 0
+            normal = _normalise(texts)
+            exact.append(_row_hashes(texts))
+            normalised.append(_row_hashes(normal))
+            words = pc.add(pc.count_substring(normal, " "), 1)
+            substantive.append(pc.greater_equal(words, SUBSTANTIVE_WORDS).to_numpy(zero_copy_only=False))
+        return cls(empty, np.concatenate(exact), np.concatenate(normalised), np.concatenate(substantive))
+
+
+def _duplicates(hashes: np.ndarray) -> int:
+    return len(hashes) - len(np.unique(hashes))
 
 
 def length_stats(full_lengths: np.ndarray, max_length: int) -> dict:
@@ -55,18 +99,17 @@ def profile(
     max_length: int = 512,
 ) -> dict:
     """Per split, and across splits (leakage). `full_lengths` are token counts before truncation."""
-    texts = {name: task.profile_texts(frame) for name, frame in frames.items()}
-    normalised = {name: normalise_texts(series) for name, series in texts.items()}
+    texts = {name: TextSummary.of(frame, task) for name, frame in frames.items()}
     result: dict = {"task": spec.task, "splits": {}, "leakage": {}}
     train_labels: set = set()
     for name, frame in frames.items():
         split: dict = {"rows": len(frame)}
-        series = texts[name]
-        split["empty_texts"] = int(series.str.strip().eq("").sum())
-        split["duplicates"] = int(series.duplicated().sum())
-        split["normalised_duplicates"] = int(normalised[name].duplicated().sum())
+        summary = texts[name]
+        split["empty_texts"] = summary.empty
+        split["duplicates"] = _duplicates(summary.exact)
+        split["normalised_duplicates"] = _duplicates(summary.normalised)
         if task.label_column in frame.columns:
-            split.update(task.label_profile(frame, series))
+            split.update(task.label_profile(frame, summary.exact))
         if "labels" in split:
             if name == "train":
                 train_labels = set(split["labels"])
@@ -76,15 +119,15 @@ def profile(
             split["tokens"] = length_stats(np.asarray(full_lengths[name]), max_length)
         result["splits"][name] = split
     if "train" in frames:
-        train_exact, train_normal = _row_hashes(texts["train"]), _row_hashes(normalised["train"])
-        for name in frames:
+        train = texts["train"]
+        for name, summary in texts.items():
             if name == "train":
                 continue
-            exact = int(np.isin(_row_hashes(texts[name]), train_exact).sum())
-            shared = pd.Series(np.isin(_row_hashes(normalised[name]), train_normal), index=normalised[name].index)
+            exact = int(np.isin(summary.exact, train.exact).sum())
+            shared = np.isin(summary.normalised, train.normalised)
             # Short lines recur in any corpus (CoNLL's datelines and scores, SST's "good"): they are counted, but
             # only texts of some length are evidence of copied examples.
-            substantive = int((shared & (normalised[name].str.count(" ") + 1 >= SUBSTANTIVE_WORDS)).sum())
+            substantive = int((shared & summary.substantive).sum())
             rows = max(1, len(frames[name]))
             result["leakage"][name] = {
                 "exact": exact,

@@ -36,7 +36,7 @@ class RegressionTask(SequenceTask):
     def decode(self, features, context, scores):
         return [{"score": float(s[0])} for s in scores]
 
-    def label_profile(self, frame, texts):
+    def label_profile(self, frame, text_hashes):
         labels = frame[self.label_column]
         return {
             "label_stats": {

@@ -8,9 +8,6 @@ import pandas as pd
 from bertfit.errors import BertfitError
 from bertfit.tasks.base import Features, Ragged, Task
 
-# Rows tokenized at a time: large enough for the fast tokenizer's threads, small enough to bound its lists.
-ENCODE_CHUNK = 50_000
-
 
 def _truncate(ids: list[int], max_length: int, mode: str) -> list[int]:
     """Keep the first and last special tokens; cut the middle (head+tail), the end (head) or the start (tail)."""
@@ -35,23 +32,7 @@ class SequenceTask(Task):
     def label_ids(self, frame: pd.DataFrame) -> np.ndarray:
         raise NotImplementedError
 
-    def encode(self, frame: pd.DataFrame, tokenizer) -> Features:
-        """In chunks, so that the tokenizer's Python lists never hold more than a chunk of the data."""
-        parts = [
-            self._encode_chunk(frame.iloc[at : at + ENCODE_CHUNK], tokenizer)
-            for at in range(0, len(frame), ENCODE_CHUNK)
-        ] or [self._encode_chunk(frame, tokenizer)]
-        ids, types, full_lengths = zip(*parts)
-        labels = self.label_ids(frame) if self.label_column in frame.columns else np.zeros(len(frame), np.int64)
-        return Features(
-            input_ids=Ragged.concat(list(ids)),
-            labels=labels,
-            example_ids=np.arange(len(frame)),
-            full_lengths=np.concatenate(full_lengths),
-            token_type_ids=Ragged.concat(list(types)) if types[0] is not None else None,
-        )
-
-    def _encode_chunk(self, frame: pd.DataFrame, tokenizer) -> tuple[Ragged, Ragged | None, np.ndarray]:
+    def encode_rows(self, frame: pd.DataFrame, tokenizer) -> Features:
         first = frame[self.text_columns[0]].astype(str).tolist()
         second = frame[self.text_columns[1]].astype(str).tolist() if len(self.text_columns) > 1 else None
         encoded = tokenizer(
@@ -59,7 +40,7 @@ class SequenceTask(Task):
         )
         ids = encoded["input_ids"]
         types = encoded.get("token_type_ids") if second is not None else None
-        full_lengths = np.array([len(x) for x in ids], dtype=np.int64)
+        full_lengths = np.fromiter(map(len, ids), dtype=np.int64, count=len(ids))
         long_rows = np.flatnonzero(full_lengths > self.max_length)
         if len(long_rows) and second is None:
             for row in long_rows:
@@ -77,9 +58,14 @@ class SequenceTask(Task):
                 ids[row] = again["input_ids"][k]
                 if types is not None:
                     types[row] = again["token_type_ids"][k]
-        flat_ids = Ragged.from_rows([np.asarray(x, dtype=np.int32) for x in ids], np.int32)
-        flat_types = Ragged.from_rows([np.asarray(x, dtype=np.int8) for x in types], np.int8) if types else None
-        return flat_ids, flat_types, full_lengths
+        labels = self.label_ids(frame) if self.label_column in frame.columns else np.zeros(len(frame), np.int64)
+        return Features(
+            input_ids=Ragged.from_lists(ids, np.int32),
+            labels=labels,
+            example_ids=np.arange(len(frame)),
+            full_lengths=full_lengths,
+            token_type_ids=Ragged.from_lists(types, np.int8) if types else None,
+        )
 
     def prediction_frame(self, rows):
         if len(rows[0]) != len(self.text_columns):

@@ -56,7 +56,7 @@ class TokenTask(Task):
                 return spans
             start += step
 
-    def encode(self, frame, tokenizer):
+    def encode_rows(self, frame, tokenizer):
         words = [list(map(str, w)) for w in frame[self.text_columns[0]]]
         has_tags = self.label_column in frame.columns
         tags = [[self.tag_index[t] for t in row] for row in frame[self.label_column]] if has_tags else None
@@ -186,7 +186,7 @@ class TokenTask(Task):
     def profile_texts(self, frame):
         return frame[self.text_columns[0]].map(lambda words: " ".join(map(str, words)))
 
-    def label_profile(self, frame, texts):
+    def label_profile(self, frame, text_hashes):
         tags = {str(k): int(v) for k, v in frame[self.label_column].explode().dropna().value_counts().items()}
         return {
             "tags": tags,
