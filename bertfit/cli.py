@@ -297,7 +297,9 @@ def print_profile(report: dict) -> None:
             ", ".join(f"{k} {v:,}" if isinstance(v, int) else f"{k} {v:.2f}" for k, v in labels.items()),
             f"{split['imbalance_ratio']:.2f}" if "imbalance_ratio" in split else "",
             f"{tokens['percentiles']['p50']}/{tokens['percentiles']['p95']}/{tokens['max']}" if tokens else "",
-            f"{tokens['truncated_share']:.1%} at {tokens['max_length']}" if tokens else "",
+            f"{'~' if 'sampled' in tokens else ''}{tokens['truncated_share']:.1%} at {tokens['max_length']}"
+            if tokens
+            else "",
             f"{split['duplicates']:,} ({split['normalised_duplicates']:,} normalised)",
             f"{split['empty_texts']:,}",
         )

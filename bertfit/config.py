@@ -61,6 +61,7 @@ RESULT_FIELDS = (
     "precision",
     "clip_norm",
     "grad_accum",
+    "class_weights",
     "padding",
     "compile",
     "validation_fraction",
@@ -129,6 +130,11 @@ class Config(BaseModel):
     )
     clip_norm: float | None = Field(1.0, ge=0, description="gradient clipping norm; 0 disables")
     grad_accum: int = Field(1, gt=0, description="gradient accumulation steps")
+    class_weights: Literal["balanced"] | list[float] | None = Field(
+        None,
+        description="classification: weight each class in the loss; 'balanced' (n / (classes × count), "
+        "as scikit-learn's) or one weight per class, comma-separated",
+    )
 
     # Evaluation and model selection
     eval_every: int | Literal["epoch"] = Field("epoch", description="evaluate every N steps, or 'epoch'")
@@ -182,6 +188,18 @@ class Config(BaseModel):
     def _comma_list(cls, value: Any) -> Any:
         if isinstance(value, str):
             return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("class_weights", mode="before")
+    @classmethod
+    def _weights(cls, value: Any) -> Any:
+        if isinstance(value, str) and value.strip() != "balanced":
+            try:
+                value = [float(part) for part in value.split(",") if part.strip()]
+            except ValueError:
+                raise ValueError("must be 'balanced' or numbers, one per class (e.g. 1,4)") from None
+        if isinstance(value, list) and (not value or any(not 0 < float(w) < float("inf") for w in value)):
+            raise ValueError("needs one positive weight per class")
         return value
 
     @model_validator(mode="after")

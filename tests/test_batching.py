@@ -122,3 +122,37 @@ def test_compiled_and_eager_give_the_same_loss(tiny_bert_no_dropout, minilm_toke
     eager = task.loss_sum(model(**batch).logits, labels)
     compiled = task.loss_sum(torch.compile(model)(**batch).logits, labels)
     assert compiled.item() == pytest.approx(eager.item(), rel=1e-4)
+
+
+def _list_of_arrays(lengths, batch_size, seed, epoch, padding, min_size=1):
+    """The plan as bertfit built it before it was one array: the reference the compact plan must equal."""
+    rng = np.random.default_rng([seed, epoch])
+    order = rng.permutation(len(lengths))
+
+    def merge(batches):
+        merged = []
+        for batch in batches:
+            if merged and (len(batch) < min_size or len(merged[-1]) < min_size):
+                merged[-1] = np.concatenate([merged[-1], batch])
+            else:
+                merged.append(batch)
+        return merged
+
+    if padding != "bucket":
+        return merge([order[i : i + batch_size] for i in range(0, len(order), batch_size)])
+    window, batches = batch_size * batching.BUCKET_BATCHES, []
+    for start in range(0, len(order), window):
+        chunk = order[start : start + window]
+        chunk = chunk[np.argsort(lengths[chunk], kind="stable")]
+        batches.extend(chunk[i : i + batch_size] for i in range(0, len(chunk), batch_size))
+    return merge([batches[i] for i in rng.permutation(len(batches))])
+
+
+@pytest.mark.parametrize("padding", ["bucket", "dynamic"])
+@pytest.mark.parametrize(("size", "batch_size", "min_size"), [(1003, 32, 1), (1003, 7, 4), (33, 16, 2), (5, 8, 1)])
+def test_the_compact_plan_holds_the_same_batches_as_a_list_of_arrays(padding, size, batch_size, min_size):
+    """Same draws, same batches: runs checkpointed before the plan became one array resume onto the same examples."""
+    lengths = np.random.default_rng(size).integers(5, 300, size=size)
+    plan = batching.epoch_batches(lengths, batch_size, 3, 1, padding, min_size)
+    reference = _list_of_arrays(lengths, batch_size, 3, 1, padding, min_size)
+    assert len(plan) == len(reference) and all(np.array_equal(a, b) for a, b in zip(plan, reference))

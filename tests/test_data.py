@@ -111,6 +111,40 @@ def test_carved_validation_and_subsample_are_seeded():
     assert first.equals(second) and first["x"].is_monotonic_increasing and first["x"].max() > 50
 
 
+def test_a_carved_validation_split_keeps_the_class_shares():
+    """180 of one class and 20 of another: a random 10% carve holds anywhere from 0 to 5 of the rare class; a
+    stratified one exactly 2 of 20, as sklearn's train_test_split(stratify=...) chooses them."""
+    from sklearn.model_selection import train_test_split
+
+    labels = ["rare" if i % 10 == 7 else "common" for i in range(200)]
+    frame = pd.DataFrame({"text": [f"text {i}" for i in range(200)], "label": labels})
+    splits = sources.Splits("imbalanced", {"train": frame}, {"train": "data.csv"})
+    carved, *_ = sources.choose_splits(splits, "train", None, None, 3, 0.1, stratify_by="label")
+    validation, train = carved.frames["validation"], carved.frames["train"]
+    assert (validation["label"] == "rare").sum() == 2 and (train["label"] == "rare").sum() == 18
+    _, expected = train_test_split(np.arange(200), test_size=20, random_state=3, stratify=frame["label"])
+    assert validation["text"].tolist() == frame["text"].iloc[np.sort(expected)].tolist()
+    assert "stratified by label" in carved.notes[-1]
+    # A class with one example cannot be in both sides: the carve is random then, not an error.
+    lonely = pd.DataFrame({"text": ["a", "b", "c", "d"] * 5, "label": ["x"] * 19 + ["y"]})
+    splits = sources.Splits("lonely", {"train": lonely}, {"train": "data.csv"})
+    carved, *_ = sources.choose_splits(splits, "train", None, None, 3, 0.1, stratify_by="label")
+    assert len(carved.frames["validation"]) == 2 and "stratified" not in carved.notes[-1]
+
+
+def test_training_carves_a_stratified_validation_split(tmp_path):
+    from bertfit import models
+    from bertfit.config import Config
+    from bertfit.engine.device import default_device
+    from bertfit.engine.setup import check_inputs, prepare_data
+
+    cfg = Config(data=str(SAMPLES / "sst2_200.csv"), output=str(tmp_path / "run"), model="minilm")
+    inputs = check_inputs(cfg, default_device())
+    tokenizer = models.load_tokenizer(models.resolve_model("minilm"))
+    _, splits, *_ = prepare_data(cfg, inputs, tokenizer)
+    assert "stratified by label" in splits.files["validation"]
+
+
 def test_iob1_is_converted_and_iob2_repaired():
     iob1 = [["I-PER", "I-PER", "O", "I-LOC"], ["I-ORG", "B-ORG", "O"]]
     converted, scheme, repaired = tags.normalise_tags(iob1)
@@ -321,6 +355,27 @@ def test_a_bad_row_deep_in_a_large_file_is_named_by_file_and_line(tmp_path):
         BertfitError, match=r"file '.*big\.csv' has rows with the wrong number of fields \(.*line 250002"
     ):
         sources.load_splits(str(path))
+
+
+@pytest.mark.parametrize(
+    ("bad_row", "task", "message"),
+    [
+        ("a sentence,", "auto", r"'.*big\.csv' row 250001: label is empty or NaN"),
+        ("a sentence,0.5", "classification", r"'.*big\.csv' row 250001: label 0\.5 is not a whole number"),
+        ('"   ",1', "auto", r"'.*big\.csv' row 250001: text column 'sentence' is empty \(2 such rows\)"),
+        ("a sentence,positive", "auto", r"'.*big\.csv' row 250001: label 'positive' is text, but labels are number"),
+    ],
+)
+def test_a_bad_value_deep_in_a_large_file_is_named_by_its_row(tmp_path, bad_row, task, message):
+    """Labels are checked per distinct value, and texts a million rows at a time: still the first bad row."""
+    path = tmp_path / "big.csv"
+    rows = [f"sentence number {i},{i % 2}" for i in range(300_000)]
+    rows[250_000] = bad_row
+    rows[280_000] = bad_row  # a second one: the first is named
+    path.write_text("sentence,label\n" + "\n".join(rows) + "\n")
+    splits = sources.load_splits(str(path))
+    with pytest.raises(BertfitError, match=message):
+        schema.detect(splits, "train", task, None, None, None)
 
 
 @pytest.mark.parametrize("chunk", [1, 2, 3, 7, 1 << 24])

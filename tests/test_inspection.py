@@ -118,3 +118,36 @@ def test_arrow_normalisation_matches_pythons_unicode_regexes():
     frame = pd.read_json(SAMPLES / "imdb_100.jsonl", lines=True)
     texts += frame["text"].tolist()
     assert normalise_texts(pd.Series(texts)).tolist() == [reference(t) for t in texts]
+
+
+def test_inspect_takes_token_lengths_of_a_large_split_from_a_sample(monkeypatch, tmp_path):
+    from bertfit.report import inspect
+
+    monkeypatch.setenv("BERTFIT_CACHE", str(tmp_path))
+    full = inspect_source(str(SAMPLES / "imdb_100.jsonl"), "minilm", 128)["splits"]["train"]["tokens"]
+    monkeypatch.setattr(inspect, "LENGTH_SAMPLE", 40)
+    report = inspect_source(str(SAMPLES / "imdb_100.jsonl"), "minilm", 128)
+    sampled = report["splits"]["train"]["tokens"]
+    assert "sampled" not in full and sampled["sampled"] == 40
+    assert sampled["truncated"] == round(sampled["truncated_share"] * 100)
+    assert abs(sampled["truncated_share"] - full["truncated_share"]) < 0.25
+    assert report["splits"]["train"]["rows"] == 100  # everything else still counts every row
+    assert any("from a sample of 40 rows" in line for line in summary_lines(report))
+
+
+def test_a_profile_is_read_back_for_the_same_data_and_redone_for_changed_data(monkeypatch, tmp_path):
+    from bertfit.tasks import profile as profiling
+
+    monkeypatch.setenv("BERTFIT_CACHE", str(tmp_path))
+    frame = pd.DataFrame({"text": ["a good film", "bad", "bad", "fine"], "label": [1, 0, 0, 1]})
+    spec = DataSpec("classification", ["text"], "label", ["neg", "pos"])
+    task = build_task(spec.task, spec.text_columns, spec.label_column, spec.label_names, 512)
+    lengths = {"train": np.array([5, 3, 3, 3])}
+    first = profiling.cached_profile({"train": frame}, task, spec, lengths, 512)
+    assert first == profile({"train": frame}, task, spec, lengths, 512)
+    computed = []
+    monkeypatch.setattr(profiling, "profile", lambda *args: computed.append(args) or {"fresh": True})
+    assert profiling.cached_profile({"train": frame}, task, spec, lengths, 512) == first and not computed
+    changed = frame.assign(text=["a good film", "bad", "worse", "fine"])
+    assert profiling.cached_profile({"train": changed}, task, spec, lengths, 512) == {"fresh": True}
+    assert profiling.cached_profile({"train": frame}, task, spec, lengths, 256) == {"fresh": True}

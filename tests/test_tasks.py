@@ -195,7 +195,8 @@ def _same_features(a: Features, b: Features) -> bool:
         if x is None or y is None:
             return x is None and y is None
         if isinstance(x, Ragged):
-            return np.array_equal(x.flat, y.flat) and np.array_equal(x.offsets, y.offsets)
+            same_rows = all(np.array_equal(x[row], y[row]) for row in range(len(x)))
+            return same_rows and np.array_equal(x.flat, y.flat) and np.array_equal(x.offsets, y.offsets)
         return np.array_equal(np.asarray(x), np.asarray(y))
 
     fields = ("input_ids", "labels", "token_type_ids", "word_ids", "example_ids", "full_lengths", "lengths", "items")
@@ -219,7 +220,8 @@ def test_memory_mapped_features_equal_the_in_memory_ones(name, minilm_tokenizer,
     monkeypatch.setattr(base, "ENCODE_CHUNK", 7)
     written = task.encode_cached(frame, minilm_tokenizer)  # encodes and writes the cache entry
     mapped = task.encode_cached(frame, minilm_tokenizer)  # reads it back, memory-mapped
-    assert isinstance(mapped.input_ids.flat, np.memmap) and len(list(tmp_path.glob("features/*"))) == 1
+    assert isinstance(mapped.input_ids.flat, base.DiskArray) and isinstance(mapped.lengths, np.ndarray)
+    assert len(list(tmp_path.glob("features/*"))) == 1
     assert _same_features(in_memory, written) and _same_features(in_memory, mapped)
     batch = np.arange(min(8, len(mapped)))
     ours, theirs = task.collate(mapped, batch, 0), task.collate(in_memory, batch, 0)
@@ -240,3 +242,34 @@ def test_encoding_in_chunks_equals_encoding_at_once(name, minilm_tokenizer, monk
     at_once = task.encode(frame, minilm_tokenizer)
     monkeypatch.setattr(base, "ENCODE_CHUNK", 7)
     assert _same_features(at_once, task.encode(frame, minilm_tokenizer))
+
+
+def test_class_weights_weigh_the_loss_as_torch_does_and_only_for_classification():
+    from bertfit.config import build_config
+    from bertfit.errors import BertfitError
+    from bertfit.tasks import build_task
+
+    assert build_config(overrides={"class_weights": "1,4"}).class_weights == [1.0, 4.0]
+    assert build_config(overrides={"class_weights": "balanced"}).class_weights == "balanced"
+    for bad in ("heavy", "1,-2", [0.0, 1.0]):
+        with pytest.raises(BertfitError, match="class_weights"):
+            build_config(overrides={"class_weights": bad})
+    task = build_task("classification", ["text"], "label", ["a", "b", "c"], 32, class_weights=[0.5, 2.0, 1.5])
+    logits, labels = torch.randn(6, 3), torch.tensor([0, 1, 2, 2, 1, 0])
+    expected = torch.nn.CrossEntropyLoss(weight=torch.tensor([0.5, 2.0, 1.5]), reduction="sum")(logits, labels)
+    assert torch.allclose(task.loss_sum(logits, labels), expected)
+    frame = pd.DataFrame({"text": list("abcdefgh"), "label": ["a"] * 6 + ["b", "c"]})
+    from sklearn.utils.class_weight import compute_class_weight
+
+    balanced = task.balanced_class_weights(frame)
+    assert balanced == pytest.approx(compute_class_weight("balanced", classes=np.array([0, 1, 2]), y=[0] * 6 + [1, 2]))
+    with pytest.raises(BertfitError, match="class_weights apply to classification; this is a regression task"):
+        build_task("regression", ["text"], "score", None, 32, class_weights="balanced")
+
+
+def test_the_doctor_advises_class_weights_and_says_when_they_were_on():
+    from bertfit.config import Config
+    from bertfit.report.diagnose import _imbalance_remedy
+
+    assert "class_weights: balanced" in _imbalance_remedy(Config())
+    assert "class weights were on (1, 9)" in _imbalance_remedy(Config(class_weights=[1, 9]))

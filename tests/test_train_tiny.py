@@ -3,6 +3,7 @@
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from conftest import SAMPLES, run_cli, sample_run_args
@@ -85,7 +86,9 @@ def test_cpu_runs_are_deterministic(tiny_bert, tmp_path, capsys):
 
 
 def test_gradient_accumulation_equals_the_larger_batch(tiny_bert_no_dropout, tmp_path, capsys):
-    base = ["--max-steps", 4, "--eval-every", 2, "--padding", "dynamic"]
+    # fp32: the two runs' weights differ in the last bits (another summation order), which bf16 autocast can round
+    # to different bf16 values; the equivalence itself is exact arithmetic's, up to float32 rounding.
+    base = ["--max-steps", 4, "--eval-every", 2, "--padding", "dynamic", "--precision", "fp32"]
     big = ["train", "--model", tiny_bert_no_dropout, "--data", SAMPLES / "sst2_200.csv", "--lr", "1e-3", *base]
     assert run_cli(big + ["--output", tmp_path / "big", "--batch-size", 16], capsys)[0] == 0
     assert run_cli(big + ["--output", tmp_path / "acc", "--batch-size", 4, "--grad-accum", 4], capsys)[0] == 0
@@ -120,6 +123,8 @@ def test_best_checkpoint_is_kept_and_early_stopping_stops(tiny_bert, tmp_path, c
         (["--eval-every", 500], "eval_every 500 is larger than the whole run (6 steps)"),
         (["--text-column", "review"], "column 'review' not found in"),
         (["--max-length", 4096], "max_length 4096 is longer than the model accepts (512)"),
+        (["--class-weights", "1,2,3"], "class_weights has 3 weights but there are 2 classes (0, 1)"),
+        (["--class-weights", "0,1"], "invalid value for 'class_weights': needs one positive weight per class"),
     ],
 )
 def test_user_errors_are_one_line_exit_2_and_write_nothing(tiny_bert, tmp_path, capsys, extra, message):
@@ -144,3 +149,23 @@ def test_output_folder_not_empty_needs_overwrite_and_overwrite_never_takes_a_use
     code, _, stderr = run_cli(tiny_args(tiny_bert, out), capsys)
     assert code == 2 and "is not empty; pass --overwrite to replace the run in it, or --resume" in stderr
     assert run_cli(tiny_args(tiny_bert, out, "--overwrite"), capsys)[0] == 0
+
+
+def test_balanced_class_weights_are_resolved_saved_and_shown(tiny_bert, tmp_path, capsys):
+    import yaml
+    from sklearn.utils.class_weight import compute_class_weight
+
+    from bertfit.data import sources
+
+    out = tmp_path / "run"
+    code, _, stderr = run_cli(tiny_args(tiny_bert, out, "--class-weights", "balanced"), capsys)
+    assert code == 0, stderr
+    recipe = yaml.safe_load((out / "recipe.yaml").read_text())
+    train = sources.load_splits(str(SAMPLES / "sst2_200.csv")).frames["train"]
+    carved = sources.choose_splits(
+        sources.Splits("sst2_200", {"train": train}, {"train": "f"}), "train", None, None, 42, 0.1, "label"
+    )[0].frames["train"]
+    expected = compute_class_weight("balanced", classes=np.array([0, 1]), y=carved["label"].to_numpy())
+    assert recipe["class_weights"] == pytest.approx(expected.tolist(), rel=1e-5)
+    card = (out / "README.md").read_text()
+    assert "- class_weights: 0 " in card and "### Per class (validation)" in card

@@ -230,8 +230,10 @@ def choose_splits(
     test_split: str | None,
     seed: int,
     validation_fraction: float,
+    stratify_by: str | None = None,
 ) -> tuple[Splits, str, str, str | None]:
-    """Name the train/eval/test splits, carving a seeded validation split off train when there is none.
+    """Name the train/eval/test splits, carving a seeded validation split off train when there is none: stratified
+    by the `stratify_by` column (class labels) where every class has two examples, so that a rare class is in both.
 
     Returns new Splits (the given ones are left as they are) and the three names."""
     frames = splits.frames
@@ -252,22 +254,22 @@ def choose_splits(
             raise BertfitError(
                 f"dataset '{splits.name}' has {len(train)} example; need at least 2 to carve off a validation split"
             )
-        order = np.random.default_rng(seed).permutation(len(train))
         n_eval = max(1, int(round(len(train) * validation_fraction)))
+        keep, carved, how = _carve(train, n_eval, seed, stratify_by)
         splits = replace(
             splits,
             frames={
                 **frames,
-                "validation": train.iloc[np.sort(order[:n_eval])].reset_index(drop=True),
-                train_split: train.iloc[np.sort(order[n_eval:])].reset_index(drop=True),
+                "validation": train.iloc[carved].reset_index(drop=True),
+                train_split: train.iloc[keep].reset_index(drop=True),
             },
             files={
                 **splits.files,
-                "validation": f"{splits.files[train_split]} (seeded {validation_fraction:.0%} carved off)",
+                "validation": f"{splits.files[train_split]} (seeded {validation_fraction:.0%} carved off{how})",
             },
             notes=[
                 *splits.notes,
-                f"no validation split: {n_eval} examples carved off '{train_split}' with seed {seed}",
+                f"no validation split: {n_eval} examples carved off '{train_split}' with seed {seed}{how}",
             ],
         )
         frames, eval_split = splits.frames, "validation"
@@ -281,6 +283,24 @@ def choose_splits(
             "use --set test_split=none to score no test split"
         )
     return splits, train_split, eval_split, test_split
+
+
+def _carve(frame: pd.DataFrame, n_eval: int, seed: int, stratify_by: str | None) -> tuple[np.ndarray, np.ndarray, str]:
+    """Row numbers to keep and to carve off, each in file order, and how they were chosen. Over indices: the frame
+    is copied once, by the caller, whatever its size."""
+    rows = np.arange(len(frame))
+    if stratify_by is not None and stratify_by in frame.columns:
+        from sklearn.model_selection import train_test_split
+
+        classes = pd.factorize(frame[stratify_by])[0]
+        counts = np.bincount(classes[classes >= 0]) if len(classes) else np.zeros(0, np.int64)
+        n_classes = len(counts)
+        # sklearn needs two examples of each class and room for one of each on both sides.
+        if len(counts) and counts.min() >= 2 and n_classes <= n_eval <= len(frame) - n_classes:
+            keep, carved = train_test_split(rows, test_size=n_eval, random_state=seed, stratify=classes)
+            return np.sort(keep), np.sort(carved), ", stratified by label"
+    order = np.random.default_rng(seed).permutation(len(frame))
+    return np.sort(order[n_eval:]), np.sort(order[:n_eval]), ""
 
 
 def subsample(frame: pd.DataFrame, limit: int | None, seed: int) -> pd.DataFrame:

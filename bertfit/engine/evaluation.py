@@ -44,14 +44,17 @@ def infer(
     loss = torch.zeros((), dtype=torch.float64, device=device)
     pad_to = partial(batching.round_up, multiple=8 if device.type == "cuda" else 1)
     on_device = []  # read back after the last batch, so the host never waits for the device in between
-    for indices in batching.eval_batches(features.lengths, batch_size, ranks.rank, ranks.world):
-        batch = {k: v.to(device, non_blocking=True) for k, v in task.collate(features, indices, pad_id, pad_to).items()}
-        labels = batch.pop("labels")
-        with autocast(device, precision):
+    # One autocast context for every batch: the weights do not change, so their bf16 copies are cast once and
+    # reused (a context per batch casts all of them again for each one).
+    with autocast(device, precision):
+        for indices in batching.eval_batches(features.lengths, batch_size, ranks.rank, ranks.world):
+            collated = task.collate(features, indices, pad_id, pad_to)
+            batch = {k: v.to(device, non_blocking=True) for k, v in collated.items()}
+            labels = batch.pop("labels")
             logits = model(**batch).logits
-        if with_loss:
-            loss += task.loss_sum(logits, labels).double()
-        on_device.append((indices, output(logits)))
+            if with_loss:
+                loss += task.loss_sum(logits, labels).double()
+            on_device.append((indices, output(logits)))
     shard: dict[int, np.ndarray] = {}
     for indices, values in on_device:
         values = values.cpu().numpy()

@@ -28,7 +28,7 @@ from bertfit.files import TEMP_PREFIX, to_json, writing
 from bertfit.records import markdown_table, table_columns, table_rows
 from bertfit.runfolder import RunFolder
 from bertfit.tasks import LOWER_IS_BETTER
-from bertfit.tasks.profile import profile, summary_lines
+from bertfit.tasks.profile import cached_profile, summary_lines
 
 
 class Interrupted(Exception):
@@ -63,7 +63,7 @@ def log_start(run: Run) -> None:
     """The data profile, and the run's first log line: what it trains on, where, and how."""
     cfg = run.cfg
     profiling = time.perf_counter()
-    data_profile = profile(
+    data_profile = cached_profile(
         run.frames, run.task, run.spec, {k: f.full_lengths for k, f in run.features.items()}, cfg.max_length
     )
     run.timings["profile_seconds"] = time.perf_counter() - profiling
@@ -162,6 +162,7 @@ def run_loop(run: Run, resume: bool, console, reporter: Reporter | None = None) 
                     guard.last_norm,
                     state.train_seconds,
                 )
+                release_free_memory()
             if state.stop_reason == "diverged":
                 break
             if evaluate_now:
@@ -182,6 +183,7 @@ def run_loop(run: Run, resume: bool, console, reporter: Reporter | None = None) 
             f"loss or gradients; lower --lr or use --precision fp32/bf16 (last good checkpoint: "
             f"{last_good[-1] if last_good else 'none'})"
         )
+    release_free_memory()
     return finish(run, reporter)
 
 

@@ -28,7 +28,7 @@ from bertfit.engine.margins import MarginTracker
 from bertfit.engine.runlog import RunLog
 from bertfit.errors import BertfitError
 from bertfit.runfolder import RunFolder, check_contents, check_location
-from bertfit.tasks import Features, Task, task_for
+from bertfit.tasks import TASKS, Features, Task, task_for
 
 
 @dataclass
@@ -131,6 +131,7 @@ def prepare_data(
         cfg.test_split,
         cfg.seed,
         cfg.validation_fraction,
+        stratify_by=spec.label_column if TASKS[spec.task].stratifies else None,
     )
     model_max = min(int(getattr(tokenizer, "model_max_length", 512) or 512), 512)
     max_length = cfg.max_length or model_max
@@ -162,9 +163,12 @@ def prepare_data(
     }
     if test_split:
         frames["test"] = splits.frames[test_split]
+    if cfg.class_weights == "balanced":  # resolved from the training labels, and saved as numbers
+        cfg = cfg.resolved(class_weights=task.balanced_class_weights(frames["train"]))
+        task = task_for(cfg)
     tokenizing = time.perf_counter()
     with main_first(ranks):  # one rank tokenizes; the others memory-map its cache entry
-        features = {name: task.encode_cached(frame, tokenizer) for name, frame in frames.items()}
+        features = {name: task.encode_cached(frame, tokenizer, ranks.main) for name, frame in frames.items()}
     timings = {"load_seconds": inputs.seconds, "tokenize_seconds": time.perf_counter() - tokenizing}
     release_free_memory()
     return cfg, splits, task, frames, features, timings

@@ -64,6 +64,9 @@ def hyperparameters(cfg, device: str) -> list[str]:
         lines.append(f"weight_decay: {cfg.weight_decay:g}")
     if cfg.clip_norm:
         lines.append(f"max_grad_norm: {cfg.clip_norm:g}")
+    if isinstance(cfg.class_weights, list):
+        weights = ", ".join(f"{name} {w:g}" for name, w in zip(cfg.label_names or [], cfg.class_weights, strict=False))
+        lines.append(f"class_weights: {weights} (cross-entropy weighted by class; per-class recall below)")
     if cfg.precision in ("fp16", "bf16"):
         lines.append(f"mixed_precision_training: Native AMP ({cfg.precision}; fp32 master weights)")
     else:
@@ -258,6 +261,27 @@ def model_card(cfg, events: list[dict], summary: dict, profile, findings: list[d
                 [
                     [k, f"{v['precision']:.4f}", f"{v['recall']:.4f}", f"{v['f1']:.4f}", f"{v['support']:,}"]
                     for k, v in sorted(per_type.items())
+                ],
+            ),
+        ]
+    matrix = shown.get("confusion_matrix")
+    if matrix and len(matrix) <= 50:
+        names = cfg.label_names or [str(i) for i in range(len(matrix))]
+        predicted = [sum(row[j] for row in matrix) for j in range(len(matrix))]
+        body += [
+            "",
+            f"### Per class ({result_split})",
+            "",
+            markdown_table(
+                ["Class", "Precision", "Recall", "Support"],
+                [
+                    [
+                        names[i] if i < len(names) else str(i),
+                        f"{row[i] / predicted[i]:.4f}" if predicted[i] else "–",
+                        f"{row[i] / sum(row):.4f}" if sum(row) else "–",
+                        f"{sum(row):,}",
+                    ]
+                    for i, row in enumerate(matrix)
                 ],
             ),
         ]

@@ -275,7 +275,7 @@ def _collapse(events, evals, profile, summary, cfg, task) -> Finding | None:
     elif steps < SHORT_RUN:
         advice = f"train for more steps (now {steps}): early in training a model often predicts one class"
     elif imbalance >= IMBALANCE_RATIO:
-        advice = f"the training labels are imbalanced ({imbalance:.1f}:1): oversample the rare classes"
+        advice = f"the training labels are imbalanced ({imbalance:.1f}:1): {_imbalance_remedy(cfg)}"
     else:
         advice = "check that labels match texts (`bertfit inspect`) and that the labels are not shuffled"
     return Finding(
@@ -442,7 +442,7 @@ def _imbalance(events, evals, profile, summary, cfg, task) -> Finding | None:
     if recalls[worst] >= LOW_RECALL:
         return None
     balanced = "f1_macro" if len(names) > 2 else "f1"
-    advice = "oversample the rare classes"
+    advice = _imbalance_remedy(cfg)
     if cfg.metric_for_best != balanced:
         advice += f", and choose the checkpoint by {balanced} (metric_for_best: {balanced})"
     return Finding(
@@ -453,6 +453,14 @@ def _imbalance(events, evals, profile, summary, cfg, task) -> Finding | None:
         f"'{names[worst] if worst < len(names) else worst}' is {recalls[worst]:.2f}",
         advice,
     )
+
+
+def _imbalance_remedy(cfg) -> str:
+    """What to do about imbalance, given whether the loss was already weighted by class."""
+    if cfg.class_weights is None:
+        return "weight the loss by class (class_weights: balanced) or oversample the rare classes"
+    weights = ", ".join(f"{w:g}" for w in cfg.class_weights) if isinstance(cfg.class_weights, list) else "balanced"
+    return f"class weights were on ({weights}): raise the rare classes' weights further or oversample them"
 
 
 def _leakage(events, evals, profile, summary, cfg, task) -> Finding | None:

@@ -24,9 +24,18 @@ def build_task(
     extra_metrics: tuple[str, ...] = (),
     stride: int = 32,
     label_all_subtokens: bool = False,
+    class_weights: str | list[float] | None = None,
 ) -> Task:
     return TASKS[kind](
-        text_columns, label_column, label_names, max_length, truncation, extra_metrics, stride, label_all_subtokens
+        text_columns,
+        label_column,
+        label_names,
+        max_length,
+        truncation,
+        extra_metrics,
+        stride,
+        label_all_subtokens,
+        class_weights,
     )
 
 
@@ -42,4 +51,5 @@ def task_for(cfg) -> Task:
         tuple(cfg.metrics),
         cfg.stride,
         cfg.label_all_subtokens,
+        cfg.class_weights,
     )

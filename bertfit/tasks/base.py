@@ -3,11 +3,13 @@ fills in. Nothing outside `bertfit.tasks` asks which kind of task it holds: it a
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import itertools
 import json
 import os
 import shutil
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,6 +17,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+
+from bertfit.errors import BertfitError
 
 IGNORE = -100
 LOWER_IS_BETTER = {"loss", "mse"}
@@ -56,7 +60,8 @@ class Ragged:
         return cls(np.concatenate([part.flat for part in parts]), offsets.astype(np.int64))
 
     def __getitem__(self, row: int) -> np.ndarray:
-        return self.flat[self.offsets[row] : self.offsets[row + 1]]
+        start, end = self.offsets[row : row + 2]  # one read where the offsets are on disk
+        return self.flat[start:end]
 
     def __len__(self) -> int:
         return len(self.offsets) - 1
@@ -65,7 +70,8 @@ class Ragged:
         return (self[row] for row in range(len(self)))
 
     def lengths(self) -> np.ndarray:
-        return np.diff(self.offsets)
+        """int32: the only per-example array a training process keeps in memory, besides the epoch's order."""
+        return np.diff(np.asarray(self.offsets)).astype(np.int32)
 
 
 @dataclass
@@ -84,7 +90,7 @@ class Features:
     def __post_init__(self) -> None:
         self.lengths = self.input_ids.lengths()
         if isinstance(self.labels, Ragged):
-            labelled = (self.labels.flat != IGNORE).astype(np.int64)
+            labelled = (np.asarray(self.labels.flat) != IGNORE).astype(np.int64)
             self.items = np.add.reduceat(labelled, self.labels.offsets[:-1]) if len(self.labels) else labelled
         else:  # one loss term per feature: a read-only view of a single 1, not an array per example
             self.items = np.broadcast_to(np.int64(1), (len(self.input_ids),))
@@ -129,14 +135,11 @@ class Features:
 
     @classmethod
     def load(cls, folder: Path) -> Features:
-        """Every array memory-mapped read-only: DDP ranks on one machine share the page cache's one copy."""
+        """Every array read from its file as needed (`DiskArray`); only the lengths are computed into memory."""
         manifest = json.loads((folder / MANIFEST).read_text())
 
-        def read(name: str) -> np.ndarray:
-            dtype, length = np.dtype(manifest[name]["dtype"]), manifest[name]["length"]
-            if length == 0:  # an empty file cannot be mapped
-                return np.zeros(0, dtype=dtype)
-            return np.memmap(folder / f"{name}.bin", dtype=dtype, mode="r", shape=(length,))
+        def read(name: str) -> DiskArray:
+            return DiskArray(folder / f"{name}.bin", manifest[name]["dtype"], manifest[name]["length"])
 
         offsets = read("offsets")
         values = {}
@@ -149,6 +152,42 @@ class Features:
 
 
 MANIFEST = "arrays.json"
+
+
+class DiskArray:
+    """A cached 1-D array read from its file with pread, a slice, a row or a batch of rows at a time. Not a memory
+    map: a mapped page faulted in by a random read brings its neighbours with it (the kernel's fault-around, 64 KB),
+    so two hundred steps over ten million examples made 1 GB of the cache resident in the process. Here the page
+    cache holds the files, once for all DDP ranks on the machine, and the process only the rows at hand."""
+
+    def __init__(self, path: Path, dtype, length: int):
+        self.path, self.dtype, self.length = path, np.dtype(dtype), length
+        self.fd = os.open(path, os.O_RDONLY)
+
+    def __len__(self) -> int:
+        return self.length
+
+    def _read(self, start: int, count: int) -> np.ndarray:
+        size = self.dtype.itemsize
+        return np.frombuffer(os.pread(self.fd, max(0, count) * size, start * size), dtype=self.dtype)
+
+    def __getitem__(self, key):
+        if isinstance(key, slice):
+            start, stop, step = key.indices(self.length)
+            return self._read(start, stop - start)[::step]
+        if isinstance(key, (int, np.integer)):
+            if not -self.length <= key < self.length:
+                raise IndexError(f"index {key} out of range for {self.length} rows")
+            return self._read(int(key) % self.length, 1)[0]
+        rows = np.asarray(key, dtype=np.int64)
+        return np.array([self[int(row)] for row in rows.ravel()], dtype=self.dtype).reshape(rows.shape)
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        return np.fromfile(self.path, dtype=self.dtype, count=self.length).astype(dtype or self.dtype, copy=False)
+
+    def __del__(self) -> None:
+        with contextlib.suppress(OSError, AttributeError):
+            os.close(self.fd)
 
 
 class FeatureWriter:
@@ -194,6 +233,26 @@ class FeatureWriter:
         for handle in self.handles.values():
             handle.close()
         shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+# Splits smaller than this tokenize in a few seconds: no progress bar.
+PROGRESS_ROWS = 200_000
+
+
+@contextlib.contextmanager
+def progress_bar(description: str, total: int, show: bool):
+    """A transient rich progress bar on a terminal's stderr, advanced by the callback it yields; nothing in logs,
+    pipes or CI, and nothing for small data."""
+    if not (show and total >= PROGRESS_ROWS and sys.stderr.isatty()):
+        yield lambda done: None
+        return
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+    with Progress(*columns, console=Console(stderr=True), transient=True) as progress:
+        task = progress.add_task(description, total=total)
+        yield lambda done: progress.advance(task, done)
 
 
 def _cache_key(*parts: object) -> str:
@@ -256,6 +315,8 @@ class Task:
     loss_unit: str  # what the loss is averaged over
     tracks_accuracy = False  # whether training accuracy can be counted from the logits
     finds_mislabeled = False  # whether a training example's margin (given label vs the rest) is defined
+    stratifies = False  # whether a carved validation split keeps the label's class shares
+    weighs_classes = False  # whether the loss takes class weights
 
     def __init__(
         self,
@@ -267,7 +328,13 @@ class Task:
         extra_metrics: tuple[str, ...] = (),
         stride: int = 32,
         label_all_subtokens: bool = False,
+        class_weights: str | list[float] | None = None,
     ):
+        if class_weights is not None and not self.weighs_classes:
+            raise BertfitError(
+                f"class_weights apply to classification; this is a {self.kind} task: remove class_weights"
+            )
+        self.class_weights = class_weights
         self.text_columns = text_columns
         self.label_column = label_column
         self.label_names = label_names
@@ -305,9 +372,10 @@ class Task:
     def encode(self, frame: pd.DataFrame, tokenizer) -> Features:
         return Features.concat(list(self.encode_chunks(frame, tokenizer)))
 
-    def encode_cached(self, frame: pd.DataFrame, tokenizer, progress: Callable[[int], None] | None = None) -> Features:
+    def encode_cached(self, frame: pd.DataFrame, tokenizer, show_progress: bool = False) -> Features:
         """Tokenize once per (data, tokenizer, settings): reruns and resumes read the cached features, which are
-        written chunk by chunk as they are encoded and then memory-mapped."""
+        written chunk by chunk as they are encoded and then memory-mapped. `show_progress`: a progress bar on a
+        terminal when the split is large."""
         columns = self.text_columns + ([self.label_column] if self.label_column in frame.columns else [])
         key = _cache_key(
             CACHE_FORMAT,
@@ -327,8 +395,9 @@ class Task:
         except OSError:  # a read-only cache only costs the next run a re-tokenization
             return self.encode(frame, tokenizer)
         try:
-            for part in self.encode_chunks(frame, tokenizer, progress):
-                writer.add(part)
+            with progress_bar(f"tokenizing {len(frame):,} rows", len(frame), show_progress) as advance:
+                for part in self.encode_chunks(frame, tokenizer, advance):
+                    writer.add(part)
             writer.close()
             return Features.load(path)
         except OSError:  # a full disk: nothing half-written stays behind, and the run goes on from memory
@@ -368,7 +437,7 @@ class Task:
         return batch
 
     def collate_labels(self, features: Features, indices: np.ndarray, width: int) -> torch.Tensor:
-        return torch.from_numpy(np.asarray(features.labels)[indices])
+        return torch.from_numpy(np.asarray(features.labels[indices]))
 
     def metric_names(self) -> tuple[str, ...]:
         """The scalar metrics `metrics()` reports, besides the loss."""

@@ -6,9 +6,11 @@ import math
 
 import numpy as np
 import pandas as pd
+import torch
 import torch.nn.functional as F
 
 from bertfit.data.schema import label_key
+from bertfit.errors import BertfitError
 from bertfit.tasks.sequence import SequenceTask
 
 
@@ -16,10 +18,25 @@ class ClassificationTask(SequenceTask):
     kind = "classification"
     tracks_accuracy = True
     finds_mislabeled = True
+    stratifies = True
+    weighs_classes = True
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.primary_metric = "matthews" if "matthews" in self.extra_metrics else "accuracy"
+        weights = self.class_weights
+        if isinstance(weights, list) and len(weights) != len(self.label_names):
+            raise BertfitError(
+                f"class_weights has {len(weights)} weights but there are {len(self.label_names)} classes "
+                f"({', '.join(self.label_names[:6])}); give one per class, in that order, or 'balanced'"
+            )
+        self._weights: dict = {}  # the weights as a tensor, per device
+
+    def balanced_class_weights(self, frame: pd.DataFrame) -> list[float]:
+        """n / (classes × count) per class, scikit-learn's 'balanced'; a class absent from training weighs 1."""
+        counts = np.bincount(self.label_ids(frame), minlength=len(self.label_names))
+        present = max(1, int((counts > 0).sum()))
+        return [round(len(frame) / (present * c), 6) if c else 1.0 for c in counts.tolist()]
 
     def label_ids(self, frame: pd.DataFrame) -> np.ndarray:
         """By name first (class names, or integer labels named by their number), else as ids 0..K-1. Over the
@@ -50,7 +67,18 @@ class ClassificationTask(SequenceTask):
         return ("accuracy", *names) + (("matthews",) if "matthews" in self.extra_metrics else ())
 
     def loss_sum(self, logits, labels):
-        return F.cross_entropy(logits.float(), labels, reduction="sum")
+        # Summed, then divided by the step's example count (not its total weight), so that a step's gradient is
+        # the same whatever the accumulation or world size; balanced weights average 1 over the training data.
+        return F.cross_entropy(logits.float(), labels, weight=self._weight_tensor(logits.device), reduction="sum")
+
+    def _weight_tensor(self, device):
+        if self.class_weights is None:
+            return None
+        if not isinstance(self.class_weights, list):
+            raise RuntimeError("class_weights 'balanced' must be resolved (balanced_class_weights) before training")
+        if device not in self._weights:
+            self._weights[device] = torch.tensor(self.class_weights, dtype=torch.float32, device=device)
+        return self._weights[device]
 
     def margins(self, logits, labels):
         logits = logits.float()

@@ -3,19 +3,24 @@ leakage, tag repairs."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import contextlib
+import hashlib
+import json
+from dataclasses import asdict, dataclass
 
 import numpy as np
 import pandas as pd
 
 from bertfit.data.schema import DataSpec
-from bertfit.tasks.base import Task
+from bertfit.errors import BertfitError
+from bertfit.files import atomic_write_text, to_json
+from bertfit.tasks.base import Task, cache_dir, frame_fingerprint
 
 PERCENTILES = (50, 90, 95, 99)
 SUBSTANTIVE_WORDS = 5  # a shared text this long or longer is a copied example, not a common phrase
-# Python's Unicode \w and \s in RE2's terms (Arrow's regex engine, whose own \w and \s are ASCII-only).
-_SPACE = r"\s\p{Z}\x{85}\x{0b}\x{1c}-\x{1f}"
-_NOT_WORD = rf"[^\p{{L}}\p{{N}}_{_SPACE}]"
+# A run of anything but Python's Unicode \w, in RE2's terms (Arrow's regex engine, whose own \w is ASCII-only):
+# punctuation and spacing together, so one pass replaces both.
+_NOT_WORDS = r"[^\p{L}\p{N}_]+"
 
 
 # Rows profiled at a time: each chunk's texts exist as Python strings only while they are hashed.
@@ -28,8 +33,7 @@ def _normalise(values):
     import pyarrow.compute as pc
 
     values = pc.utf8_lower(pc.replace_substring(values, "<br />", " "))
-    values = pc.replace_substring_regex(values, _NOT_WORD, " ")
-    return pc.utf8_trim(pc.replace_substring_regex(values, f"[{_SPACE}]+", " "), " ")
+    return pc.utf8_trim(pc.replace_substring_regex(values, _NOT_WORDS, " "), " ")
 
 
 def _arrow(texts: pd.Series):
@@ -44,8 +48,10 @@ def normalise_texts(texts: pd.Series) -> pd.Series:
 
 
 def _row_hashes(values) -> np.ndarray:
-    """64-bit hashes of Arrow strings: set membership over millions of texts without Python string sets."""
-    return pd.util.hash_array(values.to_numpy(zero_copy_only=False))
+    """64-bit hashes of Arrow strings: set membership over millions of texts without Python string sets. Python's
+    own string hash (SipHash, salted per process, which is all one profile needs): 13x faster than pandas' hash."""
+    texts = values.to_numpy(zero_copy_only=False)
+    return np.fromiter(map(hash, texts), dtype=np.int64, count=len(texts))
 
 
 @dataclass
@@ -75,20 +81,26 @@ class TextSummary:
 
 
 def _duplicates(hashes: np.ndarray) -> int:
-    return len(hashes) - len(np.unique(hashes))
+    return len(hashes) - len(pd.unique(hashes))  # a hash table, not a sort: 18x faster than np.unique here
 
 
-def length_stats(full_lengths: np.ndarray, max_length: int) -> dict:
+def length_stats(full_lengths: np.ndarray, max_length: int, rows: int | None = None) -> dict:
+    """Token counts before truncation; from a sample when `rows` (the split's size) is larger than the sample, with
+    the truncated count scaled to the split and the sample size recorded."""
     counts, edges = np.histogram(full_lengths, bins=min(50, max(1, len(np.unique(full_lengths)))))
-    return {
+    share = float((full_lengths > max_length).mean())
+    stats = {
         "percentiles": {f"p{p}": int(np.percentile(full_lengths, p)) for p in PERCENTILES},
         "mean": float(full_lengths.mean()),
         "max": int(full_lengths.max()),
         "max_length": max_length,
         "truncated": int((full_lengths > max_length).sum()),
-        "truncated_share": float((full_lengths > max_length).mean()),
+        "truncated_share": share,
         "histogram": {"counts": counts.tolist(), "edges": [float(e) for e in edges]},
     }
+    if rows is not None and rows > len(full_lengths):
+        stats.update(sampled=len(full_lengths), truncated=round(share * rows))
+    return stats
 
 
 def profile(
@@ -116,7 +128,7 @@ def profile(
             elif train_labels:
                 split["labels_not_in_train"] = sorted(set(split["labels"]) - train_labels)
         if full_lengths is not None and name in full_lengths:
-            split["tokens"] = length_stats(np.asarray(full_lengths[name]), max_length)
+            split["tokens"] = length_stats(np.asarray(full_lengths[name]), max_length, len(frame))
         result["splits"][name] = split
     if "train" in frames:
         train = texts["train"]
@@ -142,6 +154,35 @@ def profile(
     return result
 
 
+# Part of the profile cache key: profiles computed by an older definition are never read.
+PROFILE_FORMAT = 1
+
+
+def cached_profile(
+    frames: dict[str, pd.DataFrame],
+    task: Task,
+    spec: DataSpec,
+    full_lengths: dict[str, np.ndarray],
+    max_length: int,
+) -> dict:
+    """`profile`, read back when the same data, lengths and settings were profiled before (a rerun, a resume,
+    `inspect` then `train`): ten million rows take half a minute to profile and two seconds to fingerprint."""
+    digest = hashlib.sha256(to_json([PROFILE_FORMAT, task.kind, task.settings(), asdict(spec), max_length]).encode())
+    for name, frame in frames.items():
+        columns = [c for c in (*task.text_columns, task.label_column) if c in frame.columns]
+        digest.update(name.encode() + frame_fingerprint(frame, columns))
+        if name in full_lengths:
+            digest.update(np.ascontiguousarray(full_lengths[name]).tobytes())
+    path = cache_dir().parent / "profiles" / f"{digest.hexdigest()[:24]}.json"
+    with contextlib.suppress(OSError, ValueError):
+        return json.loads(path.read_text(encoding="utf-8"))
+    result = profile(frames, task, spec, full_lengths, max_length)
+    with contextlib.suppress(OSError, BertfitError):  # a read-only or full cache only costs the next profile
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(path, to_json(result))
+    return result
+
+
 def summary_lines(report: dict) -> list[str]:
     """One line per split, for the log and the card."""
     lines = []
@@ -160,6 +201,7 @@ def summary_lines(report: dict) -> list[str]:
             parts.append(
                 f"tokens p50 {tokens['percentiles']['p50']}, p95 {tokens['percentiles']['p95']}, "
                 f"max {tokens['max']}; {tokens['truncated_share']:.1%} truncated at {tokens['max_length']}"
+                + (f" (from a sample of {tokens['sampled']:,} rows)" if "sampled" in tokens else "")
             )
         if split["duplicates"]:
             parts.append(f"{split['duplicates']:,} duplicates")
