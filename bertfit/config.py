@@ -160,6 +160,12 @@ class Config(BaseModel):
         "bucket", description="bucket (length-grouped batches), dynamic, or none (pad to max_length)"
     )
     compile: bool | None = Field(None, description="torch.compile the model [default: on GPU only]")
+    device: Literal["auto", "cuda", "mps", "cpu"] = Field(
+        "auto", description="where to train: auto picks a CUDA GPU, else Apple's mps, else the CPU"
+    )
+    gradient_checkpointing: bool = Field(
+        False, description="recompute activations in the backward pass: less memory, about a third slower"
+    )
 
     # Reliability
     checkpoint_every: int | None = Field(

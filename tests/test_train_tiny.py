@@ -169,3 +169,52 @@ def test_balanced_class_weights_are_resolved_saved_and_shown(tiny_bert, tmp_path
     assert recipe["class_weights"] == pytest.approx(expected.tolist(), rel=1e-5)
     card = (out / "README.md").read_text()
     assert "- class_weights: 0 " in card and "### Per class (validation)" in card
+
+
+def test_gradient_checkpointing_recomputes_layers_and_trains_the_same(
+    tiny_bert_no_dropout, tmp_path, capsys, monkeypatch
+):
+    import transformers.modeling_utils as modeling
+
+    calls = []
+    checkpoint = modeling.checkpoint
+    monkeypatch.setattr(modeling, "checkpoint", lambda *a, **k: calls.append(1) or checkpoint(*a, **k))
+    base = ["--max-steps", 4, "--eval-every", 2, "--precision", "fp32", "--batch-size", 8]
+    plain, saver = tmp_path / "plain", tmp_path / "checkpointed"
+    assert run_cli(sample_run_args(tiny_bert_no_dropout, plain, *base), capsys)[0] == 0
+    assert not calls
+    assert run_cli(sample_run_args(tiny_bert_no_dropout, saver, *base, "--gradient-checkpointing"), capsys)[0] == 0
+    assert "gradient_checkpointing: true" in (saver / "recipe.yaml").read_text()
+    assert len(calls) >= 2 * 4  # every layer of every training step
+    evals = [
+        [e for e in log_without_timings(folder / "log.jsonl") if e["event"] == "eval"] for folder in (plain, saver)
+    ]
+    for a, b in zip(*evals, strict=True):
+        assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-5)
+        assert a["metrics"]["loss"] == pytest.approx(b["metrics"]["loss"], rel=1e-5)
+    assert "- gradient_checkpointing: true" in (saver / "README.md").read_text()
+
+
+def test_a_device_that_is_not_there_is_one_line(tiny_bert, tmp_path, capsys):
+    code, _, stderr = run_cli(tiny_args(tiny_bert, tmp_path / "run", "--device", "cuda"), capsys)
+    assert code == 2 and "device 'cuda' is not available on this machine (found: cpu)" in stderr
+    assert not (tmp_path / "run").exists()
+
+
+def test_training_steps_run_in_training_mode_and_evaluation_in_eval_mode(tiny_bert, tmp_path, capsys, monkeypatch):
+    """from_pretrained hands back a model in eval mode; training must switch dropout on, evaluation off."""
+    from bertfit import models
+
+    modes = []
+    load = models.load_model
+
+    def spied(*args, **kwargs):
+        model = load(*args, **kwargs)
+        model.register_forward_pre_hook(lambda module, _: modes.append((torch.is_grad_enabled(), module.training)))
+        return model
+
+    monkeypatch.setattr(models, "load_model", spied)
+    assert run_cli(tiny_args(tiny_bert, tmp_path / "run"), capsys)[0] == 0
+    training = {mode for grad, mode in modes if grad}
+    evaluating = {mode for grad, mode in modes if not grad}
+    assert training == {True} and evaluating == {False}

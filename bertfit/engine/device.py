@@ -45,17 +45,20 @@ class Dist:
         return self.world > 1
 
 
-def init_distributed() -> tuple[Dist, torch.device]:
+def init_distributed(choice: str = "auto") -> tuple[Dist, torch.device]:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank, local_rank = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
+    device = default_device(choice)
+    if world > 1 and device.type == "mps":
+        raise BertfitError("training on several processes needs CUDA GPUs or CPUs (mps has no DDP); use --device cpu")
     if world > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-    if torch.cuda.is_available():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    if device.type == "cuda":
         torch.cuda.set_device(local_rank)
         # Signals are agreed on every step; over NCCL that would make each step wait for the GPU.
         host_group = dist.new_group(backend="gloo") if world > 1 else None
         return Dist(rank, world, local_rank, host_group), torch.device("cuda", local_rank)
-    return Dist(rank, world, local_rank), torch.device("cpu")
+    return Dist(rank, world, local_rank), device
 
 
 @contextlib.contextmanager
@@ -68,8 +71,15 @@ def main_first(ranks: Dist):
         dist.barrier(group=ranks.host_group)
 
 
-def default_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+def default_device(choice: str = "auto") -> torch.device:
+    """`auto`: a CUDA GPU, else Apple's GPU (mps), else the CPU; a device asked for by name must be there."""
+    available = {"cuda": torch.cuda.is_available(), "mps": torch.backends.mps.is_available(), "cpu": True}
+    if choice == "auto":
+        return torch.device(next(name for name, present in available.items() if present))
+    if not available[choice]:
+        found = ", ".join(name for name, present in available.items() if present)
+        raise BertfitError(f"device '{choice}' is not available on this machine (found: {found}); use --device auto")
+    return torch.device(choice)
 
 
 def agreed(signum: int, ranks: Dist) -> int:

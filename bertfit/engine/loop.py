@@ -95,6 +95,9 @@ def run_loop(run: Run, resume: bool, console, reporter: Reporter | None = None) 
     cfg, state, ranks, task = run.cfg, run.state, run.dist, run.task
     if not resume and ranks.main:
         log_start(run)
+    # from_pretrained returns the model in eval mode: without this, dropout (and gradient checkpointing, which
+    # only acts in training mode) would be off for the whole run. Evaluation restores the mode it finds.
+    run.model.train()
     pad_id, pad_to = run.tokenizer.pad_token_id, padding_rule(cfg, run.device)
     train_features = run.features["train"]
     progress = run.log.progress(console, run.total_steps, state.step)

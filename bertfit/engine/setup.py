@@ -113,7 +113,7 @@ def protected_inputs(cfg: Config) -> dict[str, Path | None]:
 def preflight(cfg: Config, resume: bool, overwrite: bool) -> None:
     """Run by `--nproc` before launching workers, so that a mistake is one line from the launcher rather than one
     per worker and a torchrun traceback."""
-    inputs = check_inputs(cfg, default_device())
+    inputs = check_inputs(cfg, default_device(cfg.device))
     check_location(inputs.out, protected_inputs(cfg))
     if inputs.out.is_dir():
         check_contents(inputs.out, resume, overwrite)
@@ -209,7 +209,7 @@ def plan_epoch(cfg: Config, features: Features, epoch: int) -> list[np.ndarray]:
 
 
 def setup(cfg: Config, folder: RunFolder | None, resume: bool = False, overwrite: bool = False) -> Run:
-    ranks, device = init_distributed()
+    ranks, device = init_distributed(cfg.device)
     inputs = check_inputs(cfg, device)
     compile_model = device.type == "cuda" if cfg.compile is None else cfg.compile
     model_path = models.resolve_model(cfg.model)
@@ -230,6 +230,20 @@ def setup(cfg: Config, folder: RunFolder | None, resume: bool = False, overwrite
         )
     torch.manual_seed(cfg.seed)
     model = models.load_model(model_path, task.auto_model, task.head_config(), cfg.trust_remote_code).to(device)
+    if cfg.gradient_checkpointing:
+        if not model.supports_gradient_checkpointing:
+            raise BertfitError(
+                f"model '{cfg.model}' ({type(model).__name__}) does not support gradient checkpointing; "
+                "remove gradient_checkpointing or use a smaller batch with --grad-accum"
+            )
+        # Non-reentrant: works with torch.compile and DDP, and replays dropout's random state exactly. transformers
+        # renamed the switch (activation_checkpointing_enable); older releases (5.17 on the GPU image) have only
+        # gradient_checkpointing_enable.
+        kwargs = {"use_reentrant": False}
+        if hasattr(model, "activation_checkpointing_enable"):
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+        else:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
     forward = torch.compile(model) if compile_model else model
     if ranks.enabled:
         forward = torch.nn.parallel.DistributedDataParallel(

@@ -76,6 +76,8 @@ def hyperparameters(cfg, device: str) -> list[str]:
         f"padding: {cfg.padding}",
         f"torch_compile: {bool(cfg.compile)}",
     ]
+    if cfg.gradient_checkpointing:
+        lines.append("gradient_checkpointing: true")
     return lines
 
 
