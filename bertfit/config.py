@@ -99,7 +99,9 @@ class Config(BaseModel):
     )
     max_train_samples: int | None = Field(None, gt=0, description="seeded random subset of the training split")
     max_eval_samples: int | None = Field(None, gt=0, description="seeded random subset of the validation split")
-    max_length: int | None = Field(None, ge=8, description="max tokens per example [default: the model's, up to 512]")
+    max_length: int | None = Field(
+        None, ge=8, description="max tokens per example [default: the model's own: 512 for BERT, 8,192 for ModernBERT]"
+    )
     truncation: Literal["head", "tail", "head+tail"] = Field("head", description="which part of a longer text to keep")
     label_all_subtokens: bool = Field(False, description="token task: label every sub-token, not just the first")
     stride: int = Field(32, ge=0, description="token task: overlap between windows of a long sentence")

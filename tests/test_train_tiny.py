@@ -218,3 +218,18 @@ def test_training_steps_run_in_training_mode_and_evaluation_in_eval_mode(tiny_be
     training = {mode for grad, mode in modes if grad}
     evaluating = {mode for grad, mode in modes if not grad}
     assert training == {True} and evaluating == {False}
+
+
+def test_a_model_that_takes_more_than_512_tokens_gets_its_own_maximum(tmp_path, capsys):
+    """ModernBERT takes 8,192 positions: bertfit lets it read 1,024 tokens of an IMDB review; BERT stops at 512."""
+    import yaml
+    from conftest import make_tiny_modernbert
+
+    model = make_tiny_modernbert(tmp_path / "tiny-modernbert")
+    out = tmp_path / "run"
+    args = ["--max-steps", 2, "--eval-every", 2, "--batch-size", 4, "--max-length", 1024]
+    code, _, stderr = run_cli(sample_run_args(model, out, *args, data=SAMPLES / "imdb_100.jsonl"), capsys)
+    assert code == 0, stderr
+    assert yaml.safe_load((out / "recipe.yaml").read_text())["max_length"] == 1024
+    tokens = json.loads((out / "data_profile.json").read_text())["splits"]["train"]["tokens"]
+    assert tokens["max"] > 512 and tokens["max_length"] == 1024

@@ -133,7 +133,7 @@ def prepare_data(
         cfg.validation_fraction,
         stratify_by=spec.label_column if TASKS[spec.task].stratifies else None,
     )
-    model_max = min(int(getattr(tokenizer, "model_max_length", 512) or 512), 512)
+    model_max = models.max_tokens(tokenizer)
     max_length = cfg.max_length or model_max
     if max_length > model_max:
         raise BertfitError(f"max_length {max_length} is longer than the model accepts ({model_max}); lower it")
