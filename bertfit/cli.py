@@ -294,7 +294,10 @@ def print_profile(report: dict) -> None:
         table.add_row(
             name,
             f"{split['rows']:,}",
-            ", ".join(f"{k} {v:,}" if isinstance(v, int) else f"{k} {v:.2f}" for k, v in labels.items()),
+            ", ".join(
+                f"{k} {v:,}" if isinstance(v, int) else f"{k} –" if v is None or v != v else f"{k} {v:.2f}"  # NaN
+                for k, v in labels.items()
+            ),
             f"{split['imbalance_ratio']:.2f}" if "imbalance_ratio" in split else "",
             f"{tokens['percentiles']['p50']}/{tokens['percentiles']['p95']}/{tokens['max']}" if tokens else "",
             f"{'~' if 'sampled' in tokens else ''}{tokens['truncated_share']:.1%} at {tokens['max_length']}"

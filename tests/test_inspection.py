@@ -151,3 +151,18 @@ def test_a_profile_is_read_back_for_the_same_data_and_redone_for_changed_data(mo
     changed = frame.assign(text=["a good film", "bad", "worse", "fine"])
     assert profiling.cached_profile({"train": changed}, task, spec, lengths, 512) == {"fresh": True}
     assert profiling.cached_profile({"train": frame}, task, spec, lengths, 256) == {"fresh": True}
+
+
+def test_inspect_prints_a_profile_read_back_with_an_undefined_statistic(tmp_path, capsys, monkeypatch):
+    """A one-row split has no standard deviation: NaN, stored as null, must print as a dash the second time too."""
+    from conftest import run_cli
+
+    monkeypatch.setenv("BERTFIT_CACHE", str(tmp_path / "cache"))
+    folder = tmp_path / "scores"
+    folder.mkdir()
+    (folder / "train.csv").write_text("sentence1,sentence2,score\na,b,1.5\nc,d,2.5\ne,f,0.5\n")
+    (folder / "validation.csv").write_text("sentence1,sentence2,score\ng,h,3.5\n")
+    for _ in range(2):  # computed, then read back from the profile cache
+        code, out, err = run_cli(["inspect", "--data", folder, "--model", "minilm"], capsys)
+        assert code == 0, err
+        assert "–" in out and "nan" not in out

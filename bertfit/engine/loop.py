@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import os
 import shutil
@@ -67,7 +66,7 @@ def log_start(run: Run) -> None:
         run.frames, run.task, run.spec, {k: f.full_lengths for k, f in run.features.items()}, cfg.max_length
     )
     run.timings["profile_seconds"] = time.perf_counter() - profiling
-    run.folder.write_text("data_profile.json", json.dumps(data_profile, indent=2))
+    run.folder.write_text("data_profile.json", to_json(data_profile, indent=2))  # NaN (one-row std) as null
     release_free_memory()
     run.log.event(
         "start",

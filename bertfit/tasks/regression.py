@@ -37,11 +37,12 @@ class RegressionTask(SequenceTask):
         return [{"score": float(s[0])} for s in scores]
 
     def label_profile(self, frame, text_hashes):
-        labels = frame[self.label_column]
+        # Plain floats: a nullable column's std of one row is pd.NA, which float() refuses; NaN is written as null.
+        labels = frame[self.label_column].to_numpy(dtype=float, na_value=np.nan)
         return {
             "label_stats": {
                 "mean": float(labels.mean()),
-                "std": float(labels.std()),
+                "std": float(labels.std(ddof=1)) if len(labels) > 1 else float("nan"),
                 "min": float(labels.min()),
                 "max": float(labels.max()),
             }
