@@ -273,3 +273,27 @@ def test_the_doctor_advises_class_weights_and_says_when_they_were_on():
 
     assert "class_weights: balanced" in _imbalance_remedy(Config())
     assert "class weights were on (1, 9)" in _imbalance_remedy(Config(class_weights=[1, 9]))
+
+
+@pytest.mark.parametrize("n_classes", [2, 3, 5])
+@pytest.mark.parametrize("seed", range(4))
+def test_classification_metrics_equal_scikit_learns(n_classes, seed):
+    from sklearn import metrics
+
+    from bertfit.tasks.classification import classification_metrics
+
+    rng = np.random.default_rng(seed)
+    size = [1, 7, 50, 400][seed]
+    labels = rng.integers(0, n_classes, size)
+    predictions = np.where(rng.random(size) < 0.6, labels, rng.integers(0, n_classes - (seed == 3), size))
+    ours = classification_metrics(labels, predictions, n_classes, matthews=True)
+    average = {"average": "binary", "pos_label": 1} if n_classes == 2 else {"average": "macro"}
+    kwargs = {**average, "labels": list(range(n_classes)) if n_classes > 2 else None, "zero_division": 0}
+    suffix = "" if n_classes == 2 else "_macro"
+    assert ours["accuracy"] == pytest.approx(metrics.accuracy_score(labels, predictions))
+    assert ours["f1" + suffix] == pytest.approx(metrics.f1_score(labels, predictions, **kwargs))
+    assert ours["precision" + suffix] == pytest.approx(metrics.precision_score(labels, predictions, **kwargs))
+    assert ours["recall" + suffix] == pytest.approx(metrics.recall_score(labels, predictions, **kwargs))
+    assert ours["matthews"] == pytest.approx(metrics.matthews_corrcoef(labels, predictions))
+    expected = metrics.confusion_matrix(labels, predictions, labels=list(range(n_classes)))
+    assert ours["confusion_matrix"] == expected.tolist()
