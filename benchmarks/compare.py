@@ -4,6 +4,8 @@
                                               # bf16 vs bertfit's defaults (2-core CPU target)
     python benchmarks/compare.py cpu-throughput  # bert-base-sized random-init model, IMDB at 128 tokens, CPU
     python benchmarks/compare.py ner          # minilm, CoNLL-2003, run_ner-style Trainer vs bertfit (F1 side by side)
+    python benchmarks/compare.py multilabel   # minilm, go_emotions (28 labels) 12,000 seeded examples, 2 epochs: the
+                                              # Trainer's multi-label head at threshold 0.5 vs bertfit's tuned one
     python benchmarks/compare.py gpu          # minilm, full IMDB, seed recipe (lr 2e-5, bs 16, 3 epochs, linear, AMP)
     python benchmarks/compare.py throughput   # bert-base-sized random-init model, IMDB-length data, bs 16 and 32 (GPU)
 
@@ -55,6 +57,21 @@ MODES = {
         "scheduler": "linear",
         "seed": 42,
         "precision": "fp32",
+        "eval_split": "validation",
+        "test_split": "test",
+    },
+    "multilabel": {
+        "model": "minilm",
+        "data": "go_emotions",
+        "max_train_samples": 12000,
+        "epochs": 2,
+        "batch_size": 32,
+        "eval_batch_size": 64,
+        "lr": 5e-5,
+        "max_length": 128,
+        "scheduler": "linear",
+        "seed": 42,
+        "precision": "auto",
         "eval_split": "validation",
         "test_split": "test",
     },
@@ -155,7 +172,9 @@ def hf_side(recipe: dict, bf16: bool = False) -> dict:
     )
 
     from bertfit.models import quiet_transformers, resolve_model
+    from bertfit.tasks import build_task
     from bertfit.tasks.classification import classification_metrics
+    from bertfit.tasks.multilabel import multi_label_metrics
     from bertfit.tasks.token import token_metrics
 
     quiet_transformers()
@@ -163,7 +182,7 @@ def hf_side(recipe: dict, bf16: bool = False) -> dict:
     frames, spec = load_frames(recipe)
     path = resolve_model(recipe["model"])
     tokenizer = AutoTokenizer.from_pretrained(path)
-    token_task = spec.task == "token"
+    token_task, multi_label = spec.task == "token", spec.task == "multi_label"
     names = spec.label_names
     tokenize_started = time.perf_counter()
 
@@ -189,6 +208,9 @@ def hf_side(recipe: dict, bf16: bool = False) -> dict:
             )
         columns = [frame[c].astype(str).tolist() for c in spec.text_columns]
         enc = tokenizer(*columns, truncation=True, max_length=recipe["max_length"])
+        if multi_label:  # float 0/1 targets per label, as BCEWithLogitsLoss takes them
+            targets = build_task(spec.task, spec.text_columns, spec.label_column, names, 512).label_ids(frame)
+            return Dataset.from_dict({**enc, "labels": targets.astype("float32").tolist()})
         return Dataset.from_dict({**enc, "labels": frame[spec.label_column].astype(int).tolist()})
 
     datasets = {name: encode(frame) for name, frame in frames.items()}
@@ -204,11 +226,19 @@ def hf_side(recipe: dict, bf16: bool = False) -> dict:
         collator = DataCollatorForTokenClassification(tokenizer)
     else:
         # fp32 master weights, as bertfit loads them: the staged GPU model is fp16, which AMP cannot train.
-        model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=len(names), dtype=torch.float32)
+        model = AutoModelForSequenceClassification.from_pretrained(
+            path,
+            num_labels=len(names),
+            dtype=torch.float32,
+            **({"problem_type": "multi_label_classification"} if multi_label else {}),
+        )
         collator = DataCollatorWithPadding(tokenizer)
 
     def compute_metrics(prediction):
         logits, labels = prediction
+        if multi_label:  # the usual recipe: a sigmoid per label, cut at 0.5
+            decided = 1 / (1 + np.exp(-logits)) >= 0.5
+            return {k: v for k, v in multi_label_metrics(labels >= 0.5, decided, names).items() if k != "per_label"}
         predicted = np.argmax(logits, axis=-1)
         if not token_task:
             return classification_metrics(labels, predicted, len(names), False)
@@ -519,6 +549,18 @@ def machine() -> str:
     return f"CPU {platform.machine()}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads"
 
 
+REPORTED_METRICS = (
+    "accuracy",
+    "f1",
+    "precision",
+    "recall",
+    "micro_f1",
+    "macro_f1",
+    "micro_precision",
+    "micro_recall",
+    "subset_accuracy",
+    "hamming_loss",
+)
 # What each side reports, in the tables' order: title, key, format.
 MEASURES = [
     ("tokenize s", "tokenize_seconds", ".1f"),
@@ -552,7 +594,7 @@ def report(mode: str, recipe: dict, hf: dict, ours: dict, command: str) -> str:
             ratio_text = f"{ratio:.2f}×"
         lines.append(f"| {title} | {hf[key]:{fmt}} | {ours[key]:{fmt}} | {ratio_text} |")
     for split_name in [s for s in ("validation", "test") if s in hf["metrics"]]:
-        for metric in [m for m in ("accuracy", "f1", "precision", "recall") if m in hf["metrics"][split_name]]:
+        for metric in [m for m in REPORTED_METRICS if m in hf["metrics"][split_name]]:
             a, b = hf["metrics"][split_name][metric], ours["metrics"][split_name][metric]
             lines.append(f"| {split_name} {metric} | {a:.4f} | {b:.4f} | {100 * (b - a):+.2f} points |")
     lines.append(f"| bertfit padding share | | {ours.get('padding_ratio', 0):.1%} | |")

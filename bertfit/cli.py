@@ -257,12 +257,17 @@ def inspect(
     task: TASK_CHOICES = Opt("auto", help="what to learn; auto decides from the data"),
     text_column: list[str] | None = Opt(None, "--text-column"),
     label_column: str | None = Opt(None),
+    label_columns: str | None = Opt(None, help=Config.model_fields["label_columns"].description),
+    label_delimiter: str = Opt("|", help=Config.model_fields["label_delimiter"].description),
     as_json: bool = Opt(False, "--json", help="print JSON"),
 ):
     """Profile a dataset: sizes, labels, lengths and truncation, empties, duplicates, leakage, tag repairs."""
     from bertfit.report.inspect import inspect_source
 
-    report = inspect_source(data, model or "minilm", max_length, task.value, text_column or None, label_column)
+    columns = [c.strip() for c in label_columns.split(",") if c.strip()] if label_columns else None
+    report = inspect_source(
+        data, model or "minilm", max_length, task.value, text_column or None, label_column, columns, label_delimiter
+    )
     if as_json:
         from bertfit.files import to_json
 
@@ -308,7 +313,9 @@ def print_profile(report: dict) -> None:
         )
     console.print(table)
     for line in summary_lines(report):
-        if line.startswith(("leakage", "tag scheme")) or "different labels" in line or "not in train" in line:
+        if line.startswith(("leakage", "tag scheme")) or any(
+            words in line for words in ("different labels", "not in train", "labels per example")
+        ):
             console.print(line, markup=False)
 
 

@@ -38,6 +38,9 @@ RESULT_FIELDS = (
     "text_columns",
     "label_column",
     "label_names",
+    "label_columns",
+    "label_delimiter",
+    "threshold",
     "train_split",
     "eval_split",
     "max_train_samples",
@@ -62,6 +65,11 @@ RESULT_FIELDS = (
     "clip_norm",
     "grad_accum",
     "class_weights",
+    "lora",
+    "lora_rank",
+    "lora_alpha",
+    "lora_dropout",
+    "lora_targets",
     "padding",
     "compile",
     "validation_fraction",
@@ -79,7 +87,7 @@ class Config(BaseModel):
     model: str = Field("bert-base-uncased", description="hub id, local folder, or 'minilm'")
     data: str | None = Field(None, description="hub id, BERTFIT_DATA_DIR mirror name, folder of split files, or a file")
     output: str | None = Field(None, description="run folder to write")
-    task: Literal["auto", "classification", "regression", "token"] = Field(
+    task: Literal["auto", "classification", "multi_label", "regression", "token"] = Field(
         "auto", description="what to learn; auto decides from the data"
     )
     text_columns: list[str] | None = Field(
@@ -87,6 +95,17 @@ class Config(BaseModel):
     )
     label_column: str | None = Field(None, description="label (or tag) column [default: detected]")
     label_names: list[str] | None = Field(None, description="comma-separated names for integer labels")
+    label_columns: list[str] | None = Field(
+        None, description="multi-label: several 0/1 columns, one per label (e.g. sports,politics)"
+    )
+    label_delimiter: str = Field(
+        "|", min_length=1, description="multi-label: what separates the labels in a text label, as in sports|politics"
+    )
+    threshold: Literal["tuned", "per_label"] | float = Field(
+        "tuned",
+        description="multi-label decision threshold: tuned (one, on validation), per_label (one per label, on "
+        "validation) or a probability such as 0.5",
+    )
     train_split: str = Field("train", description="split to train on")
     eval_split: str | None = Field(
         None, description="split to evaluate on [default: validation, else carved off train]"
@@ -136,6 +155,18 @@ class Config(BaseModel):
         None,
         description="classification: weight each class in the loss; 'balanced' (n / (classes × count), "
         "as scikit-learn's) or one weight per class, comma-separated",
+    )
+
+    # Parameter-efficient fine-tuning (LoRA, through peft)
+    lora: bool = Field(False, description="train low-rank adapters (LoRA) and the head instead of every weight")
+    lora_rank: int = Field(8, gt=0, description="LoRA rank r")
+    lora_alpha: float = Field(16.0, gt=0, description="LoRA scaling alpha (the update is scaled by alpha / r)")
+    lora_dropout: float = Field(0.1, ge=0, lt=1, description="dropout on the LoRA input")
+    lora_targets: list[str] | None = Field(
+        None, description="layers to adapt, e.g. query,value [default: peft's choice for the model type]"
+    )
+    lora_save: Literal["merged", "adapter"] = Field(
+        "merged", description="merged: adapters folded into the weights (a plain model); adapter: the adapter only"
     )
 
     # Evaluation and model selection
@@ -191,7 +222,7 @@ class Config(BaseModel):
             raise ValueError("must be a positive number of steps or 'epoch'")
         return value
 
-    @field_validator("text_columns", "label_names", "metrics", mode="before")
+    @field_validator("text_columns", "label_names", "label_columns", "lora_targets", "metrics", mode="before")
     @classmethod
     def _comma_list(cls, value: Any) -> Any:
         if isinstance(value, str):
@@ -210,10 +241,24 @@ class Config(BaseModel):
             raise ValueError("needs one positive weight per class")
         return value
 
+    @field_validator("threshold", mode="before")
+    @classmethod
+    def _threshold(cls, value: Any) -> Any:
+        if isinstance(value, str) and value.strip() not in ("tuned", "per_label"):
+            try:
+                value = float(value)
+            except ValueError:
+                raise ValueError("must be 'tuned', 'per_label' or a probability between 0 and 1") from None
+        if isinstance(value, (int, float)) and not 0 < value < 1:
+            raise ValueError("must be 'tuned', 'per_label' or a probability between 0 and 1")
+        return value
+
     @model_validator(mode="after")
     def _consistent(self) -> Config:
         if self.text_columns is not None and not 1 <= len(self.text_columns) <= 2:
             raise ValueError("text_columns takes one column, or two for text pairs")
+        if self.label_columns is not None and len(self.label_columns) < 2:
+            raise ValueError("label_columns takes two or more 0/1 columns, one per label")
         return self
 
     def resolved(self, **updates: Any) -> Config:

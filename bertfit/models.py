@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -143,3 +144,74 @@ def max_tokens(tokenizer) -> int:
     ModernBERT; 512 when the tokenizer does not say (DeBERTa's), the length BERT-family models were trained at."""
     declared = int(getattr(tokenizer, "model_max_length", 0) or 0)
     return declared if 0 < declared < UNKNOWN_LENGTH else 512
+
+
+def add_lora(model, task_type: str, rank: int, alpha: float, dropout: float, targets: list[str] | None):
+    """Low-rank adapters through peft on the encoder's layers (peft's defaults for the model type, e.g. BERT's
+    query and value, unless `targets` names others); the head, new and randomly initialised, trains whole."""
+    try:
+        from peft import LoraConfig, get_peft_model
+    except ImportError:
+        raise BertfitError("lora needs the peft library: pip install 'bertfit[lora]' (or: pip install peft)") from None
+    head = [
+        name
+        for name, child in model.named_children()
+        if name != model.base_model_prefix and any(True for _ in child.parameters())
+    ]
+    config = LoraConfig(
+        task_type=task_type,
+        r=rank,
+        lora_alpha=alpha,
+        lora_dropout=dropout,
+        target_modules=targets,
+        modules_to_save=head,
+    )
+    try:
+        return get_peft_model(model, config)
+    except ValueError as err:
+        raise BertfitError(
+            f"LoRA cannot adapt this {model.config.model_type} model ({first_line(err, 120)}); name the layers "
+            "with lora_targets, e.g. --lora-targets query,value"
+        ) from None
+
+
+def parameter_counts(model) -> tuple[int, int]:
+    """(trainable, all) parameters."""
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return trainable, sum(p.numel() for p in model.parameters())
+
+
+ADAPTER_CONFIG = "adapter_config.json"
+# What a run learnt besides the weights (multi-label thresholds), beside an adapter saved alone: an adapter folder
+# carries no config.json, and one there would make transformers read the folder as a full model.
+LEARNED_CONFIG = "bertfit_learned.json"
+
+
+def save(model, folder: Path, adapter_only: bool, learned: dict) -> None:
+    """A LoRA model is saved with its adapters folded into the weights (a plain transformers model that
+    `pipeline()` loads without peft), or as the adapter alone (peft's format, a few MB; `bertfit predict` and
+    `peft.AutoPeftModelForSequenceClassification` load it onto the base model); any other model as it is."""
+    if not hasattr(model, "merge_and_unload"):
+        model.save_pretrained(folder)
+    elif adapter_only:
+        model.save_pretrained(folder)
+        (folder / LEARNED_CONFIG).write_text(json.dumps(learned))
+    else:
+        model.merge_and_unload().save_pretrained(folder)
+
+
+def is_adapter(folder: Path) -> bool:
+    return (folder / ADAPTER_CONFIG).is_file() and not (folder / "config.json").is_file()
+
+
+def load_adapter(folder: Path, base: str, auto_model: str, head_config: dict, trust_remote_code: bool = False):
+    """An adapter saved alone, on its base model (with this task's head), folded in for inference."""
+    try:
+        from peft import PeftModel
+    except ImportError:
+        raise BertfitError(
+            f"'{folder}' holds a LoRA adapter; loading it needs the peft library: pip install peft"
+        ) from None
+    learned = json.loads((folder / LEARNED_CONFIG).read_text()) if (folder / LEARNED_CONFIG).is_file() else {}
+    model = load_model(resolve_model(base), auto_model, {**head_config, **learned}, trust_remote_code)
+    return PeftModel.from_pretrained(model, str(folder)).merge_and_unload()

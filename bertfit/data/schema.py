@@ -49,6 +49,8 @@ class DataSpec:
     tag_id_names: list[str] | None = None  # token task with integer tags: the name of each id
     io_tags: bool = False  # token task: tags without B-/I- prefixes, read as I-X
     notes: list[str] = field(default_factory=list)  # what detection decided that the user should know
+    label_columns: list[str] | None = None  # multi-label given as 0/1 columns, one per label
+    delimiter: str | None = None  # multi-label given as text such as 'sports|politics'
 
 
 def _is_list_column(frame: pd.DataFrame, column: str) -> bool:
@@ -65,18 +67,28 @@ def detect(
     label_names: list[str] | None,
     strict: bool = True,
     training: bool = True,
+    label_columns: list[str] | None = None,
+    delimiter: str = "|",
 ) -> DataSpec:
     """Decide the task and columns from the training split, then check every split against them.
 
     `strict=False` (for `bertfit inspect`) lets empty texts and unseen labels through to be counted;
     `training=False` (for `bertfit eval`) scores a split that may hold one class only, with the model's labels.
+    Multi-label data is a list-of-labels column, text labels joined by `delimiter`, or `label_columns` of 0/1.
     """
     train = splits.frames[train_split]
     file = splits.files.get(train_split, train_split)
     columns = list(train.columns)
-    for given in (text_columns or []) + ([label_column] if label_column else []):
+    label_given = [] if label_columns else [label_column] if label_column else []  # else a column made from them
+    for given in (text_columns or []) + label_given + (label_columns or []):
         if given not in columns:
             raise BertfitError(f"column '{given}' not found in '{file}' (columns: {', '.join(map(str, columns))})")
+    if label_columns:
+        if task not in ("auto", "multi_label"):
+            raise BertfitError(f"label_columns gives multi-label data, but task is {task}: use --task multi_label")
+        return _detect_multi_label(
+            splits, train_split, text_columns, label_columns, None, label_names, strict, training
+        )
 
     list_columns = [c for c in columns if _is_list_column(train, c)]
     if task == "token" or (task == "auto" and len(list_columns) >= 2):
@@ -90,6 +102,9 @@ def detect(
         )
     if text_columns is None:
         text_columns = _detect_text_columns(train, label, file)
+    if task == "multi_label" or (task == "auto" and (label in list_columns or _joins_labels(train[label], delimiter))):
+        found = (text_columns, label, None if label in list_columns else delimiter)
+        return _detect_multi_label(splits, train_split, *found, label_names, strict, training)
     kind = task if task != "auto" else _classify_or_regress(train[label])
     _check_label_values(splits, label, kind)
     spec = DataSpec(kind, text_columns, label, None)
@@ -103,6 +118,10 @@ def normalise(splits: Splits, spec: DataSpec) -> Splits:
     """The splits as the tasks read them: token tags named and in IOB2; detection's notes added. A new object:
     the given splits are left as they are."""
     notes = [*splits.notes, *(n for n in spec.notes if n not in splits.notes)]
+    if spec.task == "multi_label":
+        sets = _label_sets(splits, spec)
+        frames = {split: frame.assign(**{spec.label_column: sets[split]}) for split, frame in splits.frames.items()}
+        return replace(splits, frames=frames, notes=notes)
     if spec.task != "token":
         return replace(splits, notes=notes)
     rows = _token_rows(splits, spec.label_column, spec.tag_id_names, spec.io_tags)
@@ -283,7 +302,7 @@ def _check_rows(splits: Splits, spec: DataSpec, train_split: str, strict: bool, 
     train_labels = None
     for split in [train_split] + [s for s in splits.frames if s != train_split]:
         frame, file = splits.frames[split], splits.files.get(split, split)
-        for column in spec.text_columns + [spec.label_column]:
+        for column in spec.text_columns + (spec.label_columns or [spec.label_column]):
             if column not in frame.columns:
                 raise BertfitError(
                     f"column '{column}' is missing from '{file}' (columns: {', '.join(map(str, frame.columns))})"
@@ -330,6 +349,141 @@ def _text_problems(texts: pd.Series, chunk: int = 1_000_000) -> tuple[list[int],
         sizes = as_text.str.len().to_numpy()
         long.extend((int(row) + at, int(sizes[row])) for row in np.flatnonzero(sizes > MAX_TEXT_CHARS)[:1])
     return empty, long
+
+
+# ---------------------------------------------------------------- multi-label classification
+
+
+def _joins_labels(labels: pd.Series, delimiter: str) -> bool:
+    """Text labels of which some join several with the delimiter ('sports|politics'); read over distinct values."""
+    if not (pd.api.types.is_string_dtype(labels) or labels.dtype == object):
+        return False
+    return any(isinstance(value, str) and delimiter in value for value in pd.unique(labels.dropna()))
+
+
+def _detect_multi_label(
+    splits: Splits,
+    train_split: str,
+    text_columns: list[str] | None,
+    label: str | list[str],
+    delimiter: str | None,
+    given_names: list[str] | None,
+    strict: bool,
+    training: bool,
+) -> DataSpec:
+    """Multi-label: `label` is a list-of-labels column, a delimited text column (with `delimiter`), or a list of 0/1
+    columns; the splits are later given one column holding each example's list of label names."""
+    train, file = splits.frames[train_split], splits.files.get(train_split, train_split)
+    label_columns = label if isinstance(label, list) else None
+    column = next(c for c in ("labels", "bertfit_labels") if c not in train.columns) if label_columns else label
+    if text_columns is None:
+        text_columns = _detect_text_columns(train.drop(columns=label_columns or []), column, file)
+    spec = DataSpec("multi_label", text_columns, column, None, label_columns=label_columns, delimiter=delimiter)
+    if label_columns:
+        spec.notes.append(f"multi-label: {len(label_columns)} 0/1 label columns ({', '.join(label_columns)})")
+    elif delimiter is not None and _joins_labels(train[column], delimiter):
+        spec.notes.append(
+            f"multi-label: labels such as 'a{delimiter}b' in '{column}' are read as several labels "
+            "(set label_delimiter to change the separator, or --task classification to keep them whole)"
+        )
+    sets = _label_sets(splits, spec, given_names or splits.label_names)
+    found = {split: {name for row in rows for name in row} for split, rows in sets.items()}
+    names = label_columns or given_names or splits.label_names
+    if names is not None:
+        source = "--label-names" if given_names and training else "the model's labels" if given_names else "its names"
+        for split, present in found.items():
+            unknown = sorted(present - set(names))
+            if unknown:
+                raise BertfitError(
+                    f"'{splits.files.get(split, split)}' has labels {unknown[:6]} not in {source} "
+                    f"({', '.join(names[:6])}{', ...' if len(names) > 6 else ''})"
+                )
+    else:  # the labels found in training (for a profile, in any split), ids in number order
+        present = found[train_split] if strict else set().union(*found.values())
+        names = sorted(present, key=lambda name: (not name.isdigit(), int(name) if name.isdigit() else 0, name))
+    if training and strict:
+        if len(found[train_split]) < 2:
+            raise BertfitError(
+                f"'{file}' has {len(found[train_split])} distinct label(s); multi-label classification needs "
+                "two or more"
+            )
+        for split, present in found.items():
+            unseen = sorted(present - found[train_split])
+            if unseen:
+                raise BertfitError(
+                    f"'{splits.files.get(split, split)}' has labels never seen in training: {', '.join(unseen[:6])}; "
+                    "the model cannot predict them"
+                )
+    spec.label_names = list(names)
+    _check_rows(splits, spec, train_split, strict, training)
+    return spec
+
+
+def _label_sets(splits: Splits, spec: DataSpec, id_names: list[str] | None = None) -> dict[str, list[list[str]]]:
+    """Per split, each example's labels as names; every malformed value named by file and row."""
+    id_names = id_names or spec.label_names
+    sets = {}
+    for split, frame in splits.frames.items():
+        file = splits.files.get(split, split)
+        if spec.label_columns:
+            sets[split] = _column_sets(frame, spec.label_columns, file)
+        elif spec.label_column in frame.columns:
+            sets[split] = [
+                _one_set(value, spec.delimiter, id_names, file, row)
+                for row, value in enumerate(frame[spec.label_column].tolist(), start=1)
+            ]
+    return sets
+
+
+def _one_set(value, delimiter: str | None, id_names: list[str] | None, file: str, row: int) -> list[str]:
+    if isinstance(value, (list, tuple, np.ndarray)):
+        items = list(value)
+    elif delimiter is not None and (value is None or value is pd.NA or isinstance(value, (str, float, int))):
+        if value is None or value is pd.NA or (isinstance(value, float) and np.isnan(value)):
+            return []  # an empty cell: an example with none of the labels
+        items = str(value).split(delimiter) if isinstance(value, str) else [value]
+    else:
+        raise BertfitError(
+            f"'{file}' row {row}: labels are {str(value)[:60]!r}, not a list; give each example a list of labels "
+            f'(e.g. ["sports", "politics"]), or text such as \'sports|politics\''
+        )
+    names = []
+    for item in items:
+        if isinstance(item, str):
+            if item.strip():
+                names.append(item.strip())
+        elif _is_number(item) and float(item) == int(float(item)):
+            index = int(float(item))
+            if id_names and not 0 <= index < len(id_names):
+                raise BertfitError(
+                    f"'{file}' row {row}: label id {index} has no name: the {len(id_names)} label names take ids "
+                    f"0..{len(id_names) - 1}"
+                )
+            names.append(id_names[index] if id_names else str(index))
+        else:
+            raise BertfitError(f"'{file}' row {row}: label {item!r} is neither a name nor a label id")
+    return list(dict.fromkeys(names))  # a label given twice is still one label
+
+
+def _column_sets(frame: pd.DataFrame, columns: list[str], file: str) -> list[list[str]]:
+    """Labels from 0/1 columns; anything but 0/1 (or true/false) is named by row and column."""
+    flags = {}
+    for column in columns:
+        if column not in frame.columns:
+            raise BertfitError(f"label column '{column}' is missing from '{file}'")
+        values = frame[column]
+        as_numbers = pd.to_numeric(
+            values.map({True: 1, False: 0, "true": 1, "false": 0}).fillna(values), errors="coerce"
+        )
+        bad = np.flatnonzero(~as_numbers.isin([0, 1]).to_numpy())
+        if len(bad):
+            raise BertfitError(
+                f"'{file}' row {bad[0] + 1}: label column '{column}' holds {values.iloc[bad[0]]!r}; "
+                "label columns hold 0 or 1 (is the example of that label?)"
+            )
+        flags[column] = as_numbers.to_numpy(dtype=np.int8)
+    matrix = np.stack([flags[c] for c in columns], axis=1) if len(frame) else np.zeros((0, len(columns)), np.int8)
+    return [[columns[j] for j in np.flatnonzero(row)] for row in matrix]
 
 
 # ---------------------------------------------------------------- token classification

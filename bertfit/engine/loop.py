@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+from bertfit import models
 from bertfit.config import Config
 from bertfit.engine import batching, checkpoint
 from bertfit.engine.device import agreed, autocast, hardware, peak_flops, release_free_memory
@@ -68,8 +69,11 @@ def log_start(run: Run) -> None:
     run.timings["profile_seconds"] = time.perf_counter() - profiling
     run.folder.write_text("data_profile.json", to_json(data_profile, indent=2))  # NaN (one-row std) as null
     release_free_memory()
+    trainable, parameters = models.parameter_counts(run.model)
     run.log.event(
         "start",
+        parameters=parameters,
+        trainable_parameters=trainable,
         profile=summary_lines(data_profile),
         task=run.task.kind,
         dataset=run.splits.name,
@@ -330,7 +334,7 @@ def save_model_folder(run: Run) -> None:
     ):
         if tmp.exists():
             shutil.rmtree(tmp)
-        run.model.save_pretrained(tmp)
+        models.save(run.model, tmp, run.cfg.lora_save == "adapter", run.task.learned_config())
         run.tokenizer.save_pretrained(tmp)
         names = sorted(p.name for p in tmp.iterdir())
         run.folder.own(names)
@@ -350,6 +354,8 @@ def finish(run: Run, reporter: Reporter | None = None) -> dict:
         checkpoint.load_weights(best, run.model)
         kept_step = state.best_step
     results = {"validation": next(e for e in run.log.evals if e["step"] == kept_step)["metrics"]}
+    run.task.calibrate(results["validation"])  # e.g. the thresholds the kept weights were scored at
+    run.model.config.update(run.task.learned_config())
     if "test" in run.features:
         results["test"] = evaluate(
             run.model,

@@ -30,7 +30,8 @@ class LoadedRun:
 
 def load_run(run_dir: str) -> LoadedRun:
     folder = Path(run_dir)
-    if not (folder / "recipe.yaml").is_file() or not (folder / "config.json").is_file():
+    adapter = models.is_adapter(folder)
+    if not (folder / "recipe.yaml").is_file() or not ((folder / "config.json").is_file() or adapter):
         raise BertfitError(
             f"'{run_dir}' is not a finished bertfit run (no recipe.yaml and config.json); "
             "point at the --output folder of `bertfit train`"
@@ -38,10 +39,15 @@ def load_run(run_dir: str) -> LoadedRun:
     cfg = build_config(str(folder / "recipe.yaml"))
     task = task_for(cfg)
     device = default_device()
-    model = models.load_model(str(folder), task.auto_model, task.head_config()).to(device).eval()
-    return LoadedRun(
-        cfg, task, model, models.load_tokenizer(str(folder)), device, inference_precision(cfg.precision, device)
-    )
+    if adapter:  # a LoRA adapter saved alone: the base model's tokenizer, and the adapter folded into its weights
+        tokenizer = models.load_tokenizer(models.resolve_model(cfg.model), cfg.trust_remote_code)
+        model = models.load_adapter(folder, cfg.model, task.auto_model, task.head_config(), cfg.trust_remote_code)
+    else:
+        tokenizer = models.load_tokenizer(str(folder))
+        model = models.load_model(str(folder), task.auto_model, task.head_config())
+    model = model.to(device).eval()
+    task.restore(model.config)
+    return LoadedRun(cfg, task, model, tokenizer, device, inference_precision(cfg.precision, device))
 
 
 def evaluate_run(run_dir: str, source: str, split: str, batch_size: int = 64) -> dict:
@@ -50,7 +56,17 @@ def evaluate_run(run_dir: str, source: str, split: str, batch_size: int = 64) ->
     if split not in splits.frames:
         raise BertfitError(f"dataset '{source}' has no split '{split}' (it has: {', '.join(splits.frames)})")
     cfg = run.cfg
-    spec = schema.detect(splits, split, cfg.task, cfg.text_columns, cfg.label_column, cfg.label_names, training=False)
+    spec = schema.detect(
+        splits,
+        split,
+        cfg.task,
+        cfg.text_columns,
+        cfg.label_column,
+        cfg.label_names,
+        training=False,
+        label_columns=cfg.label_columns,
+        delimiter=cfg.label_delimiter,
+    )
     if spec.label_names is not None and list(spec.label_names) != list(cfg.label_names):
         raise BertfitError(f"labels in '{source}' ({spec.label_names}) differ from the model's ({cfg.label_names})")
     frame = schema.normalise(splits, spec).frames[split]

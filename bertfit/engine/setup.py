@@ -100,7 +100,16 @@ def check_inputs(cfg: Config, device: torch.device) -> Inputs:
     splits = sources.load_splits(cfg.data)
     sources.require_split(splits, cfg.train_split)
     # Rows are checked before a validation split is carved off, so errors name rows of the user's file.
-    spec = schema.detect(splits, cfg.train_split, cfg.task, cfg.text_columns, cfg.label_column, cfg.label_names)
+    spec = schema.detect(
+        splits,
+        cfg.train_split,
+        cfg.task,
+        cfg.text_columns,
+        cfg.label_column,
+        cfg.label_names,
+        label_columns=cfg.label_columns,
+        delimiter=cfg.label_delimiter,
+    )
     return Inputs(out, precision, splits, spec, time.perf_counter() - started)
 
 
@@ -244,6 +253,10 @@ def setup(cfg: Config, folder: RunFolder | None, resume: bool = False, overwrite
             model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
         else:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+    if cfg.lora:
+        model = models.add_lora(
+            model, task.peft_task_type, cfg.lora_rank, cfg.lora_alpha, cfg.lora_dropout, cfg.lora_targets
+        )
     forward = torch.compile(model) if compile_model else model
     if ranks.enabled:
         forward = torch.nn.parallel.DistributedDataParallel(

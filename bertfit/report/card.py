@@ -78,6 +78,12 @@ def hyperparameters(cfg, device: str) -> list[str]:
     ]
     if cfg.gradient_checkpointing:
         lines.append("gradient_checkpointing: true")
+    if cfg.lora:
+        lines.append(
+            f"lora: rank {cfg.lora_rank}, alpha {cfg.lora_alpha:g}, dropout {cfg.lora_dropout:g}, "
+            f"targets {', '.join(cfg.lora_targets) if cfg.lora_targets else 'peft default'} (peft); saved "
+            + ("merged into the weights" if cfg.lora_save == "merged" else "as the adapter only")
+        )
     return lines
 
 
@@ -91,6 +97,11 @@ HUB_METRICS = {
     "precision_macro": ("precision", {"average": "macro"}),
     "recall_macro": ("recall", {"average": "macro"}),
     "matthews": ("matthews_correlation", None),
+    "micro_f1": ("f1", {"average": "micro"}),
+    "macro_f1": ("f1", {"average": "macro"}),
+    "micro_precision": ("precision", {"average": "micro"}),
+    "micro_recall": ("recall", {"average": "micro"}),
+    "subset_accuracy": ("accuracy", None),
     "pearson": ("pearsonr", None),
     "spearman": ("spearmanr", None),
     "mse": ("mse", None),
@@ -149,19 +160,27 @@ def early_stop_line(cfg, summary: dict, evals: list[dict]) -> str | None:
 
 def intended_uses(cfg, dataset: str, sizes: str) -> list[str]:
     """What the model is for, and the limits its training implies, in plain words."""
-    tag = task_for(cfg).pipeline_tag
-    unit = "text pair" if len(cfg.text_columns) > 1 else "text"
-    if not cfg.label_names:
-        does = f"predicts a real-valued score for each {unit}"
-    elif tag == "token-classification":
-        does = f"tags each word of a text with one of {len(cfg.label_names)} tags ({', '.join(cfg.label_names)})"
-    else:
-        does = f"classifies each {unit} as one of {', '.join(cfg.label_names)}"
+    task = task_for(cfg)
+    tag = task.pipeline_tag
+    does = task.does("text pair" if len(cfg.text_columns) > 1 else "text")
     return [
         "## Intended uses & limitations",
         "",
         f"This model {does}, as learned from {dataset} ({sizes}). Load it with "
-        f'`transformers.pipeline("{tag}", model=...)` or `bertfit predict`.',
+        f'`transformers.pipeline("{tag}", model=...{", top_k=None" if task.decides_by_threshold else ""})` or '
+        "`bertfit predict`."
+        + (
+            " The pipeline gives each label's probability; a label applies at or above its threshold, chosen on "
+            "validation and saved in config.json as `bertfit_thresholds` (`bertfit predict` applies them)."
+            if task.decides_by_threshold
+            else ""
+        )
+        + (
+            " This folder holds the LoRA adapter alone (lora_save: adapter): load it onto the base model with "
+            "`peft.AutoPeftModelForSequenceClassification.from_pretrained(...)` or `bertfit predict`."
+            if cfg.lora and cfg.lora_save == "adapter"
+            else ""
+        ),
         "",
         f"- It knows only what {dataset} shows: texts from other domains, periods or languages may be scored with "
         "confidence and still wrongly; check it on your own data (`bertfit eval RUN --data YOURS`) before relying "
@@ -222,6 +241,11 @@ def model_card(cfg, events: list[dict], summary: dict, profile, findings: list[d
         "",
     ]
     body += [f"- {line}" for line in hyperparameters(cfg, start.get("device", "unknown"))]
+    if start.get("trainable_parameters") is not None:
+        body.append(
+            f"- trainable_parameters: {start['trainable_parameters']:,} of {start['parameters']:,} "
+            f"({start['trainable_parameters'] / start['parameters']:.2%})"
+        )
     body += ["", "### Training results", "", markdown_table(table_columns(evals), table_rows(evals)), ""]
     if summary.get("best_metric") is not None:
         body.append(
@@ -263,6 +287,27 @@ def model_card(cfg, events: list[dict], summary: dict, profile, findings: list[d
                 [
                     [k, f"{v['precision']:.4f}", f"{v['recall']:.4f}", f"{v['f1']:.4f}", f"{v['support']:,}"]
                     for k, v in sorted(per_type.items())
+                ],
+            ),
+        ]
+    per_label = shown.get("per_label")
+    if per_label:
+        body += [
+            "",
+            f"### Per label ({result_split}; thresholds chosen on validation)",
+            "",
+            markdown_table(
+                ["Label", "Threshold", "Precision", "Recall", "F1", "Support"],
+                [
+                    [
+                        name,
+                        f"{v['threshold']:.2f}",
+                        f"{v['precision']:.4f}",
+                        f"{v['recall']:.4f}",
+                        f"{v['f1']:.4f}",
+                        f"{v['support']:,}",
+                    ]
+                    for name, v in per_label.items()
                 ],
             ),
         ]

@@ -17,8 +17,28 @@ OVERFIT_RISE = 0.20  # validation loss this far above its minimum ...
 CHANCE_SHARE = 0.85  # training loss at or above this share of ln(C) means 'not learning'
 NEAR_MAJORITY = 0.02  # validation accuracy within this of the majority rate
 COLLAPSE_SHARE = 0.95  # one class taking this share of predictions
-HIGH_LR, LOW_LR = 1e-4, 1e-5  # outside 1e-5..1e-4, fine-tuning a pretrained encoder is rarely right
-GOOD_LR = "2e-5–5e-5"  # what fine-tuning posts and the seeds' recipes use
+
+
+@dataclass(frozen=True)
+class LearningRates:
+    """Outside low..high a learning rate is rarely right; `good` is what recipes use."""
+
+    low: float
+    high: float
+    good: str
+    tolerated: str
+
+
+# Full fine-tuning of a pretrained encoder (the seeds' recipes and fine-tuning posts), and LoRA, whose adapters start
+# at zero and take rates about ten times higher (the LoRA paper's GLUE runs: 2e-4 to 5e-4).
+FULL_LR = LearningRates(1e-5, 1e-4, "2e-5–5e-5", "1e-5–1e-4")
+LORA_LR = LearningRates(5e-5, 3e-3, "2e-4–1e-3", "5e-5–3e-3")
+
+
+def rates(cfg) -> LearningRates:
+    return LORA_LR if cfg.lora else FULL_LR
+
+
 SHORT_RUN = 100  # optimizer steps: fewer are too few to judge a learning rate by
 FLAT_LOSS = 0.05  # training loss moved less than 5% from first to last window
 UNDERFIT_ACCURACY = 0.75
@@ -93,6 +113,7 @@ def diagnose(events: list[dict], profile: dict | None, summary: dict | None, cfg
         _metric_noise,
         _mislabeled,
         _imbalance,
+        _unpredicted_labels,
         _leakage,
         _truncation,
         _slow,
@@ -146,7 +167,7 @@ def _non_finite(events, evals, profile, summary, cfg, task) -> Finding | None:
         return None
     first = bad[0]["step"] if bad else None
     advice = [
-        f"lower the learning rate (now {cfg.lr:g}; {GOOD_LR} is usual)"
+        f"lower the learning rate (now {cfg.lr:g}; {rates(cfg).good} is usual)"
         if cfg.lr > 5e-5
         else f"lower the learning rate below {cfg.lr:g} or add warmup"
     ]
@@ -218,22 +239,23 @@ def _not_learning(events, evals, profile, summary, cfg, task) -> Finding | None:
         evidence += f" vs majority-class rate {majority:.4f}"
     if rising:
         evidence += f"; training loss rose from a minimum of {min(v for _, v in train):.4f}"
-    if lr >= HIGH_LR:
+    if lr >= rates(cfg).high:
         return Finding(
             "lr_too_high",
             "error",
             "Not learning: the learning rate is too high",
             f"{evidence}; lr {lr:g}",
-            f"lower the learning rate from {lr:g} to {GOOD_LR} (pretrained encoders tolerate 1e-5–1e-4), with a "
+            f"lower the learning rate from {lr:g} to {rates(cfg).good} "
+            f"({'LoRA' if cfg.lora else 'pretrained encoders'} tolerate {rates(cfg).tolerated}), with a "
             "linear schedule" + ("" if cfg.warmup_ratio or cfg.warmup_steps else " and 6-10% warmup"),
         )
-    if lr < LOW_LR and steps >= SHORT_RUN:
+    if lr < rates(cfg).low and steps >= SHORT_RUN:
         return Finding(
             "lr_too_low",
             "warning",
             "Not learning: the learning rate is too low",
             f"{evidence}; lr {lr:g} over {steps} steps",
-            f"raise the learning rate from {lr:g} to {GOOD_LR}",
+            f"raise the learning rate from {lr:g} to {rates(cfg).good}",
         )
     if steps < SHORT_RUN:
         return Finding(
@@ -270,8 +292,8 @@ def _collapse(events, evals, profile, summary, cfg, task) -> Finding | None:
         return None
     steps = _steps(events)
     imbalance = profile.get("splits", {}).get("train", {}).get("imbalance_ratio", 1)
-    if cfg.lr >= HIGH_LR:
-        advice = f"lower the learning rate from {cfg.lr:g} to {GOOD_LR}"
+    if cfg.lr >= rates(cfg).high:
+        advice = f"lower the learning rate from {cfg.lr:g} to {rates(cfg).good}"
     elif steps < SHORT_RUN:
         advice = f"train for more steps (now {steps}): early in training a model often predicts one class"
     elif imbalance >= IMBALANCE_RATIO:
@@ -290,7 +312,7 @@ def _collapse(events, evals, profile, summary, cfg, task) -> Finding | None:
 
 def _learning_rate_too_low(events, evals, profile, summary, cfg, task) -> Finding | None:
     train = _smoothed(_train_losses(events))
-    if len(train) < 3 or cfg.lr >= LOW_LR or _steps(events) < SHORT_RUN:
+    if len(train) < 3 or cfg.lr >= rates(cfg).low or _steps(events) < SHORT_RUN:
         return None
     first, last = train[0][1], train[-1][1]
     if first <= 0 or (first - last) / first >= FLAT_LOSS:
@@ -301,7 +323,7 @@ def _learning_rate_too_low(events, evals, profile, summary, cfg, task) -> Findin
         "Learning rate too low: the training loss barely moves",
         f"training loss {first:.4f} → {last:.4f} ({(first - last) / first:.1%}) over {train[-1][0]} steps "
         f"at lr {cfg.lr:g}",
-        f"raise the learning rate from {cfg.lr:g} to {GOOD_LR}",
+        f"raise the learning rate from {cfg.lr:g} to {rates(cfg).good}",
     )
 
 
@@ -318,7 +340,7 @@ def _underfitting(events, evals, profile, summary, cfg, task) -> Finding | None:
     steps = _steps(events)
     advice = [f"train longer (now {steps} steps" + (f", {cfg.epochs:g} epochs)" if not cfg.max_steps else ")")]
     if cfg.lr < 2e-5:
-        advice.append(f"raise the learning rate from {cfg.lr:g} to {GOOD_LR}")
+        advice.append(f"raise the learning rate from {cfg.lr:g} to {rates(cfg).good}")
     return Finding(
         "underfitting",
         "warning",
@@ -385,10 +407,10 @@ def _low_f1(events, evals, profile, summary, cfg, task) -> Finding | None:
     advice = []
     if steps < 10 * SHORT_RUN:
         advice.append(f"train longer (now {steps} steps; the expression seed trains 5 epochs)")
-    if cfg.lr >= HIGH_LR:
-        advice.append(f"lower the learning rate from {cfg.lr:g} to {GOOD_LR}")
-    elif cfg.lr < LOW_LR:
-        advice.append(f"raise the learning rate from {cfg.lr:g} to {GOOD_LR}")
+    if cfg.lr >= rates(cfg).high:
+        advice.append(f"lower the learning rate from {cfg.lr:g} to {rates(cfg).good}")
+    elif cfg.lr < rates(cfg).low:
+        advice.append(f"raise the learning rate from {cfg.lr:g} to {rates(cfg).good}")
     rows = profile.get("splits", {}).get("train", {}).get("rows")
     if rows and rows < SMALL_TRAIN:
         advice.append(f"add labelled examples ({rows:,} now)")
@@ -452,6 +474,41 @@ def _imbalance(events, evals, profile, summary, cfg, task) -> Finding | None:
         f"training labels {train.get('labels')} (ratio {train['imbalance_ratio']:.1f}); validation recall of "
         f"'{names[worst] if worst < len(names) else worst}' is {recalls[worst]:.2f}",
         advice,
+    )
+
+
+def _unpredicted_labels(events, evals, profile, summary, cfg, task) -> Finding | None:
+    """Multi-label: labels the kept model never gets right on validation, usually the rare ones."""
+    per_label = summary.get("validation", {}).get("per_label") or {}
+    missed = [name for name, v in per_label.items() if v["support"] and v["f1"] == 0]
+    if not missed:
+        return None
+    counts = profile.get("splits", {}).get("train", {}).get("labels", {})
+    shown = ", ".join(f"{name} ({counts.get(name, 0):,} in train)" for name in missed[:8])
+    kept = summary["validation"]
+    evidence = (
+        f"{len(missed)} of {len(per_label)} labels have validation F1 0: {shown}"
+        + (", ..." if len(missed) > 8 else "")
+        + f"; micro-F1 {kept['micro_f1']:.3f}, macro-F1 {kept['macro_f1']:.3f}"
+    )
+    steps = _steps(events)
+    advice = []
+    if len(missed) > len(per_label) / 2 and steps < 10 * SHORT_RUN:
+        advice.append(
+            f"train longer (now {steps} steps): the rare labels' outputs start to move only after the common ones"
+        )
+    if cfg.lr < rates(cfg).high / 2:
+        advice.append(f"try a higher learning rate (now {cfg.lr:g}; multi-label heads often want 5e-5 to 1e-4)")
+    if cfg.threshold != "per_label":
+        advice.append("choose a threshold per label on validation (threshold: per_label)")
+    rare = profile.get("splits", {}).get("train", {}).get("rare_labels") or []
+    advice.append(f"add examples of the rare labels ({', '.join(rare[:6])})" if rare else "add examples of them")
+    return Finding(
+        "unpredicted_labels",
+        "error" if len(missed) > len(per_label) / 2 else "warning",
+        "Labels the model never predicts",
+        evidence,
+        ", ".join(advice),
     )
 
 

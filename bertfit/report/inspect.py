@@ -19,11 +19,23 @@ def inspect_source(
     task: str = "auto",
     text_columns: list[str] | None = None,
     label_column: str | None = None,
+    label_columns: list[str] | None = None,
+    delimiter: str = "|",
 ) -> dict:
     """Profile a dataset as it is (no split carved off): every split, against `train` when there is one."""
     splits = sources.load_splits(source)
     reference = "train" if "train" in splits.frames else next(iter(splits.frames))
-    spec = schema.detect(splits, reference, task, text_columns, label_column, None, strict=False)
+    spec = schema.detect(
+        splits,
+        reference,
+        task,
+        text_columns,
+        label_column,
+        None,
+        strict=False,
+        label_columns=label_columns,
+        delimiter=delimiter,
+    )
     splits = schema.normalise(splits, spec)
     tokenizer = models.load_tokenizer(models.resolve_model(model))
     encoder = build_task(spec.task, spec.text_columns, spec.label_column, spec.label_names, max_length)

@@ -6,10 +6,13 @@ from __future__ import annotations
 
 from bertfit.tasks.base import IGNORE, LOWER_IS_BETTER, Features, Task
 from bertfit.tasks.classification import ClassificationTask
+from bertfit.tasks.multilabel import MultiLabelTask
 from bertfit.tasks.regression import RegressionTask
 from bertfit.tasks.token import TokenTask
 
-TASKS: dict[str, type[Task]] = {task.kind: task for task in (ClassificationTask, RegressionTask, TokenTask)}
+TASKS: dict[str, type[Task]] = {
+    task.kind: task for task in (ClassificationTask, MultiLabelTask, RegressionTask, TokenTask)
+}
 
 __all__ = ["IGNORE", "LOWER_IS_BETTER", "TASKS", "Features", "Task", "build_task", "task_for"]
 
@@ -25,6 +28,7 @@ def build_task(
     stride: int = 32,
     label_all_subtokens: bool = False,
     class_weights: str | list[float] | None = None,
+    threshold: str | float = "tuned",
 ) -> Task:
     return TASKS[kind](
         text_columns,
@@ -36,6 +40,7 @@ def build_task(
         stride,
         label_all_subtokens,
         class_weights,
+        threshold,
     )
 
 
@@ -52,4 +57,5 @@ def task_for(cfg) -> Task:
         cfg.stride,
         cfg.label_all_subtokens,
         cfg.class_weights,
+        cfg.threshold,
     )

@@ -21,7 +21,7 @@ import torch
 from bertfit.errors import BertfitError
 
 IGNORE = -100
-LOWER_IS_BETTER = {"loss", "mse"}
+LOWER_IS_BETTER = {"loss", "mse", "hamming_loss"}
 # Rows tokenized at a time: large enough for the fast tokenizer's threads, small enough to bound its lists.
 ENCODE_CHUNK = 50_000
 # Part of the cache key: entries written in an older layout are never read.
@@ -79,7 +79,7 @@ class Features:
     """Tokenized examples, kept on the host. A token-task example may span several windows (features)."""
 
     input_ids: Ragged
-    labels: np.ndarray | Ragged  # one per feature (sequence tasks), or one per token (token task)
+    labels: np.ndarray | Ragged  # per feature (a 0/1 row for multi-label), or per token (token task)
     example_ids: np.ndarray
     full_lengths: np.ndarray  # before truncation, for the data profile
     token_type_ids: Ragged | None = None
@@ -139,7 +139,8 @@ class Features:
         manifest = json.loads((folder / MANIFEST).read_text())
 
         def read(name: str) -> DiskArray:
-            return DiskArray(folder / f"{name}.bin", manifest[name]["dtype"], manifest[name]["length"])
+            entry = manifest[name]
+            return DiskArray(folder / f"{name}.bin", entry["dtype"], entry["length"], entry.get("width"))
 
         offsets = read("offsets")
         values = {}
@@ -155,21 +156,23 @@ MANIFEST = "arrays.json"
 
 
 class DiskArray:
-    """A cached 1-D array read from its file with pread, a slice, a row or a batch of rows at a time. Not a memory
-    map: a mapped page faulted in by a random read brings its neighbours with it (the kernel's fault-around, 64 KB),
-    so two hundred steps over ten million examples made 1 GB of the cache resident in the process. Here the page
-    cache holds the files, once for all DDP ranks on the machine, and the process only the rows at hand."""
+    """A cached array read from its file with pread, a slice, a row or a batch of rows at a time; 1-D, or 2-D rows
+    of `width` values (multi-label targets). Not a memory map: a mapped page faulted in by a random read brings its
+    neighbours with it (the kernel's fault-around, 64 KB), so two hundred steps over ten million examples made 1 GB
+    of the cache resident in the process. Here the page cache holds the files, once for all DDP ranks on the
+    machine, and the process only the rows at hand."""
 
-    def __init__(self, path: Path, dtype, length: int):
-        self.path, self.dtype, self.length = path, np.dtype(dtype), length
+    def __init__(self, path: Path, dtype, length: int, width: int | None = None):
+        self.path, self.dtype, self.length, self.width = path, np.dtype(dtype), length, width
         self.fd = os.open(path, os.O_RDONLY)
 
     def __len__(self) -> int:
         return self.length
 
     def _read(self, start: int, count: int) -> np.ndarray:
-        size = self.dtype.itemsize
-        return np.frombuffer(os.pread(self.fd, max(0, count) * size, start * size), dtype=self.dtype)
+        size = self.dtype.itemsize * (self.width or 1)
+        values = np.frombuffer(os.pread(self.fd, max(0, count) * size, start * size), dtype=self.dtype)
+        return values if self.width is None else values.reshape(-1, self.width)
 
     def __getitem__(self, key):
         if isinstance(key, slice):
@@ -180,10 +183,13 @@ class DiskArray:
                 raise IndexError(f"index {key} out of range for {self.length} rows")
             return self._read(int(key) % self.length, 1)[0]
         rows = np.asarray(key, dtype=np.int64)
-        return np.array([self[int(row)] for row in rows.ravel()], dtype=self.dtype).reshape(rows.shape)
+        shape = rows.shape + (() if self.width is None else (self.width,))
+        return np.array([self[int(row)] for row in rows.ravel()], dtype=self.dtype).reshape(shape)
 
     def __array__(self, dtype=None, copy=None) -> np.ndarray:
-        return np.fromfile(self.path, dtype=self.dtype, count=self.length).astype(dtype or self.dtype, copy=False)
+        values = np.fromfile(self.path, dtype=self.dtype, count=self.length * (self.width or 1))
+        values = values if self.width is None else values.reshape(-1, self.width)
+        return values.astype(dtype or self.dtype, copy=False)
 
     def __del__(self) -> None:
         with contextlib.suppress(OSError, AttributeError):
@@ -217,6 +223,8 @@ class FeatureWriter:
             if name not in self.handles:
                 self.handles[name] = (self.tmp / f"{name}.bin").open("wb")
                 self.manifest[name] = {"dtype": np.dtype(array.dtype).str, "length": 0}
+                if np.ndim(array) == 2:
+                    self.manifest[name]["width"] = int(array.shape[1])
             self.handles[name].write(np.ascontiguousarray(array, dtype=self.manifest[name]["dtype"]).tobytes())
             self.manifest[name]["length"] += len(array)
 
@@ -312,11 +320,13 @@ class Task:
     primary_metric: str
     pipeline_tag: str  # the Hub's task type, for the model card
     auto_model: str  # the transformers Auto class that builds the model with this task's head
+    peft_task_type: str  # peft's name for the task (LoRA)
     loss_unit: str  # what the loss is averaged over
     tracks_accuracy = False  # whether training accuracy can be counted from the logits
     finds_mislabeled = False  # whether a training example's margin (given label vs the rest) is defined
     stratifies = False  # whether a carved validation split keeps the label's class shares
     weighs_classes = False  # whether the loss takes class weights
+    decides_by_threshold = False  # whether predictions are probabilities cut at a threshold (multi-label)
 
     def __init__(
         self,
@@ -329,12 +339,16 @@ class Task:
         stride: int = 32,
         label_all_subtokens: bool = False,
         class_weights: str | list[float] | None = None,
+        threshold: str | float = "tuned",
     ):
         if class_weights is not None and not self.weighs_classes:
             raise BertfitError(
                 f"class_weights apply to classification; this is a {self.kind} task: remove class_weights"
             )
+        if threshold != "tuned" and not self.decides_by_threshold:
+            raise BertfitError(f"threshold applies to multi-label tasks; this is a {self.kind} task: remove threshold")
         self.class_weights = class_weights
+        self.threshold = threshold
         self.text_columns = text_columns
         self.label_column = label_column
         self.label_names = label_names
@@ -352,6 +366,21 @@ class Task:
     def chance_loss(self) -> float | None:
         """The loss of a model that has learnt nothing (uniform over the classes), where one is defined."""
         return None
+
+    def does(self, unit: str) -> str:
+        """What the trained model does to each text (or text pair), in words, for the model card."""
+        raise NotImplementedError
+
+    # -- decisions learnt on validation besides the weights (multi-label thresholds), saved in the model's config
+    def calibrate(self, result: dict) -> None:
+        """Adopt what the validation result of the kept weights decided."""
+
+    def learned_config(self) -> dict:
+        """Attributes for the saved model's config.json."""
+        return {}
+
+    def restore(self, model_config) -> None:
+        """Read back what `learned_config` saved."""
 
     # -- features
     def encode_rows(self, frame: pd.DataFrame, tokenizer) -> Features:

@@ -103,6 +103,9 @@ class ClassificationTask(SequenceTask):
     def decode(self, features, context, scores):
         return [{"label": self.label_names[int(s.argmax())], "score": float(s.max())} for s in scores]
 
+    def does(self, unit: str) -> str:
+        return f"classifies each {unit} as one of {', '.join(self.label_names)}"
+
     def label_profile(self, frame, text_hashes):
         names = self.label_names or []
         labels = frame[self.label_column]

@@ -194,6 +194,15 @@ def summary_lines(report: dict) -> list[str]:
                 + ", ".join(f"{k} {v:,}" for k, v in split["labels"].items())
                 + f" (imbalance {split['imbalance_ratio']:.2f})"
             )
+        if "label_cardinality" in split:
+            parts.append(
+                f"{split['label_cardinality']:.2f} labels per example, {split['multi_label_rate']:.1%} with several"
+                + (f", {split['no_label_rows']:,} with none" if split["no_label_rows"] else "")
+            )
+            if split["top_pairs"]:
+                parts.append("most frequent together: " + ", ".join(f"{a}+{b} {n:,}" for a, b, n in split["top_pairs"]))
+            if split["rare_labels"]:
+                parts.append(f"rare labels (on under 0.5% of examples): {', '.join(split['rare_labels'])}")
         if "entity_counts" in split:
             parts.append("entities " + ", ".join(f"{k} {v:,}" for k, v in sorted(split["entity_counts"].items())))
         if "tokens" in split:

@@ -36,6 +36,9 @@ class RegressionTask(SequenceTask):
     def decode(self, features, context, scores):
         return [{"score": float(s[0])} for s in scores]
 
+    def does(self, unit: str) -> str:
+        return f"predicts a real-valued score for each {unit}"
+
     def label_profile(self, frame, text_hashes):
         # Plain floats: a nullable column's std of one row is pd.NA, which float() refuses; NaN is written as null.
         labels = frame[self.label_column].to_numpy(dtype=float, na_value=np.nan)

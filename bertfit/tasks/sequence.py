@@ -27,6 +27,7 @@ class SequenceTask(Task):
 
     pipeline_tag = "text-classification"
     auto_model = "AutoModelForSequenceClassification"
+    peft_task_type = "SEQ_CLS"
     loss_unit = "example"
 
     def label_ids(self, frame: pd.DataFrame) -> np.ndarray:

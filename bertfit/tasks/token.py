@@ -23,6 +23,7 @@ class TokenTask(Task):
     primary_metric = "f1"
     pipeline_tag = "token-classification"
     auto_model = "AutoModelForTokenClassification"
+    peft_task_type = "TOKEN_CLS"
     loss_unit = "labelled token"
 
     def __init__(self, *args, **kwargs):
@@ -185,6 +186,9 @@ class TokenTask(Task):
 
     def profile_texts(self, frame):
         return frame[self.text_columns[0]].map(lambda words: " ".join(map(str, words)))
+
+    def does(self, unit: str) -> str:
+        return f"tags each word of a text with one of {len(self.label_names)} tags ({', '.join(self.label_names)})"
 
     def label_profile(self, frame, text_hashes):
         tags = {str(k): int(v) for k, v in frame[self.label_column].explode().dropna().value_counts().items()}

@@ -1,0 +1,176 @@
+"""Multi-label classification: any number of labels per text (emotions, topics, tags), one sigmoid per label, and
+a decision threshold chosen on validation rather than assumed to be 0.5."""
+
+from __future__ import annotations
+
+import itertools
+from collections import Counter
+
+import numpy as np
+import pandas as pd
+import torch.nn.functional as F
+
+from bertfit.tasks.sequence import SequenceTask
+
+# Thresholds tried on validation; a label with fewer positives there than MIN_POSITIVES keeps the global one, since
+# a threshold fitted to two or three examples says nothing about the next thousand.
+CANDIDATES = np.round(np.arange(0.02, 0.981, 0.01), 2)
+MIN_POSITIVES = 10
+# A label on fewer than this share of a split's examples is called rare in the data profile.
+RARE_SHARE = 0.005
+
+
+class MultiLabelTask(SequenceTask):
+    kind = "multi_label"
+    primary_metric = "micro_f1"
+    stratifies = False
+    decides_by_threshold = True
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        # Decision thresholds per label, once chosen on validation (or read back from a saved model).
+        fixed = isinstance(self.threshold, (int, float))
+        self.thresholds: np.ndarray | None = np.full(len(self.label_names), float(self.threshold)) if fixed else None
+
+    def label_ids(self, frame: pd.DataFrame) -> np.ndarray:
+        """A 0/1 row per example, one column per label (the frame holds each example's list of label names)."""
+        index = {name: i for i, name in enumerate(self.label_names)}
+        rows = frame[self.label_column].tolist()
+        targets = np.zeros((len(rows), len(self.label_names)), dtype=np.uint8)
+        hits = [(row, index[name]) for row, names in enumerate(rows) for name in names]
+        if hits:
+            targets[tuple(np.asarray(hits).T)] = 1
+        return targets
+
+    def head_config(self):
+        return {
+            "num_labels": len(self.label_names),
+            "id2label": dict(enumerate(self.label_names)),
+            "label2id": {name: i for i, name in enumerate(self.label_names)},
+            # transformers' pipeline applies a sigmoid per label for this problem type (top_k=None: all labels)
+            "problem_type": "multi_label_classification",
+        }
+
+    def settings(self) -> dict:
+        return {**super().settings(), "multi_label": True}
+
+    def metric_names(self):
+        return ("micro_f1", "macro_f1", "micro_precision", "micro_recall", "subset_accuracy", "hamming_loss")
+
+    def loss_sum(self, logits, labels):
+        # The mean over labels, summed over examples: divided by the example count this is BCEWithLogitsLoss's
+        # mean over every (example, label) cell, as the Trainer's multi-label head computes it.
+        per_cell = F.binary_cross_entropy_with_logits(logits.float(), labels.float(), reduction="none")
+        return per_cell.mean(1).sum()
+
+    def predictions(self, logits):
+        return logits.float().sigmoid()
+
+    def scores(self, logits):
+        return logits.float().sigmoid()
+
+    # -- thresholds: tuned on validation by `metrics` (unless fixed), adopted with the kept weights
+    def metrics(self, features, frame, predictions):
+        targets = np.asarray(features.labels).astype(bool)
+        probabilities = np.asarray(predictions, dtype=np.float32).reshape(len(targets), -1)
+        thresholds = self.thresholds if self.thresholds is not None else self.tune(targets, probabilities)
+        result = multi_label_metrics(targets, probabilities >= thresholds, self.label_names)
+        for name, threshold in zip(self.label_names, thresholds, strict=True):
+            result["per_label"][name]["threshold"] = float(threshold)
+        if np.all(thresholds == thresholds[0]):
+            result["threshold"] = float(thresholds[0])
+        return result
+
+    def tune(self, targets: np.ndarray, probabilities: np.ndarray) -> np.ndarray:
+        """The threshold with the best micro-F1 (ties: nearest 0.5); per label, each label's best F1 where it has
+        MIN_POSITIVES positives. One candidate at a time: memory stays that of the probabilities."""
+        hits = np.zeros((len(CANDIDATES), targets.shape[1]), dtype=np.int64)
+        predicted = np.zeros_like(hits)
+        for k, candidate in enumerate(CANDIDATES):
+            above = probabilities >= candidate
+            hits[k], predicted[k] = (above & targets).sum(0), above.sum(0)
+        true = targets.sum(0)
+        micro = 2 * hits.sum(1) / np.maximum(1, predicted.sum(1) + true.sum())
+        best = _best(micro)
+        thresholds = np.full(targets.shape[1], CANDIDATES[best])
+        if self.threshold == "per_label":
+            per_label = 2 * hits / np.maximum(1, predicted + true[None])
+            chosen = np.array([CANDIDATES[_best(per_label[:, j])] for j in range(targets.shape[1])])
+            thresholds = np.where(true >= MIN_POSITIVES, chosen, thresholds)
+        return thresholds
+
+    def calibrate(self, result: dict) -> None:
+        self.thresholds = np.array([result["per_label"][name]["threshold"] for name in self.label_names])
+
+    def learned_config(self) -> dict:
+        if self.thresholds is None:
+            return {}
+        return {"bertfit_thresholds": {name: float(t) for name, t in zip(self.label_names, self.thresholds)}}
+
+    def restore(self, model_config) -> None:
+        saved = getattr(model_config, "bertfit_thresholds", None)
+        if saved and not isinstance(self.threshold, (int, float)):
+            self.thresholds = np.array([float(saved[name]) for name in self.label_names])
+
+    def decode(self, features, context, scores):
+        thresholds = self.thresholds if self.thresholds is not None else np.full(len(self.label_names), 0.5)
+        return [
+            {
+                "labels": [name for name, p, t in zip(self.label_names, row, thresholds) if p >= t],
+                "scores": {name: float(p) for name, p in zip(self.label_names, row)},
+            }
+            for row in np.asarray(scores)
+        ]
+
+    def does(self, unit: str) -> str:
+        return f"gives each {unit} any number of {len(self.label_names)} labels ({', '.join(self.label_names)})"
+
+    def label_profile(self, frame, text_hashes):
+        rows = frame[self.label_column].tolist()
+        sizes = np.fromiter(map(len, rows), dtype=np.int64, count=len(rows))
+        counts = Counter(itertools.chain.from_iterable(rows))
+        pairs = Counter(pair for names in rows if len(names) > 1 for pair in itertools.combinations(sorted(names), 2))
+        ranked = sorted(((name, counts.get(name, 0)) for name in self.label_names), key=lambda kv: -kv[1])
+        return {
+            "labels": {name: count for name, count in ranked if count},
+            "label_cardinality": float(sizes.mean()) if len(sizes) else 0.0,
+            "multi_label_rate": float((sizes > 1).mean()) if len(sizes) else 0.0,
+            "no_label_rows": int((sizes == 0).sum()),
+            "rare_labels": [name for name, count in ranked if count < RARE_SHARE * len(rows)],
+            "top_pairs": [[a, b, n] for (a, b), n in pairs.most_common(5)],
+            "imbalance_ratio": float(ranked[0][1] / max(1, ranked[-1][1])) if ranked else 1.0,
+        }
+
+
+def _best(values: np.ndarray) -> int:
+    """Index of the largest value; among equals, the candidate nearest 0.5."""
+    top = np.flatnonzero(values >= values.max() - 1e-12)
+    return int(top[np.argmin(np.abs(CANDIDATES[top] - 0.5))])
+
+
+def multi_label_metrics(targets: np.ndarray, decided: np.ndarray, names: list[str]) -> dict:
+    """Micro and macro F1, micro precision and recall, subset accuracy, Hamming loss and a per-label table, from 0/1
+    matrices (examples × labels); a label never predicted (or never present) scores 0, as scikit-learn's
+    zero_division=0 does."""
+    targets, decided = targets.astype(bool), decided.astype(bool)
+    hits, predicted, true = (targets & decided).sum(0), decided.sum(0), targets.sum(0)
+
+    def ratio(numerator, denominator):
+        numerator, denominator = np.asarray(numerator, float), np.asarray(denominator, float)
+        return np.divide(numerator, denominator, out=np.zeros_like(numerator), where=denominator > 0)
+
+    precision, recall = ratio(hits, predicted), ratio(hits, true)
+    f1 = ratio(2 * hits, predicted + true)
+    micro_precision, micro_recall = float(ratio(hits.sum(), predicted.sum())), float(ratio(hits.sum(), true.sum()))
+    return {
+        "micro_f1": float(ratio(2 * hits.sum(), predicted.sum() + true.sum())),
+        "macro_f1": float(f1.mean()),
+        "micro_precision": micro_precision,
+        "micro_recall": micro_recall,
+        "subset_accuracy": float((targets == decided).all(1).mean()) if len(targets) else 0.0,
+        "hamming_loss": float((targets != decided).mean()) if targets.size else 0.0,
+        "per_label": {
+            name: {"precision": float(p), "recall": float(r), "f1": float(f), "support": int(n)}
+            for name, p, r, f, n in zip(names, precision, recall, f1, true, strict=True)
+        },
+    }
