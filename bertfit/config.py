@@ -47,6 +47,7 @@ RESULT_FIELDS = (
     "max_eval_samples",
     "max_length",
     "truncation",
+    "window_pooling",
     "label_all_subtokens",
     "stride",
     "epochs",
@@ -121,9 +122,16 @@ class Config(BaseModel):
     max_length: int | None = Field(
         None, ge=8, description="max tokens per example [default: the model's own: 512 for BERT, 8,192 for ModernBERT]"
     )
-    truncation: Literal["head", "tail", "head+tail"] = Field("head", description="which part of a longer text to keep")
+    truncation: Literal["head", "tail", "head+tail", "windows"] = Field(
+        "head",
+        description="which part of a longer text to keep; windows: all of it, as overlapping windows whose "
+        "predictions are pooled per text",
+    )
+    window_pooling: Literal["mean", "max"] = Field(
+        "mean", description="truncation windows: how a text's window logits become one prediction"
+    )
     label_all_subtokens: bool = Field(False, description="token task: label every sub-token, not just the first")
-    stride: int = Field(32, ge=0, description="token task: overlap between windows of a long sentence")
+    stride: int = Field(32, ge=0, description="overlap in tokens between windows (token task; truncation windows)")
     trust_remote_code: bool = Field(
         False, description="run the model repository's own code (only for models you trust)"
     )

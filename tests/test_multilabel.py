@@ -68,9 +68,7 @@ def test_the_tuned_threshold_is_the_best_candidate_and_per_label_ones_need_enoug
     assert per_label_f1["a"]["f1"] == per_label_f1["b"]["f1"] == 1.0  # each label at a cut that separates it
     assert thresholds[0] > 0.5 > thresholds[1]
     assert thresholds[2] == chosen[0]  # too few positives for a threshold of its own: the global one
-    result = per_label.metrics(
-        type("F", (), {"labels": targets.astype(np.uint8)})(), None, probabilities.astype(np.float32)
-    )
+    result = per_label.example_metrics(targets.astype(np.uint8), probabilities.astype(np.float32))
     assert result["micro_f1"] >= at_chosen and "threshold" not in result
 
 

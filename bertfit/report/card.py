@@ -185,8 +185,14 @@ def intended_uses(cfg, dataset: str, sizes: str) -> list[str]:
         f"- It knows only what {dataset} shows: texts from other domains, periods or languages may be scored with "
         "confidence and still wrongly; check it on your own data (`bertfit eval RUN --data YOURS`) before relying "
         "on it.",
-        f"- Inputs longer than {cfg.max_length} tokens are cut ({cfg.truncation}); the data profile below says how "
-        "many training examples were.",
+        (
+            f"- Inputs longer than {cfg.max_length} tokens are read as overlapping windows ({cfg.stride} tokens of "
+            f"overlap) whose predictions are pooled ({cfg.window_pooling} of the logits); the data profile below says "
+            "how many training examples were windowed."
+            if cfg.truncation == "windows"
+            else f"- Inputs longer than {cfg.max_length} tokens are cut ({cfg.truncation}); the data profile below "
+            "says how many training examples were."
+        ),
         "- Scores are the model's probabilities, not calibrated confidences; the labels carry the biases of "
         "whoever wrote them.",
     ]

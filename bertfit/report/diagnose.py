@@ -544,13 +544,14 @@ def _leakage(events, evals, profile, summary, cfg, task) -> Finding | None:
 
 def _truncation(events, evals, profile, summary, cfg, task) -> Finding | None:
     tokens = profile.get("splits", {}).get("train", {}).get("tokens")
-    if not tokens or tokens["truncated_share"] < TRUNCATION_SHARE:
+    if not tokens or tokens["truncated_share"] < TRUNCATION_SHARE or "windowed" in tokens:
         return None
     longer = tokens["max_length"] < 512
     advice = (
         f"raise max_length (now {tokens['max_length']}, p95 is {tokens['percentiles']['p95']})"
         if longer
-        else "keep the start and end of long texts with --truncation head+tail (Sun et al. 2019)"
+        else "keep the start and end of long texts with --truncation head+tail (Sun et al. 2019), or read them "
+        "whole as overlapping windows (--truncation windows)"
     )
     if cfg.truncation == "head+tail" and not longer:
         return None

@@ -29,6 +29,7 @@ def build_task(
     label_all_subtokens: bool = False,
     class_weights: str | list[float] | None = None,
     threshold: str | float = "tuned",
+    window_pooling: str = "mean",
 ) -> Task:
     return TASKS[kind](
         text_columns,
@@ -41,6 +42,7 @@ def build_task(
         label_all_subtokens,
         class_weights,
         threshold,
+        window_pooling,
     )
 
 
@@ -58,4 +60,5 @@ def task_for(cfg) -> Task:
         cfg.label_all_subtokens,
         cfg.class_weights,
         cfg.threshold,
+        cfg.window_pooling,
     )

@@ -340,6 +340,7 @@ class Task:
         label_all_subtokens: bool = False,
         class_weights: str | list[float] | None = None,
         threshold: str | float = "tuned",
+        window_pooling: str = "mean",
     ):
         if class_weights is not None and not self.weighs_classes:
             raise BertfitError(
@@ -349,6 +350,7 @@ class Task:
             raise BertfitError(f"threshold applies to multi-label tasks; this is a {self.kind} task: remove threshold")
         self.class_weights = class_weights
         self.threshold = threshold
+        self.window_pooling = window_pooling
         self.text_columns = text_columns
         self.label_column = label_column
         self.label_names = label_names
@@ -435,6 +437,20 @@ class Task:
         except BaseException:
             writer.discard()
             raise
+
+    def windows(self, n_tokens: int) -> list[tuple[int, int]]:
+        """Spans of at most max_length - 2 tokens (room for the special tokens), overlapping by `stride`, that
+        cover `n_tokens`: how a long sentence (token task) or document (truncation: windows) is read whole."""
+        body = self.max_length - 2
+        if n_tokens <= body:
+            return [(0, n_tokens)]
+        step = max(1, body - self.stride)
+        spans, start = [], 0
+        while True:
+            spans.append((start, min(start + body, n_tokens)))
+            if start + body >= n_tokens:
+                return spans
+            start += step
 
     def settings(self) -> dict:
         return {

@@ -89,18 +89,16 @@ class ClassificationTask(SequenceTask):
     def correct(self, logits, labels):
         return (logits.argmax(-1) == labels).sum()
 
-    def predictions(self, logits):
+    def decide(self, logits):
         return logits.argmax(-1)
 
-    def scores(self, logits):
+    def probabilities(self, logits):
         return logits.float().softmax(-1)
 
-    def metrics(self, features, frame, predictions):
-        return classification_metrics(
-            np.asarray(features.labels), predictions, len(self.label_names), "matthews" in self.extra_metrics
-        )
+    def example_metrics(self, labels, predictions):
+        return classification_metrics(labels, predictions, len(self.label_names), "matthews" in self.extra_metrics)
 
-    def decode(self, features, context, scores):
+    def decode_scores(self, scores):
         return [{"label": self.label_names[int(s.argmax())], "score": float(s.max())} for s in scores]
 
     def does(self, unit: str) -> str:

@@ -42,6 +42,9 @@ class MultiLabelTask(SequenceTask):
             targets[tuple(np.asarray(hits).T)] = 1
         return targets
 
+    def no_labels(self, rows: int) -> np.ndarray:
+        return np.zeros((rows, len(self.label_names)), np.uint8)
+
     def head_config(self):
         return {
             "num_labels": len(self.label_names),
@@ -63,15 +66,15 @@ class MultiLabelTask(SequenceTask):
         per_cell = F.binary_cross_entropy_with_logits(logits.float(), labels.float(), reduction="none")
         return per_cell.mean(1).sum()
 
-    def predictions(self, logits):
+    def decide(self, logits):
         return logits.float().sigmoid()
 
-    def scores(self, logits):
+    def probabilities(self, logits):
         return logits.float().sigmoid()
 
-    # -- thresholds: tuned on validation by `metrics` (unless fixed), adopted with the kept weights
-    def metrics(self, features, frame, predictions):
-        targets = np.asarray(features.labels).astype(bool)
+    # -- thresholds: tuned on validation by `example_metrics` (unless fixed), adopted with the kept weights
+    def example_metrics(self, labels, predictions):
+        targets = np.asarray(labels).astype(bool)
         probabilities = np.asarray(predictions, dtype=np.float32).reshape(len(targets), -1)
         thresholds = self.thresholds if self.thresholds is not None else self.tune(targets, probabilities)
         result = multi_label_metrics(targets, probabilities >= thresholds, self.label_names)
@@ -112,7 +115,7 @@ class MultiLabelTask(SequenceTask):
         if saved and not isinstance(self.threshold, (int, float)):
             self.thresholds = np.array([float(saved[name]) for name in self.label_names])
 
-    def decode(self, features, context, scores):
+    def decode_scores(self, scores):
         thresholds = self.thresholds if self.thresholds is not None else np.full(len(self.label_names), 0.5)
         return [
             {

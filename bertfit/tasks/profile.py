@@ -129,6 +129,8 @@ def profile(
                 split["labels_not_in_train"] = sorted(set(split["labels"]) - train_labels)
         if full_lengths is not None and name in full_lengths:
             split["tokens"] = length_stats(np.asarray(full_lengths[name]), max_length, len(frame))
+            if task.truncation == "windows":  # long texts are read whole, as windows, not cut
+                split["tokens"]["windowed"] = split["tokens"]["truncated"]
         result["splits"][name] = split
     if "train" in frames:
         train = texts["train"]
@@ -209,7 +211,9 @@ def summary_lines(report: dict) -> list[str]:
             tokens = split["tokens"]
             parts.append(
                 f"tokens p50 {tokens['percentiles']['p50']}, p95 {tokens['percentiles']['p95']}, "
-                f"max {tokens['max']}; {tokens['truncated_share']:.1%} truncated at {tokens['max_length']}"
+                f"max {tokens['max']}; {tokens['truncated_share']:.1%} "
+                + ("split into windows of" if "windowed" in tokens else "truncated at")
+                + f" {tokens['max_length']}"
                 + (f" (from a sample of {tokens['sampled']:,} rows)" if "sampled" in tokens else "")
             )
         if split["duplicates"]:

@@ -24,16 +24,16 @@ class RegressionTask(SequenceTask):
     def loss_sum(self, logits, labels):
         return F.mse_loss(logits.squeeze(-1).float(), labels.float(), reduction="sum")
 
-    def predictions(self, logits):
+    def decide(self, logits):
         return logits.squeeze(-1).float()
 
-    def scores(self, logits):
+    def probabilities(self, logits):
         return logits.float()
 
-    def metrics(self, features, frame, predictions):
-        return regression_metrics(np.asarray(features.labels), predictions)
+    def example_metrics(self, labels, predictions):
+        return regression_metrics(labels, predictions)
 
-    def decode(self, features, context, scores):
+    def decode_scores(self, scores):
         return [{"score": float(s[0])} for s in scores]
 
     def does(self, unit: str) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+import torch
 
 from bertfit.errors import BertfitError
 from bertfit.tasks.base import Features, Ragged, Task
@@ -23,15 +24,31 @@ def _truncate(ids: list[int], max_length: int, mode: str) -> list[int]:
 
 
 class SequenceTask(Task):
-    """One prediction per example, from a single text or a text pair: classification and regression."""
+    """One prediction per example, from a single text or a text pair: classification and regression.
+
+    With `truncation: windows` a long text becomes overlapping windows, each a training feature with the text's
+    label; evaluation and predict merge a text's windows (the mean of their logits, or the max) into one output."""
 
     pipeline_tag = "text-classification"
     auto_model = "AutoModelForSequenceClassification"
     peft_task_type = "SEQ_CLS"
     loss_unit = "example"
 
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.windowed = self.truncation == "windows"
+        if self.windowed:
+            if len(self.text_columns) > 1:
+                raise BertfitError(
+                    "truncation 'windows' reads single long texts; text pairs are cut longest-first: use head instead"
+                )
+            self.finds_mislabeled = False  # margins are kept per training feature, here a window, not an example
+
     def label_ids(self, frame: pd.DataFrame) -> np.ndarray:
         raise NotImplementedError
+
+    def settings(self) -> dict:
+        return {**super().settings(), **({"stride": self.stride} if self.windowed else {})}
 
     def encode_rows(self, frame: pd.DataFrame, tokenizer) -> Features:
         first = frame[self.text_columns[0]].astype(str).tolist()
@@ -42,6 +59,9 @@ class SequenceTask(Task):
         ids = encoded["input_ids"]
         types = encoded.get("token_type_ids") if second is not None else None
         full_lengths = np.fromiter(map(len, ids), dtype=np.int64, count=len(ids))
+        labels = self.label_ids(frame) if self.label_column in frame.columns else self.no_labels(len(frame))
+        if self.windowed:
+            return self._windows_of(ids, labels, full_lengths)
         long_rows = np.flatnonzero(full_lengths > self.max_length)
         if len(long_rows) and second is None:
             for row in long_rows:
@@ -59,7 +79,6 @@ class SequenceTask(Task):
                 ids[row] = again["input_ids"][k]
                 if types is not None:
                     types[row] = again["token_type_ids"][k]
-        labels = self.label_ids(frame) if self.label_column in frame.columns else np.zeros(len(frame), np.int64)
         return Features(
             input_ids=Ragged.from_lists(ids, np.int32),
             labels=labels,
@@ -67,6 +86,74 @@ class SequenceTask(Task):
             full_lengths=full_lengths,
             token_type_ids=Ragged.from_lists(types, np.int8) if types else None,
         )
+
+    def no_labels(self, rows: int) -> np.ndarray:
+        """Placeholder labels for texts to predict."""
+        return np.zeros(rows, np.int64)
+
+    def _windows_of(self, ids: list[list[int]], labels: np.ndarray, full_lengths: np.ndarray) -> Features:
+        """Each text as windows of its body between its first and last special tokens, which every window keeps."""
+        windows, owners = [], []
+        for example, row in enumerate(ids):
+            body = row[1:-1]
+            for start, end in self.windows(len(body)):
+                windows.append(row[:1] + body[start:end] + row[-1:])
+                owners.append(example)
+        owners = np.asarray(owners, dtype=np.int64)
+        return Features(
+            input_ids=Ragged.from_lists(windows, np.int32),
+            labels=labels[owners],
+            example_ids=owners,
+            full_lengths=full_lengths,
+        )
+
+    # -- outputs: per feature from the model, per example for metrics and predict
+    def decide(self, logits):
+        """What the metrics are computed from, per example: a class id, probabilities, a score."""
+        raise NotImplementedError
+
+    def probabilities(self, logits):
+        """What predict reports from, per example."""
+        raise NotImplementedError
+
+    def predictions(self, logits):
+        return logits.float() if self.windowed else self.decide(logits)
+
+    def scores(self, logits):
+        return logits.float() if self.windowed else self.probabilities(logits)
+
+    def per_example(self, features: Features, outputs, then) -> np.ndarray:
+        """Outputs per example: as they are, or each text's window logits pooled and then passed to `then`."""
+        if not self.windowed:
+            return np.asarray(outputs)
+        logits = np.asarray(outputs, dtype=np.float32)
+        owners, examples = np.asarray(features.example_ids), len(features.full_lengths)
+        if self.window_pooling == "max":
+            pooled = np.full((examples, *logits.shape[1:]), -np.inf, dtype=np.float32)
+            np.maximum.at(pooled, owners, logits)
+        else:
+            pooled = np.zeros((examples, *logits.shape[1:]), dtype=np.float32)
+            np.add.at(pooled, owners, logits)
+            pooled /= np.bincount(owners, minlength=examples).reshape(-1, *([1] * (logits.ndim - 1)))
+        return then(torch.from_numpy(pooled)).numpy()
+
+    def example_labels(self, features: Features) -> np.ndarray:
+        labels = np.asarray(features.labels)
+        if not self.windowed:
+            return labels
+        return labels[np.unique(np.asarray(features.example_ids), return_index=True)[1]]
+
+    def example_metrics(self, labels: np.ndarray, predictions: np.ndarray) -> dict:
+        raise NotImplementedError
+
+    def metrics(self, features, frame, predictions):
+        return self.example_metrics(self.example_labels(features), self.per_example(features, predictions, self.decide))
+
+    def decode_scores(self, scores: np.ndarray) -> list[dict]:
+        raise NotImplementedError
+
+    def decode(self, features, context, scores):
+        return self.decode_scores(self.per_example(features, scores, self.probabilities))
 
     def prediction_frame(self, rows):
         if len(rows[0]) != len(self.text_columns):

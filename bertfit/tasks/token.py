@@ -45,18 +45,6 @@ class TokenTask(Task):
     def settings(self):
         return {**super().settings(), "stride": self.stride, "all_subtokens": self.label_all_subtokens}
 
-    def windows(self, n_tokens: int) -> list[tuple[int, int]]:
-        body = self.max_length - 2
-        if n_tokens <= body:
-            return [(0, n_tokens)]
-        step = max(1, body - self.stride)
-        spans, start = [], 0
-        while True:
-            spans.append((start, min(start + body, n_tokens)))
-            if start + body >= n_tokens:
-                return spans
-            start += step
-
     def encode_rows(self, frame, tokenizer):
         words = [list(map(str, w)) for w in frame[self.text_columns[0]]]
         has_tags = self.label_column in frame.columns
