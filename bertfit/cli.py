@@ -338,6 +338,45 @@ def card(run: str = typer.Argument(..., help="run folder")):
     console.print(f"wrote {Path(run) / 'README.md'}")
 
 
+@app.command()
+def export(
+    run: str = typer.Argument(..., help="run folder"),
+    output: str = Opt(..., "--output", "-o", help="new folder for the exported model"),
+    format: _choices("ExportFormat", ["onnx"]) = Opt("onnx", "--format", help="what to export to"),
+    quantize: _choices("Quantize", ["int8"]) | None = Opt(None, help="int8: dynamic int8 weights (smaller, faster)"),
+    data: str | None = Opt(None, help="data for the parity check [default: the run's own validation split]"),
+):
+    """Export a run to ONNX (onnxruntime runs it without torch), checked against torch on validation examples."""
+    from bertfit.deploy.export import export_run
+
+    result = export_run(run, output, quantize.value if quantize else None, data)
+    console.print(
+        f"wrote {result['output']} ({format.value}, quantize {result['quantize']}) in "
+        f"{result['export_seconds']:.1f} s; parity on {result['parity_examples']:,} '{result['parity_split']}' "
+        f"examples: max |Δlogit| {result['max_abs_logit_diff']:.2e}, labels agree on {result['label_agreement']:.2%}; "
+        f"onnxruntime {result['onnx_samples_per_second']:.1f} vs torch fp32 "
+        f"{result['torch_fp32_samples_per_second']:.1f} samples/s",
+        markup=False,
+    )
+
+
+@app.command()
+def serve(
+    run: str = typer.Argument(..., help="run folder (or its ONNX export)"),
+    host: str = Opt("127.0.0.1", help="address to listen on (0.0.0.0: every interface)"),
+    port: int = Opt(8000, min=1, max=65535),
+    max_batch: int = Opt(64, min=1, help="texts per forward pass"),
+    max_wait_ms: float = Opt(5.0, min=0, help="how long a request waits for others to batch with"),
+    max_queue: int = Opt(256, min=1, help="requests waiting before new ones get 503"),
+    max_texts: int = Opt(256, min=1, help="texts per request (more: 413)"),
+):
+    """Serve a run over HTTP: POST /predict, GET /health, GET /metadata; requests are micro-batched."""
+    from bertfit.deploy.serve import Limits
+    from bertfit.deploy.serve import serve as serve_run
+
+    serve_run(run, host, port, Limits(max_batch, max_wait_ms, max_queue, max_texts))
+
+
 def refresh_reports(run: Path) -> list[dict]:
     """Diagnosis, plots and card rewritten under the run folder's lock, so a run still writing is left alone."""
     from bertfit.report import write_reports

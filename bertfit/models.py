@@ -7,6 +7,7 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 
 from bertfit.errors import BertfitError, first_line
 
@@ -215,3 +216,42 @@ def load_adapter(folder: Path, base: str, auto_model: str, head_config: dict, tr
     learned = json.loads((folder / LEARNED_CONFIG).read_text()) if (folder / LEARNED_CONFIG).is_file() else {}
     model = load_model(resolve_model(base), auto_model, {**head_config, **learned}, trust_remote_code)
     return PeftModel.from_pretrained(model, str(folder)).merge_and_unload()
+
+
+ONNX_FILE = "model.onnx"
+
+
+def is_onnx(folder: Path) -> bool:
+    return (folder / ONNX_FILE).is_file()
+
+
+def load_onnx(folder: Path):
+    """An exported model run by onnxruntime, called as the torch model is (`model(**batch).logits`), so that
+    evaluation, predict and serve take one path for both."""
+    import torch
+
+    try:
+        import onnxruntime
+    except ImportError:
+        raise BertfitError(
+            f"'{folder}' holds an ONNX model; running it needs onnxruntime: pip install 'bertfit[deploy]'"
+        ) from None
+    from transformers import AutoConfig
+
+    class OnnxModel(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            options = onnxruntime.SessionOptions()
+            options.intra_op_num_threads = torch.get_num_threads()
+            self.session = onnxruntime.InferenceSession(
+                str(folder / ONNX_FILE), options, providers=["CPUExecutionProvider"]
+            )
+            self.names = {i.name for i in self.session.get_inputs()}
+            self.config = _from_pretrained(AutoConfig.from_pretrained, str(folder))
+
+        def forward(self, **inputs):
+            feed = {name: value.cpu().numpy() for name, value in inputs.items() if name in self.names}
+            (logits,) = self.session.run(["logits"], feed)
+            return SimpleNamespace(logits=torch.from_numpy(logits))
+
+    return OnnxModel()

@@ -39,15 +39,19 @@ def load_run(run_dir: str) -> LoadedRun:
     cfg = build_config(str(folder / "recipe.yaml"))
     task = task_for(cfg)
     device = default_device()
+    precision = inference_precision(cfg.precision, device)
     if adapter:  # a LoRA adapter saved alone: the base model's tokenizer, and the adapter folded into its weights
         tokenizer = models.load_tokenizer(models.resolve_model(cfg.model), cfg.trust_remote_code)
         model = models.load_adapter(folder, cfg.model, task.auto_model, task.head_config(), cfg.trust_remote_code)
+    elif models.is_onnx(folder):  # `bertfit export`: onnxruntime on the CPU, in the precision it was exported in
+        tokenizer, model = models.load_tokenizer(str(folder)), models.load_onnx(folder)
+        device, precision = torch.device("cpu"), "fp32"
     else:
         tokenizer = models.load_tokenizer(str(folder))
         model = models.load_model(str(folder), task.auto_model, task.head_config())
     model = model.to(device).eval()
     task.restore(model.config)
-    return LoadedRun(cfg, task, model, tokenizer, device, inference_precision(cfg.precision, device))
+    return LoadedRun(cfg, task, model, tokenizer, device, precision)
 
 
 def evaluate_run(run_dir: str, source: str, split: str, batch_size: int = 64) -> dict:

@@ -192,8 +192,11 @@ class DiskArray:
         return values.astype(dtype or self.dtype, copy=False)
 
     def __del__(self) -> None:
-        with contextlib.suppress(OSError, AttributeError):
+        # Not contextlib.suppress: at interpreter exit the contextlib module (and even os) may already be gone.
+        try:  # noqa: SIM105
             os.close(self.fd)
+        except Exception:
+            pass
 
 
 class FeatureWriter:

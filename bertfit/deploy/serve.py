@@ -1,0 +1,208 @@
+"""`bertfit serve`: a run folder (torch, or its ONNX export) behind HTTP, with dynamic micro-batching.
+
+FastAPI on uvicorn: the stack most Python model servers use, kept by active maintainers, with graceful shutdown
+(uvicorn finishes requests in flight on SIGTERM) and an async core that lets one model thread be fed by many
+connections. Requests that arrive within `max_wait_ms` of each other share one forward pass, up to `max_batch`
+texts; the model runs in one worker thread, so the event loop keeps accepting while it computes.
+
+Every response is JSON. Bad input is a 422 with bertfit's one-line message; a body or text list over the limits is
+a 413; a full queue is a 503 at once, never a hang."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+
+from bertfit.engine.predict import LoadedRun, load_run, predict
+from bertfit.errors import BertfitError
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_batch: int = 64  # texts per forward pass
+    max_wait_ms: float = 5.0  # how long the first request of a batch waits for company
+    max_queue: int = 256  # requests waiting; more are refused with 503
+    max_texts: int = 256  # texts per request
+    max_body_bytes: int = 1_000_000
+
+
+class RequestError(Exception):
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+
+
+def parse_request(body: bytes, text_columns: list[str], limits: Limits) -> list[list[str]]:
+    """{"text": "..."} | {"text": "...", "pair": "..."} | {"texts": [...]} | {"pairs": [[a, b], ...]} → rows."""
+    if len(body) > limits.max_body_bytes:
+        raise RequestError(413, f"request body is {len(body):,} bytes; the limit is {limits.max_body_bytes:,}")
+    try:
+        payload = json.loads(body)
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise RequestError(422, f"request body is not JSON ({err.msg if hasattr(err, 'msg') else err})") from None
+    if not isinstance(payload, dict):
+        raise RequestError(422, 'send a JSON object: {"text": "..."}, {"texts": [...]} or {"pairs": [[a, b], ...]}')
+    if "text" in payload:
+        rows = [[payload["text"]] + ([payload["pair"]] if "pair" in payload else [])]
+    elif "texts" in payload:
+        texts = payload["texts"]
+        if not isinstance(texts, list):
+            raise RequestError(422, '"texts" must be a list of strings')
+        rows = [[text] for text in texts]
+    elif "pairs" in payload:
+        pairs = payload["pairs"]
+        if not isinstance(pairs, list) or not all(isinstance(p, list) and len(p) == 2 for p in pairs):
+            raise RequestError(422, '"pairs" must be a list of [text, text] pairs')
+        rows = [list(pair) for pair in pairs]
+    else:
+        raise RequestError(422, 'no "text", "texts" or "pairs" in the request')
+    if not rows:
+        raise RequestError(422, "no texts to predict")
+    if len(rows) > limits.max_texts:
+        raise RequestError(413, f"{len(rows):,} texts in one request; the limit is {limits.max_texts:,}")
+    for number, row in enumerate(rows, start=1):
+        if not all(isinstance(text, str) for text in row):
+            raise RequestError(422, f"text {number} is not a string")
+        if not all(text.strip() for text in row):
+            raise RequestError(422, f"text {number} is empty")
+        if len(row) != len(text_columns):
+            raise RequestError(
+                422,
+                f"this model reads {len(text_columns)} text(s) per example ({', '.join(text_columns)}); "
+                f"text {number} has {len(row)}",
+            )
+    return rows
+
+
+class MicroBatcher:
+    """Collects requests from the event loop into batches for one model thread."""
+
+    def __init__(self, run: LoadedRun, limits: Limits):
+        self.run, self.limits = run, limits
+        self.queue: asyncio.Queue = asyncio.Queue(maxsize=limits.max_queue)
+        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="bertfit-model")
+        self.worker: asyncio.Task | None = None
+        self.batches = self.texts = 0
+
+    def start(self) -> None:
+        self.worker = asyncio.get_running_loop().create_task(self._work())
+
+    async def stop(self) -> None:
+        if self.worker is not None:
+            self.worker.cancel()
+        self.executor.shutdown(wait=True)
+
+    async def submit(self, rows: list[list[str]]) -> list[dict]:
+        future = asyncio.get_running_loop().create_future()
+        try:
+            self.queue.put_nowait((rows, future))
+        except asyncio.QueueFull:
+            raise RequestError(503, f"server busy: {self.limits.max_queue} requests waiting; retry shortly") from None
+        return await future
+
+    async def _work(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            batch = [await self.queue.get()]
+            size = len(batch[0][0])
+            deadline = loop.time() + self.limits.max_wait_ms / 1000
+            while size < self.limits.max_batch and (left := deadline - loop.time()) > 0:
+                try:
+                    item = await asyncio.wait_for(self.queue.get(), left)
+                except TimeoutError:
+                    break
+                batch.append(item)
+                size += len(item[0])
+            rows = [row for request, _ in batch for row in request]
+            try:
+                results = await loop.run_in_executor(self.executor, predict, self.run, rows, self.limits.max_batch)
+            except Exception as err:  # one bad batch fails its requests, not the server
+                for _, future in batch:
+                    if not future.done():
+                        future.set_exception(err)
+                continue
+            self.batches, self.texts = self.batches + 1, self.texts + len(rows)
+            at = 0
+            for request, future in batch:
+                if not future.done():
+                    future.set_result(results[at : at + len(request)])
+                at += len(request)
+
+
+def metadata(run: LoadedRun, run_dir: str) -> dict:
+    cfg = run.cfg
+    return {
+        "run": run_dir,
+        "task": run.task.kind,
+        "labels": cfg.label_names,
+        "text_columns": cfg.text_columns,
+        "model": cfg.model,
+        "max_length": cfg.max_length,
+        "runtime": "onnxruntime" if type(run.model).__name__ == "OnnxModel" else "torch",
+        "precision": run.precision,
+        "device": str(run.device),
+    }
+
+
+def build_app(run_dir: str, limits: Limits = Limits()) -> FastAPI:
+    run = load_run(run_dir)
+    predict(run, [["warm up"] * len(run.cfg.text_columns)])  # first-call costs are paid before the first request
+    batcher = MicroBatcher(run, limits)
+    info = metadata(run, run_dir)
+
+    @asynccontextmanager
+    async def lifespan(app):
+        batcher.start()
+        yield
+        await batcher.stop()
+
+    app = FastAPI(title="bertfit", lifespan=lifespan)
+
+    @app.get("/health")
+    async def health():
+        return {"status": "ok", "queued": batcher.queue.qsize(), "batches": batcher.batches, "texts": batcher.texts}
+
+    @app.get("/metadata")
+    async def describe():
+        return info
+
+    @app.post("/predict")
+    async def predict_texts(request: Request):
+        try:
+            declared = int(request.headers.get("content-length") or 0)
+            if declared > limits.max_body_bytes:
+                raise RequestError(413, f"request body is {declared:,} bytes; the limit is {limits.max_body_bytes:,}")
+            rows = parse_request(await request.body(), run.cfg.text_columns, limits)
+            return {"predictions": await batcher.submit(rows)}
+        except RequestError as err:
+            return JSONResponse({"error": str(err)}, status_code=err.status)
+        except BertfitError as err:
+            return JSONResponse({"error": str(err)}, status_code=422)
+
+    return app
+
+
+def serve(run_dir: str, host: str, port: int, limits: Limits = Limits(), grace_seconds: float = 30) -> None:
+    import socket
+
+    import uvicorn
+
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+        try:  # uvicorn would log the failure and exit 1; checked first, it is one line and exit 2
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind((host, port))
+        except OSError as err:
+            raise BertfitError(f"cannot listen on {host}:{port} ({err.strerror}); choose another --port") from None
+    app = build_app(run_dir, limits)
+    config = uvicorn.Config(
+        app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=grace_seconds, access_log=False
+    )
+    server = uvicorn.Server(config)
+    print(f"serving {run_dir} on http://{host}:{port} (POST /predict, GET /health, GET /metadata)", flush=True)
+    server.run()
