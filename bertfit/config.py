@@ -208,6 +208,15 @@ class Config(BaseModel):
         False, description="recompute activations in the backward pass: less memory, about a third slower"
     )
 
+    # Experiment tracking (rank 0 only)
+    report_to: list[Literal["tensorboard", "mlflow"]] = Field(
+        [], description="trackers to log to: tensorboard (RUN/tensorboard), mlflow; comma-separated [default: none]"
+    )
+    mlflow_tracking_uri: str | None = Field(
+        None, description="MLflow store, e.g. sqlite:///mlflow.db or http://host:5000 [default: MLFLOW_TRACKING_URI]"
+    )
+    mlflow_experiment: str = Field("bertfit", description="MLflow experiment the run is logged under")
+
     # Reliability
     checkpoint_every: int | None = Field(
         None, gt=0, description="also checkpoint every N steps (always at each evaluation)"
@@ -230,7 +239,9 @@ class Config(BaseModel):
             raise ValueError("must be a positive number of steps or 'epoch'")
         return value
 
-    @field_validator("text_columns", "label_names", "label_columns", "lora_targets", "metrics", mode="before")
+    @field_validator(
+        "text_columns", "label_names", "label_columns", "lora_targets", "metrics", "report_to", mode="before"
+    )
     @classmethod
     def _comma_list(cls, value: Any) -> Any:
         if isinstance(value, str):

@@ -255,3 +255,12 @@ def load_onnx(folder: Path):
             return SimpleNamespace(logits=torch.from_numpy(logits))
 
     return OnnxModel()
+
+
+def set_output_bias(model, bias) -> None:
+    """Start the output layer (the last linear layer, with one output per label) at the given bias."""
+    import torch
+
+    layer = [m for m in model.modules() if isinstance(m, torch.nn.Linear) and m.out_features == len(bias)][-1]
+    with torch.no_grad():
+        layer.bias.copy_(torch.as_tensor(bias, dtype=layer.bias.dtype))

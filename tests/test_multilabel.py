@@ -208,3 +208,19 @@ def test_multi_label_under_two_gloo_ranks_matches_one_process(tiny_bert_no_dropo
         json.loads((double / "config.json").read_text())["bertfit_thresholds"]
         == json.loads((single / "config.json").read_text())["bertfit_thresholds"]
     )
+
+
+def test_the_output_layer_starts_at_the_label_priors(tiny_bert, minilm_tokenizer):
+    from transformers import AutoModelForSequenceClassification
+
+    from bertfit import models
+
+    frame = pd.DataFrame({"text": ["a", "b", "c", "d"], "labels": [["x"], ["x", "y"], ["x"], []]})
+    task = build_task("multi_label", ["text"], "labels", ["x", "y", "z"], 64)
+    bias = task.head_bias(task.encode(frame, minilm_tokenizer))
+    assert bias[:2] == pytest.approx([np.log(0.75 / 0.25), np.log(0.25 / 0.75)])
+    assert bias[2] == pytest.approx(np.log(1e-4 / (1 - 1e-4)))  # a label never seen: a very low prior, not -inf
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_bert, **task.head_config())
+    models.set_output_bias(model, bias)
+    assert model.classifier.bias.detach().numpy() == pytest.approx(bias, rel=1e-6)
+    assert build_task("classification", ["text"], "label", ["0", "1"], 64).head_bias(None) is None

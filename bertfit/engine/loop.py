@@ -396,6 +396,8 @@ def finish(run: Run, reporter: Reporter | None = None) -> dict:
         if reporter is not None:
             with run.folder.recording():
                 summary["diagnosis"] = reporter(run.out, True)
+        for tracker in run.log.sinks:  # after the reports, which they keep as artifacts
+            tracker.finish(run.out)
     if run.dist.enabled:
         dist.barrier()
     return summary

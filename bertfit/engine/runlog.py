@@ -36,6 +36,7 @@ class RunLog:
         self.samples = self.tokens = self.padded = 0
         self.header_printed = False
         self.console = None
+        self.sinks: list = []  # experiment trackers, fed every event (engine.tracking)
 
     # -- saved in each checkpoint
     def state_dict(self) -> dict:
@@ -74,6 +75,8 @@ class RunLog:
                 self.path.open("a", encoding="utf-8") as handle,
             ):
                 handle.write(to_json(record) + "\n")
+            for sink in self.sinks:
+                sink.event(record)
         return record
 
     def accumulate(

@@ -15,7 +15,7 @@ import torch
 from bertfit import models
 from bertfit.config import Config
 from bertfit.data import schema, sources
-from bertfit.engine import batching, checkpoint
+from bertfit.engine import batching, checkpoint, tracking
 from bertfit.engine.device import (
     Dist,
     default_device,
@@ -97,6 +97,7 @@ def check_inputs(cfg: Config, device: torch.device) -> Inputs:
     started = time.perf_counter()
     out = output_folder(cfg)
     precision = resolve_precision(cfg.precision, device)
+    tracking.check(cfg)
     splits = sources.load_splits(cfg.data)
     sources.require_split(splits, cfg.train_split)
     # Rows are checked before a validation split is carved off, so errors name rows of the user's file.
@@ -239,6 +240,9 @@ def setup(cfg: Config, folder: RunFolder | None, resume: bool = False, overwrite
         )
     torch.manual_seed(cfg.seed)
     model = models.load_model(model_path, task.auto_model, task.head_config(), cfg.trust_remote_code).to(device)
+    bias = task.head_bias(features["train"])
+    if bias is not None:  # a resumed run overwrites it with the checkpoint's weights
+        models.set_output_bias(model, bias)
     if cfg.gradient_checkpointing:
         if not model.supports_gradient_checkpointing:
             raise BertfitError(
@@ -295,7 +299,8 @@ def setup(cfg: Config, folder: RunFolder | None, resume: bool = False, overwrite
     if folder is not None:
         folder.begin(resume, overwrite)
         folder.write_text("recipe.yaml", cfg.to_yaml())  # on resume too: a moved run names its new place
-        folder.own(["log.jsonl", "checkpoints"])
+        folder.own(["log.jsonl", "checkpoints"] + (["tensorboard"] if "tensorboard" in cfg.report_to else []))
+        log.sinks = tracking.start(cfg, inputs.out)
     if log_state is not None:
         log.load_state_dict(log_state)
     return run

@@ -368,6 +368,10 @@ class Task:
         """from_pretrained keyword arguments that give the model this task's head (labels, problem type)."""
         raise NotImplementedError
 
+    def head_bias(self, features: Features) -> np.ndarray | None:
+        """A starting bias for the output layer, learnt from the training labels, where the task wants one."""
+        return None
+
     def chance_loss(self) -> float | None:
         """The loss of a model that has learnt nothing (uniform over the classes), where one is defined."""
         return None

@@ -54,6 +54,15 @@ class MultiLabelTask(SequenceTask):
             "problem_type": "multi_label_classification",
         }
 
+    def head_bias(self, features):
+        """Each label's log-odds in the training data. With a zero bias every sigmoid starts at 0.5 and the first
+        hundreds of steps push all 28 outputs down through the encoder, which then settles on predicting the
+        priors for every text (measured on go_emotions: minilm stuck at 'neutral' for 750 steps); starting at
+        the priors, the gradients carry only what tells the texts apart (Karpathy's 'init well')."""
+        rates = np.asarray(features.labels, dtype=np.float64).mean(0)
+        rates = np.clip(rates, 1e-4, 1 - 1e-4)
+        return np.log(rates / (1 - rates))
+
     def settings(self) -> dict:
         return {**super().settings(), "multi_label": True}
 
