@@ -377,6 +377,18 @@ def serve(
     serve_run(run, host, port, Limits(max_batch, max_wait_ms, max_queue, max_texts))
 
 
+@app.command()
+def push(
+    run: str = typer.Argument(..., help="run folder"),
+    repo_id: str = Opt(..., "--repo-id", help="owner/name of the model repository (created if missing)"),
+    private: bool = Opt(False, "--private", help="create the repository private"),
+):
+    """Upload a run to the Hugging Face Hub (the card as its README; checkpoints stay here)."""
+    from bertfit.deploy.hub import push_run
+
+    console.print(f"pushed {run} to {repo_id}: {push_run(run, repo_id, private)}", markup=False)
+
+
 def refresh_reports(run: Path) -> list[dict]:
     """Diagnosis, plots and card rewritten under the run folder's lock, so a run still writing is left alone."""
     from bertfit.report import write_reports
