@@ -1,0 +1,247 @@
+"""Serving and export on this CPU, side by side with what a user would otherwise run, in one invocation:
+
+1. ONNX: a minilm SST-2 run exported with `bertfit export` (fp32, and int8), scored on all of SST-2's validation
+   split through `bertfit eval` (torch in the run's precision, torch fp32, onnxruntime fp32 and int8): accuracy,
+   samples/s, and label agreement with torch.
+2. Load: `bertfit serve` (micro-batching) against the naive server a user writes (FastAPI, one `pipeline()` call
+   per request), each in its own process on loopback: N concurrent clients send a fixed number of one-sentence
+   requests; requests/s, p50/p95/p99 latency, errors, and the server's RSS sampled over the run.
+
+    python benchmarks/deploy.py [--clients 32] [--requests 5000]     # appends to BENCHMARKS.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime
+import json
+import os
+import platform
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+TRAIN = ["--model", "minilm", "--data", "sst2", "--max-train-samples", "4000", "--epochs", "1", "--batch-size", "32"]
+TRAIN += ["--max-length", "128", "--no-find-mislabeled"]
+
+NAIVE_SERVER = """
+import sys
+import uvicorn
+from fastapi import FastAPI
+from transformers import pipeline
+
+classifier = pipeline("text-classification", model=sys.argv[1])
+app = FastAPI()
+
+
+@app.post("/predict")
+def predict(request: dict):
+    return {"predictions": classifier([request["text"]])}
+
+
+uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[2]), log_level="warning")
+"""
+
+
+def bertfit(*args: str) -> str:
+    done = subprocess.run([sys.executable, "-m", "bertfit", *args], capture_output=True, text=True)
+    if done.returncode:
+        raise SystemExit(f"bertfit {args[0]} failed: {done.stderr[-2000:]}")
+    return done.stdout
+
+
+def onnx_rows(run: Path, work: Path) -> list[dict]:
+    folders = {"torch (the run's precision)": run}
+    for name, extra in (("onnxruntime fp32", []), ("onnxruntime int8", ["--quantize", "int8"])):
+        out = work / name.split()[1]
+        bertfit("export", str(run), "--output", str(out), *extra)
+        folders[name] = out
+    sentences = work / "sentences.txt"
+    sys.path.insert(0, str(REPO))
+    from bertfit.data import sources
+
+    sentences.write_text("\n".join(sources.load_splits("sst2").frames["validation"]["sentence"]) + "\n")
+    rows, labels = [], {}
+    for name, folder in folders.items():
+        scored = json.loads(bertfit("eval", str(folder), "--data", "sst2", "--split", "validation"))
+        predictions = work / f"{folder.name}.jsonl"
+        bertfit("predict", str(folder), "--input", str(sentences), "--output", str(predictions))
+        labels[name] = [json.loads(line)["label"] for line in predictions.read_text().splitlines()]
+        rows.append(
+            {"runtime": name, "accuracy": scored["accuracy"], "samples_per_second": scored["samples_per_second"]}
+        )
+    reference = labels["torch (the run's precision)"]
+    for row in rows:
+        ours = labels[row["runtime"]]
+        row["agreement"] = sum(a == b for a, b in zip(ours, reference, strict=True)) / len(reference)
+    return rows
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def load(command: list[str], port: int, clients: int, requests: int, texts: list[str]) -> dict:
+    import httpx
+
+    server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 180
+        while True:
+            if server.poll() is not None:
+                raise SystemExit(f"server failed: {server.stderr.read().decode()[-2000:]}")
+            try:
+                httpx.post(f"{base}/predict", json={"text": "warm up"}, timeout=30).raise_for_status()
+                break
+            except httpx.HTTPError:
+                if time.time() > deadline:
+                    raise
+                time.sleep(0.5)
+        samples: list[tuple[float, float]] = []
+        sampling = threading.Event()
+
+        def sample_rss():
+            started = time.perf_counter()
+            while not sampling.is_set():
+                samples.append((time.perf_counter() - started, rss_mb(server.pid)))
+                time.sleep(0.5)
+
+        sampler = threading.Thread(target=sample_rss)
+        latencies: list[float] = []
+        errors = 0
+
+        async def client(queue: asyncio.Queue, http) -> None:
+            nonlocal errors
+            while True:
+                try:
+                    index = queue.get_nowait()
+                except asyncio.QueueEmpty:
+                    return
+                started = time.perf_counter()
+                try:
+                    reply = await http.post("/predict", json={"text": texts[index % len(texts)]})
+                    if reply.status_code != 200:
+                        errors += 1
+                except httpx.HTTPError:
+                    errors += 1
+                latencies.append(time.perf_counter() - started)
+
+        async def run_all() -> float:
+            queue: asyncio.Queue = asyncio.Queue()
+            for index in range(requests):
+                queue.put_nowait(index)
+            limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+            async with httpx.AsyncClient(base_url=base, timeout=120, limits=limits) as http:
+                started = time.perf_counter()
+                await asyncio.gather(*(client(queue, http) for _ in range(clients)))
+                return time.perf_counter() - started
+
+        sampler.start()
+        seconds = asyncio.run(run_all())
+        sampling.set()
+        sampler.join()
+    finally:
+        server.terminate()
+        server.wait(timeout=60)
+    latencies.sort()
+
+    def percentile(p: float) -> float:
+        return 1000 * latencies[min(len(latencies) - 1, int(p / 100 * len(latencies)))]
+
+    memory = [mb for _, mb in samples]
+    early = memory[max(0, len(memory) // 10 - 1)] if memory else 0.0
+    return {
+        "requests_per_second": requests / seconds,
+        "p50": percentile(50),
+        "p95": percentile(95),
+        "p99": percentile(99),
+        "errors": errors,
+        "rss_early": early,
+        "rss_end": memory[-1] if memory else 0.0,
+        "rss_peak": max(memory) if memory else 0.0,
+        "seconds": seconds,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--clients", type=int, default=32)
+    parser.add_argument("--requests", type=int, default=5000)
+    args = parser.parse_args()
+    os.environ.setdefault("BERTFIT_DATA_DIR", str(REPO.parent / "shared" / "data"))
+    import torch
+
+    with tempfile.TemporaryDirectory(prefix="bertfit-deploy-") as folder:
+        work = Path(folder)
+        run = work / "run"
+        bertfit("train", "--output", str(run), *TRAIN)
+        exports = onnx_rows(run, work)
+        sys.path.insert(0, str(REPO))
+        from bertfit.data import sources
+
+        texts = sources.load_splits("sst2").frames["validation"]["sentence"].tolist()
+        naive_script = work / "naive_server.py"
+        naive_script.write_text(NAIVE_SERVER)
+        servers = {}
+        port = free_port()
+        servers["naive: FastAPI + pipeline() per request"] = load(
+            [sys.executable, str(naive_script), str(run), str(port)], port, args.clients, args.requests, texts
+        )
+        for name, folder_served in (("bertfit serve (torch)", run), ("bertfit serve (ONNX int8)", work / "int8")):
+            port = free_port()
+            command = [sys.executable, "-m", "bertfit", "serve", str(folder_served), "--port", str(port)]
+            servers[name] = load(command, port, args.clients, args.requests, texts)
+    lines = [
+        f"### serving and export: {datetime.date.today().isoformat()}",
+        "",
+        f"- machine: CPU {platform.machine()}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads; "
+        f"torch {torch.__version__}",
+        f"- command: `python benchmarks/deploy.py --clients {args.clients} --requests {args.requests}`; the run: "
+        f"`bertfit train {' '.join(TRAIN)}`",
+        "",
+        "ONNX export, scored on SST-2 validation (872 sentences) through `bertfit eval`; agreement is with the torch "
+        "run's predicted labels:",
+        "",
+        "| runtime | accuracy | samples/s | labels equal to torch |",
+        "|---|---:|---:|---:|",
+    ]
+    lines += [
+        f"| {r['runtime']} | {r['accuracy']:.4f} | {r['samples_per_second']:.1f} | {r['agreement']:.2%} |"
+        for r in exports
+    ]
+    lines += [
+        "",
+        f"HTTP load on loopback: {args.clients} concurrent clients, {args.requests:,} one-sentence requests:",
+        "",
+        "| server | requests/s | p50 ms | p95 ms | p99 ms | errors | RSS MB at 10% / end / peak |",
+        "|---|---:|---:|---:|---:|---:|---|",
+    ]
+    lines += [
+        f"| {name} | {r['requests_per_second']:.1f} | {r['p50']:.0f} | {r['p95']:.0f} | {r['p99']:.0f} | "
+        f"{r['errors']} | {r['rss_early']:.0f} / {r['rss_end']:.0f} / {r['rss_peak']:.0f} |"
+        for name, r in servers.items()
+    ]
+    text = "\n".join(lines) + "\n"
+    print(text)
+    with open(REPO / "BENCHMARKS.md", "a", encoding="utf-8") as handle:
+        handle.write("\n" + text)
+
+
+if __name__ == "__main__":
+    main()
