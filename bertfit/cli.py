@@ -59,6 +59,7 @@ def _option_type(name: str, annotation) -> object:
 
 
 TASK_CHOICES = _choices("TaskKind", typing.get_args(Config.model_fields["task"].annotation))
+INFERENCE_PRECISION = _choices("InferencePrecision", typing.get_args(Config.model_fields["precision"].annotation))
 
 
 def recipe_option(name: str, field) -> Parameter:
@@ -212,12 +213,13 @@ def evaluate(
     data: str = Opt(..., help="dataset (as for train)"),
     split: str = Opt("validation", help="split to score"),
     batch_size: int = Opt(64),
+    precision: INFERENCE_PRECISION = Opt("auto", help="auto: as the run trained (fp16 needs a GPU)"),
 ):
     """Score a trained run on a dataset split; prints metrics as JSON."""
     from bertfit.engine.predict import evaluate_run
     from bertfit.files import to_json
 
-    print(to_json(evaluate_run(run, data, split, batch_size), indent=2))
+    print(to_json(evaluate_run(run, data, split, batch_size, precision.value), indent=2))
 
 
 @app.command()
@@ -228,6 +230,7 @@ def predict(
     input: str | None = Opt(None, "--input", help="CSV/TSV/JSONL/Parquet/TXT file of texts"),
     output: str | None = Opt(None, "--output", help="JSONL file to write (default: print)"),
     batch_size: int = Opt(64),
+    precision: INFERENCE_PRECISION = Opt("auto", help="auto: as the run trained (fp16 needs a GPU)"),
 ):
     """Predict labels, scores or entity spans for texts."""
     from bertfit.engine.predict import check_output_path, load_run, read_inputs, write_predictions
@@ -238,7 +241,7 @@ def predict(
         raise BertfitError("nothing to predict; pass --text TEXT or --input FILE")
     if output:
         check_output_path(output)
-    loaded = load_run(run)
+    loaded = load_run(run, precision.value)
     rows = read_inputs(input, loaded.cfg.text_columns) if input else [[t] + ([pair] if pair else []) for t in text]
     predictions = predict_rows(loaded, rows, batch_size)
     if output:

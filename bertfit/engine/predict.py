@@ -28,7 +28,8 @@ class LoadedRun:
     precision: str
 
 
-def load_run(run_dir: str) -> LoadedRun:
+def load_run(run_dir: str, precision: str = "auto") -> LoadedRun:
+    """`precision`: auto (as the run trained, fp16 only on a GPU), or fp32 / bf16 / fp16 to choose."""
     folder = Path(run_dir)
     adapter = models.is_adapter(folder)
     if not (folder / "recipe.yaml").is_file() or not ((folder / "config.json").is_file() or adapter):
@@ -39,7 +40,7 @@ def load_run(run_dir: str) -> LoadedRun:
     cfg = build_config(str(folder / "recipe.yaml"))
     task = task_for(cfg)
     device = default_device()
-    precision = inference_precision(cfg.precision, device)
+    precision = inference_precision(cfg.precision if precision == "auto" else precision, device)
     if adapter:  # a LoRA adapter saved alone: the base model's tokenizer, and the adapter folded into its weights
         tokenizer = models.load_tokenizer(models.resolve_model(cfg.model), cfg.trust_remote_code)
         model = models.load_adapter(folder, cfg.model, task.auto_model, task.head_config(), cfg.trust_remote_code)
@@ -54,8 +55,8 @@ def load_run(run_dir: str) -> LoadedRun:
     return LoadedRun(cfg, task, model, tokenizer, device, precision)
 
 
-def evaluate_run(run_dir: str, source: str, split: str, batch_size: int = 64) -> dict:
-    run = load_run(run_dir)
+def evaluate_run(run_dir: str, source: str, split: str, batch_size: int = 64, precision: str = "auto") -> dict:
+    run = load_run(run_dir, precision)
     splits = sources.load_splits(source)
     if split not in splits.frames:
         raise BertfitError(f"dataset '{source}' has no split '{split}' (it has: {', '.join(splits.frames)})")
