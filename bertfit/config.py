@@ -197,8 +197,11 @@ class Config(BaseModel):
     )
 
     # Speed (changes numerics slightly; recorded in the run)
-    padding: Literal["bucket", "dynamic", "none"] = Field(
-        "bucket", description="bucket (length-grouped batches), dynamic, or none (pad to max_length)"
+    padding: Literal["bucket", "dynamic", "none", "packed"] = Field(
+        "bucket",
+        description="bucket (length-grouped batches), dynamic, none (pad to max_length), or packed (training "
+        "padding-free: a step's examples as one token stream, attention kept inside each; BERT, RoBERTa, "
+        "DistilBERT, ELECTRA)",
     )
     compile: bool | None = Field(None, description="torch.compile the model [default: on GPU only]")
     device: Literal["auto", "cuda", "mps", "cpu"] = Field(

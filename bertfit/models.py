@@ -264,3 +264,69 @@ def set_output_bias(model, bias) -> None:
     layer = [m for m in model.modules() if isinstance(m, torch.nn.Linear) and m.out_features == len(bias)][-1]
     with torch.no_grad():
         layer.bias.copy_(torch.as_tensor(bias, dtype=layer.bias.dtype))
+
+
+# Position ids of these models count from the padding index + 1 (fairseq's convention, kept by transformers).
+OFFSET_POSITIONS = {"roberta", "xlm-roberta", "camembert"}
+
+
+def packed(model, per_token: bool):
+    """The model run padding-free: a batch packed into one token stream (Task.collate_packed), attention kept
+    inside each example by a block-diagonal mask, positions restarting per example, and the head applied to each
+    example's [CLS] state (or to every token). transformers' BERT-family encoders take the mask and the
+    positions as they are; only the heads, which read position 0 of each row, are re-applied here, per family.
+    On a GPU the same stream is what varlen attention kernels consume; on a CPU it is the reference path."""
+    import torch
+
+    hf = model.get_base_model() if hasattr(model, "get_base_model") else model  # under LoRA: the adapted model
+    kind = hf.config.model_type
+    if kind not in PACKED_HEADS:
+        raise BertfitError(
+            f"padding 'packed' supports {', '.join(sorted(PACKED_HEADS))} models, not {kind}; use padding bucket"
+        )
+    offset = hf.config.pad_token_id + 1 if kind in OFFSET_POSITIONS else 0
+
+    class Packed(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.model = model  # registered, so DDP and torch.compile see every parameter
+
+        def forward(self, input_ids, position_ids, segments, starts, token_type_ids=None):
+            mask = (segments[0][:, None] == segments[0][None, :])[None, None]
+            extra = {"token_type_ids": token_type_ids} if token_type_ids is not None else {}
+            encoder = getattr(hf, hf.base_model_prefix)
+            hidden = encoder(
+                input_ids=input_ids, attention_mask=mask, position_ids=position_ids + offset, **extra
+            ).last_hidden_state
+            head = PACKED_HEADS[kind]["token" if per_token else "sequence"]
+            logits = head(hf, hidden) if per_token else head(hf, hidden[0, starts][:, None, :])
+            return SimpleNamespace(logits=logits)
+
+    return Packed()
+
+
+def _bert_sequence(model, cls):
+    return model.classifier(model.dropout(model.bert.pooler(cls)))
+
+
+def _head_on_first_token(model, cls):  # RoBERTa's and ELECTRA's classification heads read features[:, 0]
+    return model.classifier(cls)
+
+
+def _distilbert_sequence(model, cls):
+    import torch
+
+    return model.classifier(model.dropout(torch.relu(model.pre_classifier(cls[:, 0]))))
+
+
+def _token_head(model, hidden):
+    return model.classifier(model.dropout(hidden))
+
+
+PACKED_HEADS = {
+    "bert": {"sequence": _bert_sequence, "token": _token_head},
+    "roberta": {"sequence": _head_on_first_token, "token": _token_head},
+    "xlm-roberta": {"sequence": _head_on_first_token, "token": _token_head},
+    "electra": {"sequence": _head_on_first_token, "token": _token_head},
+    "distilbert": {"sequence": _distilbert_sequence, "token": _token_head},
+}

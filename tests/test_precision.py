@@ -92,3 +92,6 @@ def test_predict_and_eval_use_the_runs_precision(tiny_bert, tmp_path, capsys, mo
     seen.clear()
     code, stdout, _ = run_cli(["predict", out, "--text", "a fine film"], capsys)
     assert code == 0 and json.loads(stdout)["label"] in ("0", "1") and set(seen) == {"bf16"}
+    seen.clear()
+    code, _, _ = run_cli(["predict", out, "--text", "a fine film", "--precision", "fp32"], capsys)
+    assert code == 0 and set(seen) == {"fp32"}  # asked for: scored in fp32 beside the bf16 default

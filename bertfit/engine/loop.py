@@ -101,8 +101,13 @@ def run_loop(run: Run, resume: bool, console, reporter: Reporter | None = None) 
     # from_pretrained returns the model in eval mode: without this, dropout (and gradient checkpointing, which
     # only acts in training mode) would be off for the whole run. Evaluation restores the mode it finds.
     run.model.train()
-    pad_id, pad_to = run.tokenizer.pad_token_id, padding_rule(cfg, run.device)
     train_features = run.features["train"]
+    if cfg.padding == "packed":
+        collate = partial(task.collate_packed, train_features)
+    else:
+        collate = partial(
+            task.collate, train_features, pad_id=run.tokenizer.pad_token_id, pad_to=padding_rule(cfg, run.device)
+        )
     progress = run.log.progress(console, run.total_steps, state.step)
     planned_epoch, epoch_plan = None, []
     guard = NonFiniteGuard(run.device, min(cfg.log_every, 1024), cfg.max_bad_steps, state.step)
@@ -117,10 +122,7 @@ def run_loop(run: Run, resume: bool, console, reporter: Reporter | None = None) 
             step_items = int(train_features.items[step_batch].sum())
             micro = batching.micro_batches(step_batch, cfg.grad_accum, ranks.rank, ranks.world)
             for i, indices in enumerate(micro):
-                batch = {
-                    k: v.to(run.device, non_blocking=True)
-                    for k, v in task.collate(train_features, indices, pad_id, pad_to).items()
-                }
+                batch = {k: v.to(run.device, non_blocking=True) for k, v in collate(indices).items()}
                 labels = batch.pop("labels")
                 sync = i == len(micro) - 1 or not ranks.enabled
                 with contextlib.nullcontext() if sync else run.forward.no_sync():

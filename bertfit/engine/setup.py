@@ -261,7 +261,8 @@ def setup(cfg: Config, folder: RunFolder | None, resume: bool = False, overwrite
         model = models.add_lora(
             model, task.peft_task_type, cfg.lora_rank, cfg.lora_alpha, cfg.lora_dropout, cfg.lora_targets
         )
-    forward = torch.compile(model) if compile_model else model
+    forward = models.packed(model, task.labels_tokens) if cfg.padding == "packed" else model
+    forward = torch.compile(forward) if compile_model else forward
     if ranks.enabled:
         forward = torch.nn.parallel.DistributedDataParallel(
             forward, device_ids=[device.index] if device.type == "cuda" else None

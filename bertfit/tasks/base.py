@@ -330,6 +330,7 @@ class Task:
     stratifies = False  # whether a carved validation split keeps the label's class shares
     weighs_classes = False  # whether the loss takes class weights
     decides_by_threshold = False  # whether predictions are probabilities cut at a threshold (multi-label)
+    labels_tokens = False  # whether the head predicts every token (else one output per example, from [CLS])
 
     def __init__(
         self,
@@ -489,6 +490,30 @@ class Task:
         return batch
 
     def collate_labels(self, features: Features, indices: np.ndarray, width: int) -> torch.Tensor:
+        return torch.from_numpy(np.asarray(features.labels[indices]))
+
+    def collate_packed(self, features: Features, indices: np.ndarray) -> dict[str, torch.Tensor]:
+        """A batch as one token stream with no padding (padding: packed): the examples end to end in a row of
+        one, each token's position within its example and the example it belongs to (attention stays inside
+        an example), and where each example starts (its [CLS] token)."""
+        lengths = features.lengths[indices].astype(np.int64)
+        starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
+        segments = np.repeat(np.arange(len(indices)), lengths)
+        positions = np.arange(int(lengths.sum())) - np.repeat(starts, lengths)
+        batch = {
+            "input_ids": torch.from_numpy(np.concatenate([features.input_ids[i] for i in indices]).astype(np.int64)),
+            "position_ids": torch.from_numpy(positions),
+            "segments": torch.from_numpy(segments),
+            "starts": torch.from_numpy(starts),
+        }
+        if features.token_type_ids is not None:
+            types = np.concatenate([features.token_type_ids[i] for i in indices]).astype(np.int64)
+            batch["token_type_ids"] = torch.from_numpy(types)
+        batch = {k: v[None] if k != "starts" else v for k, v in batch.items()}
+        batch["labels"] = self.collate_packed_labels(features, indices)
+        return batch
+
+    def collate_packed_labels(self, features: Features, indices: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(np.asarray(features.labels[indices]))
 
     def metric_names(self) -> tuple[str, ...]:

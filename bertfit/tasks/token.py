@@ -24,6 +24,7 @@ class TokenTask(Task):
     pipeline_tag = "token-classification"
     auto_model = "AutoModelForTokenClassification"
     peft_task_type = "TOKEN_CLS"
+    labels_tokens = True
     loss_unit = "labelled token"
 
     def __init__(self, *args, **kwargs):
@@ -111,6 +112,11 @@ class TokenTask(Task):
         for row, index in enumerate(indices):
             labels[row, : len(features.labels[index])] = features.labels[index]
         return torch.from_numpy(labels)
+
+    def collate_packed_labels(self, features, indices):
+        return torch.from_numpy(np.concatenate([np.asarray(features.labels[i]) for i in indices]).astype(np.int64))[
+            None
+        ]
 
     def metric_names(self):
         return ("precision", "recall", "f1", "accuracy")

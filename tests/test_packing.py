@@ -1,0 +1,128 @@
+"""padding: packed — a step's examples as one token stream with a block-diagonal attention mask: the same logits
+and gradients as padded batches on tiny BERT, RoBERTa and DistilBERT models, and every example once per epoch."""
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from conftest import run_cli, sample_run_args
+from safetensors.torch import load_file
+from test_train_tiny import log_without_timings
+
+from bertfit import models
+from bertfit.tasks import build_task
+
+SMALL = {"num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64, "hidden_size": 32}
+
+
+def tiny(kind: str, task: str, labels: int):
+    import transformers
+
+    torch.manual_seed(0)
+    no_dropout = {"hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0}
+    configs = {
+        "bert": transformers.BertConfig(vocab_size=30522, **SMALL, **no_dropout),
+        "roberta": transformers.RobertaConfig(vocab_size=30522, pad_token_id=1, **SMALL, **no_dropout),
+        "distilbert": transformers.DistilBertConfig(
+            vocab_size=30522,
+            dim=32,
+            n_layers=2,
+            n_heads=2,
+            hidden_dim=64,
+            dropout=0.0,
+            attention_dropout=0.0,
+            seq_classif_dropout=0.0,
+        ),
+    }
+    auto = (
+        transformers.AutoModelForTokenClassification
+        if task == "token"
+        else transformers.AutoModelForSequenceClassification
+    )
+    config = configs[kind]
+    config.num_labels = labels
+    return auto.from_config(config).float()
+
+
+@pytest.mark.parametrize("kind", ["bert", "roberta", "distilbert"])
+@pytest.mark.parametrize("kind_of_task", ["classification", "token"])
+def test_packed_logits_and_gradients_equal_padded_ones(kind, kind_of_task, minilm_tokenizer):
+    texts = ["a short one", "a much longer example sentence with quite a few more words in it", "mid length text"]
+    if kind_of_task == "token":
+        frame = pd.DataFrame({"tokens": [t.split() for t in texts], "tags": [["O"] * len(t.split()) for t in texts]})
+        frame.loc[1, "tags"][2] = "B-X"
+        task = build_task("token", ["tokens"], "tags", ["O", "B-X", "I-X"], 64)
+    else:
+        frame = pd.DataFrame({"text": texts, "label": [0, 1, 1]})
+        task = build_task("classification", ["text"], "label", ["0", "1"], 64)
+    features = task.encode(frame, minilm_tokenizer)
+    indices = np.array([1, 0, 2])
+    model = tiny(kind, kind_of_task, 3 if kind_of_task == "token" else 2).train()
+
+    padded = task.collate(features, indices, pad_id=model.config.pad_token_id or 0)
+    labels = padded.pop("labels")
+    if kind == "distilbert":
+        padded.pop("token_type_ids", None)
+    if kind == "roberta":  # position ids as the packed path gives them: counted from padding_idx + 1
+        padded["position_ids"] = torch.arange(padded["input_ids"].shape[1])[None] + 2
+    reference = model(**padded).logits
+    loss = task.loss_sum(reference, labels)
+    loss.backward()
+    expected = {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+    model.zero_grad()
+
+    batch = task.collate_packed(features, indices)
+    packed_labels = batch.pop("labels")
+    if kind == "distilbert":
+        batch.pop("token_type_ids", None)
+    logits = models.packed(model, task.labels_tokens)(**batch).logits
+    if kind_of_task == "token":  # the stream's tokens, in the padded batch's row order
+        lengths = features.lengths[indices]
+        rows = torch.cat([reference[r, : lengths[r]] for r in range(len(indices))])[None]
+        torch.testing.assert_close(logits, rows, atol=1e-5, rtol=1e-4)
+    else:
+        torch.testing.assert_close(logits, reference, atol=1e-5, rtol=1e-4)
+    task.loss_sum(logits, packed_labels).backward()
+    for name, parameter in model.named_parameters():
+        if name in expected:
+            torch.testing.assert_close(parameter.grad, expected[name], atol=1e-5, rtol=1e-3, msg=name)
+    assert batch["input_ids"].numel() == int(features.lengths[indices].sum())  # no padding computed
+
+
+def test_a_packed_run_trains_as_a_padded_one_and_sees_every_example_once(tiny_bert_no_dropout, tmp_path, capsys):
+    from bertfit.tasks.base import Task
+
+    seen = []
+    original = Task.collate_packed
+
+    def spy(self, features, indices):
+        seen.extend(int(i) for i in indices)
+        return original(self, features, indices)
+
+    base = ["--max-steps", 12, "--eval-every", 6, "--precision", "fp32", "--batch-size", 15, "--lr", "1e-3"]
+    dynamic, packed = tmp_path / "dynamic", tmp_path / "packed"
+    assert run_cli(sample_run_args(tiny_bert_no_dropout, dynamic, *base, "--padding", "dynamic"), capsys)[0] == 0
+    Task.collate_packed = spy
+    try:
+        assert run_cli(sample_run_args(tiny_bert_no_dropout, packed, *base, "--padding", "packed"), capsys)[0] == 0
+    finally:
+        Task.collate_packed = original
+    assert sorted(seen) == list(range(180))  # 12 steps of 15: the 180 training examples, each once
+    for a, b in zip(log_without_timings(dynamic / "log.jsonl"), log_without_timings(packed / "log.jsonl")):
+        if a["event"] == "eval":
+            assert b["train_loss"] == pytest.approx(a["train_loss"], rel=1e-4)
+            assert b["metrics"]["loss"] == pytest.approx(a["metrics"]["loss"], rel=1e-4)
+    ours, theirs = load_file(packed / "model.safetensors"), load_file(dynamic / "model.safetensors")
+    assert all(torch.allclose(ours[k], theirs[k], atol=1e-4) for k in theirs)
+    train = json.loads((packed / "metrics.json").read_text())["train"]
+    assert train["padding_ratio"] == 0
+
+
+def test_packing_an_unsupported_model_is_one_line(tmp_path, capsys):
+    from conftest import make_tiny_modernbert
+
+    model = make_tiny_modernbert(tmp_path / "modernbert")
+    code, _, stderr = run_cli(sample_run_args(model, tmp_path / "run", "--padding", "packed", "--max-steps", 2), capsys)
+    assert code == 2 and "padding 'packed' supports bert, distilbert, electra, roberta, xlm-roberta models" in stderr
