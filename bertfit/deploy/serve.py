@@ -19,13 +19,20 @@ from dataclasses import dataclass
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
+from bertfit.engine.device import autocast
 from bertfit.engine.predict import LoadedRun, load_run, predict
 from bertfit.errors import BertfitError
+
+# Texts per forward pass within a batch of requests, sorted by length: less padding than one pass over all of them.
+FORWARD_BATCH = 16
+# Batch lengths are rounded up to a multiple of this: a server meets a bounded set of shapes, so the CPU kernels'
+# per-shape caches (oneDNN's primitives) stop growing, and the process's memory with them.
+PAD_MULTIPLE = 16
 
 
 @dataclass(frozen=True)
 class Limits:
-    max_batch: int = 64  # texts per forward pass
+    max_batch: int = 64  # texts per batch of requests
     max_wait_ms: float = 5.0  # how long the first request of a batch waits for company
     max_queue: int = 256  # requests waiting; more are refused with 503
     max_texts: int = 256  # texts per request
@@ -86,9 +93,20 @@ class MicroBatcher:
     def __init__(self, run: LoadedRun, limits: Limits):
         self.run, self.limits = run, limits
         self.queue: asyncio.Queue = asyncio.Queue(maxsize=limits.max_queue)
-        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="bertfit-model")
+        # One model thread, inside one autocast context for its whole life: the weights' bf16 copies are cast once
+        # and kept (a context per call casts all of them again, and the churn grew the server's memory).
+        self.executor = ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix="bertfit-model", initializer=self._enter_autocast
+        )
         self.worker: asyncio.Task | None = None
         self.batches = self.texts = 0
+
+    def _enter_autocast(self) -> None:
+        self.autocast = autocast(self.run.device, self.run.precision)
+        self.autocast.__enter__()
+
+    def _predict(self, rows: list[list[str]]) -> list[dict]:
+        return predict(self.run, rows, FORWARD_BATCH, PAD_MULTIPLE)
 
     def start(self) -> None:
         self.worker = asyncio.get_running_loop().create_task(self._work())
@@ -121,7 +139,7 @@ class MicroBatcher:
                 size += len(item[0])
             rows = [row for request, _ in batch for row in request]
             try:
-                results = await loop.run_in_executor(self.executor, predict, self.run, rows, self.limits.max_batch)
+                results = await loop.run_in_executor(self.executor, self._predict, rows)
             except Exception as err:  # one bad batch fails its requests, not the server
                 for _, future in batch:
                     if not future.done():

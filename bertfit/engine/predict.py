@@ -81,7 +81,7 @@ def evaluate_run(run_dir: str, source: str, split: str, batch_size: int = 64, pr
     )
 
 
-def predict(run: LoadedRun, rows: list[list[str]], batch_size: int = 64) -> list[dict]:
+def predict(run: LoadedRun, rows: list[list[str]], batch_size: int = 64, pad_multiple: int | None = None) -> list[dict]:
     """`rows` holds one text (or text pair) per example; token tasks get entity spans with character offsets."""
     frame, context = run.task.prediction_frame(rows)
     features = run.task.encode(frame, run.tokenizer)
@@ -94,6 +94,7 @@ def predict(run: LoadedRun, rows: list[list[str]], batch_size: int = 64) -> list
         run.device,
         run.precision,
         run.tokenizer.pad_token_id,
+        pad_multiple=pad_multiple,
     ).outputs
     return run.task.decode(features, context, scores)
 
