@@ -147,3 +147,23 @@ def test_a_busy_port_is_one_line(trained, capsys):
         port = taken.getsockname()[1]
         code, _, stderr = run_cli(["serve", trained, "--port", port], capsys)
     assert code == 2 and f"cannot listen on 127.0.0.1:{port}" in stderr
+
+
+def test_a_full_queue_is_503_at_once_never_a_hang(trained):
+    port = free_port()
+    server = start_server(trained, port, "--max-queue", 1, "--max-batch", 1, "--max-wait-ms", 0)
+    base = f"http://127.0.0.1:{port}"
+
+    async def burst():
+        async with httpx.AsyncClient(base_url=base, timeout=60) as client:
+            return await asyncio.gather(*(client.post("/predict", json={"text": f"text {i}"}) for i in range(30)))
+
+    try:
+        replies = asyncio.run(burst())
+        codes = [r.status_code for r in replies]
+        assert set(codes) == {200, 503}  # the queued ones answered, the rest refused at once
+        refused = next(r for r in replies if r.status_code == 503).json()
+        assert refused == {"error": "server busy: 1 requests waiting; retry shortly"}
+    finally:
+        server.kill()
+        server.wait()

@@ -109,8 +109,6 @@ def _example_rows(run) -> list[list[str]]:
     rows = [[short], [long]]
     if len(run.cfg.text_columns) == 2:
         rows = [[short, long], [long, short]]
-    if run.task.kind == "token":
-        rows = [[short], [long]]
     return rows
 
 
