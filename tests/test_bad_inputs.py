@@ -384,9 +384,10 @@ CASES = {
         lambda e: e.train(e.file("data.csv", "sentence,label\n" + "a,pos\nb,neg\n" * 5), "--label-names", "pos,bad"),
         "labels ['neg'] are not in --label-names ['pos', 'bad']",
     ),
-    "label is a list": Case(
-        lambda e: e.train(e.jsonl("d.jsonl", [{"text": "a", "label": ["x", "y"]}] * 4)),
-        "'{tmp}/d.jsonl' row 1: label is a list (['x', 'y'])",
+    # A list-of-labels column is multi-label data; one that also holds a bare label is a mistake.
+    "labels: a list, then not": Case(
+        lambda e: e.train(e.jsonl("d.jsonl", [{"text": "a", "label": ["x", "y"]}, {"text": "b", "label": "x"}] * 2)),
+        "'{tmp}/d.jsonl' row 2: labels are 'x', not a list; give each example a list of labels",
     ),
     "label is an object": Case(
         lambda e: e.train(e.jsonl("d.jsonl", [{"text": "a", "label": {"x": 1}}] * 4)),
@@ -684,8 +685,9 @@ CASES = {
     "inspect: missing data": Case(
         lambda e: ["inspect", "--data", e.tmp / "nope.csv"], "data file or folder '{tmp}/nope.csv' not found"
     ),
-    "inspect: label lists": Case(
-        lambda e: ["inspect", "--data", e.jsonl("d.jsonl", [{"text": "a", "label": [1]}] * 3)], "row 1: label is a list"
+    "inspect: label lists mixed with bare labels": Case(
+        lambda e: ["inspect", "--data", e.jsonl("d.jsonl", [{"text": "a", "label": [1]}, {"text": "b", "label": 2}])],
+        "row 2: labels are '2', not a list",
     ),
     "usage: unknown option": Case(lambda e: ["train", "--bogus"], "error: No such option: --bogus"),
 }

@@ -46,7 +46,7 @@ class DataSpec:
     label_names: list[str] | None  # None for regression
     tag_scheme: str | None = None
     repaired_tags: int = 0
-    tag_id_names: list[str] | None = None  # token task with integer tags: the name of each id
+    tag_id_names: list[str] | None = None  # integer tags (token task) or label ids (multi-label): each id's name
     io_tags: bool = False  # token task: tags without B-/I- prefixes, read as I-X
     notes: list[str] = field(default_factory=list)  # what detection decided that the user should know
     label_columns: list[str] | None = None  # multi-label given as 0/1 columns, one per label
@@ -358,7 +358,11 @@ def _joins_labels(labels: pd.Series, delimiter: str) -> bool:
     """Text labels of which some join several with the delimiter ('sports|politics'); read over distinct values."""
     if not (pd.api.types.is_string_dtype(labels) or labels.dtype == object):
         return False
-    return any(isinstance(value, str) and delimiter in value for value in pd.unique(labels.dropna()))
+    try:
+        values = pd.unique(labels.dropna())
+    except TypeError:  # objects (dicts) as labels: refused, with their row, by the single-label checks
+        return False
+    return any(isinstance(value, str) and delimiter in value for value in values)
 
 
 def _detect_multi_label(
@@ -378,7 +382,15 @@ def _detect_multi_label(
     column = next(c for c in ("labels", "bertfit_labels") if c not in train.columns) if label_columns else label
     if text_columns is None:
         text_columns = _detect_text_columns(train.drop(columns=label_columns or []), column, file)
-    spec = DataSpec("multi_label", text_columns, column, None, label_columns=label_columns, delimiter=delimiter)
+    spec = DataSpec(
+        "multi_label",
+        text_columns,
+        column,
+        None,
+        tag_id_names=given_names or splits.label_names,
+        label_columns=label_columns,
+        delimiter=delimiter,
+    )
     if label_columns:
         spec.notes.append(f"multi-label: {len(label_columns)} 0/1 label columns ({', '.join(label_columns)})")
     elif delimiter is not None and _joins_labels(train[column], delimiter):
@@ -386,7 +398,7 @@ def _detect_multi_label(
             f"multi-label: labels such as 'a{delimiter}b' in '{column}' are read as several labels "
             "(set label_delimiter to change the separator, or --task classification to keep them whole)"
         )
-    sets = _label_sets(splits, spec, given_names or splits.label_names)
+    sets = _label_sets(splits, spec)
     found = {split: {name for row in rows for name in row} for split, rows in sets.items()}
     names = label_columns or given_names or splits.label_names
     if names is not None:
@@ -419,9 +431,10 @@ def _detect_multi_label(
     return spec
 
 
-def _label_sets(splits: Splits, spec: DataSpec, id_names: list[str] | None = None) -> dict[str, list[list[str]]]:
-    """Per split, each example's labels as names; every malformed value named by file and row."""
-    id_names = id_names or spec.label_names
+def _label_sets(splits: Splits, spec: DataSpec) -> dict[str, list[list[str]]]:
+    """Per split, each example's labels as names (integer ids named by the given names, else by their number);
+    every malformed value named by file and row."""
+    id_names = spec.tag_id_names
     sets = {}
     for split, frame in splits.frames.items():
         file = splits.files.get(split, split)
