@@ -14,10 +14,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import datetime
 import json
 import os
-import platform
 import socket
 import subprocess
 import sys
@@ -25,6 +23,8 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+
+import sections
 
 REPO = Path(__file__).resolve().parents[1]
 TRAIN = ["--model", "minilm", "--data", "sst2", "--max-train-samples", "4000", "--epochs", "1", "--batch-size", "32"]
@@ -188,7 +188,6 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=5000)
     args = parser.parse_args()
     os.environ.setdefault("BERTFIT_DATA_DIR", str(REPO.parent / "shared" / "data"))
-    import torch
 
     with tempfile.TemporaryDirectory(prefix="bertfit-deploy-") as folder:
         work = Path(folder)
@@ -211,10 +210,7 @@ def main() -> None:
             command = [sys.executable, "-m", "bertfit", "serve", str(folder_served), "--port", str(port)]
             servers[name] = load(command, port, args.clients, args.requests, texts)
     lines = [
-        f"### serving and export: {datetime.date.today().isoformat()}",
-        "",
-        f"- machine: CPU {platform.machine()}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads; "
-        f"torch {torch.__version__}",
+        f"- machine: {sections.machine()}",
         f"- command: `python benchmarks/deploy.py --clients {args.clients} --requests {args.requests}`; the run: "
         f"`bertfit train {' '.join(TRAIN)}`",
         "",
@@ -241,10 +237,7 @@ def main() -> None:
         f"{r['errors']} | {r['rss_early']:.0f} / {r['rss_end']:.0f} / {r['rss_peak']:.0f} |"
         for name, r in servers.items()
     ]
-    text = "\n".join(lines) + "\n"
-    print(text)
-    with open(REPO / "BENCHMARKS.md", "a", encoding="utf-8") as handle:
-        handle.write("\n" + text)
+    sections.append("serving and export", lines)
 
 
 if __name__ == "__main__":

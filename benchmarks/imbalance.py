@@ -7,15 +7,14 @@ recall of the rare class shows what the weights change.
 
 from __future__ import annotations
 
-import datetime
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
+import sections
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
@@ -68,12 +67,9 @@ def main() -> None:
         results = [run(data, Path(work) / f"run-{w or 'none'}", w) for w in (None, "balanced")]
     for result in results:
         print(json.dumps(result))
-    import torch
 
     lines = [
-        f"### class weights on 95/5 data: {datetime.date.today().isoformat()}",
-        "",
-        f"- machine: {platform.machine()}, {os.cpu_count()} cores; torch {torch.__version__}",
+        f"- machine: {sections.machine()}",
         f"- command: `python benchmarks/imbalance.py`: SST-2 train subset of {MAJORITY:,} positive and {MINORITY:,} "
         f"negative (seed {SEED}), `{' '.join(RECIPE)}`; scored on SST-2 validation (428 negative, 444 positive)",
         "",
@@ -87,10 +83,7 @@ def main() -> None:
         f"{r['majority_recall']:.4f} | {r['macro_f1']:.4f} |"
         for r in results
     ]
-    text = "\n".join(lines) + "\n"
-    print(text)
-    with open(REPO / "BENCHMARKS.md", "a", encoding="utf-8") as handle:
-        handle.write("\n" + text)
+    sections.append("class weights on 95/5 data", lines)
 
 
 if __name__ == "__main__":

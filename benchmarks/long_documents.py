@@ -7,14 +7,14 @@ seeded subset of IMDB's test split.
 
 from __future__ import annotations
 
-import datetime
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
+
+import sections
 
 REPO = Path(__file__).resolve().parents[1]
 TRAIN, TEST, SEED = 3000, 2000, 0
@@ -60,12 +60,9 @@ def main() -> None:
         results = [run(data, Path(work) / f"run-{mode.replace('+', '-')}", mode) for mode in MODES]
     for result in results:
         print(json.dumps(result))
-    import torch
 
     lines = [
-        f"### long documents: {datetime.date.today().isoformat()}",
-        "",
-        f"- machine: {platform.machine()}, {os.cpu_count()} cores; torch {torch.__version__}",
+        f"- machine: {sections.machine()}",
         f"- command: `python benchmarks/long_documents.py`: IMDB train subset of {TRAIN:,} and test subset of "
         f"{TEST:,} reviews (seed {SEED}), `{' '.join(RECIPE)}`; {results[0]['longer_share']:.1%} of the training "
         "reviews are longer than 128 tokens",
@@ -78,10 +75,7 @@ def main() -> None:
         f"{r['train_seconds']:.1f} | {r['eval_seconds']:.1f} |"
         for r in results
     ]
-    text = "\n".join(lines) + "\n"
-    print(text)
-    with open(REPO / "BENCHMARKS.md", "a", encoding="utf-8") as handle:
-        handle.write("\n" + text)
+    sections.append("long documents", lines)
 
 
 if __name__ == "__main__":

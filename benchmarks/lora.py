@@ -9,14 +9,14 @@ Full fine-tuning uses the cpu comparison's learning rate (5e-5); LoRA the ten ti
 
 from __future__ import annotations
 
-import datetime
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
+
+import sections
 
 REPO = Path(__file__).resolve().parents[1]
 COMMON = ["--model", "minilm", "--data", "sst2", "--max-train-samples", "8000", "--epochs", "1", "--batch-size", "32"]
@@ -48,12 +48,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bertfit-lora-") as work:
         for name in SIDES:
             results[name] = run(Path(work) / name.split()[0], SIDES[name])
-    import torch
 
     lines = [
-        f"### LoRA vs full fine-tuning: {datetime.date.today().isoformat()}",
-        "",
-        f"- machine: {platform.machine()}, {os.cpu_count()} cores; torch {torch.__version__}",
+        f"- machine: {sections.machine()}",
         f"- command: `python benchmarks/lora.py`: `{' '.join(COMMON)}`; full: `--lr 5e-5`; LoRA: `--lr 5e-4 --lora` "
         "(rank 8, alpha 16, dropout 0.1, query and value)",
         "",
@@ -67,10 +64,7 @@ def main() -> None:
             f"({r['trainable'] / r['parameters']:.2%}) | {r['step_ms']:.0f} | {r['samples_per_second']:.1f} | "
             f"{r['peak_mb']:.0f} |"
         )
-    text = "\n".join(lines) + "\n"
-    print(text)
-    with open(REPO / "BENCHMARKS.md", "a", encoding="utf-8") as handle:
-        handle.write("\n" + text)
+    sections.append("LoRA vs full fine-tuning", lines)
 
 
 if __name__ == "__main__":

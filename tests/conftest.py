@@ -183,6 +183,30 @@ def wait_for_step(process, log: Path, step: int, timeout: float = 120) -> int:
     raise AssertionError(f"step {step} not reached in {timeout} s")
 
 
+def assert_resumes_bit_exactly(train_args, tmp_path: Path, kill_at: int = 10) -> Path:
+    """`train_args(out)` run whole, and run again killed with SIGKILL at `kill_at` then resumed: the final weights
+    are equal bit for bit. Returns the whole run's folder."""
+    import signal
+
+    import torch
+    from safetensors.torch import load_file
+
+    whole, interrupted = tmp_path / "whole", tmp_path / "run"
+    process = spawn(train_args(whole))
+    _, err = process.communicate(timeout=300)
+    assert process.returncode == 0, err.decode()[-2000:]
+    process = spawn(train_args(interrupted))
+    wait_for_step(process, interrupted / "log.jsonl", kill_at)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    resumed = spawn(["resume", interrupted])
+    _, err = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0, err.decode()[-2000:]
+    ours, theirs = load_file(interrupted / "model.safetensors"), load_file(whole / "model.safetensors")
+    assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in theirs)
+    return whole
+
+
 @pytest.fixture(scope="session")
 def uninterrupted(tmp_path_factory, tiny_bert):
     """The reference run that interrupted-and-resumed runs must match bit for bit."""

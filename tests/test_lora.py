@@ -2,11 +2,10 @@
 adapter alone on request, and an exact resume."""
 
 import json
-import signal
 
 import pytest
 import torch
-from conftest import recipe_args, run_cli, sample_run_args, spawn, wait_for_step
+from conftest import assert_resumes_bit_exactly, recipe_args, run_cli, sample_run_args
 from safetensors.torch import load_file
 
 
@@ -67,16 +66,4 @@ def test_lora_targets_that_match_nothing_are_one_line(tiny_bert, tmp_path, capsy
 
 
 def test_a_lora_run_resumes_bit_exactly(tiny_bert, tmp_path):
-    whole, interrupted = tmp_path / "whole", tmp_path / "run"
-    process = spawn(recipe_args(tiny_bert, whole) + ["--lora"])
-    _, err = process.communicate(timeout=300)
-    assert process.returncode == 0, err.decode()[-2000:]
-    process = spawn(recipe_args(tiny_bert, interrupted) + ["--lora"])
-    wait_for_step(process, interrupted / "log.jsonl", 10)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
-    resumed = spawn(["resume", interrupted])
-    _, err = resumed.communicate(timeout=300)
-    assert resumed.returncode == 0, err.decode()[-2000:]
-    ours, theirs = load_file(interrupted / "model.safetensors"), load_file(whole / "model.safetensors")
-    assert all(torch.equal(ours[k], theirs[k]) for k in theirs)
+    assert_resumes_bit_exactly(lambda out: recipe_args(tiny_bert, out) + ["--lora"], tmp_path)

@@ -1,12 +1,10 @@
 """bf16 on the CPUs that do it fast: chosen by `precision: auto` only there, as accurate as fp32, resumable."""
 
 import json
-import signal
 
 import pytest
 import torch
 from conftest import SAMPLES, run_cli, sample_run_args
-from safetensors.torch import load_file
 
 from bertfit.engine import device, evaluation
 
@@ -47,23 +45,11 @@ def test_bf16_and_fp32_losses_agree_on_a_fixed_batch(tiny_bert_no_dropout, minil
 
 
 def test_a_bf16_cpu_run_resumes_bit_exactly(tiny_bert, tmp_path):
-    from conftest import recipe_args, spawn, wait_for_step
+    from conftest import assert_resumes_bit_exactly, recipe_args
 
-    whole, interrupted = tmp_path / "whole", tmp_path / "run"
-    process = spawn(recipe_args(tiny_bert, whole) + ["--precision", "bf16"])
-    _, err = process.communicate(timeout=300)
-    assert process.returncode == 0, err.decode()[-2000:]
+    whole = assert_resumes_bit_exactly(lambda out: recipe_args(tiny_bert, out) + ["--precision", "bf16"], tmp_path)
     assert "precision: bf16" in (whole / "recipe.yaml").read_text()
     assert "mixed_precision_training: Native AMP (bf16" in (whole / "README.md").read_text()
-    process = spawn(recipe_args(tiny_bert, interrupted) + ["--precision", "bf16"])
-    wait_for_step(process, interrupted / "log.jsonl", 10)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
-    resumed = spawn(["resume", interrupted])
-    _, err = resumed.communicate(timeout=300)
-    assert resumed.returncode == 0, err.decode()[-2000:]
-    ours, theirs = load_file(interrupted / "model.safetensors"), load_file(whole / "model.safetensors")
-    assert all(torch.equal(ours[k], theirs[k]) for k in theirs)
 
 
 def test_predict_and_eval_use_the_runs_precision(tiny_bert, tmp_path, capsys, monkeypatch):

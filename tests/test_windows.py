@@ -2,14 +2,12 @@
 training-time evaluation, `eval` and `predict`, and a windowed run resumed exactly."""
 
 import json
-import signal
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import SAMPLES, run_cli, sample_run_args, spawn, wait_for_step
-from safetensors.torch import load_file
+from conftest import SAMPLES, assert_resumes_bit_exactly, run_cli, sample_run_args
 
 from bertfit.tasks import build_task
 
@@ -106,16 +104,4 @@ def test_a_windowed_run_scores_and_predicts_each_text_once(tiny_bert, tmp_path, 
 def test_a_windowed_run_resumes_bit_exactly(tiny_bert, tmp_path):
     common = ["--max-steps", 24, "--eval-every", 12, "--checkpoint-every", 3, "--batch-size", 8, "--lr", "1e-3"]
     common += ["--set", "log_every=1"]
-    whole, interrupted = tmp_path / "whole", tmp_path / "run"
-    process = spawn(windows_args(tiny_bert, whole, *common))
-    _, err = process.communicate(timeout=300)
-    assert process.returncode == 0, err.decode()[-2000:]
-    process = spawn(windows_args(tiny_bert, interrupted, *common))
-    wait_for_step(process, interrupted / "log.jsonl", 8)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
-    resumed = spawn(["resume", interrupted])
-    _, err = resumed.communicate(timeout=300)
-    assert resumed.returncode == 0, err.decode()[-2000:]
-    ours, theirs = load_file(interrupted / "model.safetensors"), load_file(whole / "model.safetensors")
-    assert all(torch.equal(ours[k], theirs[k]) for k in theirs)
+    assert_resumes_bit_exactly(lambda out: windows_args(tiny_bert, out, *common), tmp_path, kill_at=8)

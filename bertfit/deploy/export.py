@@ -19,9 +19,9 @@ import numpy as np
 import torch
 
 from bertfit import models
-from bertfit.data import schema, sources
+from bertfit.data import sources
 from bertfit.engine.evaluation import infer
-from bertfit.engine.predict import load_run
+from bertfit.engine.predict import load_run, split_frame
 from bertfit.errors import BertfitError, first_line
 from bertfit.files import TEMP_PREFIX, writing
 
@@ -120,20 +120,8 @@ def check_parity(run, folder: Path, data: str | None) -> dict:
         splits = sources.load_splits(source)
     except BertfitError as err:
         raise BertfitError(f"the parity check needs the run's data ({err}); pass --data") from None
-    cfg = run.cfg
-    split = cfg.eval_split if cfg.eval_split in splits.frames else cfg.train_split
-    spec = schema.detect(
-        splits,
-        split,
-        cfg.task,
-        cfg.text_columns,
-        cfg.label_column,
-        cfg.label_names,
-        training=False,
-        label_columns=cfg.label_columns,
-        delimiter=cfg.label_delimiter,
-    )
-    frame = sources.subsample(schema.normalise(splits, spec).frames[split], PARITY_SAMPLES, seed=0)
+    split = run.cfg.eval_split if run.cfg.eval_split in splits.frames else run.cfg.train_split
+    frame = sources.subsample(split_frame(run.cfg, splits, source, split), PARITY_SAMPLES, seed=0)
     features = run.task.encode(frame, run.tokenizer)
     onnx = models.load_onnx(folder)
     logits = {}

@@ -60,7 +60,16 @@ def evaluate_run(run_dir: str, source: str, split: str, batch_size: int = 64, pr
     splits = sources.load_splits(source)
     if split not in splits.frames:
         raise BertfitError(f"dataset '{source}' has no split '{split}' (it has: {', '.join(splits.frames)})")
-    cfg = run.cfg
+    frame = split_frame(run.cfg, splits, source, split)
+    features = run.task.encode(frame, run.tokenizer)
+    return evaluate(
+        run.model, run.task, features, frame, batch_size, run.device, run.precision, run.tokenizer.pad_token_id
+    )
+
+
+def split_frame(cfg: Config, splits: sources.Splits, source: str, split: str):
+    """A split of new data read as the run read its own: the run's task, columns and labels, checked row by row
+    (one class is enough here), in the form the task encodes."""
     spec = schema.detect(
         splits,
         split,
@@ -74,11 +83,7 @@ def evaluate_run(run_dir: str, source: str, split: str, batch_size: int = 64, pr
     )
     if spec.label_names is not None and list(spec.label_names) != list(cfg.label_names):
         raise BertfitError(f"labels in '{source}' ({spec.label_names}) differ from the model's ({cfg.label_names})")
-    frame = schema.normalise(splits, spec).frames[split]
-    features = run.task.encode(frame, run.tokenizer)
-    return evaluate(
-        run.model, run.task, features, frame, batch_size, run.device, run.precision, run.tokenizer.pad_token_id
-    )
+    return schema.normalise(splits, spec).frames[split]
 
 
 def predict(run: LoadedRun, rows: list[list[str]], batch_size: int = 64, pad_multiple: int | None = None) -> list[dict]:
