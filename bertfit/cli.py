@@ -368,16 +368,17 @@ def serve(
     run: str = typer.Argument(..., help="run folder (or its ONNX export)"),
     host: str = Opt("127.0.0.1", help="address to listen on (0.0.0.0: every interface)"),
     port: int = Opt(8000, min=1, max=65535),
-    max_batch: int = Opt(64, min=1, help="texts per forward pass"),
+    max_batch: int = Opt(16, min=1, help="texts per batch of requests"),
     max_wait_ms: float = Opt(5.0, min=0, help="how long a request waits for others to batch with"),
     max_queue: int = Opt(256, min=1, help="requests waiting before new ones get 503"),
     max_texts: int = Opt(256, min=1, help="texts per request (more: 413)"),
+    workers: int | None = Opt(None, min=1, help="batches computed at once [default: 2 on a CPU, 1 on a GPU]"),
 ):
     """Serve a run over HTTP: POST /predict, GET /health, GET /metadata; requests are micro-batched."""
     from bertfit.deploy.serve import Limits
     from bertfit.deploy.serve import serve as serve_run
 
-    serve_run(run, host, port, Limits(max_batch, max_wait_ms, max_queue, max_texts))
+    serve_run(run, host, port, Limits(max_batch, max_wait_ms, max_queue, max_texts), workers)
 
 
 @app.command()

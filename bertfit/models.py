@@ -243,6 +243,9 @@ def load_onnx(folder: Path):
             super().__init__()
             options = onnxruntime.SessionOptions()
             options.intra_op_num_threads = torch.get_num_threads()
+            # Idle pool threads sleep instead of spinning: the same batch speed here (within 2%), and a server's
+            # HTTP side gets the cores back between batches (168 vs 141 requests/s measured under load).
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
             self.session = onnxruntime.InferenceSession(
                 str(folder / ONNX_FILE), options, providers=["CPUExecutionProvider"]
             )

@@ -12,6 +12,7 @@ import time
 
 import httpx
 import pytest
+import torch
 from conftest import run_cli, sample_run_args
 
 
@@ -85,6 +86,8 @@ def test_server_endpoints_errors_and_batching(trained, capsys):
         metadata = httpx.get(f"{base}/metadata").json()
         assert metadata["task"] == "classification" and metadata["labels"] == ["0", "1"]
         assert metadata["runtime"] == "torch" and metadata["text_columns"] == ["sentence"]
+        cores = torch.get_num_threads()  # this process's, as the server's: both take the machine's default
+        assert metadata["workers"] == min(2, cores) and metadata["threads_per_worker"] == cores // min(2, cores)
         one = httpx.post(f"{base}/predict", json={"text": "a gripping film"})
         assert one.status_code == 200
         code, stdout, _ = run_cli(["predict", trained, "--text", "a gripping film"], capsys)
@@ -111,6 +114,18 @@ def test_server_endpoints_errors_and_batching(trained, capsys):
 
         replies = asyncio.run(burst())
         assert all(r.status_code == 200 for r in replies)
+        # Batches computed at once by two threads on one model answer as one request for all of them does.
+        together = [
+            prediction
+            for start in range(0, 40, 8)  # --max-texts 8
+            for prediction in httpx.post(
+                f"{base}/predict", json={"texts": [f"t {i}" for i in range(start, start + 8)]}, timeout=60
+            ).json()["predictions"]
+        ]
+        for reply, expected in zip(replies, together, strict=True):
+            (answer,) = reply.json()["predictions"]
+            assert answer["label"] == expected["label"]
+            assert answer["score"] == pytest.approx(expected["score"], abs=1e-2)
         health = httpx.get(f"{base}/health").json()
         assert health["texts"] >= 44 and health["batches"] < health["texts"]  # concurrent requests shared batches
     finally:

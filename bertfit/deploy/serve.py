@@ -2,8 +2,9 @@
 
 FastAPI on uvicorn: the stack most Python model servers use, kept by active maintainers, with graceful shutdown
 (uvicorn finishes requests in flight on SIGTERM) and an async core that lets one model thread be fed by many
-connections. Requests that arrive within `max_wait_ms` of each other share one forward pass, up to `max_batch`
-texts; the model runs in one worker thread, so the event loop keeps accepting while it computes.
+connections. Requests already queued, and those that arrive within `max_wait_ms` of the first, share one forward
+pass, up to `max_batch` texts. The model runs in worker threads, so the event loop keeps accepting while it computes;
+on a CPU two of them each compute a batch on half the cores (see `plan_workers`).
 
 Every response is JSON. Bad input is a 422 with bertfit's one-line message; a body or text list over the limits is
 a 413; a full queue is a 503 at once, never a hang."""
@@ -16,10 +17,11 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
+import torch
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
-from bertfit.engine.device import autocast
+from bertfit.engine.device import autocast, default_device
 from bertfit.engine.predict import LoadedRun, load_run, predict
 from bertfit.errors import BertfitError
 
@@ -32,7 +34,7 @@ PAD_MULTIPLE = 16
 
 @dataclass(frozen=True)
 class Limits:
-    max_batch: int = 64  # texts per batch of requests
+    max_batch: int = 16  # texts per batch of requests
     max_wait_ms: float = 5.0  # how long the first request of a batch waits for company
     max_queue: int = 256  # requests waiting; more are refused with 503
     max_texts: int = 256  # texts per request
@@ -87,23 +89,36 @@ def parse_request(body: bytes, text_columns: list[str], limits: Limits) -> list[
     return rows
 
 
-class MicroBatcher:
-    """Collects requests from the event loop into batches for one model thread."""
+def plan_workers(requested: int | None) -> tuple[int, int]:
+    """(batches computed at once, threads for each). On a CPU, two at once by default, on half the cores each:
+    measured on 2 cores under 32 clients, 175 requests/s against 140 for one batch on both cores, because one
+    batch's serial parts (tokenizing, the Python between kernels, results going back) overlap the other's kernels,
+    and a batch on one core never waits at a thread barrier for a core the HTTP side has taken. A GPU runs
+    one batch at a time anyway."""
+    cores = torch.get_num_threads()
+    if default_device().type != "cpu":
+        return requested or 1, cores
+    workers = requested or min(2, cores)
+    return workers, max(1, cores // workers)
 
-    def __init__(self, run: LoadedRun, limits: Limits):
-        self.run, self.limits = run, limits
+
+class MicroBatcher:
+    """Collects requests from the event loop into batches for the model threads."""
+
+    def __init__(self, run: LoadedRun, limits: Limits, workers: int):
+        self.run, self.limits, self.workers = run, limits, workers
         self.queue: asyncio.Queue = asyncio.Queue(maxsize=limits.max_queue)
-        # One model thread, inside one autocast context for its whole life: the weights' bf16 copies are cast once
+        # Each model thread inside one autocast context for its whole life: the weights' bf16 copies are cast once
         # and kept (a context per call casts all of them again, and the churn grew the server's memory).
         self.executor = ThreadPoolExecutor(
-            max_workers=1, thread_name_prefix="bertfit-model", initializer=self._enter_autocast
+            max_workers=workers, thread_name_prefix="bertfit-model", initializer=self._enter_autocast
         )
         self.worker: asyncio.Task | None = None
+        self.running: set[asyncio.Task] = set()
         self.batches = self.texts = 0
 
     def _enter_autocast(self) -> None:
-        self.autocast = autocast(self.run.device, self.run.precision)
-        self.autocast.__enter__()
+        autocast(self.run.device, self.run.precision).__enter__()  # autocast state is per thread
 
     def _predict(self, rows: list[list[str]]) -> list[dict]:
         return predict(self.run, rows, FORWARD_BATCH, PAD_MULTIPLE)
@@ -125,35 +140,54 @@ class MicroBatcher:
         return await future
 
     async def _work(self) -> None:
-        loop = asyncio.get_running_loop()
+        # A batch is collected only once a model thread is free to take it, so requests that arrive while every
+        # thread computes wait in the queue and join the next batch together.
+        free = asyncio.Semaphore(self.workers)
         while True:
-            batch = [await self.queue.get()]
-            size = len(batch[0][0])
-            deadline = loop.time() + self.limits.max_wait_ms / 1000
-            while size < self.limits.max_batch and (left := deadline - loop.time()) > 0:
+            await free.acquire()
+            batch = await self._collect()
+            task = asyncio.get_running_loop().create_task(self._run(batch))
+            self.running.add(task)
+            task.add_done_callback(lambda done: (self.running.discard(done), free.release()))
+
+    async def _collect(self) -> list:
+        loop = asyncio.get_running_loop()
+        batch = [await self.queue.get()]
+        size = len(batch[0][0])
+        deadline = loop.time() + self.limits.max_wait_ms / 1000
+        while size < self.limits.max_batch:
+            # What is queued already joins at once; only then does the batch wait for company.
+            try:
+                item = self.queue.get_nowait()
+            except asyncio.QueueEmpty:
+                if (left := deadline - loop.time()) <= 0:
+                    break
                 try:
                     item = await asyncio.wait_for(self.queue.get(), left)
                 except TimeoutError:
                     break
-                batch.append(item)
-                size += len(item[0])
-            rows = [row for request, _ in batch for row in request]
-            try:
-                results = await loop.run_in_executor(self.executor, self._predict, rows)
-            except Exception as err:  # one bad batch fails its requests, not the server
-                for _, future in batch:
-                    if not future.done():
-                        future.set_exception(err)
-                continue
-            self.batches, self.texts = self.batches + 1, self.texts + len(rows)
-            at = 0
-            for request, future in batch:
+            batch.append(item)
+            size += len(item[0])
+        return batch
+
+    async def _run(self, batch: list) -> None:
+        rows = [row for request, _ in batch for row in request]
+        try:
+            results = await asyncio.get_running_loop().run_in_executor(self.executor, self._predict, rows)
+        except Exception as err:  # one bad batch fails its requests, not the server
+            for _, future in batch:
                 if not future.done():
-                    future.set_result(results[at : at + len(request)])
-                at += len(request)
+                    future.set_exception(err)
+            return
+        self.batches, self.texts = self.batches + 1, self.texts + len(rows)
+        at = 0
+        for request, future in batch:
+            if not future.done():
+                future.set_result(results[at : at + len(request)])
+            at += len(request)
 
 
-def metadata(run: LoadedRun, run_dir: str) -> dict:
+def metadata(run: LoadedRun, run_dir: str, workers: int) -> dict:
     cfg = run.cfg
     return {
         "run": run_dir,
@@ -165,14 +199,18 @@ def metadata(run: LoadedRun, run_dir: str) -> dict:
         "runtime": "onnxruntime" if type(run.model).__name__ == "OnnxModel" else "torch",
         "precision": run.precision,
         "device": str(run.device),
+        "workers": workers,
+        "threads_per_worker": torch.get_num_threads(),
     }
 
 
-def build_app(run_dir: str, limits: Limits = Limits()) -> FastAPI:
+def build_app(run_dir: str, limits: Limits = Limits(), workers: int | None = None) -> FastAPI:
+    workers, threads = plan_workers(workers)
+    torch.set_num_threads(threads)  # before loading: an ONNX session takes its thread count from torch's
     run = load_run(run_dir)
     predict(run, [["warm up"] * len(run.cfg.text_columns)])  # first-call costs are paid before the first request
-    batcher = MicroBatcher(run, limits)
-    info = metadata(run, run_dir)
+    batcher = MicroBatcher(run, limits, workers)
+    info = metadata(run, run_dir, workers)
 
     @asynccontextmanager
     async def lifespan(app):
@@ -208,7 +246,9 @@ def build_app(run_dir: str, limits: Limits = Limits()) -> FastAPI:
     return app
 
 
-def serve(run_dir: str, host: str, port: int, limits: Limits = Limits(), grace_seconds: float = 30) -> None:
+def serve(
+    run_dir: str, host: str, port: int, limits: Limits = Limits(), workers: int | None = None, grace_seconds: float = 30
+) -> None:
     import socket
 
     import uvicorn
@@ -219,7 +259,7 @@ def serve(run_dir: str, host: str, port: int, limits: Limits = Limits(), grace_s
             probe.bind((host, port))
         except OSError as err:
             raise BertfitError(f"cannot listen on {host}:{port} ({err.strerror}); choose another --port") from None
-    app = build_app(run_dir, limits)
+    app = build_app(run_dir, limits, workers)
     config = uvicorn.Config(
         app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=grace_seconds, access_log=False
     )
