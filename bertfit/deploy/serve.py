@@ -25,11 +25,14 @@ from bertfit.engine.device import autocast, default_device
 from bertfit.engine.predict import LoadedRun, load_run, predict
 from bertfit.errors import BertfitError
 
-# Texts per forward pass within a batch of requests, sorted by length: less padding than one pass over all of them.
-FORWARD_BATCH = 16
+# Texts per forward pass within a batch of requests, sorted by length: less padding than one pass over all of them
+# (one-sentence SST-2 requests, one thread: 5.8 ms of model time per text in passes of 8 rounded to 8 tokens,
+# 8.3 ms in passes of 16 rounded to 16).
+FORWARD_BATCH = 8
 # Batch lengths are rounded up to a multiple of this: a server meets a bounded set of shapes, so the CPU kernels'
-# per-shape caches (oneDNN's primitives) stop growing, and the process's memory with them.
-PAD_MULTIPLE = 16
+# per-shape caches (oneDNN's primitives) stop growing, and the process's memory with them (measured: flat at
+# 740 MB from the first 10 s to the end of 14,000 requests).
+PAD_MULTIPLE = 8
 
 
 @dataclass(frozen=True)
