@@ -447,7 +447,7 @@ def hf_throughput_side(recipe: dict, bf16: bool = False) -> dict:
     }
 
 
-def bertfit_throughput_side(recipe: dict) -> dict:
+def bertfit_throughput_side(recipe: dict, padding: str = "bucket") -> dict:
     from bertfit.cli import fit as train
     from bertfit.config import build_config
 
@@ -471,6 +471,7 @@ def bertfit_throughput_side(recipe: dict) -> dict:
             "eval_split": recipe["eval_split"],
             "log_every": max(1, steps // 30),
             "keep_best": False,
+            "padding": padding,
         },
     )
     summary = train(cfg, overwrite=True)
@@ -504,9 +505,16 @@ def throughput_report(recipe: dict, rows: dict, command: str) -> str:
         "| bertfit / Trainer |",
         "|---:|---|---:|---:|---:|---:|---:|",
     ]
-    for batch, (hf, ours) in rows.items():
-        for name, side in (("HF Trainer (fp16 AMP, dynamic padding)", hf), ("bertfit (defaults)", ours)):
-            ratio = f"{ours['train_samples_per_second'] / hf['train_samples_per_second']:.2f}×" if side is ours else ""
+    titles = {
+        "hf": "HF Trainer (fp16 AMP, dynamic padding)",
+        "bertfit": "bertfit (defaults)",
+        "bertfit-packed": "bertfit (padding packed: FlexAttention on a GPU)",
+    }
+    for batch, sides in rows.items():
+        hf = sides["hf"]
+        for key, side in sides.items():
+            name = titles[key]
+            ratio = f"{side['train_samples_per_second'] / hf['train_samples_per_second']:.2f}×" if key != "hf" else ""
             shown_mfu = "n/a" if side["mfu"] is None else f"{side['mfu']:.1%}"
             lines.append(
                 f"| {batch} | {name} | {side['train_samples_per_second']:.1f} | "
@@ -522,6 +530,7 @@ THROUGHPUT_SIDES = {
     "hf": hf_throughput_side,
     "hf-bf16": lambda recipe: hf_throughput_side(recipe, bf16=True),
     "bertfit": bertfit_throughput_side,
+    "bertfit-packed": lambda recipe: bertfit_throughput_side(recipe, padding="packed"),
 }
 
 
@@ -649,7 +658,7 @@ def multi_report(mode: str, recipe: dict, results: dict, command: str) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("mode", choices=sorted(MODES))
-    parser.add_argument("--side", choices=sorted(SIDES), help=argparse.SUPPRESS)
+    parser.add_argument("--side", choices=sorted({*SIDES, *THROUGHPUT_SIDES}), help=argparse.SUPPRESS)
     parser.add_argument("--set", action="append", default=[], help="KEY=VALUE recipe override for both sides")
     parser.add_argument("--no-write", action="store_true", help="print only; do not append to BENCHMARKS.md")
     args = parser.parse_args()
@@ -668,7 +677,10 @@ def main() -> None:
     elif args.mode == "throughput":
         batches = [recipe["batch_size"]] if any(o.startswith("batch_size=") for o in args.set) else [16, 32]
         rows = {
-            b: tuple(run_side(side, args.mode, args.set + [f"batch_size={b}"]) for side in ("hf", "bertfit"))
+            b: {
+                side: run_side(side, args.mode, args.set + [f"batch_size={b}"])
+                for side in ("hf", "bertfit", "bertfit-packed")
+            }
             for b in batches
         }
         text = throughput_report(recipe, rows, command)

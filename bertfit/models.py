@@ -273,12 +273,17 @@ def set_output_bias(model, bias) -> None:
 OFFSET_POSITIONS = {"roberta", "xlm-roberta", "camembert"}
 
 
-def packed(model, per_token: bool):
+def packed(model, per_token: bool, flex: bool = False):
     """The model run padding-free: a batch packed into one token stream (Task.collate_packed), attention kept
     inside each example by a block-diagonal mask, positions restarting per example, and the head applied to each
     example's [CLS] state (or to every token). transformers' BERT-family encoders take the mask and the
     positions as they are; only the heads, which read position 0 of each row, are re-applied here, per family.
-    On a GPU the same stream is what varlen attention kernels consume; on a CPU it is the reference path."""
+
+    `flex` (on a GPU): attention in PyTorch's FlexAttention, through transformers' own flex_attention path, with
+    the mask as a BlockMask built from the example ids. Its kernel skips every block that lies between two
+    examples, so no FLOP goes to pairs of examples and memory grows with the tokens, not their square. The dense
+    mask (the default) computes those pairs and masks them out: the CPU path, where FlexAttention has no
+    backward pass, and the reference the flex path is tested against."""
     import torch
 
     hf = model.get_base_model() if hasattr(model, "get_base_model") else model  # under LoRA: the adapted model
@@ -287,6 +292,8 @@ def packed(model, per_token: bool):
         raise BertfitError(
             f"padding 'packed' supports {', '.join(sorted(PACKED_HEADS))} models, not {kind}; use padding bucket"
         )
+    if flex:
+        hf.set_attn_implementation("flex_attention")
     offset = hf.config.pad_token_id + 1 if kind in OFFSET_POSITIONS else 0
 
     class Packed(torch.nn.Module):
@@ -295,7 +302,7 @@ def packed(model, per_token: bool):
             self.model = model  # registered, so DDP and torch.compile see every parameter
 
         def forward(self, input_ids, position_ids, segments, starts, token_type_ids=None):
-            mask = (segments[0][:, None] == segments[0][None, :])[None, None]
+            mask = _example_mask(segments[0], flex)
             extra = {"token_type_ids": token_type_ids} if token_type_ids is not None else {}
             encoder = getattr(hf, hf.base_model_prefix)
             hidden = encoder(
@@ -306,6 +313,20 @@ def packed(model, per_token: bool):
             return SimpleNamespace(logits=logits)
 
     return Packed()
+
+
+def _example_mask(segments, flex: bool):
+    """Attention only between tokens of one example: a BlockMask for FlexAttention, else a dense boolean mask
+    (batch 1, all heads, stream x stream)."""
+    if not flex:
+        return (segments[:, None] == segments[None, :])[None, None]
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    def same_example(batch, head, query, key):
+        return segments[query] == segments[key]
+
+    tokens = len(segments)
+    return create_block_mask(same_example, None, None, tokens, tokens, device=segments.device)
 
 
 def _bert_sequence(model, cls):

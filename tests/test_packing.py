@@ -126,3 +126,21 @@ def test_packing_an_unsupported_model_is_one_line(tmp_path, capsys):
     model = make_tiny_modernbert(tmp_path / "modernbert")
     code, _, stderr = run_cli(sample_run_args(model, tmp_path / "run", "--padding", "packed", "--max-steps", 2), capsys)
     assert code == 2 and "padding 'packed' supports bert, distilbert, electra, roberta, xlm-roberta models" in stderr
+
+
+@pytest.mark.parametrize("kind", ["bert", "roberta"])
+def test_flex_attention_kernel_equals_the_dense_mask(kind, minilm_tokenizer):
+    """The GPU's packed kernel (FlexAttention with a BlockMask from the example ids) against the dense mask, on the
+    CPU, where FlexAttention runs forward only: the same logits for a stream of three examples."""
+    texts = ["a short one", "a much longer example sentence with quite a few more words in it", "mid length text"]
+    task = build_task("classification", ["text"], "label", ["0", "1"], 64)
+    features = task.encode(pd.DataFrame({"text": texts, "label": [0, 1, 1]}), minilm_tokenizer)
+    batch = task.collate_packed(features, np.array([1, 0, 2]))
+    batch.pop("labels")
+    dense_model, flex_model = tiny(kind, "classification", 2).eval(), tiny(kind, "classification", 2).eval()
+    with torch.no_grad():
+        dense = models.packed(dense_model, per_token=False)(**batch).logits
+        flex = models.packed(flex_model, per_token=False, flex=True)(**batch).logits
+    assert flex_model.config._attn_implementation == "flex_attention"
+    torch.testing.assert_close(flex, dense, atol=1e-5, rtol=1e-4)
+    assert not torch.allclose(dense[0], dense[1])  # the examples differ: the mask kept them apart

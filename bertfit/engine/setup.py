@@ -261,7 +261,10 @@ def setup(cfg: Config, folder: RunFolder | None, resume: bool = False, overwrite
         model = models.add_lora(
             model, task.peft_task_type, cfg.lora_rank, cfg.lora_alpha, cfg.lora_dropout, cfg.lora_targets
         )
-    forward = models.packed(model, task.labels_tokens) if cfg.padding == "packed" else model
+    if cfg.padding == "packed":
+        forward = models.packed(model, task.labels_tokens, flex=device.type == "cuda")
+    else:
+        forward = model
     forward = torch.compile(forward) if compile_model else forward
     if ranks.enabled:
         forward = torch.nn.parallel.DistributedDataParallel(
