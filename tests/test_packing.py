@@ -97,9 +97,9 @@ def test_a_packed_run_trains_as_a_padded_one_and_sees_every_example_once(tiny_be
     seen = []
     original = Task.collate_packed
 
-    def spy(self, features, indices):
+    def spy(self, features, indices, **kwargs):
         seen.extend(int(i) for i in indices)
-        return original(self, features, indices)
+        return original(self, features, indices, **kwargs)
 
     base = ["--max-steps", 12, "--eval-every", 6, "--precision", "fp32", "--batch-size", 15, "--lr", "1e-3"]
     dynamic, packed = tmp_path / "dynamic", tmp_path / "packed"
@@ -144,3 +144,43 @@ def test_flex_attention_kernel_equals_the_dense_mask(kind, minilm_tokenizer):
     assert flex_model.config._attn_implementation == "flex_attention"
     torch.testing.assert_close(flex, dense, atol=1e-5, rtol=1e-4)
     assert not torch.allclose(dense[0], dense[1])  # the examples differ: the mask kept them apart
+
+
+@pytest.mark.parametrize("kind_of_task", ["classification", "token"])
+def test_a_lengthened_stream_changes_no_logit_and_no_loss(kind_of_task, minilm_tokenizer):
+    """Compiled runs lengthen the stream to one of a few lengths: the filler is an example of its own that no head
+    reads and no loss counts."""
+    texts = ["a short one", "a much longer example sentence with quite a few more words in it", "mid length text"]
+    if kind_of_task == "token":
+        frame = pd.DataFrame({"tokens": [t.split() for t in texts], "tags": [["B-X"] * len(t.split()) for t in texts]})
+        task = build_task("token", ["tokens"], "tags", ["O", "B-X", "I-X"], 64)
+    else:
+        frame = pd.DataFrame({"text": texts, "label": [0, 1, 1]})
+        task = build_task("classification", ["text"], "label", ["0", "1"], 64)
+    features = task.encode(frame, minilm_tokenizer)
+    model = tiny("bert", kind_of_task, 3 if kind_of_task == "token" else 2).eval()
+    forward = models.packed(model, task.labels_tokens)
+    exact = task.collate_packed(features, np.array([1, 0, 2]))
+    longer = task.collate_packed(features, np.array([1, 0, 2]), pad_id=0, pad_to=lambda tokens: tokens + 13)
+    assert longer["input_ids"].shape[1] == exact["input_ids"].shape[1] + 13
+    with torch.no_grad():
+        logits = [forward(**{k: v for k, v in batch.items() if k != "labels"}).logits for batch in (exact, longer)]
+        losses = [task.loss_sum(out, batch["labels"]) for out, batch in zip(logits, (exact, longer), strict=True)]
+    if kind_of_task == "token":
+        logits[1] = logits[1][:, : exact["input_ids"].shape[1]]
+    torch.testing.assert_close(logits[1], logits[0], atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(losses[1], losses[0], atol=1e-5, rtol=1e-4)
+
+
+def test_compiled_packed_streams_take_a_few_lengths():
+    from bertfit.config import build_config
+    from bertfit.engine.loop import padding_rule
+
+    cfg = build_config(
+        None,
+        {"model": "minilm", "data": "sst2", "padding": "packed", "compile": True, "batch_size": 16, "max_length": 256},
+    )
+    rule = padding_rule(cfg, torch.device("cpu"))
+    lengths = {rule(tokens) for tokens in range(1, 16 * 256 + 1)}
+    assert len(lengths) == 8 and all(length % 128 == 0 for length in lengths)
+    assert all(rule(tokens) >= tokens for tokens in range(1, 16 * 256 + 1))

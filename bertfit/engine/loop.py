@@ -102,12 +102,8 @@ def run_loop(run: Run, resume: bool, console, reporter: Reporter | None = None) 
     # only acts in training mode) would be off for the whole run. Evaluation restores the mode it finds.
     run.model.train()
     train_features = run.features["train"]
-    if cfg.padding == "packed":
-        collate = partial(task.collate_packed, train_features)
-    else:
-        collate = partial(
-            task.collate, train_features, pad_id=run.tokenizer.pad_token_id, pad_to=padding_rule(cfg, run.device)
-        )
+    packing = task.collate_packed if cfg.padding == "packed" else task.collate
+    collate = partial(packing, train_features, pad_id=run.tokenizer.pad_token_id, pad_to=padding_rule(cfg, run.device))
     progress = run.log.progress(console, run.total_steps, state.step)
     planned_epoch, epoch_plan = None, []
     guard = NonFiniteGuard(run.device, min(cfg.log_every, 1024), cfg.max_bad_steps, state.step)
@@ -237,7 +233,14 @@ class NonFiniteGuard:
 
 def padding_rule(cfg: Config, device: torch.device) -> Callable[[int], int]:
     """How long a batch is: max_length (padding none); a grid length when compiled, so graphs are reused;
-    else its longest example, rounded to 8 on GPUs for tensor cores."""
+    else its longest example, rounded to 8 on GPUs for tensor cores. Packed: the stream as it is, or when
+    compiled one of eight lengths up to the longest stream a step can hold, in multiples of 128 tokens
+    (FlexAttention's block), so that a handful of graphs serve every step."""
+    if cfg.padding == "packed":
+        if not cfg.compile:
+            return int
+        grid = batching.round_up(max(1, cfg.batch_size * cfg.max_length // 8), 128)
+        return partial(batching.round_up, multiple=grid)
     if cfg.padding == "none":
         return lambda longest: cfg.max_length
     if cfg.compile:

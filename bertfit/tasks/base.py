@@ -492,28 +492,35 @@ class Task:
     def collate_labels(self, features: Features, indices: np.ndarray, width: int) -> torch.Tensor:
         return torch.from_numpy(np.asarray(features.labels[indices]))
 
-    def collate_packed(self, features: Features, indices: np.ndarray) -> dict[str, torch.Tensor]:
+    def collate_packed(
+        self, features: Features, indices: np.ndarray, pad_id: int = 0, pad_to: Callable[[int], int] = int
+    ) -> dict[str, torch.Tensor]:
         """A batch as one token stream with no padding (padding: packed): the examples end to end in a row of
         one, each token's position within its example and the example it belongs to (attention stays inside
-        an example), and where each example starts (its [CLS] token)."""
+        an example), and where each example starts (its [CLS] token). `pad_to` may lengthen the stream (to one
+        of a few lengths, so compiled graphs are reused): the filler is one more example, of pad tokens, that
+        no head reads and no loss counts."""
         lengths = features.lengths[indices].astype(np.int64)
         starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
-        segments = np.repeat(np.arange(len(indices)), lengths)
-        positions = np.arange(int(lengths.sum())) - np.repeat(starts, lengths)
+        tokens = int(lengths.sum())
+        filler = pad_to(tokens) - tokens
+        segments = np.concatenate([np.repeat(np.arange(len(indices)), lengths), np.full(filler, len(indices))])
+        positions = np.concatenate([np.arange(tokens) - np.repeat(starts, lengths), np.zeros(filler, np.int64)])
+        ids = [features.input_ids[i] for i in indices] + [np.full(filler, pad_id)]
         batch = {
-            "input_ids": torch.from_numpy(np.concatenate([features.input_ids[i] for i in indices]).astype(np.int64)),
+            "input_ids": torch.from_numpy(np.concatenate(ids).astype(np.int64)),
             "position_ids": torch.from_numpy(positions),
             "segments": torch.from_numpy(segments),
             "starts": torch.from_numpy(starts),
         }
         if features.token_type_ids is not None:
-            types = np.concatenate([features.token_type_ids[i] for i in indices]).astype(np.int64)
-            batch["token_type_ids"] = torch.from_numpy(types)
+            types = [features.token_type_ids[i] for i in indices] + [np.zeros(filler)]
+            batch["token_type_ids"] = torch.from_numpy(np.concatenate(types).astype(np.int64))
         batch = {k: v[None] if k != "starts" else v for k, v in batch.items()}
-        batch["labels"] = self.collate_packed_labels(features, indices)
+        batch["labels"] = self.collate_packed_labels(features, indices, filler)
         return batch
 
-    def collate_packed_labels(self, features: Features, indices: np.ndarray) -> torch.Tensor:
+    def collate_packed_labels(self, features: Features, indices: np.ndarray, filler: int) -> torch.Tensor:
         return torch.from_numpy(np.asarray(features.labels[indices]))
 
     def metric_names(self) -> tuple[str, ...]:

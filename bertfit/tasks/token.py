@@ -113,10 +113,9 @@ class TokenTask(Task):
             labels[row, : len(features.labels[index])] = features.labels[index]
         return torch.from_numpy(labels)
 
-    def collate_packed_labels(self, features, indices):
-        return torch.from_numpy(np.concatenate([np.asarray(features.labels[i]) for i in indices]).astype(np.int64))[
-            None
-        ]
+    def collate_packed_labels(self, features, indices, filler):
+        labels = [np.asarray(features.labels[i]) for i in indices] + [np.full(filler, IGNORE)]
+        return torch.from_numpy(np.concatenate(labels).astype(np.int64))[None]
 
     def metric_names(self):
         return ("precision", "recall", "f1", "accuracy")
