@@ -301,7 +301,9 @@ def packed(model, per_token: bool, flex: bool = False):
             super().__init__()
             self.model = model  # registered, so DDP and torch.compile see every parameter
 
-        def forward(self, input_ids, position_ids, segments, starts, token_type_ids=None):
+        def forward(self, input_ids, position_ids, segments, starts, token_type_ids=None, width=None):
+            """`width`: token logits back as one row per example, `width` long, as a padded batch has them
+            (evaluation); else as the stream (training's loss reads the stream's labels)."""
             mask = _example_mask(segments[0], flex)
             extra = {"token_type_ids": token_type_ids} if token_type_ids is not None else {}
             encoder = getattr(hf, hf.base_model_prefix)
@@ -310,6 +312,11 @@ def packed(model, per_token: bool, flex: bool = False):
             ).last_hidden_state
             head = PACKED_HEADS[kind]["token" if per_token else "sequence"]
             logits = head(hf, hidden) if per_token else head(hf, hidden[0, starts][:, None, :])
+            if per_token and width is not None:
+                real = segments[0] < len(starts)  # the filler that lengthened the stream is no example's
+                rows = logits.new_zeros(len(starts), width, logits.shape[-1])
+                rows[segments[0][real], position_ids[0][real]] = logits[0][real]
+                logits = rows
             return SimpleNamespace(logits=logits)
 
     return Packed()

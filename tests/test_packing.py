@@ -128,8 +128,18 @@ def test_packing_an_unsupported_model_is_one_line(tmp_path, capsys):
     assert code == 2 and "padding 'packed' supports bert, distilbert, electra, roberta, xlm-roberta models" in stderr
 
 
+@pytest.fixture
+def fresh_compile():
+    """Each test compiles FlexAttention for its own shapes. A shape after the first makes torch recompile with
+    dynamic shapes, and inductor's CPU code for dynamic FlexAttention does not compile (torch 2.13: "cur_qSplitSize8
+    was not declared"); GPUs generate Triton instead, so this is a CPU test's concern only."""
+    torch._dynamo.reset()
+    yield
+    torch._dynamo.reset()
+
+
 @pytest.mark.parametrize("kind", ["bert", "roberta"])
-def test_flex_attention_kernel_equals_the_dense_mask(kind, minilm_tokenizer):
+def test_flex_attention_kernel_equals_the_dense_mask(kind, minilm_tokenizer, fresh_compile):
     """The GPU's packed kernel (FlexAttention with a BlockMask from the example ids) against the dense mask, on the
     CPU, where FlexAttention runs forward only: the same logits for a stream of three examples."""
     texts = ["a short one", "a much longer example sentence with quite a few more words in it", "mid length text"]
@@ -184,3 +194,33 @@ def test_compiled_packed_streams_take_a_few_lengths():
     lengths = {rule(tokens) for tokens in range(1, 16 * 256 + 1)}
     assert len(lengths) == 8 and all(length % 128 == 0 for length in lengths)
     assert all(rule(tokens) >= tokens for tokens in range(1, 16 * 256 + 1))
+
+
+@pytest.mark.parametrize("kind_of_task", ["classification", "token"])
+def test_packed_evaluation_equals_padded_evaluation(kind_of_task, minilm_tokenizer, fresh_compile):
+    """Evaluation on a GPU packs each batch into a stream in FlexAttention (forward only, so it runs here too):
+    the same outputs, example by example, and the same loss as padded batches; every stream one length."""
+    from bertfit.engine.evaluation import infer
+
+    texts = ["a short one", "a much longer example sentence with quite a few more words in it", "mid length text"]
+    texts += ["another sentence of some length", "tiny"]
+    if kind_of_task == "token":
+        tags = [["B-X" if i % 3 == 0 else "O" for i, _ in enumerate(t.split())] for t in texts]
+        frame = pd.DataFrame({"tokens": [t.split() for t in texts], "tags": tags})
+        task = build_task("token", ["tokens"], "tags", ["O", "B-X", "I-X"], 64)
+    else:
+        frame = pd.DataFrame({"text": texts, "label": [0, 1, 1, 0, 1]})
+        task = build_task("classification", ["text"], "label", ["0", "1"], 64)
+    features = task.encode(frame, minilm_tokenizer)
+    model = tiny("bert", kind_of_task, 3 if kind_of_task == "token" else 2)
+    shapes = set()
+    model.bert.embeddings.register_forward_hook(lambda module, args, out: shapes.add(tuple(out.shape[:2])))
+    cpu = torch.device("cpu")
+    padded = infer(model, task, features, task.scores, 2, cpu, "fp32", 0, with_loss=True)
+    shapes.clear()
+    packed = infer(model, task, features, task.scores, 2, cpu, "fp32", 0, with_loss=True, packed=True)
+    assert shapes == {(1, 2 * int(features.lengths.max()))}  # three batches, one stream length: the budget
+    assert packed.loss_sum == pytest.approx(padded.loss_sum, rel=1e-4)
+    for ours, theirs in zip(packed.outputs, padded.outputs, strict=True):
+        np.testing.assert_allclose(ours, theirs, atol=1e-5, rtol=1e-4)
+    assert model.training  # left in the mode it was found in

@@ -101,12 +101,17 @@ def compile_length(length: int) -> int:
     return next((g for g in COMPILE_LENGTHS if g >= length), round_up(length, 128))
 
 
+def token_budget(lengths: np.ndarray, batch_size: int) -> int:
+    """Tokens an evaluation batch may hold, padding included: a full batch of the longest examples."""
+    return batch_size * max(1, int(lengths.max(initial=1)))
+
+
 def eval_batches(lengths: np.ndarray, batch_size: int, rank: int = 0, world: int = 1) -> list[np.ndarray]:
     """Length-sorted batches of at most `batch_size` × the longest length in tokens: the memory of a full batch
     of the longest examples, so shorter examples come in proportionally larger batches. Rank r takes batches
     r, r+world, ... so no example is counted twice."""
     order = np.argsort(lengths, kind="stable")
-    budget = batch_size * max(1, int(lengths.max(initial=1)))
+    budget = token_budget(lengths, batch_size)
     batches, start = [], 0
     for end, index in enumerate(order):
         # Sorted ascending: the example joining a batch is its longest, so the batch costs (size) × its length.

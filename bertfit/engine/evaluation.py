@@ -13,6 +13,8 @@ import pandas as pd
 import torch
 import torch.distributed as dist
 
+from bertfit import models
+from bertfit.config import Config
 from bertfit.engine import batching
 from bertfit.engine.device import Dist, autocast
 from bertfit.tasks import Features, Task
@@ -37,23 +39,36 @@ def infer(
     ranks: Dist = Dist(),
     with_loss: bool = False,
     pad_multiple: int | None = None,
+    packed: bool = False,
 ) -> Inference:
     """Length-sorted batches; `output` (task.predictions or task.scores) reduced to small host arrays; exact under
     sharding across ranks. The model is left in the mode it was in. `pad_multiple`: batch lengths rounded up to a
-    multiple of it (default 8 on GPUs, for tensor cores, else none)."""
+    multiple of it (default 8 on GPUs, for tensor cores, else none). `packed`: each batch one token stream in
+    FlexAttention (see `packs`), every stream lengthened to the batches' token budget, so one shape serves all."""
     was_training = model.training
     model.eval()
     loss = torch.zeros((), dtype=torch.float64, device=device)
-    pad_to = partial(batching.round_up, multiple=pad_multiple or (8 if device.type == "cuda" else 1))
+    batches = batching.eval_batches(features.lengths, batch_size, ranks.rank, ranks.world)
+    if packed:
+        forward = models.packed(model, task.labels_tokens, flex=True)
+        budget = batching.token_budget(features.lengths, batch_size)
+        collate = partial(task.collate_packed, pad_id=pad_id, pad_to=lambda tokens: budget)
+    else:
+        forward = model
+        pad_to = partial(batching.round_up, multiple=pad_multiple or (8 if device.type == "cuda" else 1))
+        collate = partial(task.collate, pad_id=pad_id, pad_to=pad_to)
     on_device = []  # read back after the last batch, so the host never waits for the device in between
     # One autocast context for every batch: the weights do not change, so their bf16 copies are cast once and
     # reused (a context per batch casts all of them again for each one).
     with autocast(device, precision):
-        for indices in batching.eval_batches(features.lengths, batch_size, ranks.rank, ranks.world):
-            collated = task.collate(features, indices, pad_id, pad_to)
-            batch = {k: v.to(device, non_blocking=True) for k, v in collated.items()}
+        for indices in batches:
+            collated = collate(features, indices)
+            if packed:  # logits come back one row per example, as a padded batch's; so do the labels
+                width = int(features.lengths[indices].max())
+                collated.update(labels=task.collate_labels(features, indices, width), width=width)
+            batch = {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in collated.items()}
             labels = batch.pop("labels")
-            logits = model(**batch).logits
+            logits = forward(**batch).logits
             if with_loss:
                 loss += task.loss_sum(logits, labels).double()
             on_device.append((indices, output(logits)))
@@ -72,6 +87,12 @@ def infer(
     return Inference(task.stack([shard[i] for i in range(len(features))]), total_loss)
 
 
+def packs(cfg: Config, device: torch.device) -> bool:
+    """Evaluation packs where training did and it pays: on a GPU, where FlexAttention skips the pairs of examples.
+    A dense mask over a whole evaluation batch's stream would hold the stream's length squared."""
+    return cfg.padding == "packed" and device.type == "cuda"
+
+
 def evaluate(
     model: torch.nn.Module,
     task: Task,
@@ -82,11 +103,22 @@ def evaluate(
     precision: str,
     pad_id: int,
     ranks: Dist = Dist(),
+    packed: bool = False,
 ) -> dict:
     """Loss (mean per loss term) and the task's metrics, with how long it took."""
     started = time.perf_counter()
     inference = infer(
-        model, task, features, task.predictions, batch_size, device, precision, pad_id, ranks, with_loss=True
+        model,
+        task,
+        features,
+        task.predictions,
+        batch_size,
+        device,
+        precision,
+        pad_id,
+        ranks,
+        with_loss=True,
+        packed=packed,
     )
     result = {"loss": inference.loss_sum / max(1, int(features.items.sum()))}
     result.update(task.metrics(features, frame, inference.outputs))

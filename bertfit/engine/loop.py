@@ -21,7 +21,7 @@ from bertfit import models
 from bertfit.config import Config
 from bertfit.engine import batching, checkpoint
 from bertfit.engine.device import agreed, autocast, hardware, peak_flops, release_free_memory
-from bertfit.engine.evaluation import evaluate
+from bertfit.engine.evaluation import evaluate, packs
 from bertfit.engine.setup import Run, output_folder, plan_epoch, protected_inputs, setup
 from bertfit.errors import BertfitError
 from bertfit.files import TEMP_PREFIX, to_json, writing
@@ -284,6 +284,7 @@ def evaluate_and_select(run: Run) -> None:
         cfg.precision,
         run.tokenizer.pad_token_id,
         run.dist,
+        packed=packs(cfg, run.device),
     )
     metric = result[cfg.metric_for_best]
     improved = state.best_metric is None or (
@@ -372,6 +373,7 @@ def finish(run: Run, reporter: Reporter | None = None) -> dict:
             cfg.precision,
             run.tokenizer.pad_token_id,
             run.dist,
+            packed=packs(cfg, run.device),
         )
     train_stats = {**run.log.throughput(state.train_seconds), "steps": state.step, **run.timings}
     peak = peak_flops(run.device)

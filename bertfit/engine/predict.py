@@ -12,7 +12,7 @@ from bertfit import models
 from bertfit.config import Config, build_config
 from bertfit.data import readers, schema, sources
 from bertfit.engine.device import default_device, inference_precision
-from bertfit.engine.evaluation import evaluate, infer
+from bertfit.engine.evaluation import evaluate, infer, packs
 from bertfit.errors import BertfitError
 from bertfit.files import atomic_write_text, to_json
 from bertfit.tasks import Task, task_for
@@ -63,7 +63,15 @@ def evaluate_run(run_dir: str, source: str, split: str, batch_size: int = 64, pr
     frame = split_frame(run.cfg, splits, source, split)
     features = run.task.encode(frame, run.tokenizer)
     return evaluate(
-        run.model, run.task, features, frame, batch_size, run.device, run.precision, run.tokenizer.pad_token_id
+        run.model,
+        run.task,
+        features,
+        frame,
+        batch_size,
+        run.device,
+        run.precision,
+        run.tokenizer.pad_token_id,
+        packed=packs(run.cfg, run.device),
     )
 
 
@@ -100,6 +108,7 @@ def predict(run: LoadedRun, rows: list[list[str]], batch_size: int = 64, pad_mul
         run.precision,
         run.tokenizer.pad_token_id,
         pad_multiple=pad_multiple,
+        packed=packs(run.cfg, run.device),
     ).outputs
     return run.task.decode(features, context, scores)
 

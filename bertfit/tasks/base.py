@@ -24,6 +24,8 @@ IGNORE = -100
 LOWER_IS_BETTER = {"loss", "mse", "hamming_loss"}
 # Rows tokenized at a time: large enough for the fast tokenizer's threads, small enough to bound its lists.
 ENCODE_CHUNK = 50_000
+# Tokens per filler example in a lengthened packed stream: FlexAttention's block, so each is one block of work.
+FILLER_CHUNK = 128
 # Part of the cache key: entries written in an older layout are never read.
 CACHE_FORMAT = 2
 
@@ -498,13 +500,15 @@ class Task:
         """A batch as one token stream with no padding (padding: packed): the examples end to end in a row of
         one, each token's position within its example and the example it belongs to (attention stays inside
         an example), and where each example starts (its [CLS] token). `pad_to` may lengthen the stream (to one
-        of a few lengths, so compiled graphs are reused): the filler is one more example, of pad tokens, that
-        no head reads and no loss counts."""
+        of a few lengths, so compiled graphs are reused): the filler is more examples, of pad tokens, that no
+        head reads and no loss counts."""
         lengths = features.lengths[indices].astype(np.int64)
         starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
         tokens = int(lengths.sum())
         filler = pad_to(tokens) - tokens
-        segments = np.concatenate([np.repeat(np.arange(len(indices)), lengths), np.full(filler, len(indices))])
+        # The filler is cut into examples of FILLER_CHUNK tokens: one long one would attend across its whole length.
+        fillers = len(indices) + np.arange(filler) // FILLER_CHUNK
+        segments = np.concatenate([np.repeat(np.arange(len(indices)), lengths), fillers])
         positions = np.concatenate([np.arange(tokens) - np.repeat(starts, lengths), np.zeros(filler, np.int64)])
         ids = [features.input_ids[i] for i in indices] + [np.full(filler, pad_id)]
         batch = {
