@@ -199,9 +199,9 @@ class Config(BaseModel):
     # Speed (changes numerics slightly; recorded in the run)
     padding: Literal["bucket", "dynamic", "none", "packed"] = Field(
         "bucket",
-        description="bucket (length-grouped batches), dynamic, none (pad to max_length), or packed (training "
-        "padding-free: a step's examples as one token stream, attention kept inside each; BERT, RoBERTa, "
-        "DistilBERT, ELECTRA)",
+        description="bucket (length-grouped batches), dynamic, none (pad to max_length), or packed "
+        "(padding-free: a step's examples as one token stream, attention kept inside each, in FlexAttention on a "
+        "GPU; BERT, RoBERTa, DistilBERT, ELECTRA)",
     )
     compile: bool | None = Field(None, description="torch.compile the model [default: on GPU only]")
     device: Literal["auto", "cuda", "mps", "cpu"] = Field(
