@@ -241,3 +241,16 @@ def test_ddp_sigterm_then_resume_matches_the_uninterrupted_run(tiny_bert, tmp_pa
     ours, theirs = load_file(out / "model.safetensors"), load_file(whole / "model.safetensors")
     assert all(torch.equal(ours[k], theirs[k]) for k in ours)
     assert log_without_timings(out / "log.jsonl") == log_without_timings(whole / "log.jsonl")
+
+
+def test_packed_on_two_gloo_processes_matches_one_process(tiny_bert_no_dropout, tmp_path):
+    """Each rank packs its share of the step batch into its own stream; DDP averages as for padded batches."""
+    single, double = tmp_path / "single", tmp_path / "double"
+    packed = ("--precision", "fp32", "--padding", "packed")
+    bertfit(*train_args(tiny_bert_no_dropout, single, 16, *packed))
+    bertfit(*train_args(tiny_bert_no_dropout, double, 8, "--nproc", 2, *packed))
+    one, two = (json.loads((d / "metrics.json").read_text()) for d in (single, double))
+    assert two["validation"]["loss"] == pytest.approx(one["validation"]["loss"], rel=1e-4)
+    assert two["train"]["padding_ratio"] == one["train"]["padding_ratio"] == 0
+    weights_one, weights_two = load_file(single / "model.safetensors"), load_file(double / "model.safetensors")
+    assert all(torch.allclose(weights_one[k], weights_two[k], atol=1e-5) for k in weights_one)

@@ -224,3 +224,10 @@ def test_packed_evaluation_equals_padded_evaluation(kind_of_task, minilm_tokeniz
     for ours, theirs in zip(packed.outputs, padded.outputs, strict=True):
         np.testing.assert_allclose(ours, theirs, atol=1e-5, rtol=1e-4)
     assert model.training  # left in the mode it was found in
+
+
+def test_a_packed_run_resumes_bit_exactly(tiny_bert, tmp_path):
+    """Killed (SIGKILL) mid-run and resumed, a packed run ends on the weights of the run never interrupted."""
+    from conftest import assert_resumes_bit_exactly, recipe_args
+
+    assert_resumes_bit_exactly(lambda out: recipe_args(tiny_bert, out) + ["--padding", "packed"], tmp_path)
