@@ -94,10 +94,10 @@ def parse_request(body: bytes, text_columns: list[str], limits: Limits) -> list[
 
 def plan_workers(requested: int | None) -> tuple[int, int]:
     """(batches computed at once, threads for each). On a CPU, two at once by default, on half the cores each:
-    measured on 2 cores under 32 clients, 175 requests/s against 140 for one batch on both cores, because one
-    batch's serial parts (tokenizing, the Python between kernels, results going back) overlap the other's kernels,
-    and a batch on one core never waits at a thread barrier for a core the HTTP side has taken. A GPU runs
-    one batch at a time anyway."""
+    measured on 2 cores under 32 clients (benchmarks/deploy.py), 192 requests/s against 143 for one batch on both
+    cores, because one batch's serial parts (tokenizing, the Python between kernels, results going back) overlap
+    the other's kernels, and a batch on one core never waits at a thread barrier for a core the HTTP side has
+    taken. A GPU runs one batch at a time anyway."""
     cores = torch.get_num_threads()
     if default_device().type != "cpu":
         return requested or 1, cores
@@ -117,7 +117,7 @@ class MicroBatcher:
             max_workers=workers, thread_name_prefix="bertfit-model", initializer=self._enter_autocast
         )
         self.worker: asyncio.Task | None = None
-        self.running: set[asyncio.Task] = set()
+        self.running: set[asyncio.Task] = set()  # the event loop keeps only weak references to its tasks
         self.batches = self.texts = 0
 
     def _enter_autocast(self) -> None:
