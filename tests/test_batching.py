@@ -156,3 +156,34 @@ def test_the_compact_plan_holds_the_same_batches_as_a_list_of_arrays(padding, si
     plan = batching.epoch_batches(lengths, batch_size, 3, 1, padding, min_size)
     reference = _list_of_arrays(lengths, batch_size, 3, 1, padding, min_size)
     assert len(plan) == len(reference) and all(np.array_equal(a, b) for a, b in zip(plan, reference))
+
+
+def test_prefetched_batches_are_the_planned_ones_across_epochs_and_stop_cleanly():
+    lengths = np.random.default_rng(0).integers(5, 60, 50)
+
+    def plan(epoch):
+        return batching.epoch_batches(lengths, 8, 42, epoch, "bucket")
+
+    expected = [micro for epoch in (0, 1) for step in plan(epoch) for micro in batching.micro_batches(step, 2, 0, 1)]
+    start = 3  # as a resumed run would: from the fourth step of the first epoch
+    skipped = sum(len(batching.micro_batches(step, 2, 0, 1)) for step in list(plan(0))[:start])
+    planned = batching.upcoming(plan, 0, start, 2, 0, 1)
+
+    def collate(indices):
+        return {"input_ids": torch.from_numpy(lengths[indices])}
+
+    with batching.Prefetcher(collate, planned, pin=False) as prefetcher:
+        for indices in expected[skipped:]:  # across the end of the first epoch into the second
+            torch.testing.assert_close(prefetcher.next(indices)["input_ids"], torch.from_numpy(lengths[indices]))
+        with pytest.raises(RuntimeError, match="not the one the loop trains on"):
+            prefetcher.next(np.array([0]))
+    assert not prefetcher.thread.is_alive()  # stopped though the plan never ends and its queue was full
+
+
+def test_an_error_while_prefetching_is_raised_in_the_loop():
+    def collate(indices):
+        raise ValueError("row 3 is broken")
+
+    prefetcher = batching.Prefetcher(collate, iter([np.array([3])]), pin=False)
+    with prefetcher, pytest.raises(ValueError, match="row 3 is broken"):
+        prefetcher.next(np.array([3]))

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import queue
+import threading
+from collections.abc import Callable, Iterator
+
 import numpy as np
 
 # Examples are sorted by length inside windows of this many batches: enough to cut padding to a few
@@ -85,6 +89,66 @@ def micro_batches(step_batch: np.ndarray, grad_accum: int, rank: int, world: int
     """
     parts = [part for part in np.array_split(step_batch, grad_accum) if len(part)]
     return [part[rank::world] for part in parts]
+
+
+def upcoming(
+    plan: Callable[[int], Batches], epoch: int, position: int, grad_accum: int, rank: int, world: int
+) -> Iterator[np.ndarray]:
+    """Every micro-batch this rank trains on from step `position` of `epoch` on, in order, epoch after epoch."""
+    while True:
+        batches = plan(epoch)
+        for step in range(position, len(batches)):
+            yield from micro_batches(batches[step], grad_accum, rank, world)
+        epoch, position = epoch + 1, 0
+
+
+class Prefetcher:
+    """The micro-batches to come, collated by a background thread `depth` ahead of the loop (and pinned, for a
+    GPU, so their copy to it is asynchronous): gathering rows and building tensors for step n+1 happens while
+    step n computes, not between steps. The loop asks for the batches in the order `planned` yields them."""
+
+    def __init__(self, collate: Callable, planned: Iterator[np.ndarray], pin: bool, depth: int = 2):
+        self.ready: queue.Queue = queue.Queue(maxsize=depth)
+        self.stopping = threading.Event()
+        self.thread = threading.Thread(
+            target=self._fill, args=(collate, planned, pin), daemon=True, name="bertfit-collate"
+        )
+
+    def __enter__(self) -> Prefetcher:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stopping.set()
+        self.thread.join()
+
+    def _fill(self, collate: Callable, planned: Iterator[np.ndarray], pin: bool) -> None:
+        try:
+            for indices in planned:
+                batch = collate(indices)
+                if pin:
+                    batch = {name: tensor.pin_memory() for name, tensor in batch.items()}
+                if not self._put((indices, batch)):
+                    return
+        except Exception as err:  # raised again in the loop's thread, which reports it
+            self._put((None, err))
+
+    def _put(self, item) -> bool:
+        while not self.stopping.is_set():
+            try:
+                self.ready.put(item, timeout=0.05)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def next(self, indices: np.ndarray) -> dict:
+        planned, batch = self.ready.get()
+        if planned is None:
+            raise batch
+        if not np.array_equal(planned, indices):
+            raise RuntimeError("the prefetched micro-batch is not the one the loop trains on")
+        return batch
 
 
 # Lengths a compiled model sees: few enough shapes that graphs are reused, close enough that short texts

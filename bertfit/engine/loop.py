@@ -107,7 +107,11 @@ def run_loop(run: Run, resume: bool, console, reporter: Reporter | None = None) 
     progress = run.log.progress(console, run.total_steps, state.step)
     planned_epoch, epoch_plan = None, []
     guard = NonFiniteGuard(run.device, min(cfg.log_every, 1024), cfg.max_bad_steps, state.step)
-    with progress, SignalGuard() as signals:
+    planned = batching.upcoming(
+        partial(plan_epoch, cfg, train_features), state.epoch, state.position, cfg.grad_accum, ranks.rank, ranks.world
+    )
+    prefetcher = batching.Prefetcher(collate, planned, pin=run.device.type == "cuda")
+    with progress, SignalGuard() as signals, prefetcher:
         while state.step < run.total_steps and state.stop_reason is None:
             step_started = time.perf_counter()
             if planned_epoch != state.epoch:
@@ -118,7 +122,7 @@ def run_loop(run: Run, resume: bool, console, reporter: Reporter | None = None) 
             step_items = int(train_features.items[step_batch].sum())
             micro = batching.micro_batches(step_batch, cfg.grad_accum, ranks.rank, ranks.world)
             for i, indices in enumerate(micro):
-                batch = {k: v.to(run.device, non_blocking=True) for k, v in collate(indices).items()}
+                batch = {k: v.to(run.device, non_blocking=True) for k, v in prefetcher.next(indices).items()}
                 labels = batch.pop("labels")
                 sync = i == len(micro) - 1 or not ranks.enabled
                 with contextlib.nullcontext() if sync else run.forward.no_sync():
