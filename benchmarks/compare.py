@@ -20,7 +20,6 @@ import argparse
 import datetime
 import json
 import os
-import platform
 import resource
 import subprocess
 import sys
@@ -551,11 +550,10 @@ def versions() -> str:
 
 
 def machine() -> str:
-    import torch
+    from bertfit.engine.device import default_device, hardware
 
-    if torch.cuda.is_available():
-        return f"{torch.cuda.get_device_name(0)}, {os.cpu_count()} CPU cores"
-    return f"CPU {platform.machine()}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads"
+    device = default_device()
+    return hardware(device) if device.type == "cpu" else f"{hardware(device)}, {os.cpu_count()} CPU cores"
 
 
 REPORTED_METRICS = (

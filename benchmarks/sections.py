@@ -3,20 +3,18 @@
 from __future__ import annotations
 
 import datetime
-import os
-import platform
 from pathlib import Path
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "BENCHMARKS.md"
 
 
 def machine() -> str:
+    """The hardware as a run's card names it, and torch's version."""
     import torch
 
-    return (
-        f"CPU {platform.machine()}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads; "
-        f"torch {torch.__version__}"
-    )
+    from bertfit.engine.device import default_device, hardware
+
+    return f"{hardware(default_device())}; torch {torch.__version__}"
 
 
 def append(title: str, lines: list[str]) -> None:

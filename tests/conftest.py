@@ -215,3 +215,12 @@ def uninterrupted(tmp_path_factory, tiny_bert):
     _, err = process.communicate(timeout=300)
     assert process.returncode == 0, err.decode()[-2000:]
     return out
+
+
+def free_port() -> int:
+    """A port nothing listens on now, on loopback."""
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]

@@ -13,7 +13,7 @@ import time
 import httpx
 import pytest
 import torch
-from conftest import run_cli, sample_run_args
+from conftest import free_port, run_cli, sample_run_args
 
 
 @pytest.fixture(scope="module")
@@ -51,12 +51,6 @@ def test_int8_export_is_smaller_and_still_agrees(trained, tmp_path, capsys):
     code, stdout, _ = run_cli(["export", trained, "--output", int8, "--quantize", "int8"], capsys)
     assert code == 0 and "quantize int8" in stdout
     assert (int8 / "model.onnx").stat().st_size < (fp32 / "model.onnx").stat().st_size
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def start_server(folder, port, *extra):

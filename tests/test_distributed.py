@@ -2,7 +2,6 @@
 
 import json
 import os
-import socket
 import subprocess
 import sys
 
@@ -10,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import SAMPLES, sample_run_args
+from conftest import SAMPLES, free_port, sample_run_args
 from safetensors.torch import load_file
 from test_train_tiny import log_without_timings
 
@@ -117,12 +116,6 @@ def _sharded_eval(rank, world, port, model_dir, result_file):
         with open(result_file, "w") as handle:
             json.dump({k: v for k, v in result.items() if k not in ("runtime", "samples_per_second")}, handle)
     dist.destroy_process_group()
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def test_sharded_eval_counts_every_example_once(tiny_bert, tmp_path):

@@ -52,7 +52,12 @@ def infer(
     if packed:
         forward = models.packed(model, task.labels_tokens, flex=True)
         budget = batching.token_budget(features.lengths, batch_size)
-        collate = partial(task.collate_packed, pad_id=pad_id, pad_to=lambda tokens: budget)
+
+        def collate(features: Features, indices: np.ndarray) -> dict:
+            # Logits come back one row per example, as a padded batch's; so do the labels.
+            width = int(features.lengths[indices].max())
+            stream = task.collate_packed(features, indices, pad_id, pad_to=lambda tokens: budget)
+            return {**stream, "labels": task.collate_labels(features, indices, width), "width": width}
     else:
         forward = model
         pad_to = partial(batching.round_up, multiple=pad_multiple or (8 if device.type == "cuda" else 1))
@@ -63,9 +68,6 @@ def infer(
     with autocast(device, precision):
         for indices in batches:
             collated = collate(features, indices)
-            if packed:  # logits come back one row per example, as a padded batch's; so do the labels
-                width = int(features.lengths[indices].max())
-                collated.update(labels=task.collate_labels(features, indices, width), width=width)
             batch = {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in collated.items()}
             labels = batch.pop("labels")
             logits = forward(**batch).logits
