@@ -212,7 +212,7 @@ def evaluate(
     run: str = typer.Argument(..., help="run folder"),
     data: str = Opt(..., help="dataset (as for train)"),
     split: str = Opt("validation", help="split to score"),
-    batch_size: int = Opt(64),
+    batch_size: int = Opt(64, min=1),
     precision: INFERENCE_PRECISION = Opt("auto", help="auto: as the run trained (fp16 needs a GPU)"),
 ):
     """Score a trained run on a dataset split; prints metrics as JSON."""
@@ -229,18 +229,19 @@ def predict(
     pair: str | None = Opt(None, "--pair", help="second text, for text-pair models"),
     input: str | None = Opt(None, "--input", help="CSV/TSV/JSONL/Parquet/TXT file of texts"),
     output: str | None = Opt(None, "--output", help="JSONL file to write (default: print)"),
-    batch_size: int = Opt(64),
+    overwrite: bool = Opt(False, "--overwrite", help="replace --output if it exists"),
+    batch_size: int = Opt(64, min=1),
     precision: INFERENCE_PRECISION = Opt("auto", help="auto: as the run trained (fp16 needs a GPU)"),
 ):
     """Predict labels, scores or entity spans for texts."""
-    from bertfit.engine.predict import check_output_path, load_run, read_inputs, write_predictions
+    from bertfit.engine.predict import claim_output, load_run, read_inputs, write_predictions
     from bertfit.engine.predict import predict as predict_rows
     from bertfit.files import to_json
 
     if not text and not input:
         raise BertfitError("nothing to predict; pass --text TEXT or --input FILE")
     if output:
-        check_output_path(output)
+        claim_output(output, overwrite, run, input)
     loaded = load_run(run, precision.value)
     rows = read_inputs(input, loaded.cfg.text_columns) if input else [[t] + ([pair] if pair else []) for t in text]
     predictions = predict_rows(loaded, rows, batch_size)
@@ -323,9 +324,14 @@ def print_profile(report: dict) -> None:
 
 
 @app.command()
-def doctor(run: str = typer.Argument(..., help="run folder")):
-    """Diagnose a finished run: findings with evidence and advice (also written to diagnosis.json and the card)."""
-    findings = refresh_reports(Path(run))
+def doctor(
+    run: str = typer.Argument(..., help="run folder"),
+    write: bool = Opt(False, "--write", help="also rewrite diagnosis.json, the plots and the card"),
+):
+    """Diagnose a finished run: findings with evidence and advice (read-only unless --write)."""
+    from bertfit.report import diagnosis
+
+    findings = refresh_reports(Path(run)) if write else diagnosis(Path(run))
     if not any(f["severity"] in ("warning", "error") for f in findings):
         console.print("no problems found: losses, metrics, data and speed look healthy")
     for finding in findings:
@@ -398,8 +404,8 @@ def refresh_reports(run: Path) -> list[dict]:
     from bertfit.report import write_reports
     from bertfit.runfolder import RunFolder
 
-    with RunFolder.update(run) as folder, folder.recording():
-        return write_reports(run)
+    with RunFolder.update(run) as folder:
+        return write_reports(folder)
 
 
 def report_error(line: str) -> None:

@@ -65,12 +65,12 @@ def writing(what: str, folder: Path, then: str, cleanup: Path | None = None) -> 
         raise BertfitError(f"{reason} while writing {what} in '{folder}'; {then}") from None
 
 
-def atomic_write_text(path: Path, text: str, then: str = "free space and run the command again") -> None:
-    """Readers see the old file or the new one, never half of one."""
+def atomic_write(path: Path, data: str | bytes, then: str = "free space and run the command again") -> None:
+    """Readers see the old file or the new one, never half of one. Text is written as UTF-8."""
     tmp = path.with_name(f"{TEMP_PREFIX}{path.name}.{os.getpid()}")
     with writing(path.name, path.parent, then, cleanup=tmp):
-        with open(tmp, "w", encoding="utf-8") as handle:
-            handle.write(text)
+        with open(tmp, "wb") as handle:
+            handle.write(data.encode("utf-8") if isinstance(data, str) else data)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)

@@ -100,11 +100,14 @@ def test_overwrite_removes_only_what_bertfit_wrote(tiny_bert, tmp_path, capsys):
         "config.json",
         "tokenizer.json",
         "checkpoints",
+        "checkpoints/step-00000002/model.safetensors",
         "plots",
+        "plots/loss.png",
         "log.jsonl",
         "README.md",
     } <= set(marker)
-    assert set(marker) == {p.name for p in out.iterdir() if not p.name.startswith(".bertfit")}
+    # Every file and folder, at every depth, and nothing else.
+    assert set(marker) == {p.relative_to(out).as_posix() for p in out.rglob("*") if not p.name.startswith(".bertfit")}
     assert run_cli(args + ["--overwrite", "--seed", "7"], capsys)[0] == 0
     assert "seed: 7" in (out / "recipe.yaml").read_text()
     # A file of the user's in the run folder: --overwrite refuses rather than deciding whose it is.

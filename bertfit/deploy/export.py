@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
-import shutil
 import time
 import warnings
 from pathlib import Path
@@ -24,6 +23,7 @@ from bertfit.engine.evaluation import infer
 from bertfit.engine.predict import load_run, split_frame
 from bertfit.errors import BertfitError, first_line
 from bertfit.files import TEMP_PREFIX, writing
+from bertfit.runfolder import RunFolder
 
 # Validation examples compared between torch and onnxruntime at export.
 PARITY_SAMPLES = 1000
@@ -33,33 +33,33 @@ def export_run(run_dir: str, output: str, quantize: str | None = None, data: str
     out = Path(output)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise BertfitError(f"--output '{output}' exists and is not empty; choose a new folder for the export")
-    if out.resolve() == Path(run_dir).resolve():
-        raise BertfitError("--output is the run folder itself; choose a new folder for the export")
+    if models.is_onnx(Path(run_dir)):
+        raise BertfitError(f"'{run_dir}' is an ONNX export already; export the run folder it was made from")
     run = load_run(run_dir)
     run.model.to("cpu").float()
-    tmp = out.with_name(f"{TEMP_PREFIX}{out.name}")
-    started = time.perf_counter()
-    with writing("the ONNX export", out.parent, "free space or choose another --output", cleanup=tmp):
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        _export(run, tmp / models.ONNX_FILE)
-        if quantize == "int8":
-            from onnxruntime.quantization import QuantType, quantize_dynamic
+    then = "free space or choose another --output"
+    with RunFolder.claim(out, protected={"the run": Path(run_dir)}) as folder:
+        tmp = out / f"{TEMP_PREFIX}export"
+        started = time.perf_counter()
+        with writing("the ONNX export", out, then, cleanup=tmp):
+            tmp.mkdir()
+            _export(run, tmp / models.ONNX_FILE)
+            if quantize == "int8":
+                from onnxruntime.quantization import QuantType, quantize_dynamic
 
-            # Dynamic quantization: int8 weights, activations quantized per batch; no calibration data needed.
-            fp32 = tmp / "model.fp32.onnx"
-            (tmp / models.ONNX_FILE).rename(fp32)
-            with _quiet_root_logger():  # onnxruntime's advice to pre-process, for image models
-                quantize_dynamic(str(fp32), str(tmp / models.ONNX_FILE), weight_type=QuantType.QInt8)
-            fp32.unlink()
-        run.model.config.save_pretrained(tmp)
-        run.tokenizer.save_pretrained(tmp)
-        shutil.copy(Path(run_dir) / "recipe.yaml", tmp / "recipe.yaml")
-        export_seconds = time.perf_counter() - started
-        parity = check_parity(run, tmp, data)
-        if out.exists():
-            out.rmdir()
-        tmp.rename(out)
+                # Dynamic quantization: int8 weights, activations quantized per batch; no calibration data needed.
+                fp32 = tmp / "model.fp32.onnx"
+                (tmp / models.ONNX_FILE).rename(fp32)
+                with _quiet_root_logger():  # onnxruntime's advice to pre-process, for image models
+                    quantize_dynamic(str(fp32), str(tmp / models.ONNX_FILE), weight_type=QuantType.QInt8)
+                fp32.unlink()
+            run.model.config.save_pretrained(tmp)
+            run.tokenizer.save_pretrained(tmp)
+            export_seconds = time.perf_counter() - started
+            parity = check_parity(run, tmp, data)
+        folder.begin(resume=False, overwrite=False)  # only now: a failed export leaves no folder behind
+        folder.move_in(tmp, "the ONNX export", then)
+        folder.write("recipe.yaml", (Path(run_dir) / "recipe.yaml").read_text(encoding="utf-8"), then)
     return {"output": str(out), "quantize": quantize or "none", "export_seconds": export_seconds, **parity}
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import pickle
 import random
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -16,8 +15,9 @@ from safetensors.torch import load_model, save_model
 
 from bertfit.config import RESULT_FIELDS, Config
 from bertfit.errors import BertfitError, first_line
-from bertfit.files import writing
+from bertfit.runfolder import RunFolder
 
+FOLDER = "checkpoints"  # in the run folder
 PREFIX = "step-"
 STATE_FILE = "training_state.pt"
 # The layout of the training state; a checkpoint of another layout is named, not half-read.
@@ -62,7 +62,7 @@ class Damaged(BertfitError):
 
 
 def save(
-    folder: Path,
+    run_folder: RunFolder,
     step: int,
     model: torch.nn.Module,
     training_state: dict,
@@ -71,45 +71,39 @@ def save(
     best_step: int | None,
 ) -> Path:
     """Write checkpoint `step` atomically, then drop old ones but the newest `keep` and the best."""
-    final = folder / f"{PREFIX}{step:08d}"
-    tmp = folder / f".tmp-{PREFIX}{step:08d}"
-    with writing(
-        f"checkpoint {final.name}",
-        folder,
-        "free space and resume with --resume (the previous checkpoint is intact)",
-        cleanup=tmp,
-    ):
-        if tmp.exists():
-            shutil.rmtree(tmp)
-        tmp.mkdir(parents=True)
+
+    def write(tmp: Path) -> None:
+        tmp.mkdir()
         save_model(model, str(tmp / WEIGHTS_FILE))
         torch.save(training_state, tmp / STATE_FILE)
         (tmp / "recipe.yaml").write_text(recipe.to_yaml())
         for file in tmp.iterdir():
             _fsync(file)
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-        _fsync(folder)
-    _rotate(folder, keep, best_step)
+
+    name = f"{PREFIX}{step:08d}"
+    final = run_folder.replace(
+        f"{FOLDER}/{name}",
+        write,
+        f"checkpoint {name}",
+        "free space and resume with --resume (the previous checkpoint is intact)",
+    )
+    _fsync(final.parent)
+    _rotate(run_folder, keep, best_step)
     return final
 
 
-def set_aside(path: Path) -> Path:
+def set_aside(run_folder: RunFolder, path: Path) -> Path:
     """A damaged checkpoint keeps its files for a post-mortem but no longer counts as complete."""
-    aside = path.with_name(f"damaged-{path.name}")
-    if aside.exists():
-        shutil.rmtree(aside)
-    os.replace(path, aside)
-    return aside
+    run_folder.rename(f"{FOLDER}/{path.name}", f"{FOLDER}/damaged-{path.name}")
+    return path.with_name(f"damaged-{path.name}")
 
 
-def _rotate(folder: Path, keep: int, best_step: int | None) -> None:
-    checkpoints = complete(folder)
+def _rotate(run_folder: RunFolder, keep: int, best_step: int | None) -> None:
+    checkpoints = complete(run_folder.path / FOLDER)
     protected = {f"{PREFIX}{best_step:08d}"} if best_step is not None else set()
     for old in checkpoints[:-keep]:
         if old.name not in protected:
-            shutil.rmtree(old, ignore_errors=True)
+            run_folder.remove(f"{FOLDER}/{old.name}")
 
 
 def complete(folder: Path) -> list[Path]:

@@ -12,7 +12,6 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict
 from functools import partial
-from pathlib import Path
 
 import torch
 import torch.distributed as dist
@@ -45,7 +44,7 @@ class Diverged(BertfitError):
 
 # Writes a run's reports (card, plots, diagnosis) from its files: reporter(folder, finished) returns the diagnosis.
 # Passed in by the caller, because reports are drawn from the files alone and the engine does not know how.
-Reporter = Callable[[Path, bool], list]
+Reporter = Callable[[RunFolder, bool], list]
 
 
 def train(
@@ -56,7 +55,7 @@ def train(
     writer = int(os.environ.get("RANK", "0")) == 0
     folder = RunFolder.claim(out, resume, overwrite, protected_inputs(cfg)) if writer else None
     with folder or contextlib.nullcontext():
-        return run_loop(setup(cfg, folder, resume=resume, overwrite=overwrite), resume, console, reporter)
+        return run_loop(setup(cfg, folder, resume=resume, overwrite=overwrite), console, reporter)
 
 
 def log_start(run: Run) -> None:
@@ -67,7 +66,7 @@ def log_start(run: Run) -> None:
         run.frames, run.task, run.spec, {k: f.full_lengths for k, f in run.features.items()}, cfg.max_length
     )
     run.timings["profile_seconds"] = time.perf_counter() - profiling
-    run.folder.write_text("data_profile.json", to_json(data_profile, indent=2))  # NaN (one-row std) as null
+    run.folder.write("data_profile.json", to_json(data_profile, indent=2))  # NaN (one-row std) as null
     release_free_memory()
     trainable, parameters = models.parameter_counts(run.model)
     run.log.event(
@@ -94,9 +93,9 @@ def log_start(run: Run) -> None:
     )
 
 
-def run_loop(run: Run, resume: bool, console, reporter: Reporter | None = None) -> dict:
+def run_loop(run: Run, console, reporter: Reporter | None = None) -> dict:
     cfg, state, ranks, task = run.cfg, run.state, run.dist, run.task
-    if not resume and ranks.main:
+    if not run.resumed and ranks.main:
         log_start(run)
     # from_pretrained returns the model in eval mode: without this, dropout (and gradient checkpointing, which
     # only acts in training mode) would be off for the whole run. Evaluation restores the mode it finds.
@@ -181,11 +180,10 @@ def run_loop(run: Run, resume: bool, console, reporter: Reporter | None = None) 
                 save_checkpoint(run)
                 raise Interrupted(received)
     if state.stop_reason == "diverged":
-        last_good = checkpoint.complete(run.out / "checkpoints")
+        last_good = checkpoint.complete(run.out / checkpoint.FOLDER)
         run.log.event("diverged", step=state.step, bad_steps=state.bad_steps)
         if ranks.main and reporter is not None:
-            with run.folder.recording():
-                reporter(run.out, False)
+            reporter(run.folder, False)
         raise Diverged(
             f"training stopped at step {state.step}: {state.bad_steps} consecutive steps had non-finite "
             f"loss or gradients; lower --lr or use --precision fp32/bf16 (last good checkpoint: "
@@ -323,7 +321,7 @@ def save_checkpoint(run: Run) -> None:
             **({"margins": margins} if margins is not None else {}),
         }
         checkpoint.save(
-            run.out / "checkpoints",
+            run.folder,
             state.step,
             run.model,
             training_state,
@@ -339,18 +337,13 @@ def save_model_folder(run: Run) -> None:
     """Weights, config and tokenizer, each file moved into place whole: a full disk leaves the old files or none,
     and the checkpoints to resume from."""
     tmp = run.out / f"{TEMP_PREFIX}model"
-    with writing(
-        "the model", run.out, f"free space and run `bertfit resume {run.out}` (the checkpoints are intact)", cleanup=tmp
-    ):
+    then = f"free space and run `bertfit resume {run.out}` (the checkpoints are intact)"
+    with writing("the model", run.out, then, cleanup=tmp):
         if tmp.exists():
             shutil.rmtree(tmp)
         models.save(run.model, tmp, run.cfg.lora_save == "adapter", run.task.learned_config())
         run.tokenizer.save_pretrained(tmp)
-        names = sorted(p.name for p in tmp.iterdir())
-        run.folder.own(names)
-        for name in names:
-            os.replace(tmp / name, run.out / name)
-        tmp.rmdir()
+    run.folder.move_in(tmp, "the model", then)
 
 
 def finish(run: Run, reporter: Reporter | None = None) -> dict:
@@ -360,7 +353,7 @@ def finish(run: Run, reporter: Reporter | None = None) -> dict:
         evaluate_and_select(run)
     kept_step = state.step
     if cfg.keep_best and state.best_step is not None and state.best_step != state.step:
-        best = run.out / "checkpoints" / f"{checkpoint.PREFIX}{state.best_step:08d}"
+        best = run.out / checkpoint.FOLDER / f"{checkpoint.PREFIX}{state.best_step:08d}"
         checkpoint.load_weights(best, run.model)
         kept_step = state.best_step
     results = {"validation": next(e for e in run.log.evals if e["step"] == kept_step)["metrics"]}
@@ -402,22 +395,21 @@ def finish(run: Run, reporter: Reporter | None = None) -> dict:
     if run.dist.main:
         save_model_folder(run)
         if run.margins is not None:
-            run.folder.write_text("mislabeled.jsonl", "".join(to_json(example) + "\n" for example in mislabeled))
+            run.folder.write("mislabeled.jsonl", "".join(to_json(example) + "\n" for example in mislabeled))
         write_records(run, summary)
         if reporter is not None:
-            with run.folder.recording():
-                summary["diagnosis"] = reporter(run.out, True)
+            summary["diagnosis"] = reporter(run.folder, True)
         for tracker in run.log.sinks:  # after the reports, which they keep as artifacts
-            tracker.finish(run.out)
+            tracker.finish(run.folder)
     if run.dist.enabled:
         dist.barrier()
     return summary
 
 
 def write_records(run: Run, summary: dict) -> None:
-    run.folder.write_text("metrics.json", to_json(summary, indent=2))
+    run.folder.write("metrics.json", to_json(summary, indent=2))
     evals = run.log.evals
-    run.folder.write_text("results.md", markdown_table(table_columns(evals), table_rows(evals)) + "\n")
+    run.folder.write("results.md", markdown_table(table_columns(evals), table_rows(evals)) + "\n")
     run.log.event(
         "end",
         **{k: v for k, v in summary.items() if k in ("kept_step", "best_step", "stop_reason")},

@@ -14,7 +14,8 @@ from bertfit.data import readers, schema, sources
 from bertfit.engine.device import default_device, inference_precision
 from bertfit.engine.evaluation import evaluate, infer, packs
 from bertfit.errors import BertfitError
-from bertfit.files import atomic_write_text, to_json
+from bertfit.files import atomic_write, to_json
+from bertfit.runfolder import claim_file
 from bertfit.tasks import Task, task_for
 
 
@@ -136,13 +137,22 @@ def read_inputs(path: str, columns: list[str]) -> list[list[str]]:
     return rows
 
 
-def check_output_path(path: str) -> None:
-    """Before any work: a predictions file needs a place to go."""
-    target = Path(path)
-    if target.is_dir():
-        raise BertfitError(f"--output '{path}' is a folder; give a file name such as '{target / 'predictions.jsonl'}'")
-    if not target.parent.is_dir():
-        raise BertfitError(f"the folder of --output '{path}' does not exist; create '{target.parent}' first")
+def claim_output(path: str, overwrite: bool, run_dir: str, input: str | None) -> None:
+    """Before any work: a predictions file goes somewhere bertfit may write, and never over what it reads (the
+    input, the run, the run's training data)."""
+    data = None
+    recipe = Path(run_dir) / "recipe.yaml"
+    if recipe.is_file():
+        data = sources.local_path(build_config(str(recipe)).data or "")
+    claim_file(
+        Path(path),
+        overwrite,
+        {
+            "the --input file": Path(input) if input else None,
+            "the run folder": Path(run_dir),
+            "the training data": data,
+        },
+    )
 
 
 def write_predictions(path: str, rows: list[list[str]], predictions: list[dict]) -> None:
@@ -150,4 +160,4 @@ def write_predictions(path: str, rows: list[list[str]], predictions: list[dict])
     for row, prediction in zip(rows, predictions):
         record = prediction if "entities" in prediction else {"text": row if len(row) > 1 else row[0], **prediction}
         lines.append(to_json(record) + "\n")
-    atomic_write_text(Path(path), "".join(lines), "free space or choose another --output")
+    atomic_write(Path(path), "".join(lines), "free space or choose another --output")

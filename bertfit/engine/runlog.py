@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from bertfit.files import atomic_write_text, to_json, writing
+from bertfit.files import atomic_write, to_json, writing
 from bertfit.records import table_lines
 
 COUNTERS = ("items", "examples", "tokens", "padded")
@@ -55,7 +55,7 @@ class RunLog:
         kept = self.path.read_text(encoding="utf-8").splitlines()[: state["lines"]] if self.path.is_file() else []
         self.events = [json.loads(line) for line in kept]
         if self.enabled:
-            atomic_write_text(self.path, "".join(line + "\n" for line in kept), "free space and resume again")
+            atomic_write(self.path, "".join(line + "\n" for line in kept), "free space and resume again")
         self.window, self.since_eval = dict(state["window"]), dict(state["since_eval"])
         self.loss.fill_(state["pending"]["loss"])
         self.correct.fill_(state["pending"]["correct"])

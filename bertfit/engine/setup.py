@@ -69,6 +69,7 @@ class Run:
     log: RunLog
     state: State
     timings: dict
+    resumed: bool
     margins: MarginTracker | None = None  # single-label classification, unless find_mislabeled is off
 
 
@@ -221,6 +222,15 @@ def plan_epoch(cfg: Config, features: Features, epoch: int) -> list[np.ndarray]:
 def setup(cfg: Config, folder: RunFolder | None, resume: bool = False, overwrite: bool = False) -> Run:
     ranks, device = init_distributed(cfg.device)
     inputs = check_inputs(cfg, device)
+    if resume and not checkpoint.complete(inputs.out / checkpoint.FOLDER):
+        # Stopped before its first checkpoint was whole (killed while writing it): nothing to resume, so the
+        # run starts again in its own folder, replacing only what it wrote.
+        if ranks.main:
+            print(
+                f"note: no complete checkpoint in '{inputs.out}' yet; starting the run from the beginning",
+                file=sys.stderr,
+            )
+        resume, overwrite = False, True
     compile_model = device.type == "cuda" if cfg.compile is None else cfg.compile
     model_path = models.resolve_model(cfg.model)
     tokenizer = models.load_tokenizer(model_path, cfg.trust_remote_code)
@@ -296,15 +306,16 @@ def setup(cfg: Config, folder: RunFolder | None, resume: bool = False, overwrite
         log,
         State(),
         timings,
+        resume,
     )
     if cfg.find_mislabeled and task.finds_mislabeled:
         run.margins = MarginTracker(len(features["train"]), len(task.label_names), device)
     log_state = restore(run) if resume else None
     if folder is not None:
         folder.begin(resume, overwrite)
-        folder.write_text("recipe.yaml", cfg.to_yaml())  # on resume too: a moved run names its new place
-        folder.own(["log.jsonl", "checkpoints"] + (["tensorboard"] if "tensorboard" in cfg.report_to else []))
-        log.sinks = tracking.start(cfg, inputs.out)
+        folder.write("recipe.yaml", cfg.to_yaml())  # on resume too: a moved run names its new place
+        folder.target("log.jsonl")  # the run log appends to it
+        log.sinks = tracking.start(cfg, folder)
     if log_state is not None:
         log.load_state_dict(log_state)
     return run
@@ -314,11 +325,7 @@ def restore(run: Run) -> dict:
     """From the newest intact checkpoint: a damaged one (torn by a crash outside bertfit's atomic writes, or by
     a disk error) is set aside with a warning and the one before it is used. Returns the run log's saved state."""
     out = run.out
-    found = checkpoint.complete(out / "checkpoints")
-    if not found:
-        raise BertfitError(
-            f"nothing to resume in '{out}': no complete checkpoint in {out / 'checkpoints'}; start without --resume"
-        )
+    found = checkpoint.complete(out / checkpoint.FOLDER)
     damaged = []
     for candidate in reversed(found):
         try:
@@ -336,7 +343,8 @@ def restore(run: Run) -> dict:
         for bad, why in damaged:
             if run.dist.main:
                 print(
-                    f"warning: {why}; set aside as {checkpoint.set_aside(bad).name}, resuming from {candidate.name}",
+                    f"warning: {why}; set aside as {checkpoint.set_aside(run.folder, bad).name}, resuming from "
+                    f"{candidate.name}",
                     file=sys.stderr,
                 )
         run.optimizer.load_state_dict(saved["optimizer"])
@@ -348,6 +356,6 @@ def restore(run: Run) -> dict:
             run.margins.load_state_dict(saved["margins"])
         return saved["log"]
     raise BertfitError(
-        f"every checkpoint in '{out / 'checkpoints'}' is damaged ({damaged[0][1]}); start the run "
+        f"every checkpoint in '{out / checkpoint.FOLDER}' is damaged ({damaged[0][1]}); start the run "
         "again without --resume"
     )

@@ -7,10 +7,12 @@ reached is found before any data is loaded (`check`), so a run never trains for 
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 from bertfit.config import Config
 from bertfit.errors import BertfitError, first_line
+from bertfit.runfolder import RunFolder
+
+FOLDER = "tensorboard"  # in the run folder
 
 # Per-step training fields worth a chart, as log.jsonl names them.
 TRAIN_SCALARS = ("loss", "lr", "grad_norm", "samples_per_second", "tokens_per_second", "padding_ratio")
@@ -36,11 +38,12 @@ class TensorBoard:
     """Event files under RUN/tensorboard: train/* and eval/* scalars per step, and the recipe with the final
     metrics in TensorBoard's HParams view."""
 
-    def __init__(self, out: Path, cfg: Config):
+    def __init__(self, folder: RunFolder, cfg: Config):
         from torch.utils.tensorboard import SummaryWriter
 
-        self.cfg, self.folder = cfg, out / "tensorboard"
-        self.writer = SummaryWriter(log_dir=str(self.folder))
+        self.cfg = cfg
+        with folder.recording(FOLDER) as logs:  # the writer names its event file itself
+            self.writer = SummaryWriter(log_dir=str(logs))
         self.last_eval: dict = {}
 
     def event(self, record: dict) -> None:
@@ -55,13 +58,14 @@ class TensorBoard:
                 self.writer.add_scalar(f"eval/{key}", value, step)
         self.writer.flush()
 
-    def finish(self, out: Path) -> None:
+    def finish(self, folder: RunFolder) -> None:
         metrics = {f"hparam/{k}": v for k, v in self.last_eval.items() if k not in ("runtime", "samples_per_second")}
         params = {
             k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in hyperparameters(self.cfg).items()
         }
-        self.writer.add_hparams(params, metrics, run_name=".")
-        self.writer.close()
+        with folder.recording(FOLDER):
+            self.writer.add_hparams(params, metrics, run_name=".")
+            self.writer.close()
 
 
 class MLflow:
@@ -69,14 +73,14 @@ class MLflow:
     mlflow_tracking_uri names: the recipe as params, training and evaluation metrics per step, the reports and
     plots as artifacts."""
 
-    def __init__(self, out: Path, cfg: Config):
+    def __init__(self, folder: RunFolder, cfg: Config):
         import mlflow
 
         self.mlflow = mlflow
         if cfg.mlflow_tracking_uri:  # else MLFLOW_TRACKING_URI, else mlflow's own default, as mlflow decides
             mlflow.set_tracking_uri(cfg.mlflow_tracking_uri)
         mlflow.set_experiment(cfg.mlflow_experiment)
-        self.run = mlflow.start_run(run_name=out.name)
+        self.run = mlflow.start_run(run_name=folder.path.name)
         params = hyperparameters(cfg)
         mlflow.log_params({k: str(v)[:500] for k, v in params.items()})  # MLflow's limit on a param's length
 
@@ -90,7 +94,8 @@ class MLflow:
             return
         self.mlflow.log_metrics(values, step=step)
 
-    def finish(self, out: Path) -> None:
+    def finish(self, folder: RunFolder) -> None:
+        out = folder.path
         for name in ARTIFACTS:
             if (out / name).is_file():
                 self.mlflow.log_artifact(str(out / name))
@@ -124,5 +129,5 @@ def check(cfg: Config) -> None:
             ) from None
 
 
-def start(cfg: Config, out: Path) -> list:
-    return [TRACKERS[name](out, cfg) for name in cfg.report_to]
+def start(cfg: Config, folder: RunFolder) -> list:
+    return [TRACKERS[name](folder, cfg) for name in cfg.report_to]

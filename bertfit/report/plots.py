@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pathlib import Path
+import io
 
 from bertfit.config import Config
 from bertfit.records import METRIC_TITLES, scalar_metrics
@@ -19,13 +19,11 @@ def _pyplot():
     return plt
 
 
-def draw_all(folder: Path, events: list[dict], summary: dict, profile: dict | None, cfg: Config) -> list[str]:
-    """Writes plots/*.png; returns their paths relative to the run folder."""
+def draw_all(events: list[dict], summary: dict, profile: dict | None, cfg: Config) -> dict[str, bytes]:
+    """The plots as PNG files, by their paths relative to the run folder (plots/NAME.png)."""
     plt = _pyplot()
-    out = folder / "plots"
-    out.mkdir(exist_ok=True)
     evals = [e for e in events if e["event"] == "eval"]
-    drawn = []
+    drawn = {}
     for name, draw in (
         ("loss", _loss),
         ("metrics", _metrics),
@@ -36,9 +34,10 @@ def draw_all(folder: Path, events: list[dict], summary: dict, profile: dict | No
         figure = draw(plt, events, evals, summary, profile or {}, cfg)
         if figure is not None:
             figure.tight_layout()
-            figure.savefig(out / f"{name}.png")
+            png = io.BytesIO()
+            figure.savefig(png, format="png")
             plt.close(figure)
-            drawn.append(f"plots/{name}.png")
+            drawn[f"plots/{name}.png"] = png.getvalue()
     return drawn
 
 

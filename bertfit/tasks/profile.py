@@ -13,7 +13,7 @@ import pandas as pd
 
 from bertfit.data.schema import DataSpec
 from bertfit.errors import BertfitError
-from bertfit.files import atomic_write_text, to_json
+from bertfit.files import atomic_write, to_json
 from bertfit.tasks.base import Task, cache_dir, frame_fingerprint
 
 PERCENTILES = (50, 90, 95, 99)
@@ -181,7 +181,7 @@ def cached_profile(
     result = profile(frames, task, spec, full_lengths, max_length)
     with contextlib.suppress(OSError, BertfitError):  # a read-only or full cache only costs the next profile
         path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(path, to_json(result))
+        atomic_write(path, to_json(result))
     return result
 
 
