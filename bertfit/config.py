@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import difflib
+import os
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from bertfit.errors import BertfitError
 
@@ -230,6 +231,22 @@ class Config(BaseModel):
     # Scale-out: filled from the launcher, not set by hand
     world_size: int = Field(1, gt=0, description="processes training together (set by --nproc/torchrun)")
 
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_bool_for_numbers(cls, value: Any, info: ValidationInfo) -> Any:
+        """pydantic reads `batch_size: true` as 1; a yes/no where a number belongs is a mistake to name."""
+        annotation = str(cls.model_fields[info.field_name].annotation)
+        if isinstance(value, bool) and "bool" not in annotation:
+            kind = "a number" if "int" in annotation or "float" in annotation else "a value"
+            raise ValueError(f"takes {kind}, not {str(value).lower()}")
+        return value
+
+    @field_validator("output", mode="before")
+    @classmethod
+    def _home(cls, value: Any) -> Any:
+        """`~/runs/x` in a recipe means the home folder, as it does in a shell."""
+        return os.path.expanduser(value) if isinstance(value, str) else value
+
     @field_validator("eval_every", mode="before")
     @classmethod
     def _eval_every(cls, value: Any) -> Any:
@@ -382,15 +399,25 @@ def load_recipe(path: str | None) -> dict[str, Any]:
 def build_config(recipe: str | None = None, overrides: dict[str, Any] | None = None) -> Config:
     """Defaults, then the recipe, then overrides (None values mean 'not given')."""
     values: dict[str, Any] = {}
-    for source in (load_recipe(recipe), overrides or {}):
+    for where, source in ((f"recipe '{recipe}'", load_recipe(recipe)), ("the options", overrides or {})):
+        given: dict[str, str] = {}  # canonical key -> the name it was given as, within this source
         for key, value in source.items():
-            if value is not None:
-                values[_canonical_key(key)] = value
+            if value is None:
+                continue
+            canonical = _canonical_key(key)
+            if canonical in given:
+                raise BertfitError(
+                    f"{where} sets '{canonical}' twice (as '{given[canonical]}' and '{key}'); keep one of them"
+                )
+            given[canonical] = key
+            values[canonical] = value
     try:
         return Config.model_validate(values)
     except ValidationError as err:
-        first = err.errors()[0]
-        field = ".".join(str(part) for part in first["loc"]) or "recipe"
-        message = first["msg"].removeprefix("Value error, ")
-        shown = f" (got {first['input']!r})" if first.get("input") is not None and first["loc"] else ""
-        raise BertfitError(f"invalid value for '{field}': {message}{shown}") from None
+        described: dict[str, str] = {}  # every field's first error, in one line: the whole recipe at once
+        for error in err.errors():
+            field = str(error["loc"][0]) if error["loc"] else "recipe"  # union members are pydantic's detail
+            message = error["msg"].removeprefix("Value error, ")
+            shown = f" (got {error['input']!r})" if error.get("input") is not None and error["loc"] else ""
+            described.setdefault(field, f"invalid value for '{field}': {message}{shown}")
+        raise BertfitError("; ".join(described.values())) from None

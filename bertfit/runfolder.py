@@ -161,6 +161,14 @@ def _read_marker(folder: Path) -> tuple[set[str], int | None]:
     return {name for name in owned if not _linked(folder, name)}, version
 
 
+def require_run(path: Path) -> None:
+    if not path.is_dir() or not _is_run(path):
+        raise BertfitError(
+            f"'{path}' is not a bertfit run folder (no recipe.yaml and log.jsonl); give the --output folder of a "
+            "`bertfit train`"
+        )
+
+
 def _walk(root: Path, rel: str) -> Iterator[str]:
     """Every path under `rel` (not following links), as paths relative to `root`."""
     for child in sorted((root / rel).iterdir()):
@@ -232,7 +240,6 @@ class RunFolder:
     def __init__(self, path: Path):
         self.path = path
         self.created = False
-        self.began = False
         self._lock: int | None = None
         self._owned: set[str] | None = None  # the marker's list, read once under the lock
 
@@ -258,15 +265,10 @@ class RunFolder:
     def update(cls, path: Path) -> RunFolder:
         """An existing run, for commands that rewrite its reports (card, doctor --write): they replace only what
         bertfit proves it wrote, so in a folder without a marker they add files but replace none."""
-        if not path.is_dir() or not _is_run(path):
-            raise BertfitError(
-                f"'{path}' is not a bertfit run folder (no recipe.yaml and log.jsonl); give the "
-                "--output folder of a `bertfit train`"
-            )
+        require_run(path)
         folder = cls(path)
         with writing("the run folder", path, "check the folder's permissions"):
             folder._acquire()
-        folder.began = True
         return folder
 
     def _acquire(self) -> None:
@@ -313,7 +315,6 @@ class RunFolder:
             self._write_marker(set())
         elif version != MARKER_VERSION:  # a marker of an older version, written anew
             self._write_marker(self.owned)
-        self.began = True
 
     # ------------------------------------------------------------ the rule every write goes through
 
@@ -453,7 +454,9 @@ class RunFolder:
             os.unlink(self.path / LOCK)
         os.close(self._lock)
         self._lock = None
-        if self.created and not self.began:
+        if self.created and not any(not p.name.startswith(BOOKKEEPING) for p in self.path.iterdir()):
+            # A folder this process made and nothing was written into (refused, or failed before its first file,
+            # whose torn writes are cleaned up): removed again, so a failure leaves nothing behind.
             with contextlib.suppress(OSError):
                 (self.path / MARKER).unlink(missing_ok=True)
                 self.path.rmdir()  # only if empty: a file someone put there meanwhile stays

@@ -173,7 +173,7 @@ CASES = {
         lambda e: e.train(sst2(e), "--overwrite", output="/"), "output '/' is or contains the file system root"
     ),
     "output is the home folder": Case(
-        lambda e: e.train(sst2(e), "--overwrite", output="~"), "output '~' is or contains your home folder"
+        lambda e: e.train(sst2(e), "--overwrite", output="~"), f"output '{Path.home()}' is or contains your home folder"
     ),
     "output is the working directory": Case(
         lambda e: e.train(sst2(e), "--overwrite", output="."), "output '.' is or contains"
@@ -212,7 +212,10 @@ CASES = {
     "resume: missing folder": Case(
         lambda e: ["resume", e.tmp / "nothing"], "'{tmp}/nothing' is not a bertfit run folder"
     ),
-    "resume: no checkpoints": Case(_resume_no_checkpoints, "nothing to resume in '{tmp}/run': no complete checkpoint"),
+    "resume: no checkpoints": Case(
+        _resume_no_checkpoints,
+        "nothing to resume in '{tmp}/run': the run finished and has no checkpoint left; pass --overwrite",
+    ),
     "resume: every checkpoint damaged": Case(
         _damaged_checkpoints, "every checkpoint in '{tmp}/run/checkpoints' is damaged"
     ),

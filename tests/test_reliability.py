@@ -49,7 +49,7 @@ def test_sigterm_saves_a_resumable_checkpoint_and_exits_143(tiny_bert, tmp_path)
     assert process.returncode == 143, err.decode()[-2000:]
     assert "stopped by SIGTERM; resume with --resume" in err.decode()
     newest = sorted((out / "checkpoints").glob("step-*"))[-1]
-    assert (newest / "training_state.pt").is_file() and not list((out / "checkpoints").glob(".tmp-*"))
+    assert (newest / "training_state.pt").is_file() and not list((out / "checkpoints").glob(".bertfit-tmp-*"))
     resumed = spawn(["resume", out])
     _, err = resumed.communicate(timeout=300)
     assert resumed.returncode == 0, err.decode()[-2000:]
@@ -73,7 +73,7 @@ def test_disk_full_stops_cleanly_and_the_previous_checkpoint_loads(tiny_bert, tm
     assert code == 2 and "disk full while writing checkpoint step-00000006" in stderr
     assert len(stderr.strip().splitlines()) == 1
     survivors = checkpoint.complete(out / "checkpoints")
-    assert [p.name for p in survivors] == ["step-00000003"] and not list((out / "checkpoints").glob(".tmp-*"))
+    assert [p.name for p in survivors] == ["step-00000003"] and not list((out / "checkpoints").glob(".bertfit-tmp-*"))
     state = checkpoint.load_state(survivors[0])
     assert state["state"]["step"] == 3
     monkeypatch.setattr(checkpoint, "save_model", real_save)
@@ -128,15 +128,18 @@ def test_rotation_keeps_the_newest_and_never_the_best_away(tiny_bert, tmp_path):
     from bertfit.config import Config
     from bertfit.engine import checkpoint
     from bertfit.models import load_model
+    from bertfit.runfolder import RunFolder
     from bertfit.tasks import build_task
 
     task = build_task("classification", ["text"], "label", ["a", "b"], 64)
     model = load_model(tiny_bert, task.auto_model, task.head_config())
-    folder = tmp_path / "checkpoints"
-    for step in range(1, 6):
-        checkpoint.save(folder, step, model, {"step": step}, Config(), keep=2, best_step=1)
+    with RunFolder.claim(tmp_path / "run") as run:
+        run.begin(resume=False, overwrite=False)
+        for step in range(1, 6):
+            checkpoint.save(run, step, model, {"step": step}, Config(), keep=2, best_step=1)
+    folder = tmp_path / "run" / "checkpoints"
     assert [p.name for p in checkpoint.complete(folder)] == ["step-00000001", "step-00000004", "step-00000005"]
-    (folder / ".tmp-step-00000006").mkdir()  # a write torn by a crash is never taken for a checkpoint
+    (folder / ".bertfit-tmp-step-00000006").mkdir()  # a write torn by a crash is never taken for a checkpoint
     assert checkpoint.complete(folder)[-1].name == "step-00000005"
 
 

@@ -39,6 +39,7 @@ def export_run(run_dir: str, output: str, quantize: str | None = None, data: str
     run.model.to("cpu").float()
     then = "free space or choose another --output"
     with RunFolder.claim(out, protected={"the run": Path(run_dir)}) as folder:
+        folder.begin(resume=False, overwrite=False)
         tmp = out / f"{TEMP_PREFIX}export"
         started = time.perf_counter()
         with writing("the ONNX export", out, then, cleanup=tmp):
@@ -57,7 +58,6 @@ def export_run(run_dir: str, output: str, quantize: str | None = None, data: str
             run.tokenizer.save_pretrained(tmp)
             export_seconds = time.perf_counter() - started
             parity = check_parity(run, tmp, data)
-        folder.begin(resume=False, overwrite=False)  # only now: a failed export leaves no folder behind
         folder.move_in(tmp, "the ONNX export", then)
         folder.write("recipe.yaml", (Path(run_dir) / "recipe.yaml").read_text(encoding="utf-8"), then)
     return {"output": str(out), "quantize": quantize or "none", "export_seconds": export_seconds, **parity}

@@ -223,6 +223,11 @@ def setup(cfg: Config, folder: RunFolder | None, resume: bool = False, overwrite
     ranks, device = init_distributed(cfg.device)
     inputs = check_inputs(cfg, device)
     if resume and not checkpoint.complete(inputs.out / checkpoint.FOLDER):
+        if (inputs.out / "metrics.json").is_file():
+            raise BertfitError(
+                f"nothing to resume in '{inputs.out}': the run finished and has no checkpoint left; pass "
+                "--overwrite to train it again"
+            )
         # Stopped before its first checkpoint was whole (killed while writing it): nothing to resume, so the
         # run starts again in its own folder, replacing only what it wrote.
         if ranks.main:

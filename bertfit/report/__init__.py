@@ -11,11 +11,12 @@ from bertfit.records import read_events, read_run
 from bertfit.report.card import model_card
 from bertfit.report.diagnose import as_dicts, diagnose
 from bertfit.report.plots import draw_all
-from bertfit.runfolder import RunFolder
+from bertfit.runfolder import RunFolder, require_run
 
 
 def diagnosis(run: Path) -> list[dict]:
     """The findings of a finished run, read from its files; nothing is written."""
+    require_run(run)
     cfg, events, summary, profile = read_run(run)
     return as_dicts(diagnose(events, profile, summary, cfg))
 
