@@ -30,6 +30,8 @@ errors = Console(stderr=True, highlight=False, soft_wrap=True)
 Opt = typer.Option
 
 
+ALLOW_DATA_CHANGE = "resume although the data changed since the interruption (otherwise refused)"
+
 # Set by `--nproc` for its workers: the folder where a worker leaves its one-line error for the launcher.
 WORKER_ERRORS = "BERTFIT_WORKER_ERRORS"
 
@@ -99,7 +101,8 @@ def train(
     set_: list[str] | None = Opt(None, "--set", help="KEY=VALUE override of any recipe key (repeatable)"),
     resume: bool = Opt(False, "--resume", help="continue from the newest checkpoint in --output"),
     overwrite: bool = Opt(False, "--overwrite", help="replace what an earlier run wrote in --output"),
-    nproc: int = Opt(1, "--nproc", help="processes on this machine (torchrun, one per GPU or gloo on CPU)"),
+    allow_data_change: bool = Opt(False, "--allow-data-change", help=ALLOW_DATA_CHANGE),
+    nproc: int = Opt(1, "--nproc", min=1, help="processes on this machine (torchrun, one per GPU or gloo on CPU)"),
     **options,
 ):
     """Fine-tune a model on a dataset and write a pipeline-ready run folder."""
@@ -111,19 +114,25 @@ def train(
 
         preflight(cfg, resume, overwrite)
         raise typer.Exit(launch_distributed(nproc))
-    run_training(cfg, resume=resume, overwrite=overwrite)
+    run_training(cfg, resume=resume, overwrite=overwrite, allow_data_change=allow_data_change)
 
 
-def fit(cfg: Config, resume: bool = False, overwrite: bool = False, console: Console | None = None) -> dict:
+def fit(
+    cfg: Config,
+    resume: bool = False,
+    overwrite: bool = False,
+    console: Console | None = None,
+    allow_data_change: bool = False,
+) -> dict:
     """Train, then write the reports (card, plots, diagnosis) from the run's files."""
     from bertfit.engine.loop import train as train_run
     from bertfit.report import write_reports
 
-    return train_run(cfg, resume=resume, overwrite=overwrite, console=console, reporter=write_reports)
+    return train_run(cfg, resume, overwrite, console, write_reports, allow_data_change)
 
 
-def run_training(cfg: Config, resume: bool, overwrite: bool) -> None:
-    summary = fit(cfg, resume=resume, overwrite=overwrite, console=console)
+def run_training(cfg: Config, resume: bool, overwrite: bool, allow_data_change: bool = False) -> None:
+    summary = fit(cfg, resume=resume, overwrite=overwrite, console=console, allow_data_change=allow_data_change)
     if int(os.environ.get("RANK", "0")) == 0:
         print_summary(summary, cfg.output)
 
@@ -196,7 +205,10 @@ def launch_distributed(nproc: int) -> int:
 
 
 @app.command()
-def resume(run: str = typer.Argument(..., help="run folder to continue")):
+def resume(
+    run: str = typer.Argument(..., help="run folder to continue"),
+    allow_data_change: bool = Opt(False, "--allow-data-change", help=ALLOW_DATA_CHANGE),
+):
     """Continue an interrupted run from its newest checkpoint (in RUN, wherever it was moved or copied)."""
     recipe = Path(run, "recipe.yaml")
     if not recipe.is_file():
@@ -204,7 +216,7 @@ def resume(run: str = typer.Argument(..., help="run folder to continue")):
             f"'{run}' is not a bertfit run folder (no recipe.yaml); give the --output folder of an "
             "interrupted `bertfit train`"
         )
-    run_training(build_config(str(recipe), {"output": run}), resume=True, overwrite=False)
+    run_training(build_config(str(recipe), {"output": run}), True, False, allow_data_change)
 
 
 @app.command("eval")
@@ -318,7 +330,7 @@ def print_profile(report: dict) -> None:
     console.print(table)
     for line in summary_lines(report):
         if line.startswith(("leakage", "tag scheme")) or any(
-            words in line for words in ("different labels", "not in train", "labels per example")
+            words in line for words in ("different labels", "not in train", "labels per example", "under 5 examples")
         ):
             console.print(line, markup=False)
 
@@ -408,6 +420,21 @@ def refresh_reports(run: Path) -> list[dict]:
         return write_reports(folder)
 
 
+def check_utf8(args: list[str]) -> None:
+    """A path with a byte that is not UTF-8 reaches Python as a lone surrogate, which the libraries bertfit writes
+    through (tokenizers, YAML, JSON) cannot encode: refused before anything is read or written."""
+    for arg in args:
+        try:
+            arg.encode("utf-8")
+        except UnicodeEncodeError as err:
+            raw = os.fsencode(arg)
+            shown = raw.decode("utf-8", errors="backslashreplace")
+            byte = raw[len(arg[: err.start].encode("utf-8", errors="surrogateescape"))]
+            raise BertfitError(
+                f"'{shown}' is not valid UTF-8 (byte 0x{byte:02x}); rename the file or folder with UTF-8 characters"
+            ) from None
+
+
 def report_error(line: str) -> None:
     """To stderr; a worker under `--nproc` leaves it to the launcher, so the user reads it once."""
     folder = os.environ.get(WORKER_ERRORS)
@@ -421,6 +448,7 @@ def main() -> None:
     """`--debug`, anywhere on the line, shows tracebacks instead of one-line errors."""
     debug = "--debug" in sys.argv
     try:
+        check_utf8(sys.argv[1:])
         code = app(args=[arg for arg in sys.argv[1:] if arg != "--debug"], standalone_mode=False)
     except BertfitError as err:
         if debug:

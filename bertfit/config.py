@@ -25,6 +25,7 @@ KEY_ALIASES = {
     "gradient_accumulation_steps": "grad_accum",
     "eval_steps": "eval_every",
     "max_seq_length": "max_length",
+    "max_predict_samples": "max_test_samples",
     "text_column": "text_columns",
     "model_name_or_path": "model",
     "dataset": "data",
@@ -46,6 +47,7 @@ RESULT_FIELDS = (
     "eval_split",
     "max_train_samples",
     "max_eval_samples",
+    "max_test_samples",
     "max_length",
     "truncation",
     "window_pooling",
@@ -120,6 +122,11 @@ class Config(BaseModel):
     )
     max_train_samples: int | None = Field(None, gt=0, description="seeded random subset of the training split")
     max_eval_samples: int | None = Field(None, gt=0, description="seeded random subset of the validation split")
+    max_test_samples: int | None = Field(
+        None,
+        gt=0,
+        description="seeded random subset of the test split scored at the end (the Trainer's max_predict_samples)",
+    )
     max_length: int | None = Field(
         None, ge=8, description="max tokens per example [default: the model's own: 512 for BERT, 8,192 for ModernBERT]"
     )

@@ -280,3 +280,39 @@ def test_sigkill_then_resume_is_bit_identical_with_buckets_accumulation_and_epoc
     assert (
         summary["train"]["steps"] == json.loads((uninterrupted_epochs / "metrics.json").read_text())["train"]["steps"]
     )
+
+
+def test_killed_during_the_first_checkpoint_then_resumed_starts_again_cleanly(uninterrupted, tiny_bert, tmp_path):
+    out = tmp_path / "run"
+    process = spawn(recipe_args(tiny_bert, out))
+    wait_for_step(process, out / "log.jsonl", 4)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    # As a kill inside the first checkpoint leaves it: torn under its temporary name, and none complete.
+    for complete in (out / "checkpoints").glob("step-*"):
+        torn = complete.rename(complete.with_name(f".bertfit-tmp-{complete.name}"))
+        (torn / "model.safetensors").write_bytes(b"\x08torn")
+    resumed = spawn(recipe_args(tiny_bert, out) + ["--resume"])
+    _, err = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0, err.decode()[-2000:]
+    assert "no complete checkpoint in" in err.decode() and "starting the run from the beginning" in err.decode()
+    ours, theirs = load_file(out / "model.safetensors"), load_file(uninterrupted / "model.safetensors")
+    assert all(torch.equal(ours[k], theirs[k]) for k in theirs)
+    assert log_without_timings(out / "log.jsonl") == log_without_timings(uninterrupted / "log.jsonl")
+    assert not list(out.rglob(".bertfit-tmp-*"))
+
+
+def test_resume_refuses_data_that_changed_since_the_interruption(tiny_bert, tmp_path, capsys):
+    data = tmp_path / "data.csv"
+    rows = [(f"sentence {i} is fine", i % 2) for i in range(40)]
+    data.write_text("sentence,label\n" + "".join(f"{text},{label}\n" for text, label in rows))
+    out = tmp_path / "run"
+    args = sample_run_args(tiny_bert, out, "--batch-size", 8, "--max-steps", 4, "--eval-every", 2, data=data)
+    assert run_cli(args, capsys)[0] == 0
+    data.write_text("sentence,label\n" + "".join(f"{text},{1 - label}\n" for text, label in rows))  # labels flipped
+    code, _, stderr = run_cli([*args, "--resume"], capsys)
+    assert code == 2 and stderr.strip().endswith(
+        f"the data changed since the run was interrupted (its training or validation rows in '{data}' differ); "
+        "resume with the data it started on, pass --allow-data-change to go on with the new data, or start a new run"
+    ), stderr
+    assert run_cli(["resume", out, "--allow-data-change"], capsys)[0] == 0

@@ -79,6 +79,13 @@ def detect(
     train = splits.frames[train_split]
     file = splits.files.get(train_split, train_split)
     columns = list(train.columns)
+    if text_columns and len(set(text_columns)) < len(text_columns):
+        raise BertfitError(
+            f"text column '{text_columns[0]}' is given twice; give one text column, or two different ones for "
+            "text pairs"
+        )
+    if text_columns and label_column in text_columns:
+        raise BertfitError(f"column '{label_column}' is given as both the text and the label; choose another")
     label_given = [] if label_columns else [label_column] if label_column else []  # else a column made from them
     for given in (text_columns or []) + label_given + (label_columns or []):
         if given not in columns:
@@ -110,8 +117,37 @@ def detect(
     spec = DataSpec(kind, text_columns, label, None)
     if kind == "classification":
         spec = replace(spec, **_label_names(splits, label, label_names, training))
+        if training and strict:
+            _check_classes(train, file, spec, given_names=label_names is not None)
     _check_rows(splits, spec, train_split, strict, training)
     return spec
+
+
+# A label column with nearly as many values as rows holds ids or free text, not classes.
+MAX_CLASS_SHARE = 0.5
+
+
+def _check_classes(train: pd.DataFrame, file: str, spec: DataSpec, given_names: bool) -> None:
+    """Classes a model could learn: not a value per row, and (for names the user gave) none without examples."""
+    raw = train[spec.label_column].value_counts()  # per distinct value, then named: never a call per row
+    counts = pd.Series(raw.to_numpy(), index=[label_key(v) for v in raw.index]).groupby(level=0).sum()
+    if len(train) >= 20 and len(counts) > MAX_CLASS_SHARE * len(train):
+        raise BertfitError(
+            f"label column '{spec.label_column}' in '{file}' has {len(counts):,} different values in {len(train):,} "
+            "rows: too many to be classes, each needs examples to learn from; name the real label with "
+            "--label-column (or use --task regression for scores)"
+        )
+    if given_names:
+        present = set(counts.index)
+        numeric = all(_is_number(key) for key in present)
+        named = {spec.label_names[int(key)] for key in present} if numeric else present
+        missing = [name for name in spec.label_names if name not in named]
+        if missing:
+            raise BertfitError(
+                f"--label-names names {len(spec.label_names)} classes, but the training labels in '{file}' use "
+                f"{len(named)}: {', '.join(repr(m) for m in missing)} has no example, so the model would learn a "
+                "class it can never see; drop it from --label-names"
+            )
 
 
 def normalise(splits: Splits, spec: DataSpec) -> Splits:
@@ -164,8 +200,10 @@ def _detect_text_columns(train: pd.DataFrame, label: str, file: str) -> list[str
 
 def _classify_or_regress(labels: pd.Series) -> str:
     values = labels.dropna()
-    if pd.api.types.is_float_dtype(values) and len(values) and not np.all(np.mod(values.to_numpy(float), 1) == 0):
-        return "regression"
+    if pd.api.types.is_float_dtype(values) and len(values):
+        numbers = values.to_numpy(float)
+        if not np.all(np.mod(numbers[np.isfinite(numbers)], 1) == 0):
+            return "regression"
     return "classification"
 
 
@@ -204,11 +242,13 @@ def _first_rows(column: pd.Series):
 
 def _rows_to_check(column: pd.Series):
     """The rows whose labels stand for all the others: the first of each distinct value, or for scores (a million
-    distinct floats) the first missing, first whole and first fractional number, which the checks tell apart."""
+    distinct floats) the first missing, first infinite, first whole and first fractional number, which the checks
+    tell apart."""
     if not pd.api.types.is_float_dtype(column):
         return _first_rows(column)
     values = column.to_numpy(dtype=float, na_value=np.nan)
-    classes = np.where(np.isnan(values), 0, np.where(np.mod(values, 1) == 0, 1, 2))
+    with np.errstate(invalid="ignore"):
+        classes = np.where(np.isnan(values), 0, np.where(np.isinf(values), 3, np.where(np.mod(values, 1) == 0, 1, 2)))
     first = np.sort(np.unique(classes, return_index=True)[1])
     return ((int(row), column.iloc[row]) for row in first)
 
@@ -238,6 +278,10 @@ def _check_label_values(splits: Splits, label: str, kind: str) -> None:
                     "empty or NaN" if value is None or not isinstance(value, str) or not value.strip() else f"'{value}'"
                 )
                 raise BertfitError(f"'{file}' row {row}: label is {shown}; fill it in or drop the row")
+            if isinstance(value, (float, np.floating)) and np.isinf(value):
+                raise BertfitError(
+                    f"'{file}' row {row}: label is {value}; labels must be finite numbers: fix or drop the row"
+                )
             value_kind = "number" if _is_number(value) else "text"
             if first_kind is None:
                 first_kind = (value_kind, file, row, value)

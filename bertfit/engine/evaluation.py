@@ -40,6 +40,7 @@ def infer(
     with_loss: bool = False,
     pad_multiple: int | None = None,
     packed: bool = False,
+    progress: Callable[[int], None] | None = None,
 ) -> Inference:
     """Length-sorted batches; `output` (task.predictions or task.scores) reduced to small host arrays; exact under
     sharding across ranks. The model is left in the mode it was in. `pad_multiple`: batch lengths rounded up to a
@@ -74,6 +75,8 @@ def infer(
             if with_loss:
                 loss += task.loss_sum(logits, labels).double()
             on_device.append((indices, output(logits)))
+            if progress is not None:
+                progress(len(indices))
     shard: dict[int, np.ndarray] = {}
     for indices, values in on_device:
         values = values.cpu().numpy()
@@ -106,8 +109,10 @@ def evaluate(
     pad_id: int,
     ranks: Dist = Dist(),
     packed: bool = False,
+    progress: Callable[[int], None] | None = None,
 ) -> dict:
-    """Loss (mean per loss term) and the task's metrics, with how long it took."""
+    """Loss (mean per loss term) and the task's metrics, with how long it took. `progress` is told how many
+    features each batch held."""
     started = time.perf_counter()
     inference = infer(
         model,
@@ -121,6 +126,7 @@ def evaluate(
         ranks,
         with_loss=True,
         packed=packed,
+        progress=progress,
     )
     result = {"loss": inference.loss_sum / max(1, int(features.items.sum()))}
     result.update(task.metrics(features, frame, inference.outputs))

@@ -48,14 +48,19 @@ Reporter = Callable[[RunFolder, bool], list]
 
 
 def train(
-    cfg: Config, resume: bool = False, overwrite: bool = False, console=None, reporter: Reporter | None = None
+    cfg: Config,
+    resume: bool = False,
+    overwrite: bool = False,
+    console=None,
+    reporter: Reporter | None = None,
+    allow_data_change: bool = False,
 ) -> dict:
     """Only the rank that writes holds the run folder (its lock, the check of its contents, the clearing)."""
     out = output_folder(cfg)
     writer = int(os.environ.get("RANK", "0")) == 0
     folder = RunFolder.claim(out, resume, overwrite, protected_inputs(cfg)) if writer else None
     with folder or contextlib.nullcontext():
-        return run_loop(setup(cfg, folder, resume=resume, overwrite=overwrite), console, reporter)
+        return run_loop(setup(cfg, folder, resume, overwrite, allow_data_change), console, reporter)
 
 
 def log_start(run: Run) -> None:
@@ -103,6 +108,8 @@ def run_loop(run: Run, console, reporter: Reporter | None = None) -> dict:
     train_features = run.features["train"]
     packing = task.collate_packed if cfg.padding == "packed" else task.collate
     collate = partial(packing, train_features, pad_id=run.tokenizer.pad_token_id, pad_to=padding_rule(cfg, run.device))
+    if ranks.main and console is not None:
+        console.print(plan_line(run), markup=False)
     progress = run.log.progress(console, run.total_steps, state.step)
     planned_epoch, epoch_plan = None, []
     guard = NonFiniteGuard(run.device, min(cfg.log_every, 1024), cfg.max_bad_steps, state.step)
@@ -193,6 +200,23 @@ def run_loop(run: Run, console, reporter: Reporter | None = None) -> dict:
     return finish(run, reporter)
 
 
+def plan_line(run: Run) -> str:
+    """What the run will do, said before it starts: how long it trains, and what it scores and when, so that no
+    phase comes as a surprise (a test split of 25,000 long reviews takes minutes on a CPU)."""
+    cfg, features = run.cfg, run.features
+    every = "at each epoch's end" if cfg.eval_every == "epoch" else f"every {cfg.eval_every} steps"
+    line = (
+        f"training {run.total_steps:,} steps on {len(run.frames['train']):,} examples; evaluating "
+        f"{len(run.frames['validation']):,} validation examples {every}"
+    )
+    if "test" in features:
+        line += (
+            f"; at the end, scoring {len(run.frames['test']):,} test examples ({len(features['test']):,} features) "
+            f"of split '{cfg.test_split}' (cap it with max_test_samples, or skip it with test_split: none)"
+        )
+    return line
+
+
 class NonFiniteGuard:
     """Skips every update whose gradient norm is not finite, without the host waiting for the device:
     fused AdamW (or, in fp16, the GradScaler) reads the skip flag on the device. The norms stay on the
@@ -276,18 +300,7 @@ def epoch_position(run: Run) -> float:
 
 def evaluate_and_select(run: Run) -> None:
     cfg, state = run.cfg, run.state
-    result = evaluate(
-        run.model,
-        run.task,
-        run.features["validation"],
-        run.frames["validation"],
-        cfg.eval_batch,
-        run.device,
-        cfg.precision,
-        run.tokenizer.pad_token_id,
-        run.dist,
-        packed=packs(cfg, run.device),
-    )
+    result = score(run, "validation")
     metric = result[cfg.metric_for_best]
     improved = state.best_metric is None or (
         metric < state.best_metric if cfg.metric_for_best in LOWER_IS_BETTER else metric > state.best_metric
@@ -300,6 +313,25 @@ def evaluate_and_select(run: Run) -> None:
             state.stop_reason = "early_stopping"
     run.log.eval_event(state.step, epoch_position(run), result, state.best_step, run.task.tracks_accuracy)
     save_checkpoint(run)
+
+
+def score(run: Run, split: str) -> dict:
+    """The model on one of the run's splits, with a bar for the phase (the one evaluation path)."""
+    features = run.features[split]
+    with run.log.phase(f"evaluating {split}", len(features), "features") as advance:
+        return evaluate(
+            run.model,
+            run.task,
+            features,
+            run.frames[split],
+            run.cfg.eval_batch,
+            run.device,
+            run.cfg.precision,
+            run.tokenizer.pad_token_id,
+            run.dist,
+            packed=packs(run.cfg, run.device),
+            progress=advance,
+        )
 
 
 def save_checkpoint(run: Run) -> None:
@@ -318,6 +350,7 @@ def save_checkpoint(run: Run) -> None:
             "rng": rng,
             "state": asdict(state),
             "log": run.log.state_dict(),
+            "data": run.data,
             **({"margins": margins} if margins is not None else {}),
         }
         checkpoint.save(
@@ -360,18 +393,8 @@ def finish(run: Run, reporter: Reporter | None = None) -> dict:
     run.task.calibrate(results["validation"])  # e.g. the thresholds the kept weights were scored at
     run.model.config.update(run.task.learned_config())
     if "test" in run.features:
-        results["test"] = evaluate(
-            run.model,
-            run.task,
-            run.features["test"],
-            run.frames["test"],
-            cfg.eval_batch,
-            run.device,
-            cfg.precision,
-            run.tokenizer.pad_token_id,
-            run.dist,
-            packed=packs(cfg, run.device),
-        )
+        with run.log.progress(run.log.console):
+            results["test"] = score(run, "test")
     train_stats = {**run.log.throughput(state.train_seconds), "steps": state.step, **run.timings}
     peak = peak_flops(run.device)
     if peak:  # 6 FLOPs per parameter per real token (forward + backward), attention aside

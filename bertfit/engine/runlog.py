@@ -6,8 +6,10 @@ numbers as one that was never stopped."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import torch
@@ -36,6 +38,7 @@ class RunLog:
         self.samples = self.tokens = self.padded = 0
         self.header_printed = False
         self.console = None
+        self.bars = Progress(None)  # replaced by `progress` on the rank that prints
         self.sinks: list = []  # experiment trackers, fed every event (engine.tracking)
 
     # -- saved in each checkpoint
@@ -140,9 +143,15 @@ class RunLog:
                 self.header_printed = True
             self.console.print(row[0], markup=False, highlight=False)
 
-    def progress(self, console, total: int, done: int) -> Progress:
+    def progress(self, console, total: int | None = None, done: int = 0) -> Progress:
+        """The training bar (`total` steps), or with no total a bar for phases alone (the end of a run)."""
         self.console = console
-        return Progress(console if self.enabled else None, total, done)
+        self.bars = Progress(console if self.enabled else None, total, done)
+        return self.bars
+
+    def phase(self, description: str, total: int, unit: str = "examples"):
+        """A bar for one phase under the current progress bars (see `Progress.phase`)."""
+        return self.bars.phase(description, total, unit)
 
     def throughput(self, train_seconds: float) -> dict:
         seconds = train_seconds or float("nan")
@@ -155,9 +164,11 @@ class RunLog:
 
 
 class Progress:
-    """A rich progress bar on rank 0; nothing elsewhere."""
+    """Rich progress bars on rank 0 (nothing elsewhere): the training steps, and each phase that takes a while
+    (an evaluation, the test split) as a bar of its own with an estimate of the time left, so a long phase never
+    looks hung."""
 
-    def __init__(self, console, total: int, done: int):
+    def __init__(self, console, total: int | None = None, done: int = 0):
         self.bar = None
         self.examples, self.seconds = 0, 0.0
         if console is not None:
@@ -165,18 +176,19 @@ class Progress:
             from rich.progress import Progress as RichProgress
 
             self.bar = RichProgress(
-                TextColumn("training"),
+                TextColumn("{task.description}"),
                 BarColumn(),
                 MofNCompleteColumn(),
-                TextColumn("steps"),
+                TextColumn("{task.fields[unit]}"),
                 TimeElapsedColumn(),
                 TextColumn("<"),
                 TimeRemainingColumn(),
                 TextColumn("{task.fields[speed]}"),
                 console=console,
-                transient=False,
+                transient=total is None,
             )
-            self.task = self.bar.add_task("train", total=total, completed=done, speed="")
+            if total is not None:
+                self.task = self.bar.add_task("training", total=total, completed=done, unit="steps", speed="")
 
     def __enter__(self):
         if self.bar:
@@ -192,3 +204,15 @@ class Progress:
             self.examples += examples
             self.seconds += seconds
             self.bar.update(self.task, completed=step, speed=f"{self.examples / self.seconds:.1f} samples/s")
+
+    @contextlib.contextmanager
+    def phase(self, description: str, total: int, unit: str = "examples") -> Iterator[Callable[[int], None]]:
+        """A bar for one phase, below the training bar; yields the callback that advances it."""
+        if self.bar is None:
+            yield lambda done: None
+            return
+        task = self.bar.add_task(description, total=total, unit=unit, speed="")
+        try:
+            yield lambda done: self.bar.advance(task, done)
+        finally:
+            self.bar.remove_task(task)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -70,6 +70,7 @@ class Run:
     state: State
     timings: dict
     resumed: bool
+    data: str  # what the run trains and selects on (the train and validation features' cache keys)
     margins: MarginTracker | None = None  # single-label classification, unless find_mislabeled is off
 
 
@@ -173,7 +174,11 @@ def prepare_data(
         "validation": sources.subsample(splits.frames[eval_split], cfg.max_eval_samples, cfg.seed),
     }
     if test_split:
-        frames["test"] = splits.frames[test_split]
+        frames["test"] = sources.subsample(splits.frames[test_split], cfg.max_test_samples, cfg.seed)
+    cfg, notes = fit_to_data(cfg, len(frames["train"]), spec.task == "token")
+    if notes:
+        splits = replace(splits, notes=[*splits.notes, *notes])
+        task = task_for(cfg)
     if cfg.class_weights == "balanced":  # resolved from the training labels, and saved as numbers
         cfg = cfg.resolved(class_weights=task.balanced_class_weights(frames["train"]))
         task = task_for(cfg)
@@ -183,6 +188,29 @@ def prepare_data(
     timings = {"load_seconds": inputs.seconds, "tokenize_seconds": time.perf_counter() - tokenizing}
     release_free_memory()
     return cfg, splits, task, frames, features, timings
+
+
+def fit_to_data(cfg: Config, train_rows: int, token_task: bool) -> tuple[Config, list[str]]:
+    """Settings that cannot mean what they say on this data, replaced by what will be used, each with a note for
+    the log and the card (the resolved recipe records the value used)."""
+    notes = []
+    body = cfg.max_length - 2  # a window's tokens, the special tokens aside
+    if (cfg.truncation == "windows" or token_task) and cfg.stride >= body:
+        stride = body // 2
+        notes.append(
+            f"stride {cfg.stride} is not less than the {body} tokens a window holds at max_length {cfg.max_length}, "
+            f"which would advance windows one token at a time: windows overlap by {stride} tokens instead"
+        )
+        cfg = cfg.resolved(stride=stride)
+    per_batch = cfg.grad_accum * cfg.world_size
+    if cfg.effective_batch_size() > train_rows:
+        batch = max(1, math.ceil(train_rows / per_batch))
+        notes.append(
+            f"batch_size {cfg.batch_size:,} is larger than the {train_rows:,} training examples: each step takes "
+            f"all of them (batch_size {batch})"
+        )
+        cfg = cfg.resolved(batch_size=batch)
+    return cfg, notes
 
 
 def make_optimizer(cfg: Config, model: torch.nn.Module) -> torch.optim.Optimizer:
@@ -219,7 +247,17 @@ def plan_epoch(cfg: Config, features: Features, epoch: int) -> list[np.ndarray]:
     )
 
 
-def setup(cfg: Config, folder: RunFolder | None, resume: bool = False, overwrite: bool = False) -> Run:
+def data_fingerprint(features: dict[str, Features]) -> str:
+    return ";".join(f"{name}:{features[name].fingerprint}" for name in ("train", "validation"))
+
+
+def setup(
+    cfg: Config,
+    folder: RunFolder | None,
+    resume: bool = False,
+    overwrite: bool = False,
+    allow_data_change: bool = False,
+) -> Run:
     ranks, device = init_distributed(cfg.device)
     inputs = check_inputs(cfg, device)
     if resume and not checkpoint.complete(inputs.out / checkpoint.FOLDER):
@@ -312,10 +350,11 @@ def setup(cfg: Config, folder: RunFolder | None, resume: bool = False, overwrite
         State(),
         timings,
         resume,
+        data_fingerprint(features),
     )
     if cfg.find_mislabeled and task.finds_mislabeled:
         run.margins = MarginTracker(len(features["train"]), len(task.label_names), device)
-    log_state = restore(run) if resume else None
+    log_state = restore(run, allow_data_change) if resume else None
     if folder is not None:
         folder.begin(resume, overwrite)
         folder.write("recipe.yaml", cfg.to_yaml())  # on resume too: a moved run names its new place
@@ -326,9 +365,10 @@ def setup(cfg: Config, folder: RunFolder | None, resume: bool = False, overwrite
     return run
 
 
-def restore(run: Run) -> dict:
+def restore(run: Run, allow_data_change: bool = False) -> dict:
     """From the newest intact checkpoint: a damaged one (torn by a crash outside bertfit's atomic writes, or by
-    a disk error) is set aside with a warning and the one before it is used. Returns the run log's saved state."""
+    a disk error) is set aside with a warning and the one before it is used. A checkpoint of other data (the file
+    edited since) is refused unless `allow_data_change`. Returns the run log's saved state."""
     out = run.out
     found = checkpoint.complete(out / checkpoint.FOLDER)
     damaged = []
@@ -341,6 +381,12 @@ def restore(run: Run) -> dict:
                     f"({'; '.join(differences)}); use the original settings or start a new run"
                 )
             saved = checkpoint.load_state(candidate)
+            if saved.get("data", run.data) != run.data and not allow_data_change:
+                raise BertfitError(
+                    f"cannot resume from {candidate}: the data changed since the run was interrupted (its "
+                    f"training or validation rows in '{run.cfg.data}' differ); resume with the data it started on, "
+                    "pass --allow-data-change to go on with the new data, or start a new run"
+                )
             checkpoint.load_weights(candidate, run.model)
         except checkpoint.Damaged as why:
             damaged.append((candidate, why))

@@ -113,6 +113,7 @@ def diagnose(events: list[dict], profile: dict | None, summary: dict | None, cfg
         _metric_noise,
         _mislabeled,
         _imbalance,
+        _rare_classes,
         _unpredicted_labels,
         _leakage,
         _truncation,
@@ -474,6 +475,33 @@ def _imbalance(events, evals, profile, summary, cfg, task) -> Finding | None:
         f"training labels {train.get('labels')} (ratio {train['imbalance_ratio']:.1f}); validation recall of "
         f"'{names[worst] if worst < len(names) else worst}' is {recalls[worst]:.2f}",
         advice,
+    )
+
+
+def _rare_classes(events, evals, profile, summary, cfg, task) -> Finding | None:
+    """Seed 003's 'validate your dataset': a class with a handful of examples is noise to learn and to score."""
+    splits = profile.get("splits", {})
+    rare = {name: splits[name].get("rare_classes") or {} for name in ("train", "validation") if name in splits}
+    if not any(rare.values()):
+        return None
+    parts = [
+        f"{name}: " + ", ".join(f"'{label}' {count}" for label, count in classes.items())
+        for name, classes in rare.items()
+        if classes
+    ]
+    learn, measure = bool(rare.get("train")), bool(rare.get("validation"))
+    what = "to learn or to validate" if learn and measure else "to learn" if learn else "to validate"
+    return Finding(
+        "rare_classes",
+        "warning",
+        f"Classes too rare {what}",
+        "examples per class under 5 in " + "; ".join(parts),
+        "collect more examples of these classes, merge each into a related class, or drop its rows; "
+        + (
+            "a score on one or two validation examples is noise"
+            if measure
+            else "until then the model cannot learn them"
+        ),
     )
 
 

@@ -86,6 +86,7 @@ class Features:
     full_lengths: np.ndarray  # before truncation, for the data profile
     token_type_ids: Ragged | None = None
     word_ids: Ragged | None = None  # token task: the word a position predicts, -1 elsewhere
+    fingerprint: str | None = None  # the cache key: the data, tokenizer and settings these features came from
     lengths: np.ndarray = field(init=False)
     items: np.ndarray = field(init=False)  # loss terms each feature contributes (1, or its labelled tokens)
 
@@ -235,7 +236,7 @@ class FeatureWriter:
 
     def close(self) -> None:
         for handle in self.handles.values():
-            handle.close()
+            handle.close()  # flushes: on a full disk this raises, and the caller discards
         (self.tmp / MANIFEST).write_text(json.dumps(self.manifest))
         try:
             os.replace(self.tmp, self.folder)
@@ -243,13 +244,16 @@ class FeatureWriter:
             shutil.rmtree(self.tmp, ignore_errors=True)
 
     def discard(self) -> None:
+        """Everything written so far removed. On a full disk closing a handle flushes its buffer and fails again;
+        the file is closed all the same, and the folder must go whatever happens."""
         for handle in self.handles.values():
-            handle.close()
+            with contextlib.suppress(OSError):
+                handle.close()
         shutil.rmtree(self.tmp, ignore_errors=True)
 
 
-# Splits smaller than this tokenize in a few seconds: no progress bar.
-PROGRESS_ROWS = 200_000
+# Splits smaller than this tokenize in a second or two: no progress bar.
+PROGRESS_ROWS = 10_000
 
 
 @contextlib.contextmanager
@@ -425,7 +429,11 @@ class Task:
             tokenizer_fingerprint(tokenizer),
             frame_fingerprint(frame, columns),
         )
-        path = cache_dir() / key
+        features = self._encode_into(cache_dir() / key, frame, tokenizer, show_progress)
+        features.fingerprint = key
+        return features
+
+    def _encode_into(self, path: Path, frame: pd.DataFrame, tokenizer, show_progress: bool) -> Features:
         if path.is_dir():
             try:
                 return Features.load(path)

@@ -104,12 +104,21 @@ class ClassificationTask(SequenceTask):
     def does(self, unit: str) -> str:
         return f"classifies each {unit} as one of {', '.join(self.label_names)}"
 
+    @staticmethod
+    def _name_of(value, names: list[str]) -> str:
+        """A raw label's class name: the name itself, an integer label named by its number (labels -1, 0, 1), or
+        an id into the names."""
+        key = label_key(value)
+        if key in names or isinstance(value, str):
+            return key
+        return names[int(key)] if 0 <= int(key) < len(names) else key
+
     def label_profile(self, frame, text_hashes):
         names = self.label_names or []
         labels = frame[self.label_column]
         # Counted per distinct value, then named: never a Python call per row.
         by_value = labels.value_counts(sort=False)
-        shown = [v if isinstance(v, str) else names[int(v)] if int(v) < len(names) else v for v in by_value.index]
+        shown = [self._name_of(v, names) for v in by_value.index]
         counts = (
             pd.Series(by_value.to_numpy(), index=[str(v) for v in shown])
             .groupby(level=0, sort=False)
@@ -120,11 +129,16 @@ class ClassificationTask(SequenceTask):
             "labels": {str(k): int(v) for k, v in counts.items()},
             "majority_rate": float(counts.iloc[0] / len(frame)),
             "imbalance_ratio": float(counts.iloc[0] / counts.iloc[-1]),
+            "rare_classes": {str(k): int(v) for k, v in counts.items() if v < RARE_CLASS},
         }
         if len(self.text_columns) == 2:
             pairs = pd.DataFrame({"text": text_hashes, "label": pd.factorize(labels)[0]})
             result["conflicting_pairs"] = int((pairs.groupby("text")["label"].nunique() > 1).sum())
         return result
+
+
+# A class with fewer examples than this in a split can be neither learned (train) nor measured (validation).
+RARE_CLASS = 5
 
 
 def classification_metrics(labels: np.ndarray, predictions: np.ndarray, n_classes: int, matthews: bool) -> dict:

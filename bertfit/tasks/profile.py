@@ -222,6 +222,10 @@ def summary_lines(report: dict) -> list[str]:
             parts.append(f"{split['empty_texts']:,} empty texts")
         if split.get("conflicting_pairs"):
             parts.append(f"{split['conflicting_pairs']:,} identical pairs with different labels")
+        if split.get("rare_classes"):
+            parts.append(
+                "classes with under 5 examples: " + ", ".join(f"{k} ({v})" for k, v in split["rare_classes"].items())
+            )
         if split.get("labels_not_in_train"):
             parts.append(f"labels not in train: {', '.join(split['labels_not_in_train'])}")
         lines.append("; ".join(parts))
