@@ -157,7 +157,7 @@ def profile(
 
 
 # Part of the profile cache key: profiles computed by an older definition are never read.
-PROFILE_FORMAT = 1
+PROFILE_FORMAT = 2
 
 
 def cached_profile(
