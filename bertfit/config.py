@@ -381,7 +381,10 @@ def load_recipe(path: str | None) -> dict[str, Any]:
         return {}
     recipe_path = Path(path)
     if not recipe_path.is_file():
-        raise BertfitError(f"recipe file '{path}' not found; give the path to a YAML recipe (see recipes/)")
+        what = (
+            "is a folder" if recipe_path.is_dir() else "is not a regular file" if recipe_path.exists() else "not found"
+        )
+        raise BertfitError(f"recipe file '{path}' {what}; give the path to a YAML recipe (see recipes/)")
     try:
         content = yaml.load(recipe_path.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)
     except UnicodeDecodeError as err:

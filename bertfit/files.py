@@ -24,7 +24,7 @@ DENIED_MARKERS = ("Permission denied", "PermissionDenied", "os error 13", "code:
 TEMP_PREFIX = ".bertfit-tmp-"
 
 
-def _write_failure(err: BaseException, folder: Path) -> str | None:
+def write_failure(err: BaseException, folder: Path) -> str | None:
     """'disk full', 'read-only' or 'permission denied' when that is why a write failed, else None."""
     code = getattr(err, "errno", None)
     text = str(err)
@@ -49,7 +49,7 @@ def writing(what: str, folder: Path, then: str, cleanup: Path | None = None) -> 
         yield
     except BaseException as err:
         # Asked before the cleanup: removing the torn file frees the very space whose lack caused the failure.
-        reason = _write_failure(err, folder) if isinstance(err, Exception) else None
+        reason = write_failure(err, folder) if isinstance(err, Exception) else None
         if cleanup is not None:
             if cleanup.is_dir():
                 shutil.rmtree(cleanup, ignore_errors=True)
@@ -74,6 +74,23 @@ def atomic_write(path: Path, data: str | bytes, then: str = "free space and run 
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
+
+
+def _file_mode() -> int:
+    mask = os.umask(0)  # the only way to read the umask is to set it: set back at once, at import
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+# What a new file's permissions are under the user's umask (0644 under the usual 022).
+FILE_MODE = _file_mode()
+
+
+def follow_umask(path: Path) -> None:
+    """Files a library wrote through a private temporary file (safetensors: 0600) get the permissions every
+    other file of the run has; a folder, every file in it."""
+    for file in [path] if path.is_file() else [p for p in path.rglob("*") if p.is_file()]:
+        os.chmod(file, FILE_MODE)
 
 
 def plain(value: Any) -> Any:

@@ -62,9 +62,15 @@ def table_lines(evals: list[dict]) -> tuple[str, list[str]]:
     return header, [" | ".join(v.rjust(w) for v, w in zip(row, widths)) for row in table_rows(evals)]
 
 
+def inline(text: object) -> str:
+    """Text from the data (a label, a column name) as one markdown line: a newline or a table bar in a label
+    would end the line or the cell it stands in."""
+    return str(text).replace("\r\n", "\\n").replace("\n", "\\n").replace("\r", "\\r").replace("|", "\\|")
+
+
 def markdown_table(columns: list[str], rows: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(columns) + " |", "|" + "|".join(":-----:" for _ in columns) + "|"]
-    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    lines = ["| " + " | ".join(map(inline, columns)) + " |", "|" + "|".join(":-----:" for _ in columns) + "|"]
+    lines += ["| " + " | ".join(map(inline, row)) + " |" for row in rows]
     return "\n".join(lines)
 
 

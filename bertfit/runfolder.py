@@ -29,7 +29,7 @@ from fnmatch import fnmatchcase
 from pathlib import Path, PurePosixPath
 
 from bertfit.errors import BertfitError
-from bertfit.files import TEMP_PREFIX, atomic_write, writing
+from bertfit.files import TEMP_PREFIX, atomic_write, follow_umask, writing
 
 LOCK = ".bertfit.lock"
 MARKER = ".bertfit-run.json"
@@ -249,12 +249,14 @@ class RunFolder:
     ) -> RunFolder:
         check_location(path, protected or {})
         folder = cls(path)
-        with writing("the run folder", path.parent if not path.exists() else path, "choose a writable --output"):
-            if not path.is_dir():
-                path.mkdir(parents=True)
-                folder.created = True
-            folder._acquire()
         try:
+            with writing(
+                "the run folder", path if path.exists() else path.parent, "free space or choose another --output"
+            ):
+                if not path.is_dir():
+                    path.mkdir(parents=True)
+                    folder.created = True
+                folder._acquire()
             check_contents(path, resume, overwrite)
         except BaseException:
             folder.release()
@@ -267,8 +269,12 @@ class RunFolder:
         bertfit proves it wrote, so in a folder without a marker they add files but replace none."""
         require_run(path)
         folder = cls(path)
-        with writing("the run folder", path, "check the folder's permissions"):
-            folder._acquire()
+        try:
+            with writing("the run folder", path, "free space or make the folder writable, and run the command again"):
+                folder._acquire()
+        except BaseException:
+            folder.release()
+            raise
         return folder
 
     def _acquire(self) -> None:
@@ -293,9 +299,9 @@ class RunFolder:
             if same:
                 break
             os.close(fd)
+        self._lock = fd  # held from here: `release` gives it back (and removes the file) whatever happens next
         os.ftruncate(fd, 0)
         os.write(fd, str(os.getpid()).encode())
-        self._lock = fd
 
     @property
     def owned(self) -> set[str]:
@@ -374,6 +380,7 @@ class RunFolder:
             if tmp.is_dir():
                 shutil.rmtree(tmp)
             produce(tmp)
+            follow_umask(tmp)
             if tmp.is_dir():
                 inside = [f"{rel}/{p.relative_to(tmp).as_posix()}" for p in sorted(tmp.rglob("*"))]
                 unexpected = [p for p in inside if not is_kind(p)]
@@ -390,6 +397,7 @@ class RunFolder:
         folder's top level through `target`; returns the names."""
         names = sorted(p.name for p in source.iterdir())
         with writing(what, self.path, then, cleanup=source):
+            follow_umask(source)
             for name in names:
                 os.replace(source / name, self.target(name))
             source.rmdir()
@@ -448,18 +456,19 @@ class RunFolder:
         self._owned = set(owned)
 
     def release(self) -> None:
-        if self._lock is None:
-            return
-        with contextlib.suppress(OSError):
-            os.unlink(self.path / LOCK)
-        os.close(self._lock)
-        self._lock = None
+        if self._lock is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(self.path / LOCK)
+            os.close(self._lock)
+            self._lock = None
         if self.created and not any(not p.name.startswith(BOOKKEEPING) for p in self.path.iterdir()):
             # A folder this process made and nothing was written into (refused, or failed before its first file,
             # whose torn writes are cleaned up): removed again, so a failure leaves nothing behind.
             with contextlib.suppress(OSError):
                 (self.path / MARKER).unlink(missing_ok=True)
+                (self.path / LOCK).unlink(missing_ok=True)  # one this process made but could not lock
                 self.path.rmdir()  # only if empty: a file someone put there meanwhile stays
+            self.created = False
 
     def __enter__(self) -> RunFolder:
         return self

@@ -97,9 +97,15 @@ def test_server_endpoints_errors_and_batching(trained, capsys):
             (b'{"text": "a", "pair": "b"}', 422, "this model reads 1 text(s) per example"),
             (json.dumps({"texts": ["x"] * 9}).encode(), 413, "9 texts in one request; the limit is 8"),
             (json.dumps({"text": "x" * 1_100_000}).encode(), 413, "the limit is 1,000,000"),
+            (b'{"text": "\\ud800"}', 422, "text 1 holds a lone surrogate ('\\ud800'), which is not a character"),
+            (b'{"texts": ["ok", "a\\udfffb"]}', 422, "text 2 holds a lone surrogate"),
+            (b"[" * 100_000 + b"]" * 100_000, 422, "request body nests too deeply to be a request"),
+            (b'{"text": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", 422, "nests too deeply"),
+            (b'{"text": "a", "texts": ["b"]}', 422, 'send one of "text", "texts" or "pairs", not text and texts'),
         ):
             answer = httpx.post(f"{base}/predict", content=body, headers={"content-type": "application/json"})
             assert answer.status_code == status and message in answer.json()["error"], (body[:40], answer.text)
+            assert answer.headers["content-type"] == "application/json"
 
         async def burst():
             async with httpx.AsyncClient(base_url=base, timeout=60) as client:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -125,6 +126,34 @@ def mirror_folder(name: str) -> Path | None:
     return None
 
 
+def _reach_hub(name: str) -> None:
+    """Before `datasets` tries (and retries for half a minute, a log line each time): one connection to the hub,
+    a few seconds at most. Offline mode is left to `datasets`, which then reads its own cache."""
+    from urllib.parse import urlsplit
+
+    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "") or os.environ.get("HF_DATASETS_OFFLINE", "0") not in (
+        "0",
+        "",
+    ):
+        return
+    endpoint = urlsplit(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    port = endpoint.port or (443 if endpoint.scheme == "https" else 80)
+    try:
+        socket.create_connection((endpoint.hostname, port), timeout=HUB_PROBE_SECONDS).close()
+    except OSError as err:
+        root = os.environ.get("BERTFIT_DATA_DIR")
+        mirror = f"no folder '{name}' in BERTFIT_DATA_DIR ({root})" if root else "BERTFIT_DATA_DIR is not set"
+        raise BertfitError(
+            f"dataset '{name}' not found locally (no such file or folder; {mirror}) and the hub "
+            f"({endpoint.hostname}) cannot be reached ({err.strerror or type(err).__name__}); check the name or the "
+            "path, or connect"
+        ) from None
+
+
+# How long the hub may take to accept a connection before it counts as unreachable.
+HUB_PROBE_SECONDS = 5
+
+
 def _load_hub(name: str) -> Splits:
     try:
         import datasets
@@ -135,6 +164,7 @@ def _load_hub(name: str) -> Splits:
         ) from None
     first, _, rest = name.partition("/")
     args = (HUB_CONFIG_DATASETS[first], rest) if first in HUB_CONFIG_DATASETS and rest else (HUB_NAMES.get(name, name),)
+    _reach_hub(name)
     try:
         loaded = datasets.load_dataset(*args)
     except Exception as err:  # the hub raises many types; all mean 'cannot get it'
@@ -167,6 +197,8 @@ def load_splits(source: str) -> Splits:
     if path.is_dir():
         frames, files = _read_folder(path)
         return Splits(path.name, frames, files, _folder_label_names(path, files))
+    if path.exists():  # a FIFO, a device such as /dev/zero, a socket: nothing that holds rows
+        raise BertfitError(f"data '{source}' is not a regular file or a folder; give a data file or folder")
     looks_like_path = source.startswith((".", "/", "~")) or source.lower().endswith(tuple(READERS))
     if looks_like_path:  # hub ids are `name` or `owner/name`; anything else that is missing is a typo'd path
         raise BertfitError(f"data file or folder '{source}' not found; check the path")

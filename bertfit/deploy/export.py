@@ -22,7 +22,7 @@ from bertfit.data import sources
 from bertfit.engine.evaluation import infer
 from bertfit.engine.predict import load_run, split_frame
 from bertfit.errors import BertfitError, first_line
-from bertfit.files import TEMP_PREFIX, writing
+from bertfit.files import TEMP_PREFIX, write_failure, writing
 from bertfit.runfolder import RunFolder
 
 # Validation examples compared between torch and onnxruntime at export.
@@ -88,6 +88,8 @@ def _export(run, path: Path) -> None:
                 verbose=False,
             )
     except Exception as err:  # the exporter raises many kinds; each is one line for the user
+        if write_failure(err, path.parent) is not None:
+            raise  # a full or read-only disk, which the caller's `writing` names with its fix
         raise BertfitError(
             f"this {run.model.config.model_type} model cannot be exported to ONNX ({first_line(err, 160)})"
         ) from None

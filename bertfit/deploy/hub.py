@@ -19,10 +19,19 @@ def push_run(run_dir: str, repo_id: str, private: bool = False, token: str | Non
     folder = Path(run_dir)
     if not (folder / "README.md").is_file() or not (folder / "recipe.yaml").is_file():
         raise BertfitError(f"'{run_dir}' is not a finished bertfit run (no README.md and recipe.yaml) to push")
-    if repo_id.count("/") != 1 or not all(repo_id.split("/")):
-        raise BertfitError(f"--repo-id '{repo_id}' should be owner/name, e.g. your-user/{folder.name}")
     from huggingface_hub import HfApi
-    from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
+    from huggingface_hub.errors import HfHubHTTPError, HFValidationError, OfflineModeIsEnabled
+    from huggingface_hub.utils import validate_repo_id
+
+    try:  # the Hub's own rule, checked here: raised later, its ValueError reads like a refused model card
+        if repo_id.count("/") != 1:
+            raise HFValidationError("it takes the form owner/name")
+        validate_repo_id(repo_id)
+    except HFValidationError as err:
+        raise BertfitError(
+            f"--repo-id '{repo_id}' is not a Hub repository id ({first_line(err, 160)}); use owner/name with "
+            f"letters, digits, '-', '_' and '.', e.g. your-user/{folder.name}"
+        ) from None
 
     api = HfApi(token=token)
     try:

@@ -12,7 +12,9 @@ a 413; a full queue is a 503 at once, never a hang."""
 from __future__ import annotations
 
 import asyncio
+import errno
 import json
+import sys
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -23,7 +25,7 @@ from fastapi.responses import JSONResponse
 
 from bertfit.engine.device import autocast, default_device
 from bertfit.engine.predict import LoadedRun, load_run, predict
-from bertfit.errors import BertfitError
+from bertfit.errors import BertfitError, first_line
 
 # Texts per forward pass within a batch of requests, sorted by length: less padding than one pass over all of them
 # (one-sentence SST-2 requests, one thread: 5.8 ms of model time per text in passes of 8 rounded to 8 tokens,
@@ -58,8 +60,13 @@ def parse_request(body: bytes, text_columns: list[str], limits: Limits) -> list[
         payload = json.loads(body)
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise RequestError(422, f"request body is not JSON ({err.msg if hasattr(err, 'msg') else err})") from None
+    except RecursionError:  # Python's parser recurses per level: [[[[...]]]] 100,000 deep exhausts the stack
+        raise RequestError(422, "request body nests too deeply to be a request") from None
     if not isinstance(payload, dict):
         raise RequestError(422, 'send a JSON object: {"text": "..."}, {"texts": [...]} or {"pairs": [[a, b], ...]}')
+    given = [key for key in ("text", "texts", "pairs") if key in payload]
+    if len(given) > 1:
+        raise RequestError(422, f'send one of "text", "texts" or "pairs", not {" and ".join(given)} together')
     if "text" in payload:
         rows = [[payload["text"]] + ([payload["pair"]] if "pair" in payload else [])]
     elif "texts" in payload:
@@ -83,6 +90,13 @@ def parse_request(body: bytes, text_columns: list[str], limits: Limits) -> list[
             raise RequestError(422, f"text {number} is not a string")
         if not all(text.strip() for text in row):
             raise RequestError(422, f"text {number} is empty")
+        for text in row:
+            try:
+                text.encode("utf-8")
+            except UnicodeEncodeError as err:  # JSON can spell a lone surrogate ("\ud800"); no text holds one
+                raise RequestError(
+                    422, f"text {number} holds a lone surrogate ({text[err.start]!r}), which is not a character"
+                ) from None
         if len(row) != len(text_columns):
             raise RequestError(
                 422,
@@ -223,6 +237,11 @@ def build_app(run_dir: str, limits: Limits = Limits(), workers: int | None = Non
 
     app = FastAPI(title="bertfit", lifespan=lifespan)
 
+    @app.exception_handler(Exception)
+    async def internal(request: Request, err: Exception):  # a bug of ours: still JSON, and one line in the log
+        print(f"bertfit serve: internal error: {type(err).__name__}: {first_line(err)}", file=sys.stderr, flush=True)
+        return JSONResponse({"error": f"internal error ({type(err).__name__})"}, status_code=500)
+
     @app.get("/health")
     async def health():
         return {"status": "ok", "queued": batcher.queue.qsize(), "batches": batcher.batches, "texts": batcher.texts}
@@ -249,6 +268,14 @@ def build_app(run_dir: str, limits: Limits = Limits(), workers: int | None = Non
     return app
 
 
+def _listen_advice(err: OSError) -> str:
+    if err.errno == errno.EADDRINUSE:
+        return "another program listens there: choose another --port"
+    if err.errno in (errno.EACCES, errno.EPERM):
+        return "ports below 1024 need root: choose a --port above 1023"
+    return "use 127.0.0.1, 0.0.0.0 or an address of this machine as --host"
+
+
 def serve(
     run_dir: str, host: str, port: int, limits: Limits = Limits(), workers: int | None = None, grace_seconds: float = 30
 ) -> None:
@@ -261,7 +288,12 @@ def serve(
             probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             probe.bind((host, port))
         except OSError as err:
-            raise BertfitError(f"cannot listen on {host}:{port} ({err.strerror}); choose another --port") from None
+            raise BertfitError(f"cannot listen on {host}:{port} ({err.strerror}); {_listen_advice(err)}") from None
+        except (socket.gaierror, UnicodeError, OverflowError) as err:  # not an address this machine could have
+            raise BertfitError(
+                f"--host {host} is not an address to listen on ({first_line(err)}); use 127.0.0.1, 0.0.0.0 or an "
+                "address of this machine"
+            ) from None
     app = build_app(run_dir, limits, workers)
     config = uvicorn.Config(
         app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=grace_seconds, access_log=False

@@ -118,7 +118,8 @@ def read_inputs(path: str, columns: list[str]) -> list[list[str]]:
     """Texts to predict from CSV/TSV/JSONL/Parquet (the run's text columns) or a plain text file (one per line)."""
     file = Path(path)
     if not file.is_file():
-        raise BertfitError(f"input file '{path}' not found")
+        what = "is a folder" if file.is_dir() else "is not a regular file" if file.exists() else "not found"
+        raise BertfitError(f"input file '{path}' {what}; give a CSV, TSV, JSONL, Parquet or TXT file of texts")
     if file.suffix.lower() == ".txt":
         rows = [[line] for line in readers.read_text(file).splitlines() if line.strip()]
     else:

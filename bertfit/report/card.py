@@ -6,7 +6,7 @@ from pathlib import Path
 
 from bertfit.data.sources import hub_dataset
 from bertfit.models import hub_identity
-from bertfit.records import METRIC_TITLES, markdown_table, scalar_metrics, table_columns, table_rows
+from bertfit.records import METRIC_TITLES, inline, markdown_table, scalar_metrics, table_columns, table_rows
 from bertfit.tasks import task_for
 from bertfit.tasks.profile import summary_lines
 
@@ -65,7 +65,9 @@ def hyperparameters(cfg, device: str) -> list[str]:
     if cfg.clip_norm:
         lines.append(f"max_grad_norm: {cfg.clip_norm:g}")
     if isinstance(cfg.class_weights, list):
-        weights = ", ".join(f"{name} {w:g}" for name, w in zip(cfg.label_names or [], cfg.class_weights, strict=False))
+        weights = ", ".join(
+            f"{inline(name)} {w:g}" for name, w in zip(cfg.label_names or [], cfg.class_weights, strict=False)
+        )
         lines.append(f"class_weights: {weights} (cross-entropy weighted by class; per-class recall below)")
     if cfg.precision in ("fp16", "bf16"):
         lines.append(f"mixed_precision_training: Native AMP ({cfg.precision}; fp32 master weights)")
@@ -162,7 +164,7 @@ def intended_uses(cfg, dataset: str, sizes: str) -> list[str]:
     """What the model is for, and the limits its training implies, in plain words."""
     task = task_for(cfg)
     tag = task.pipeline_tag
-    does = task.does("text pair" if len(cfg.text_columns) > 1 else "text")
+    does = inline(task.does("text pair" if len(cfg.text_columns) > 1 else "text"))
     return [
         "## Intended uses & limitations",
         "",
@@ -204,7 +206,7 @@ def model_card(cfg, events: list[dict], summary: dict, profile, findings: list[d
     evals = [e for e in events if e["event"] == "eval"]
     result_split = "test" if "test" in summary else "validation"
     metric_names = [k for k in scalar_metrics(summary[result_split]) if k != "loss"]
-    labels = ", ".join(cfg.label_names) if cfg.label_names else "a real-valued score"
+    labels = ", ".join(map(inline, cfg.label_names)) if cfg.label_names else "a real-valued score"
     base = hub_identity(cfg.model)[0]
     shown = summary[result_split]
     body = [
@@ -236,7 +238,7 @@ def model_card(cfg, events: list[dict], summary: dict, profile, findings: list[d
     ]
     body += [f"- Note: {note}" for note in start.get("notes", [])]
     if profile:
-        body += ["", "### Data profile", ""] + [f"- {line}" for line in summary_lines(profile)]
+        body += ["", "### Data profile", ""] + [f"- {inline(line)}" for line in summary_lines(profile)]
     body += [
         "",
         "## Training procedure",
