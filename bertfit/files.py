@@ -76,21 +76,13 @@ def atomic_write(path: Path, data: str | bytes, then: str = "free space and run 
         os.replace(tmp, path)
 
 
-def _file_mode() -> int:
-    mask = os.umask(0)  # the only way to read the umask is to set it: set back at once, at import
-    os.umask(mask)
-    return 0o666 & ~mask
-
-
-# What a new file's permissions are under the user's umask (0644 under the usual 022).
-FILE_MODE = _file_mode()
-
-
 def follow_umask(path: Path) -> None:
     """Files a library wrote through a private temporary file (safetensors: 0600) get the permissions every
-    other file of the run has; a folder, every file in it."""
+    other file of the run has under the user's umask; a folder, every file in it."""
+    mask = os.umask(0)  # the only way to read the umask is to set it: set back at once
+    os.umask(mask)
     for file in [path] if path.is_file() else [p for p in path.rglob("*") if p.is_file()]:
-        os.chmod(file, FILE_MODE)
+        os.chmod(file, 0o666 & ~mask)
 
 
 def plain(value: Any) -> Any:

@@ -17,6 +17,7 @@ import pytest
 from conftest import SAMPLES, NoCapture, run_cli, sample_run_args
 
 ROWS = "".join(f"sentence {i} is fine,{i % 2}\n" for i in range(20))
+SCORES = "".join(f"sentence {i} is fine,{i / 7:.3f}\n" for i in range(20))
 GOOD_CSV = "sentence,label\n" + ROWS
 
 
@@ -147,6 +148,17 @@ def _run_plus_foreign(e: Env) -> list:
     run = e.run()
     (run / "notes.txt").write_text("mine")
     return e.train(sst2(e), "--overwrite", output=run)
+
+
+def _fifo(e: Env) -> Path:
+    os.mkfifo(e.tmp / "pipe")
+    return e.tmp / "pipe"
+
+
+def _onnx_look_alike(e: Env) -> Path:
+    run = e.run()
+    (run / "model.onnx").write_bytes(b"onnx")
+    return run
 
 
 def _resume_no_checkpoints(e: Env) -> list:
@@ -692,6 +704,101 @@ CASES = {
         lambda e: ["inspect", "--data", e.jsonl("d.jsonl", [{"text": "a", "label": [1]}, {"text": "b", "label": 2}])],
         "row 2: labels are '2', not a list",
     ),
+    # ---------------------------------------------------------------- round three (#29): crashes and silent nonsense
+    "regression label inf": Case(
+        lambda e: e.train(e.file("reg.csv", "sentence,label\n" + SCORES + "x y,inf\n")),
+        "'{tmp}/reg.csv' row 21: label is inf; labels must be finite numbers: fix or drop the row",
+    ),
+    "regression label -inf": Case(
+        lambda e: e.train(e.file("reg.csv", "sentence,label\n" + SCORES + "x y,-inf\n")), "row 21: label is -inf"
+    ),
+    "Infinity among fractional labels (JSONL)": Case(
+        lambda e: e.train(
+            e.file(
+                "reg.jsonl",
+                "".join(f'{{"sentence": "s {i}", "label": {i / 7}}}\n' for i in range(20))
+                + '{"sentence": "x", "label": Infinity}\n',
+            )
+        ),
+        "'{tmp}/reg.jsonl' row 21: label is inf",
+    ),
+    "data path with a non-UTF-8 byte": Case(
+        lambda e: e.train(e.file("d\udcffta.csv", GOOD_CSV)),
+        "'{tmp}/d\\xffta.csv' is not valid UTF-8 (byte 0xff); rename the file or folder with UTF-8 characters",
+    ),
+    "lr and learning_rate in one recipe": Case(
+        lambda e: e.train(sst2(e)) + [e.file("r.yaml", "lr: 1.0e-5\nlearning_rate: 2.0e-5\n")],
+        "recipe '{tmp}/r.yaml' sets 'lr' twice (as 'lr' and 'learning_rate'); keep one of them",
+    ),
+    "batch_size: true": Case(
+        lambda e: [
+            "train",
+            e.file("r.yaml", "batch_size: true\n"),
+            "--model",
+            e.model,
+            "--data",
+            sst2(e),
+            "--output",
+            e.tmp / "out",
+        ],
+        "invalid value for 'batch_size': takes a number, not true",
+    ),
+    "every mistake of a recipe at once": Case(
+        lambda e: [
+            "train",
+            e.file("r.yaml", "lr: -1\nepochs: many\n"),
+            "--model",
+            e.model,
+            "--data",
+            sst2(e),
+            "--output",
+            e.tmp / "out",
+        ],
+        "invalid value for 'epochs': Input should be a valid number",
+    ),
+    "--nproc 0": Case(lambda e: e.train(sst2(e), "--nproc", 0), "Invalid value for '--nproc'"),
+    "--nproc -3": Case(lambda e: e.train(sst2(e), "--nproc", -3), "Invalid value for '--nproc'"),
+    "predict --batch-size 0": Case(
+        lambda e: ["predict", e.run(), "--text", "a film", "--batch-size", 0], "Invalid value for '--batch-size'"
+    ),
+    "eval --batch-size -1": Case(
+        lambda e: ["eval", e.run(), "--data", sst2(e), "--batch-size", -1], "Invalid value for '--batch-size'"
+    ),
+    "--label-names with a class that has no example": Case(
+        lambda e: e.train(sst2(e), "--label-names", "a,b,c"),
+        "--label-names names 3 classes, but the training labels in '{tmp}/data.csv' use 2: 'c' has no example",
+    ),
+    "the same text column twice": Case(
+        lambda e: e.train(sst2(e), "--text-column", "sentence", "--text-column", "sentence"),
+        "text column 'sentence' is given twice",
+    ),
+    "a label column with a value per row": Case(
+        lambda e: e.train(e.file("ids.csv", "sentence,label\n" + "".join(f"s {i},id{i}\n" for i in range(40)))),
+        "label column 'label' in '{tmp}/ids.csv' has 40 different values in 40 rows: too many to be classes",
+    ),
+    "data is a device": Case(
+        lambda e: e.train("/dev/zero"), "data '/dev/zero' is not a regular file or a folder; give a data file or folder"
+    ),
+    "data is a FIFO": Case(lambda e: e.train(_fifo(e)), "data '{tmp}/pipe' is not a regular file or a folder"),
+    "predict --input a folder": Case(
+        lambda e: ["predict", e.run(), "--input", e.folder({"a.txt": "x\n"}, "texts")],
+        "input file '{tmp}/texts' is a folder",
+    ),
+    "recipe is a folder": Case(
+        lambda e: e.train(sst2(e)) + [e.folder({"x.txt": ""}, "r.yaml")], "recipe file '{tmp}/r.yaml' is a folder"
+    ),
+    "push: a repo id the Hub refuses": Case(
+        lambda e: ["push", e.run(), "--repo-id", "bad user/name!"],
+        "--repo-id 'bad user/name!' is not a Hub repository id",
+    ),
+    "export of an ONNX export": Case(
+        lambda e: ["export", _onnx_look_alike(e), "--output", e.tmp / "again"],
+        "'{tmp}/run' is an ONNX export already; export the run folder it was made from",
+    ),
+    "serve on a host that is no address": Case(
+        lambda e: ["serve", e.run(), "--host", "999.1.1.1", "--port", 8123],
+        "cannot listen on 999.1.1.1:8123",
+    ),
     "usage: unknown option": Case(lambda e: ["train", "--bogus"], "error: No such option: --bogus"),
 }
 
@@ -701,7 +808,10 @@ def snapshot(folder: Path) -> dict[str, str]:
     seen = {}
     for path in sorted(folder.rglob("*")):
         relative = str(path.relative_to(folder))
-        seen[relative] = "dir" if path.is_dir() else hashlib.sha256(path.read_bytes()).hexdigest()
+        if path.is_dir():
+            seen[relative] = "dir"
+        else:  # a FIFO is never opened: reading one would wait for a writer
+            seen[relative] = hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else "special"
     return seen
 
 

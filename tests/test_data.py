@@ -391,3 +391,26 @@ def test_utf8_is_checked_in_chunks_and_names_the_line(tmp_path, chunk):
     truncated.write_bytes(good + "é".encode()[:1])  # a multi-byte character cut at the end of the file
     with pytest.raises(BertfitError, match=r"byte 0xc3 on line 4"):
         readers.check_utf8(truncated, chunk)
+
+
+def test_an_unreachable_hub_is_one_line_at_once_without_datasets_retrying(monkeypatch, capsys):
+    """Not offline, the hub's address refusing connections (a closed loopback port): the error comes from one
+    connection attempt, before `datasets` would retry for half a minute."""
+    import socket
+
+    import datasets
+    from conftest import free_port, run_cli
+
+    tried = []
+    monkeypatch.setattr(datasets, "load_dataset", lambda *a, **k: tried.append(a))
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    monkeypatch.delenv("HF_DATASETS_OFFLINE")
+    port = free_port()
+    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{port}")
+    with socket.socket() as closed:  # nothing listens there
+        assert closed.connect_ex(("127.0.0.1", port)) != 0
+    code, _, stderr = run_cli(["train", "--model", "minilm", "--data", "nope/nothing", "--output", "x"], capsys)
+    assert code == 2 and len(stderr.strip().splitlines()) == 1, stderr
+    assert "dataset 'nope/nothing' not found locally" in stderr
+    assert "the hub (127.0.0.1) cannot be reached (Connection refused)" in stderr
+    assert not tried  # datasets was never asked

@@ -4,9 +4,11 @@ damaged newest checkpoint."""
 
 import hashlib
 import json
+import os
 import shutil
 import signal
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -268,3 +270,72 @@ def test_a_read_only_file_system_is_one_line(tiny_bert, tmpfs, capsys):
     code, _, stderr = run_cli(args, capsys)
     assert code == 2 and len(stderr.strip().splitlines()) == 1
     assert f"error: read-only file system while writing the run folder in '{disk}'" in stderr
+
+
+def test_a_full_disk_under_the_feature_cache_trains_from_memory_and_leaves_nothing(tiny_bert, tmpfs, tmp_path):
+    """12 KB left: the cache entry's files fail when closed (their buffers flush), and so would closing them
+    again in the cleanup; the run trains from memory, exit 0, and leaves no temporary entry, attempt after
+    attempt."""
+    cache = tmpfs(1)
+    (cache / "filler").write_bytes(b"\0" * ((1 << 20) - (12 << 10)))
+    data = tmp_path / "data.csv"
+    data.write_text("sentence,label\n" + "".join(f"sentence {i} is fine and long enough,{i % 2}\n" for i in range(300)))
+    out = tmp_path / "run"
+    for _attempt in range(2):
+        args = sample_run_args(tiny_bert, out, "--max-steps", 2, "--overwrite", data=data)
+        process = spawn(args, {"BERTFIT_CACHE": str(cache)})
+        _, err = process.communicate(timeout=300)
+        assert process.returncode == 0, err.decode()[-2000:]
+        assert not list((cache / "features").iterdir())  # no entry, whole or torn
+    assert (out / "model.safetensors").is_file()
+
+
+def test_doctor_reads_a_read_only_run_and_card_says_so_in_one_line(tiny_bert, tmpfs, tmp_path, capsys):
+    disk = tmpfs(40)
+    out = disk / "run"
+    assert run_cli(sample_run_args(tiny_bert, out, "--max-steps", 2), capsys)[0] == 0
+    subprocess.run(["mount", "-o", "remount,ro", str(disk)], check=True)
+    before = tree(out)
+    code, stdout, stderr = run_cli(["doctor", out], capsys)
+    assert code == 0, stderr
+    assert "[" in stdout or "no problems found" in stdout
+    code, _, stderr = run_cli(["card", out], capsys)
+    assert code == 2 and len(stderr.strip().splitlines()) == 1
+    assert stderr.startswith(f"error: read-only file system while writing the run folder in '{out}'")
+    assert tree(out) == before
+
+
+def test_a_full_disk_under_export_and_card_names_the_fix_and_leaves_nothing(tiny_bert, tmpfs, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert run_cli(sample_run_args(tiny_bert, out, "--max-steps", 2), capsys)[0] == 0
+    disk = tmpfs(1)  # the tiny model's ONNX file is ~4 MB: it cannot fit
+    code, _, stderr = run_cli(["export", out, "--output", disk / "onnx"], capsys)
+    assert code == 2 and len(stderr.strip().splitlines()) == 1, stderr
+    assert stderr.startswith(f"error: disk full while writing the ONNX export in '{disk / 'onnx'}'; free space")
+    assert not list(disk.iterdir())
+    # The card of a run on a full disk: one line, and the files it had are whole.
+    run = disk / "reports"
+    run.mkdir()
+    for name in ("recipe.yaml", "log.jsonl", "metrics.json", "data_profile.json"):
+        shutil.copy(out / name, run / name)
+    free = shutil.disk_usage(disk).free
+    (disk / "filler").write_bytes(b"\0" * max(0, free - (8 << 10)))
+    before = tree(run)
+    code, _, stderr = run_cli(["card", run], capsys)
+    assert code == 2 and len(stderr.strip().splitlines()) == 1, stderr
+    assert stderr.startswith("error: disk full while writing") and "free space" in stderr, stderr
+    assert {k: v for k, v in tree(run).items() if not k.startswith(".bertfit")} == before
+
+
+def test_every_file_of_a_run_follows_the_umask(tiny_bert, tmp_path):
+    out = tmp_path / "run"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "bertfit", *map(str, sample_run_args(tiny_bert, out, "--max-steps", 2))],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        preexec_fn=lambda: os.umask(0o027),
+    )
+    _, err = process.communicate(timeout=300)
+    assert process.returncode == 0, err.decode()[-2000:]
+    modes = {str(p.relative_to(out)): p.stat().st_mode & 0o777 for p in out.rglob("*") if p.is_file()}
+    assert set(modes.values()) == {0o640}, modes  # model.safetensors too, which safetensors writes 0600

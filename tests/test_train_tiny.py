@@ -1,6 +1,7 @@
 """End-to-end runs of the real loop on tiny random BERTs: outputs, determinism, equivalences, user errors."""
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -233,3 +234,78 @@ def test_a_model_that_takes_more_than_512_tokens_gets_its_own_maximum(tmp_path, 
     assert yaml.safe_load((out / "recipe.yaml").read_text())["max_length"] == 1024
     tokens = json.loads((out / "data_profile.json").read_text())["splits"]["train"]["tokens"]
     assert tokens["max"] > 512 and tokens["max_length"] == 1024
+
+
+def start_event(out: Path) -> dict:
+    return json.loads((out / "log.jsonl").read_text().splitlines()[0])
+
+
+def test_settings_that_cannot_mean_what_they_say_are_replaced_and_said(tiny_bert, tmp_path, capsys):
+    """A window stride as long as the window would advance one token at a time; a batch larger than the data is
+    the data: the run uses what it can, records it, and says so in the log and the card."""
+    out = tmp_path / "run"
+    args = sample_run_args(
+        tiny_bert, out, "--max-steps", 2, "--truncation", "windows", "--max-length", 32, "--batch-size", 1_000_000_000
+    )
+    code, stdout, stderr = run_cli(args, capsys)
+    assert code == 0, stderr
+    notes = start_event(out)["notes"]
+    recipe = (out / "recipe.yaml").read_text()
+    assert "stride 32 is not less than the 30 tokens a window holds at max_length 32" in notes[-2]
+    assert "windows overlap by 15 tokens instead" in notes[-2] and "stride: 15" in recipe
+    rows = start_event(out)["examples"]["train"]
+    assert f"batch_size 1,000,000,000 is larger than the {rows} training examples" in notes[-1]
+    assert f"batch_size: {rows}" in recipe and start_event(out)["effective_batch_size"] == rows
+    card = (out / "README.md").read_text()
+    assert "effective batch" not in card or "1000000000" not in card
+    assert "windows overlap by 15 tokens instead" in card
+
+
+def test_the_start_line_says_what_will_be_scored_and_max_test_samples_caps_it(tiny_bert, tmp_path, capsys):
+    out = tmp_path / "run"
+    data = tmp_path / "data"
+    data.mkdir()
+    rows = "".join(f"sentence {i} is fine,{i % 2}\n" for i in range(60))
+    for split in ("train", "validation", "test"):
+        (data / f"{split}.csv").write_text("sentence,label\n" + rows)
+    code, stdout, stderr = run_cli(
+        sample_run_args(tiny_bert, out, "--max-steps", 2, "--max-test-samples", 25, data=data), capsys
+    )
+    assert code == 0, stderr
+    assert (
+        "at the end, scoring 25 test examples (25 features) of split 'test' (cap it with max_test_samples, or "
+        "skip it with test_split: none)"
+    ) in stdout
+    assert start_event(out)["examples"]["test"] == 25
+    code, stdout, _ = run_cli(
+        sample_run_args(tiny_bert, tmp_path / "none", "--max-steps", 2, "--set", "test_split=none", data=data), capsys
+    )
+    assert (
+        code == 0 and "scoring" not in stdout and "test" not in json.loads((tmp_path / "none/metrics.json").read_text())
+    )
+
+
+def test_a_label_with_a_newline_keeps_the_card_whole_and_rare_classes_are_named(tiny_bert, tmp_path, capsys):
+    rows = [{"text": f"sentence number {i} here", "label": ["good\nday", "bad | day"][i % 2]} for i in range(40)]
+    rows.append({"text": "the odd one", "label": "rare"})
+    data = tmp_path / "data.jsonl"
+    data.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    out = tmp_path / "run"
+    code, _, stderr = run_cli(
+        sample_run_args(tiny_bert, out, "--max-steps", 2, "--task", "classification", data=data), capsys
+    )
+    assert code == 0, stderr
+    card = (out / "README.md").read_text()
+    assert "good\\nday" in card and "bad \\| day" in card
+    assert not [line for line in card.splitlines() if line.startswith("day")]  # no label broke a line
+    tables, block = [], []
+    for line in [*card.splitlines(), ""]:
+        if line.startswith("|"):
+            block.append(len(re.findall(r"(?<!\\)\|", line)))  # cell borders; an escaped bar is text
+        elif block:
+            tables, block = [*tables, block], []
+    assert tables and all(len(set(table)) == 1 for table in tables), tables  # every row as wide as its header
+    findings = {f["id"]: f for f in json.loads((out / "diagnosis.json").read_text())}
+    assert "rare_classes" in findings and "'rare' 1" in findings["rare_classes"]["evidence"]
+    profile = json.loads((out / "data_profile.json").read_text())
+    assert 1 in [split["rare_classes"].get("rare") for split in profile["splits"].values()]

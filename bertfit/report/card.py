@@ -385,8 +385,8 @@ def model_card(cfg, events: list[dict], summary: dict, profile, findings: list[d
         body += ["No problems found: losses, metrics, data and speed look healthy (`bertfit doctor` re-checks).", ""]
     for finding in findings:
         body += [
-            f"- **{finding['severity'].upper()} — {finding['title']}.** {finding['evidence']}. "
-            f"*Advice:* {finding['advice']}."
+            f"- **{finding['severity'].upper()} — {finding['title']}.** {inline(finding['evidence'])}. "
+            f"*Advice:* {inline(finding['advice'])}."
         ]
     if plots:
         body += ["", "## Plots", ""] + [f"![{Path(p).stem}]({p})" for p in plots]
