@@ -60,7 +60,6 @@ def _option_type(name: str, annotation) -> object:
     return annotation
 
 
-TASK_CHOICES = _choices("TaskKind", typing.get_args(Config.model_fields["task"].annotation))
 INFERENCE_PRECISION = _choices("InferencePrecision", typing.get_args(Config.model_fields["precision"].annotation))
 
 
@@ -258,7 +257,7 @@ def predict(
     rows = read_inputs(input, loaded.cfg.text_columns) if input else [[t] + ([pair] if pair else []) for t in text]
     predictions = predict_rows(loaded, rows, batch_size)
     if output:
-        write_predictions(output, rows, predictions)
+        write_predictions(output, loaded.task, rows, predictions)
         console.print(f"wrote {len(predictions)} predictions to {output}")
     else:
         for prediction in predictions:
@@ -270,7 +269,7 @@ def inspect(
     data: str = Opt(..., help="dataset (as for train)"),
     model: str | None = Opt(None, help="tokenizer for token lengths [default: minilm, bert-base-uncased's vocabulary]"),
     max_length: int = Opt(512, min=8, help="cut at which truncation is counted"),
-    task: TASK_CHOICES = Opt("auto", help="what to learn; auto decides from the data"),
+    task: str = Opt("auto", help=Config.model_fields["task"].description),
     text_column: list[str] | None = Opt(None, "--text-column"),
     label_column: str | None = Opt(None),
     label_columns: str | None = Opt(None, help=Config.model_fields["label_columns"].description),
@@ -281,8 +280,9 @@ def inspect(
     from bertfit.report.inspect import inspect_source
 
     columns = [c.strip() for c in label_columns.split(",") if c.strip()] if label_columns else None
+    task = build_config(None, {"task": task}).task  # checked as a recipe's
     report = inspect_source(
-        data, model or "minilm", max_length, task.value, text_column or None, label_column, columns, label_delimiter
+        data, model or "minilm", max_length, task, text_column or None, label_column, columns, label_delimiter
     )
     if as_json:
         from bertfit.files import to_json
@@ -295,8 +295,10 @@ def inspect(
 def print_profile(report: dict) -> None:
     from rich.table import Table
 
-    from bertfit.tasks.profile import summary_lines
+    from bertfit.tasks import TASKS
+    from bertfit.tasks.profile import notes_lines
 
+    kind = TASKS[report["task"]]
     table = Table(title=f"{report['dataset']} ({report['task']})")
     for column in (
         "split",
@@ -310,16 +312,11 @@ def print_profile(report: dict) -> None:
     ):
         table.add_column(column, overflow="fold")
     for name, split in report["splits"].items():
-        labels = split.get("labels") or split.get("entity_counts") or split.get("label_stats") or {}
         tokens = split.get("tokens")
         table.add_row(
             name,
             f"{split['rows']:,}",
-            ", ".join(
-                f"{k} {v:,}" if isinstance(v, int) else f"{k} –" if v is None or v != v else f"{k} {v:.2f}"  # NaN
-                for k, v in labels.items()
-            ),
-            f"{split['imbalance_ratio']:.2f}" if "imbalance_ratio" in split else "",
+            *(kind.label_cells(split) if split.get("labelled") else ("", "")),
             f"{tokens['percentiles']['p50']}/{tokens['percentiles']['p95']}/{tokens['max']}" if tokens else "",
             f"{'~' if 'sampled' in tokens else ''}{tokens['truncated_share']:.1%} at {tokens['max_length']}"
             if tokens
@@ -328,11 +325,8 @@ def print_profile(report: dict) -> None:
             f"{split['empty_texts']:,}",
         )
     console.print(table)
-    for line in summary_lines(report):
-        if line.startswith(("leakage", "tag scheme")) or any(
-            words in line for words in ("different labels", "not in train", "labels per example", "under 5 examples")
-        ):
-            console.print(line, markup=False)
+    for line in notes_lines(report):
+        console.print(line, markup=False)
 
 
 @app.command()

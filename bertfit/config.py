@@ -12,6 +12,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationIn
 
 from bertfit.errors import BertfitError
 
+# The task kinds a recipe may name: the built-in ones; `bertfit.tasks.register` adds a new kind here too, so that
+# a kind is added in its own module and the registry alone.
+TASK_KINDS = ["auto", "classification", "multi_label", "regression", "token"]
+
 # Names practitioners bring from the HF Trainer and from recipe posts, mapped to ours.
 KEY_ALIASES = {
     "learning_rate": "lr",
@@ -91,8 +95,9 @@ class Config(BaseModel):
     model: str = Field("bert-base-uncased", description="hub id, local folder, or 'minilm'")
     data: str | None = Field(None, description="hub id, BERTFIT_DATA_DIR mirror name, folder of split files, or a file")
     output: str | None = Field(None, description="run folder to write")
-    task: Literal["auto", "classification", "multi_label", "regression", "token"] = Field(
-        "auto", description="what to learn; auto decides from the data"
+    task: str = Field(
+        "auto",
+        description="what to learn: auto (decided from the data), classification, multi_label, regression, token",
     )
     text_columns: list[str] | None = Field(
         None, description="text column(s); give two for text pairs [default: detected]"
@@ -246,6 +251,13 @@ class Config(BaseModel):
         if isinstance(value, bool) and "bool" not in annotation:
             kind = "a number" if "int" in annotation or "float" in annotation else "a value"
             raise ValueError(f"takes {kind}, not {str(value).lower()}")
+        return value
+
+    @field_validator("task")
+    @classmethod
+    def _known_task(cls, value: str) -> str:
+        if value not in TASK_KINDS:
+            raise ValueError(f"is not a task kind; choose one of {', '.join(TASK_KINDS)}")
         return value
 
     @field_validator("output", mode="before")

@@ -297,3 +297,53 @@ def test_classification_metrics_equal_scikit_learns(n_classes, seed):
     assert ours["matthews"] == pytest.approx(metrics.matthews_corrcoef(labels, predictions))
     expected = metrics.confusion_matrix(labels, predictions, labels=list(range(n_classes)))
     assert ours["confusion_matrix"] == expected.tolist()
+
+
+class PolarityTask(ClassificationTask):
+    """A task kind written in a test, as a user would write one: it reads classification data, and renders its
+    own parts (what it does, its result table, its profile line, its prediction record)."""
+
+    kind = "polarity"
+
+    def does(self, unit: str) -> str:
+        return f"says whether each {unit} leans {' or '.join(self.label_names)}"
+
+    def result_tables(self, metrics: dict):
+        return [("Polarity balance ({split})", ["Label", "Share"], [[name, "x"] for name in self.label_names])]
+
+    @classmethod
+    def profile_parts(cls, split: dict) -> list[str]:
+        return [f"polarities {', '.join(split['labels'])}"]
+
+    def prediction_record(self, row, prediction):
+        return {"passage": row[0], "polarity": prediction["label"], "confidence": round(prediction["score"], 3)}
+
+
+def test_a_task_kind_added_in_its_own_module_alone_trains_reports_and_predicts(
+    tiny_bert, tmp_path, capsys, monkeypatch
+):
+    """ARCHITECTURE's promise, kept: a new kind touches its module and the registry, nothing in engine/,
+    report/ or cli.py, and gets a run folder, a card and predict output of its own."""
+    from conftest import run_cli, sample_run_args
+
+    from bertfit import config, tasks
+
+    monkeypatch.setattr(config, "TASK_KINDS", list(config.TASK_KINDS))
+    monkeypatch.setitem(tasks.TASKS, "polarity", PolarityTask)
+    tasks.register(PolarityTask)
+    out = tmp_path / "run"
+    args = sample_run_args(tiny_bert, out, "--task", "polarity", "--max-steps", 2, "--label-names", "negative,positive")
+    code, _, stderr = run_cli(args, capsys)
+    assert code == 0, stderr
+    assert "task: polarity" in (out / "recipe.yaml").read_text()
+    card = (out / "README.md").read_text()
+    assert "This model says whether each text leans negative or positive" in card
+    assert "### Polarity balance (validation)" in card and "| negative | x |" in card
+    assert "polarities negative, positive" in card  # its profile line
+    texts = tmp_path / "texts.txt"
+    texts.write_text("a gripping film\n")
+    code, _, stderr = run_cli(["predict", out, "--input", texts, "--output", tmp_path / "p.jsonl"], capsys)
+    assert code == 0, stderr
+    (record,) = [json.loads(line) for line in (tmp_path / "p.jsonl").read_text().splitlines()]
+    assert record["passage"] == "a gripping film" and record["polarity"] in ("negative", "positive")
+    assert set(record) == {"passage", "polarity", "confidence"}

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bertfit import models
+from bertfit import models, tasks
 from bertfit.config import Config, build_config
 from bertfit.data import readers, schema, sources
 from bertfit.engine.device import default_device, inference_precision
@@ -79,7 +79,7 @@ def evaluate_run(run_dir: str, source: str, split: str, batch_size: int = 64, pr
 def split_frame(cfg: Config, splits: sources.Splits, source: str, split: str):
     """A split of new data read as the run read its own: the run's task, columns and labels, checked row by row
     (one class is enough here), in the form the task encodes."""
-    spec = schema.detect(
+    spec = tasks.detect(
         splits,
         split,
         cfg.task,
@@ -156,9 +156,6 @@ def claim_output(path: str, overwrite: bool, run_dir: str, input: str | None) ->
     )
 
 
-def write_predictions(path: str, rows: list[list[str]], predictions: list[dict]) -> None:
-    lines = []
-    for row, prediction in zip(rows, predictions):
-        record = prediction if "entities" in prediction else {"text": row if len(row) > 1 else row[0], **prediction}
-        lines.append(to_json(record) + "\n")
+def write_predictions(path: str, task: Task, rows: list[list[str]], predictions: list[dict]) -> None:
+    lines = [to_json(task.prediction_record(row, prediction)) + "\n" for row, prediction in zip(rows, predictions)]
     atomic_write(Path(path), "".join(lines), "free space or choose another --output")

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bertfit import models
+from bertfit import models, tasks
 from bertfit.config import Config
 from bertfit.data import schema, sources
 from bertfit.engine import batching, checkpoint, tracking
@@ -103,7 +103,7 @@ def check_inputs(cfg: Config, device: torch.device) -> Inputs:
     splits = sources.load_splits(cfg.data)
     sources.require_split(splits, cfg.train_split)
     # Rows are checked before a validation split is carved off, so errors name rows of the user's file.
-    spec = schema.detect(
+    spec = tasks.detect(
         splits,
         cfg.train_split,
         cfg.task,
@@ -143,7 +143,7 @@ def prepare_data(
         cfg.test_split,
         cfg.seed,
         cfg.validation_fraction,
-        stratify_by=spec.label_column if TASKS[spec.task].stratifies else None,
+        stratify_by=spec.label_column if TASKS[tasks.kind_of(cfg.task, spec)].stratifies else None,
     )
     model_max = models.max_tokens(tokenizer)
     max_length = cfg.max_length or model_max
@@ -151,7 +151,7 @@ def prepare_data(
         raise BertfitError(f"max_length {max_length} is longer than the model accepts ({model_max}); lower it")
     metrics = tuple(cfg.metrics) + (("matthews",) if "cola" in splits.name and "matthews" not in cfg.metrics else ())
     cfg = cfg.resolved(
-        task=spec.task,
+        task=tasks.kind_of(cfg.task, spec),
         text_columns=spec.text_columns,
         label_column=spec.label_column,
         label_names=spec.label_names,
@@ -175,7 +175,7 @@ def prepare_data(
     }
     if test_split:
         frames["test"] = sources.subsample(splits.frames[test_split], cfg.max_test_samples, cfg.seed)
-    cfg, notes = fit_to_data(cfg, len(frames["train"]), spec.task == "token")
+    cfg, notes = fit_to_data(cfg, len(frames["train"]), task.reads_windows)
     if notes:
         splits = replace(splits, notes=[*splits.notes, *notes])
         task = task_for(cfg)
@@ -190,12 +190,12 @@ def prepare_data(
     return cfg, splits, task, frames, features, timings
 
 
-def fit_to_data(cfg: Config, train_rows: int, token_task: bool) -> tuple[Config, list[str]]:
+def fit_to_data(cfg: Config, train_rows: int, reads_windows: bool) -> tuple[Config, list[str]]:
     """Settings that cannot mean what they say on this data, replaced by what will be used, each with a note for
     the log and the card (the resolved recipe records the value used)."""
     notes = []
     body = cfg.max_length - 2  # a window's tokens, the special tokens aside
-    if (cfg.truncation == "windows" or token_task) and cfg.stride >= body:
+    if reads_windows and cfg.stride >= body:
         stride = body // 2
         notes.append(
             f"stride {cfg.stride} is not less than the {body} tokens a window holds at max_length {cfg.max_length}, "

@@ -284,62 +284,8 @@ def model_card(cfg, events: list[dict], summary: dict, profile, findings: list[d
                 ],
             ),
         ]
-    per_type = shown.get("per_type")
-    if per_type:
-        body += [
-            "",
-            f"### Per entity type ({result_split})",
-            "",
-            markdown_table(
-                ["Entity", "Precision", "Recall", "F1", "Support"],
-                [
-                    [k, f"{v['precision']:.4f}", f"{v['recall']:.4f}", f"{v['f1']:.4f}", f"{v['support']:,}"]
-                    for k, v in sorted(per_type.items())
-                ],
-            ),
-        ]
-    per_label = shown.get("per_label")
-    if per_label:
-        body += [
-            "",
-            f"### Per label ({result_split}; thresholds chosen on validation)",
-            "",
-            markdown_table(
-                ["Label", "Threshold", "Precision", "Recall", "F1", "Support"],
-                [
-                    [
-                        name,
-                        f"{v['threshold']:.2f}",
-                        f"{v['precision']:.4f}",
-                        f"{v['recall']:.4f}",
-                        f"{v['f1']:.4f}",
-                        f"{v['support']:,}",
-                    ]
-                    for name, v in per_label.items()
-                ],
-            ),
-        ]
-    matrix = shown.get("confusion_matrix")
-    if matrix and len(matrix) <= 50:
-        names = cfg.label_names or [str(i) for i in range(len(matrix))]
-        predicted = [sum(row[j] for row in matrix) for j in range(len(matrix))]
-        body += [
-            "",
-            f"### Per class ({result_split})",
-            "",
-            markdown_table(
-                ["Class", "Precision", "Recall", "Support"],
-                [
-                    [
-                        names[i] if i < len(names) else str(i),
-                        f"{row[i] / predicted[i]:.4f}" if predicted[i] else "–",
-                        f"{row[i] / sum(row):.4f}" if sum(row) else "–",
-                        f"{sum(row):,}",
-                    ]
-                    for i, row in enumerate(matrix)
-                ],
-            ),
-        ]
+    for title, columns, rows in task_for(cfg).result_tables(shown):  # each kind's own detail
+        body += ["", f"### {title.format(split=result_split)}", "", markdown_table(columns, rows)]
     mislabeled = summary.get("mislabeled") or {}
     if mislabeled.get("lowest"):
         body += [

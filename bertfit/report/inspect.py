@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from bertfit import models
+from bertfit import models, tasks
 from bertfit.data import schema, sources
 from bertfit.tasks import build_task
 from bertfit.tasks.profile import cached_profile
@@ -25,7 +25,7 @@ def inspect_source(
     """Profile a dataset as it is (no split carved off): every split, against `train` when there is one."""
     splits = sources.load_splits(source)
     reference = "train" if "train" in splits.frames else next(iter(splits.frames))
-    spec = schema.detect(
+    spec = tasks.detect(
         splits,
         reference,
         task,
@@ -38,7 +38,7 @@ def inspect_source(
     )
     splits = schema.normalise(splits, spec)
     tokenizer = models.load_tokenizer(models.resolve_model(model))
-    encoder = build_task(spec.task, spec.text_columns, spec.label_column, spec.label_names, max_length)
+    encoder = build_task(tasks.kind_of(task, spec), spec.text_columns, spec.label_column, spec.label_names, max_length)
     # Empty texts are counted by the profile rather than refused, so they are read as "".
     frames = {
         name: frame.fillna({c: "" for c in spec.text_columns if frame[c].isna().any()})

@@ -4,17 +4,52 @@ task type); to add a kind, add a module with a `Task` subclass and register it i
 
 from __future__ import annotations
 
+from bertfit import config
+from bertfit.data import schema
 from bertfit.tasks.base import IGNORE, LOWER_IS_BETTER, Features, Task
 from bertfit.tasks.classification import ClassificationTask
 from bertfit.tasks.multilabel import MultiLabelTask
 from bertfit.tasks.regression import RegressionTask
 from bertfit.tasks.token import TokenTask
 
-TASKS: dict[str, type[Task]] = {
-    task.kind: task for task in (ClassificationTask, MultiLabelTask, RegressionTask, TokenTask)
-}
+TASKS: dict[str, type[Task]] = {}
 
-__all__ = ["IGNORE", "LOWER_IS_BETTER", "TASKS", "Features", "Task", "build_task", "task_for"]
+__all__ = [
+    "IGNORE",
+    "LOWER_IS_BETTER",
+    "TASKS",
+    "Features",
+    "Task",
+    "build_task",
+    "detect",
+    "kind_of",
+    "register",
+    "task_for",
+]
+
+
+def register(task: type[Task]) -> type[Task]:
+    """A task kind becomes one that recipes may name (`task: KIND`) and runs, reports and predict read."""
+    TASKS[task.kind] = task
+    if task.kind not in config.TASK_KINDS:
+        config.TASK_KINDS.append(task.kind)
+    return task
+
+
+for _kind in (ClassificationTask, MultiLabelTask, RegressionTask, TokenTask):
+    register(_kind)
+
+
+def detect(splits, train_split: str, task: str, *args, **kwargs) -> schema.DataSpec:
+    """The data's columns and labels (`schema.detect`), read as the data of the kind `task` names (a kind built
+    on another reads its data: `Task.data_kind`), or of the kind detected; `spec.task` is that data kind, and
+    `kind_of` the task kind."""
+    return schema.detect(splits, train_split, TASKS[task].data_kind if task != "auto" else task, *args, **kwargs)
+
+
+def kind_of(task: str, spec: schema.DataSpec) -> str:
+    """The task kind of a run: the one the recipe names, else the one its data was detected as."""
+    return spec.task if task == "auto" else task
 
 
 def build_task(

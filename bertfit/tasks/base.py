@@ -326,6 +326,7 @@ class Task:
     """Shared machinery; subclasses say how to encode, score and measure."""
 
     kind: str  # the recipe's name for it
+    data_kind: str  # the data it reads, as `data.schema` detects and checks it (a kind's own, or the one it builds on)
     primary_metric: str
     pipeline_tag: str  # the Hub's task type, for the model card
     auto_model: str  # the transformers Auto class that builds the model with this task's head
@@ -369,6 +370,11 @@ class Task:
         self.extra_metrics = extra_metrics
         self.stride = stride
         self.label_all_subtokens = label_all_subtokens
+
+    @property
+    def reads_windows(self) -> bool:
+        """Whether a text longer than max_length is read whole, as windows `stride` tokens apart."""
+        return self.truncation == "windows"
 
     # -- the model
     def head_config(self) -> dict:
@@ -588,3 +594,47 @@ class Task:
     def label_profile(self, frame: pd.DataFrame, text_hashes: np.ndarray) -> dict:
         """Label statistics of one split: counts and balance, tag counts, or the score distribution."""
         raise NotImplementedError
+
+    @classmethod
+    def compare_to_train(cls, train: dict, split: dict) -> dict:
+        """What a split's label profile says beside the training split's (labels never seen in training)."""
+        return {}
+
+    # -- rendering: each kind says how its own results read, so that engine, report and cli never ask which kind
+    # a run is. Classmethods where they read saved files alone (the profile, the metrics), without a recipe.
+    @classmethod
+    def profile_parts(cls, split: dict) -> list[str]:
+        """The label parts of a split's line in the data profile (log, card, inspect)."""
+        return []
+
+    @classmethod
+    def profile_notes(cls, name: str, split: dict) -> list[str]:
+        """Problems in a split's labels worth a line of their own beside `bertfit inspect`'s table."""
+        return []
+
+    @classmethod
+    def label_cells(cls, split: dict) -> tuple[str, str]:
+        """`bertfit inspect`'s table: the labels (or tags, or score statistics) and the imbalance of a split."""
+        return "", ""
+
+    def result_tables(self, metrics: dict) -> list[tuple[str, list[str], list[list[str]]]]:
+        """The model card's tables of this kind's detailed results: (title, columns, rows) each; `{split}` in a
+        title names the split the results are of."""
+        return []
+
+    def prediction_record(self, row: list[str], prediction: dict) -> dict:
+        """One line of `bertfit predict --output`: the text (or pair) and what the model said of it."""
+        return {"text": row if len(row) > 1 else row[0], **prediction}
+
+
+def counted(values: dict) -> str:
+    """Label counts as the profile shows them: `positive 444, negative 428`; statistics with two decimals."""
+    return ", ".join(
+        f"{k} {v:,}" if isinstance(v, int) else f"{k} –" if v is None or v != v else f"{k} {v:.2f}"  # v != v: NaN
+        for k, v in values.items()
+    )
+
+
+def labels_not_in_train(train: dict, split: dict) -> dict:
+    unseen = sorted(set(split.get("labels", {})) - set(train.get("labels", {})))
+    return {"labels_not_in_train": unseen} if train.get("labels") else {}

@@ -11,11 +11,13 @@ import torch.nn.functional as F
 
 from bertfit.data.schema import label_key
 from bertfit.errors import BertfitError
+from bertfit.tasks.base import counted, labels_not_in_train
 from bertfit.tasks.sequence import SequenceTask
 
 
 class ClassificationTask(SequenceTask):
     kind = "classification"
+    data_kind = "classification"
     tracks_accuracy = True
     finds_mislabeled = True
     stratifies = True
@@ -135,6 +137,55 @@ class ClassificationTask(SequenceTask):
             pairs = pd.DataFrame({"text": text_hashes, "label": pd.factorize(labels)[0]})
             result["conflicting_pairs"] = int((pairs.groupby("text")["label"].nunique() > 1).sum())
         return result
+
+    @classmethod
+    def compare_to_train(cls, train: dict, split: dict) -> dict:
+        return labels_not_in_train(train, split)
+
+    @classmethod
+    def profile_parts(cls, split: dict) -> list[str]:
+        parts = [f"labels {counted(split['labels'])} (imbalance {split['imbalance_ratio']:.2f})"]
+        if split.get("conflicting_pairs"):
+            parts.append(f"{split['conflicting_pairs']:,} identical pairs with different labels")
+        if split.get("labels_not_in_train"):
+            parts.append(f"labels not in train: {', '.join(split['labels_not_in_train'])}")
+        if split.get("rare_classes"):
+            rare = ", ".join(f"{k} ({v})" for k, v in split["rare_classes"].items())
+            parts.append(f"classes with under {RARE_CLASS} examples: {rare}")
+        return parts
+
+    @classmethod
+    def profile_notes(cls, name: str, split: dict) -> list[str]:
+        notes = []
+        if split.get("conflicting_pairs"):
+            notes.append(f"{name}: {split['conflicting_pairs']:,} identical pairs with different labels")
+        if split.get("labels_not_in_train"):
+            notes.append(f"{name}: labels not in train: {', '.join(split['labels_not_in_train'])}")
+        if split.get("rare_classes"):
+            rare = ", ".join(f"{k} ({v})" for k, v in split["rare_classes"].items())
+            notes.append(f"{name}: classes with under {RARE_CLASS} examples: {rare}")
+        return notes
+
+    @classmethod
+    def label_cells(cls, split: dict) -> tuple[str, str]:
+        return counted(split["labels"]), f"{split['imbalance_ratio']:.2f}"
+
+    def result_tables(self, metrics: dict) -> list[tuple[str, list[str], list[list[str]]]]:
+        matrix = metrics.get("confusion_matrix")
+        if not matrix or len(matrix) > 50:
+            return []
+        names = self.label_names or [str(i) for i in range(len(matrix))]
+        predicted = [sum(row[j] for row in matrix) for j in range(len(matrix))]
+        rows = [
+            [
+                names[i] if i < len(names) else str(i),
+                f"{row[i] / predicted[i]:.4f}" if predicted[i] else "–",
+                f"{row[i] / sum(row):.4f}" if sum(row) else "–",
+                f"{sum(row):,}",
+            ]
+            for i, row in enumerate(matrix)
+        ]
+        return [("Per class ({split})", ["Class", "Precision", "Recall", "Support"], rows)]
 
 
 # A class with fewer examples than this in a split can be neither learned (train) nor measured (validation).

@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 import torch.nn.functional as F
 
+from bertfit.tasks.base import counted, labels_not_in_train
 from bertfit.tasks.sequence import SequenceTask
 
 # Thresholds tried on validation; a label with fewer positives there than MIN_POSITIVES keeps the global one, since
@@ -22,6 +23,7 @@ RARE_SHARE = 0.005
 
 class MultiLabelTask(SequenceTask):
     kind = "multi_label"
+    data_kind = "multi_label"
     primary_metric = "micro_f1"
     stratifies = False
     decides_by_threshold = True
@@ -152,6 +154,57 @@ class MultiLabelTask(SequenceTask):
             "top_pairs": [[a, b, n] for (a, b), n in pairs.most_common(5)],
             "imbalance_ratio": float(ranked[0][1] / max(1, ranked[-1][1])) if ranked else 1.0,
         }
+
+    @classmethod
+    def compare_to_train(cls, train: dict, split: dict) -> dict:
+        return labels_not_in_train(train, split)
+
+    @classmethod
+    def profile_parts(cls, split: dict) -> list[str]:
+        parts = [
+            f"labels {counted(split['labels'])} (imbalance {split['imbalance_ratio']:.2f})",
+            f"{split['label_cardinality']:.2f} labels per example, {split['multi_label_rate']:.1%} with several"
+            + (f", {split['no_label_rows']:,} with none" if split["no_label_rows"] else ""),
+        ]
+        if split["top_pairs"]:
+            parts.append("most frequent together: " + ", ".join(f"{a}+{b} {n:,}" for a, b, n in split["top_pairs"]))
+        if split["rare_labels"]:
+            parts.append(f"rare labels (on under 0.5% of examples): {', '.join(split['rare_labels'])}")
+        if split.get("labels_not_in_train"):
+            parts.append(f"labels not in train: {', '.join(split['labels_not_in_train'])}")
+        return parts
+
+    @classmethod
+    def profile_notes(cls, name: str, split: dict) -> list[str]:
+        notes = [
+            f"{name}: {split['label_cardinality']:.2f} labels per example, {split['multi_label_rate']:.1%} with "
+            f"several, {split['no_label_rows']:,} with none"
+        ]
+        if split.get("labels_not_in_train"):
+            notes.append(f"{name}: labels not in train: {', '.join(split['labels_not_in_train'])}")
+        return notes
+
+    @classmethod
+    def label_cells(cls, split: dict) -> tuple[str, str]:
+        return counted(split["labels"]), f"{split['imbalance_ratio']:.2f}"
+
+    def result_tables(self, metrics: dict) -> list[tuple[str, list[str], list[list[str]]]]:
+        per_label = metrics.get("per_label")
+        if not per_label:
+            return []
+        rows = [
+            [
+                name,
+                f"{v['threshold']:.2f}",
+                f"{v['precision']:.4f}",
+                f"{v['recall']:.4f}",
+                f"{v['f1']:.4f}",
+                f"{v['support']:,}",
+            ]
+            for name, v in per_label.items()
+        ]
+        columns = ["Label", "Threshold", "Precision", "Recall", "F1", "Support"]
+        return [("Per label ({split}; thresholds chosen on validation)", columns, rows)]
 
 
 def _best(values: np.ndarray) -> int:

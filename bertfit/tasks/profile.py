@@ -14,6 +14,7 @@ import pandas as pd
 from bertfit.data.schema import DataSpec
 from bertfit.errors import BertfitError
 from bertfit.files import atomic_write, to_json
+from bertfit.tasks import TASKS
 from bertfit.tasks.base import Task, cache_dir, frame_fingerprint
 
 PERCENTILES = (50, 90, 95, 99)
@@ -112,21 +113,18 @@ def profile(
 ) -> dict:
     """Per split, and across splits (leakage). `full_lengths` are token counts before truncation."""
     texts = {name: TextSummary.of(frame, task) for name, frame in frames.items()}
-    result: dict = {"task": spec.task, "splits": {}, "leakage": {}}
-    train_labels: set = set()
+    result: dict = {"task": task.kind, "splits": {}, "leakage": {}}
     for name, frame in frames.items():
         split: dict = {"rows": len(frame)}
         summary = texts[name]
         split["empty_texts"] = summary.empty
         split["duplicates"] = _duplicates(summary.exact)
         split["normalised_duplicates"] = _duplicates(summary.normalised)
-        if task.label_column in frame.columns:
+        split["labelled"] = task.label_column in frame.columns
+        if split["labelled"]:
             split.update(task.label_profile(frame, summary.exact))
-        if "labels" in split:
-            if name == "train":
-                train_labels = set(split["labels"])
-            elif train_labels:
-                split["labels_not_in_train"] = sorted(set(split["labels"]) - train_labels)
+            if name != "train" and "train" in result["splits"]:
+                split.update(task.compare_to_train(result["splits"]["train"], split))
         if full_lengths is not None and name in full_lengths:
             split["tokens"] = length_stats(np.asarray(full_lengths[name]), max_length, len(frame))
             if task.truncation == "windows":  # long texts are read whole, as windows, not cut
@@ -157,7 +155,7 @@ def profile(
 
 
 # Part of the profile cache key: profiles computed by an older definition are never read.
-PROFILE_FORMAT = 2
+PROFILE_FORMAT = 3
 
 
 def cached_profile(
@@ -186,49 +184,40 @@ def cached_profile(
 
 
 def summary_lines(report: dict) -> list[str]:
-    """One line per split, for the log and the card."""
+    """One line per split, for the log and the card: its size, what its task kind says of its labels, lengths,
+    duplicates and empties; then leakage and the tag scheme."""
+    kind = TASKS[report["task"]]
     lines = []
     for name, split in report["splits"].items():
-        parts = [f"{name}: {split['rows']:,} rows"]
-        if "labels" in split:
-            parts.append(
-                "labels "
-                + ", ".join(f"{k} {v:,}" for k, v in split["labels"].items())
-                + f" (imbalance {split['imbalance_ratio']:.2f})"
-            )
-        if "label_cardinality" in split:
-            parts.append(
-                f"{split['label_cardinality']:.2f} labels per example, {split['multi_label_rate']:.1%} with several"
-                + (f", {split['no_label_rows']:,} with none" if split["no_label_rows"] else "")
-            )
-            if split["top_pairs"]:
-                parts.append("most frequent together: " + ", ".join(f"{a}+{b} {n:,}" for a, b, n in split["top_pairs"]))
-            if split["rare_labels"]:
-                parts.append(f"rare labels (on under 0.5% of examples): {', '.join(split['rare_labels'])}")
-        if "entity_counts" in split:
-            parts.append("entities " + ", ".join(f"{k} {v:,}" for k, v in sorted(split["entity_counts"].items())))
+        parts = [f"{name}: {split['rows']:,} rows", *(kind.profile_parts(split) if split.get("labelled") else [])]
         if "tokens" in split:
-            tokens = split["tokens"]
-            parts.append(
-                f"tokens p50 {tokens['percentiles']['p50']}, p95 {tokens['percentiles']['p95']}, "
-                f"max {tokens['max']}; {tokens['truncated_share']:.1%} "
-                + ("split into windows of" if "windowed" in tokens else "truncated at")
-                + f" {tokens['max_length']}"
-                + (f" (from a sample of {tokens['sampled']:,} rows)" if "sampled" in tokens else "")
-            )
+            parts.append(token_line(split["tokens"]))
         if split["duplicates"]:
             parts.append(f"{split['duplicates']:,} duplicates")
         if split["empty_texts"]:
             parts.append(f"{split['empty_texts']:,} empty texts")
-        if split.get("conflicting_pairs"):
-            parts.append(f"{split['conflicting_pairs']:,} identical pairs with different labels")
-        if split.get("rare_classes"):
-            parts.append(
-                "classes with under 5 examples: " + ", ".join(f"{k} ({v})" for k, v in split["rare_classes"].items())
-            )
-        if split.get("labels_not_in_train"):
-            parts.append(f"labels not in train: {', '.join(split['labels_not_in_train'])}")
         lines.append("; ".join(parts))
+    return lines + notes_lines(report, with_splits=False)
+
+
+def token_line(tokens: dict) -> str:
+    return (
+        f"tokens p50 {tokens['percentiles']['p50']}, p95 {tokens['percentiles']['p95']}, "
+        f"max {tokens['max']}; {tokens['truncated_share']:.1%} "
+        + ("split into windows of" if "windowed" in tokens else "truncated at")
+        + f" {tokens['max_length']}"
+        + (f" (from a sample of {tokens['sampled']:,} rows)" if "sampled" in tokens else "")
+    )
+
+
+def notes_lines(report: dict, with_splits: bool = True) -> list[str]:
+    """Lines about problems across the splits (leakage, the tag scheme) and, `with_splits`, each kind's notes on
+    a split's labels: what `bertfit inspect` prints beside its table."""
+    lines = []
+    if with_splits:
+        kind = TASKS[report["task"]]
+        for name, split in report["splits"].items():
+            lines += kind.profile_notes(name, split) if split.get("labelled") else []
     for name, leak in report["leakage"].items():
         if leak["normalised"]:
             lines.append(

@@ -5,11 +5,13 @@ from __future__ import annotations
 import numpy as np
 import torch.nn.functional as F
 
+from bertfit.tasks.base import counted
 from bertfit.tasks.sequence import SequenceTask
 
 
 class RegressionTask(SequenceTask):
     kind = "regression"
+    data_kind = "regression"
     primary_metric = "pearson"
 
     def label_ids(self, frame):
@@ -50,6 +52,10 @@ class RegressionTask(SequenceTask):
                 "max": float(labels.max()),
             }
         }
+
+    @classmethod
+    def label_cells(cls, split: dict) -> tuple[str, str]:
+        return counted(split["label_stats"]), ""
 
 
 def regression_metrics(labels: np.ndarray, predictions: np.ndarray) -> dict:

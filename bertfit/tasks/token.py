@@ -9,7 +9,7 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from bertfit.tasks.base import IGNORE, Features, Ragged, Task
+from bertfit.tasks.base import IGNORE, Features, Ragged, Task, counted
 
 # Words as BERT's pre-tokenizer sees them: runs of word characters, or single punctuation marks.
 WORD = re.compile(r"\w+|[^\w\s]")
@@ -20,6 +20,7 @@ class TokenTask(Task):
     windows."""
 
     kind = "token"
+    data_kind = "token"
     primary_metric = "f1"
     pipeline_tag = "token-classification"
     auto_model = "AutoModelForTokenClassification"
@@ -190,6 +191,29 @@ class TokenTask(Task):
             "entity_counts": {k[2:]: v for k, v in tags.items() if k.startswith(("B-", "S-"))},
             "words": int(frame[self.text_columns[0]].map(len).sum()),
         }
+
+    @classmethod
+    def profile_parts(cls, split: dict) -> list[str]:
+        return ["entities " + ", ".join(f"{k} {v:,}" for k, v in sorted(split["entity_counts"].items()))]
+
+    @classmethod
+    def label_cells(cls, split: dict) -> tuple[str, str]:
+        return counted(split["entity_counts"]), ""
+
+    def result_tables(self, metrics: dict) -> list[tuple[str, list[str], list[list[str]]]]:
+        per_type = metrics.get("per_type")
+        if not per_type:
+            return []
+        rows = [
+            [k, f"{v['precision']:.4f}", f"{v['recall']:.4f}", f"{v['f1']:.4f}", f"{v['support']:,}"]
+            for k, v in sorted(per_type.items())
+        ]
+        return [("Per entity type ({split})", ["Entity", "Precision", "Recall", "F1", "Support"], rows)]
+
+    reads_windows = True  # a sentence longer than max_length is always read whole
+
+    def prediction_record(self, row: list[str], prediction: dict) -> dict:
+        return prediction  # the text is in it, with its entities' character offsets
 
 
 def token_metrics(true: list[list[str]], predicted: list[list[str]]) -> dict:
