@@ -71,7 +71,8 @@ def recipe_option(name: str, field) -> Parameter:
     # A default that depends on the run is written in the description as "[default: ...]".
     description, _, described_default = (field.description or "").partition(" [default: ")
     shown = described_default.rstrip("]") or (False if field.default in (None, []) else str(field.default))
-    option = typer.Option(None, *names, help=description, show_default=shown)
+    group = (field.json_schema_extra or {}).get("group", "recipe")
+    option = typer.Option(None, *names, help=description, show_default=shown, rich_help_panel=f"Recipe: {group}")
     return Parameter(name, Parameter.KEYWORD_ONLY, default=option, annotation=Optional[kind])  # noqa: UP045 (built at run time)
 
 

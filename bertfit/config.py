@@ -37,52 +37,14 @@ KEY_ALIASES = {
 }
 
 # Fields that change the numbers a run produces: resuming with any of them different is refused.
-RESULT_FIELDS = (
-    "model",
-    "data",
-    "task",
-    "text_columns",
-    "label_column",
-    "label_names",
-    "label_columns",
-    "label_delimiter",
-    "threshold",
-    "train_split",
-    "eval_split",
-    "max_train_samples",
-    "max_eval_samples",
-    "max_test_samples",
-    "max_length",
-    "truncation",
-    "window_pooling",
-    "label_all_subtokens",
-    "stride",
-    "epochs",
-    "max_steps",
-    "lr",
-    "batch_size",
-    "seed",
-    "adam_beta1",
-    "adam_beta2",
-    "adam_epsilon",
-    "weight_decay",
-    "scheduler",
-    "warmup_ratio",
-    "warmup_steps",
-    "precision",
-    "clip_norm",
-    "grad_accum",
-    "class_weights",
-    "lora",
-    "lora_rank",
-    "lora_alpha",
-    "lora_dropout",
-    "lora_targets",
-    "padding",
-    "compile",
-    "validation_fraction",
-    "world_size",
-)
+# RESULT_FIELDS (the fields that change the numbers a run produces) is derived from the fields themselves, below.
+
+
+def recipe_field(group: str, results: bool) -> dict:
+    """What every recipe field says of itself: its group in the vocabulary (data, optimisation, evaluation, speed,
+    tracking, reliability, scale-out), and whether it changes the numbers a run produces (then resuming with it
+    changed is refused). A field without it fails `tests/test_config.py`."""
+    return {"group": group, "changes_results": results}
 
 
 class Config(BaseModel):
@@ -92,121 +54,286 @@ class Config(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
     # What to train on what
-    model: str = Field("bert-base-uncased", description="hub id, local folder, or 'minilm'")
-    data: str | None = Field(None, description="hub id, BERTFIT_DATA_DIR mirror name, folder of split files, or a file")
-    output: str | None = Field(None, description="run folder to write")
+    model: str = Field(
+        "bert-base-uncased",
+        description="hub id, local folder, or 'minilm'",
+        json_schema_extra=recipe_field("data", results=True),
+    )
+    data: str | None = Field(
+        None,
+        description="hub id, BERTFIT_DATA_DIR mirror name, folder of split files, or a file",
+        json_schema_extra=recipe_field("data", results=True),
+    )
+    output: str | None = Field(
+        None, description="run folder to write", json_schema_extra=recipe_field("data", results=False)
+    )
     task: str = Field(
         "auto",
         description="what to learn: auto (decided from the data), classification, multi_label, regression, token",
+        json_schema_extra=recipe_field("data", results=True),
     )
     text_columns: list[str] | None = Field(
-        None, description="text column(s); give two for text pairs [default: detected]"
+        None,
+        description="text column(s); give two for text pairs [default: detected]",
+        json_schema_extra=recipe_field("data", results=True),
     )
-    label_column: str | None = Field(None, description="label (or tag) column [default: detected]")
-    label_names: list[str] | None = Field(None, description="comma-separated names for integer labels")
+    label_column: str | None = Field(
+        None,
+        description="label (or tag) column [default: detected]",
+        json_schema_extra=recipe_field("data", results=True),
+    )
+    label_names: list[str] | None = Field(
+        None,
+        description="comma-separated names for integer labels",
+        json_schema_extra=recipe_field("data", results=True),
+    )
     label_columns: list[str] | None = Field(
-        None, description="multi-label: several 0/1 columns, one per label (e.g. sports,politics)"
+        None,
+        description="multi-label: several 0/1 columns, one per label (e.g. sports,politics)",
+        json_schema_extra=recipe_field("data", results=True),
     )
     label_delimiter: str = Field(
-        "|", min_length=1, description="multi-label: what separates the labels in a text label, as in sports|politics"
+        "|",
+        min_length=1,
+        description="multi-label: what separates the labels in a text label, as in sports|politics",
+        json_schema_extra=recipe_field("data", results=True),
     )
     threshold: Literal["tuned", "per_label"] | float = Field(
         "tuned",
         description="multi-label decision threshold: tuned (one, on validation), per_label (one per label, on "
         "validation) or a probability such as 0.5",
+        json_schema_extra=recipe_field("data", results=True),
     )
-    train_split: str = Field("train", description="split to train on")
+    train_split: str = Field(
+        "train", description="split to train on", json_schema_extra=recipe_field("data", results=True)
+    )
     eval_split: str | None = Field(
-        None, description="split to evaluate on [default: validation, else carved off train]"
+        None,
+        description="split to evaluate on [default: validation, else carved off train]",
+        json_schema_extra=recipe_field("data", results=True),
     )
     test_split: str | None = Field(
-        None, description="split scored at the end; 'none' for no test split [default: test, when there is one]"
+        None,
+        description="split scored at the end; 'none' for no test split [default: test, when there is one]",
+        json_schema_extra=recipe_field("data", results=False),
     )
     validation_fraction: float = Field(
-        0.1, gt=0, lt=1, description="share of train carved off when there is no validation split"
+        0.1,
+        gt=0,
+        lt=1,
+        description="share of train carved off when there is no validation split",
+        json_schema_extra=recipe_field("data", results=True),
     )
-    max_train_samples: int | None = Field(None, gt=0, description="seeded random subset of the training split")
-    max_eval_samples: int | None = Field(None, gt=0, description="seeded random subset of the validation split")
+    max_train_samples: int | None = Field(
+        None,
+        gt=0,
+        description="seeded random subset of the training split",
+        json_schema_extra=recipe_field("data", results=True),
+    )
+    max_eval_samples: int | None = Field(
+        None,
+        gt=0,
+        description="seeded random subset of the validation split",
+        json_schema_extra=recipe_field("data", results=True),
+    )
     max_test_samples: int | None = Field(
         None,
         gt=0,
         description="seeded random subset of the test split scored at the end (the Trainer's max_predict_samples)",
+        json_schema_extra=recipe_field("data", results=True),
     )
     max_length: int | None = Field(
-        None, ge=8, description="max tokens per example [default: the model's own: 512 for BERT, 8,192 for ModernBERT]"
+        None,
+        ge=8,
+        description="max tokens per example [default: the model's own: 512 for BERT, 8,192 for ModernBERT]",
+        json_schema_extra=recipe_field("data", results=True),
     )
     truncation: Literal["head", "tail", "head+tail", "windows"] = Field(
         "head",
         description="which part of a longer text to keep; windows: all of it, as overlapping windows whose "
         "predictions are pooled per text",
+        json_schema_extra=recipe_field("data", results=True),
     )
     window_pooling: Literal["mean", "max"] = Field(
-        "mean", description="truncation windows: how a text's window logits become one prediction"
+        "mean",
+        description="truncation windows: how a text's window logits become one prediction",
+        json_schema_extra=recipe_field("data", results=True),
     )
-    label_all_subtokens: bool = Field(False, description="token task: label every sub-token, not just the first")
-    stride: int = Field(32, ge=0, description="overlap in tokens between windows (token task; truncation windows)")
+    label_all_subtokens: bool = Field(
+        False,
+        description="token task: label every sub-token, not just the first",
+        json_schema_extra=recipe_field("data", results=True),
+    )
+    stride: int = Field(
+        32,
+        ge=0,
+        description="overlap in tokens between windows (token task; truncation windows)",
+        json_schema_extra=recipe_field("data", results=True),
+    )
     trust_remote_code: bool = Field(
-        False, description="run the model repository's own code (only for models you trust)"
+        False,
+        description="run the model repository's own code (only for models you trust)",
+        json_schema_extra=recipe_field("data", results=False),
     )
 
     # Optimisation recipe
-    epochs: float = Field(3.0, gt=0, description="passes over the training data")
-    max_steps: int | None = Field(None, gt=0, description="optimizer steps; overrides epochs")
-    lr: float = Field(5e-5, gt=0, description="peak learning rate")
-    batch_size: int = Field(16, gt=0, description="training batch size per device")
+    epochs: float = Field(
+        3.0,
+        gt=0,
+        description="passes over the training data",
+        json_schema_extra=recipe_field("optimisation", results=True),
+    )
+    max_steps: int | None = Field(
+        None,
+        gt=0,
+        description="optimizer steps; overrides epochs",
+        json_schema_extra=recipe_field("optimisation", results=True),
+    )
+    lr: float = Field(
+        5e-5, gt=0, description="peak learning rate", json_schema_extra=recipe_field("optimisation", results=True)
+    )
+    batch_size: int = Field(
+        16,
+        gt=0,
+        description="training batch size per device",
+        json_schema_extra=recipe_field("optimisation", results=True),
+    )
     eval_batch_size: int | None = Field(
-        None, gt=0, description="evaluation batch size [default: max(64, 2 × batch size)]"
+        None,
+        gt=0,
+        description="evaluation batch size [default: max(64, 2 × batch size)]",
+        json_schema_extra=recipe_field("optimisation", results=False),
     )
-    seed: int = Field(42, ge=0, lt=2**32, description="seed for data order, subsets and initialisation")
-    adam_beta1: float = Field(0.9, ge=0, lt=1, description="AdamW beta1")
-    adam_beta2: float = Field(0.999, ge=0, lt=1, description="AdamW beta2")
-    adam_epsilon: float = Field(1e-8, gt=0, description="AdamW epsilon")
-    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay (not on biases and LayerNorm)")
+    seed: int = Field(
+        42,
+        ge=0,
+        lt=2**32,
+        description="seed for data order, subsets and initialisation",
+        json_schema_extra=recipe_field("optimisation", results=True),
+    )
+    adam_beta1: float = Field(
+        0.9, ge=0, lt=1, description="AdamW beta1", json_schema_extra=recipe_field("optimisation", results=True)
+    )
+    adam_beta2: float = Field(
+        0.999, ge=0, lt=1, description="AdamW beta2", json_schema_extra=recipe_field("optimisation", results=True)
+    )
+    adam_epsilon: float = Field(
+        1e-8, gt=0, description="AdamW epsilon", json_schema_extra=recipe_field("optimisation", results=True)
+    )
+    weight_decay: float = Field(
+        0.0,
+        ge=0,
+        description="AdamW weight decay (not on biases and LayerNorm)",
+        json_schema_extra=recipe_field("optimisation", results=True),
+    )
     scheduler: Literal["linear", "constant", "cosine"] = Field(
-        "linear", description="learning-rate schedule after warmup"
+        "linear",
+        description="learning-rate schedule after warmup",
+        json_schema_extra=recipe_field("optimisation", results=True),
     )
-    warmup_ratio: float = Field(0.0, ge=0, le=1, description="share of the steps spent warming up")
-    warmup_steps: int = Field(0, ge=0, description="warmup steps; overrides warmup_ratio")
+    warmup_ratio: float = Field(
+        0.0,
+        ge=0,
+        le=1,
+        description="share of the steps spent warming up",
+        json_schema_extra=recipe_field("optimisation", results=True),
+    )
+    warmup_steps: int = Field(
+        0,
+        ge=0,
+        description="warmup steps; overrides warmup_ratio",
+        json_schema_extra=recipe_field("optimisation", results=True),
+    )
     precision: Literal["auto", "fp32", "fp16", "bf16"] = Field(
-        "auto", description="auto: bf16 on GPUs and CPUs that have it, else fp16 on GPUs, fp32 on CPUs"
+        "auto",
+        description="auto: bf16 on GPUs and CPUs that have it, else fp16 on GPUs, fp32 on CPUs",
+        json_schema_extra=recipe_field("optimisation", results=True),
     )
-    clip_norm: float | None = Field(1.0, ge=0, description="gradient clipping norm; 0 disables")
-    grad_accum: int = Field(1, gt=0, description="gradient accumulation steps")
+    clip_norm: float | None = Field(
+        1.0,
+        ge=0,
+        description="gradient clipping norm; 0 disables",
+        json_schema_extra=recipe_field("optimisation", results=True),
+    )
+    grad_accum: int = Field(
+        1, gt=0, description="gradient accumulation steps", json_schema_extra=recipe_field("optimisation", results=True)
+    )
     class_weights: Literal["balanced"] | list[float] | None = Field(
         None,
         description="classification: weight each class in the loss; 'balanced' (n / (classes × count), "
         "as scikit-learn's) or one weight per class, comma-separated",
+        json_schema_extra=recipe_field("optimisation", results=True),
     )
 
     # Parameter-efficient fine-tuning (LoRA, through peft)
-    lora: bool = Field(False, description="train low-rank adapters (LoRA) and the head instead of every weight")
-    lora_rank: int = Field(8, gt=0, description="LoRA rank r")
-    lora_alpha: float = Field(16.0, gt=0, description="LoRA scaling alpha (the update is scaled by alpha / r)")
-    lora_dropout: float = Field(0.1, ge=0, lt=1, description="dropout on the LoRA input")
+    lora: bool = Field(
+        False,
+        description="train low-rank adapters (LoRA) and the head instead of every weight",
+        json_schema_extra=recipe_field("optimisation", results=True),
+    )
+    lora_rank: int = Field(
+        8, gt=0, description="LoRA rank r", json_schema_extra=recipe_field("optimisation", results=True)
+    )
+    lora_alpha: float = Field(
+        16.0,
+        gt=0,
+        description="LoRA scaling alpha (the update is scaled by alpha / r)",
+        json_schema_extra=recipe_field("optimisation", results=True),
+    )
+    lora_dropout: float = Field(
+        0.1,
+        ge=0,
+        lt=1,
+        description="dropout on the LoRA input",
+        json_schema_extra=recipe_field("optimisation", results=True),
+    )
     lora_targets: list[str] | None = Field(
-        None, description="layers to adapt, e.g. query,value [default: peft's choice for the model type]"
+        None,
+        description="layers to adapt, e.g. query,value [default: peft's choice for the model type]",
+        json_schema_extra=recipe_field("optimisation", results=True),
     )
     lora_save: Literal["merged", "adapter"] = Field(
-        "merged", description="merged: adapters folded into the weights (a plain model); adapter: the adapter only"
+        "merged",
+        description="merged: adapters folded into the weights (a plain model); adapter: the adapter only",
+        json_schema_extra=recipe_field("optimisation", results=False),
     )
 
     # Evaluation and model selection
-    eval_every: int | Literal["epoch"] = Field("epoch", description="evaluate every N steps, or 'epoch'")
+    eval_every: int | Literal["epoch"] = Field(
+        "epoch",
+        description="evaluate every N steps, or 'epoch'",
+        json_schema_extra=recipe_field("evaluation", results=False),
+    )
     log_every: int | None = Field(
         None,
         gt=0,
         description="log the training loss every N steps [default: about 25 points per run, at most every 50 steps]",
+        json_schema_extra=recipe_field("evaluation", results=False),
     )
-    metrics: list[Literal["matthews"]] = Field([], description="extra metrics (matthews)")
+    metrics: list[Literal["matthews"]] = Field(
+        [], description="extra metrics (matthews)", json_schema_extra=recipe_field("evaluation", results=False)
+    )
     metric_for_best: str | None = Field(
-        None, description="metric that picks the best checkpoint [default: the task's main metric]"
+        None,
+        description="metric that picks the best checkpoint [default: the task's main metric]",
+        json_schema_extra=recipe_field("evaluation", results=False),
     )
-    early_stopping: int | None = Field(None, gt=0, description="stop after this many evaluations without improvement")
-    keep_best: bool = Field(True, description="end with the best checkpoint's weights, not the last")
+    early_stopping: int | None = Field(
+        None,
+        gt=0,
+        description="stop after this many evaluations without improvement",
+        json_schema_extra=recipe_field("evaluation", results=False),
+    )
+    keep_best: bool = Field(
+        True,
+        description="end with the best checkpoint's weights, not the last",
+        json_schema_extra=recipe_field("evaluation", results=False),
+    )
     find_mislabeled: bool = Field(
         True,
         description="rank training examples by their margin during training (area "
         "under the margin) to list likely mislabeled ones; classification only",
+        json_schema_extra=recipe_field("evaluation", results=False),
     )
 
     # Speed (changes numerics slightly; recorded in the run)
@@ -215,33 +342,68 @@ class Config(BaseModel):
         description="bucket (length-grouped batches), dynamic, none (pad to max_length), or packed "
         "(padding-free: a step's examples as one token stream, attention kept inside each, in FlexAttention on a "
         "GPU; BERT, RoBERTa, DistilBERT, ELECTRA)",
+        json_schema_extra=recipe_field("speed", results=True),
     )
-    compile: bool | None = Field(None, description="torch.compile the model [default: on GPU only]")
+    compile: bool | None = Field(
+        None,
+        description="torch.compile the model [default: on GPU only]",
+        json_schema_extra=recipe_field("speed", results=True),
+    )
     device: Literal["auto", "cuda", "mps", "cpu"] = Field(
-        "auto", description="where to train: auto picks a CUDA GPU, else Apple's mps, else the CPU"
+        "auto",
+        description="where to train: auto picks a CUDA GPU, else Apple's mps, else the CPU",
+        json_schema_extra=recipe_field("speed", results=False),
     )
     gradient_checkpointing: bool = Field(
-        False, description="recompute activations in the backward pass: less memory, about a third slower"
+        False,
+        description="recompute activations in the backward pass: less memory, about a third slower",
+        json_schema_extra=recipe_field("speed", results=False),
     )
 
     # Experiment tracking (rank 0 only)
     report_to: list[Literal["tensorboard", "mlflow"]] = Field(
-        [], description="trackers to log to: tensorboard (RUN/tensorboard), mlflow; comma-separated [default: none]"
+        [],
+        description="trackers to log to: tensorboard (RUN/tensorboard), mlflow; comma-separated [default: none]",
+        json_schema_extra=recipe_field("tracking", results=False),
     )
     mlflow_tracking_uri: str | None = Field(
-        None, description="MLflow store, e.g. sqlite:///mlflow.db or http://host:5000 [default: MLFLOW_TRACKING_URI]"
+        None,
+        description="MLflow store, e.g. sqlite:///mlflow.db or http://host:5000 [default: MLFLOW_TRACKING_URI]",
+        json_schema_extra=recipe_field("tracking", results=False),
     )
-    mlflow_experiment: str = Field("bertfit", description="MLflow experiment the run is logged under")
+    mlflow_experiment: str = Field(
+        "bertfit",
+        description="MLflow experiment the run is logged under",
+        json_schema_extra=recipe_field("tracking", results=False),
+    )
 
     # Reliability
     checkpoint_every: int | None = Field(
-        None, gt=0, description="also checkpoint every N steps (always at each evaluation)"
+        None,
+        gt=0,
+        description="also checkpoint every N steps (always at each evaluation)",
+        json_schema_extra=recipe_field("reliability", results=False),
     )
-    keep_checkpoints: int = Field(2, ge=1, description="newest checkpoints kept (the best is kept too)")
-    max_bad_steps: int = Field(20, gt=0, description="consecutive non-finite steps before the run stops")
+    keep_checkpoints: int = Field(
+        2,
+        ge=1,
+        description="newest checkpoints kept (the best is kept too)",
+        json_schema_extra=recipe_field("reliability", results=False),
+    )
+    max_bad_steps: int = Field(
+        20,
+        gt=0,
+        description="consecutive non-finite steps before the run stops",
+        json_schema_extra=recipe_field("reliability", results=False),
+    )
 
     # Scale-out: filled from the launcher, not set by hand
-    world_size: int = Field(1, gt=0, description="processes training together (set by --nproc/torchrun)")
+    world_size: int = Field(
+        1,
+        gt=0,
+        description="processes training together (set by --nproc/torchrun)",
+        json_schema_extra=recipe_field("scale-out", results=True),
+    )
 
     @field_validator("*", mode="before")
     @classmethod
@@ -443,3 +605,9 @@ def build_config(recipe: str | None = None, overrides: dict[str, Any] | None = N
             shown = f" (got {error['input']!r})" if error.get("input") is not None and error["loc"] else ""
             described.setdefault(field, f"invalid value for '{field}': {message}{shown}")
         raise BertfitError("; ".join(described.values())) from None
+
+
+# Resuming with any of these different is refused: the fields marked as changing a run's numbers.
+RESULT_FIELDS = tuple(
+    name for name, field in Config.model_fields.items() if (field.json_schema_extra or {}).get("changes_results")
+)

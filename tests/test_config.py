@@ -123,3 +123,17 @@ def test_generated_options_reach_the_config(args, expected, monkeypatch):
     monkeypatch.setattr(cli, "build_config", keep)
     cli.app(["train", "--data", "x", *args], standalone_mode=False)
     assert {k: getattr(built["cfg"], k) for k in expected} == expected
+
+
+def test_every_recipe_field_says_its_group_and_whether_it_changes_results():
+    """Whether resuming with a field changed is refused is decided on the field itself: a new field that says
+    neither fails here, rather than silently resuming across a change."""
+    from bertfit.config import RESULT_FIELDS, Config
+
+    groups = {"data", "optimisation", "evaluation", "speed", "tracking", "reliability", "scale-out"}
+    for name, field in Config.model_fields.items():
+        extra = field.json_schema_extra or {}
+        assert extra.get("group") in groups, f"{name} has no group"
+        assert isinstance(extra.get("changes_results"), bool), f"{name} does not say whether it changes results"
+    assert {"lr", "batch_size", "seed", "data", "model", "max_length", "world_size"} <= set(RESULT_FIELDS)
+    assert not {"output", "report_to", "keep_checkpoints", "device", "log_every"} & set(RESULT_FIELDS)
