@@ -8,8 +8,8 @@ import torch
 
 from bertfit.engine.batching import round_up
 from bertfit.tasks import IGNORE, Features
-from bertfit.tasks.base import Ragged
 from bertfit.tasks.classification import ClassificationTask, classification_metrics
+from bertfit.tasks.features import Ragged
 from bertfit.tasks.regression import RegressionTask, regression_metrics
 from bertfit.tasks.sequence import _truncate
 from bertfit.tasks.token import TokenTask, token_metrics
@@ -209,7 +209,7 @@ def test_memory_mapped_features_equal_the_in_memory_ones(name, minilm_tokenizer,
     from conftest import SAMPLES
 
     from bertfit.data import schema, sources
-    from bertfit.tasks import base, build_task
+    from bertfit.tasks import base, build_task, features
 
     monkeypatch.setenv("BERTFIT_CACHE", str(tmp_path))
     splits = sources.load_splits(str(SAMPLES / name))
@@ -220,7 +220,7 @@ def test_memory_mapped_features_equal_the_in_memory_ones(name, minilm_tokenizer,
     monkeypatch.setattr(base, "ENCODE_CHUNK", 7)
     written = task.encode_cached(frame, minilm_tokenizer)  # encodes and writes the cache entry
     mapped = task.encode_cached(frame, minilm_tokenizer)  # reads it back, memory-mapped
-    assert isinstance(mapped.input_ids.flat, base.DiskArray) and isinstance(mapped.lengths, np.ndarray)
+    assert isinstance(mapped.input_ids.flat, features.DiskArray) and isinstance(mapped.lengths, np.ndarray)
     assert len(list(tmp_path.glob("features/*"))) == 1
     assert _same_features(in_memory, written) and _same_features(in_memory, mapped)
     batch = np.arange(min(8, len(mapped)))

@@ -1,13 +1,14 @@
 """The task layer: one module per task kind. A `Task` owns everything that differs between kinds (the model's head,
 encoding, collation, loss, metrics, window stitching, decoding for predict, the data profile of labels, the card's
-task type); to add a kind, add a module with a `Task` subclass and register it in `TASKS`."""
+task type and its own tables); to add a kind, add a module with a `Task` subclass and `register` it."""
 
 from __future__ import annotations
 
 from bertfit import config
 from bertfit.data import schema
-from bertfit.tasks.base import IGNORE, LOWER_IS_BETTER, Features, Task
+from bertfit.tasks.base import LOWER_IS_BETTER, Task, TaskSettings
 from bertfit.tasks.classification import ClassificationTask
+from bertfit.tasks.features import IGNORE, Features
 from bertfit.tasks.multilabel import MultiLabelTask
 from bertfit.tasks.regression import RegressionTask
 from bertfit.tasks.token import TokenTask
@@ -20,6 +21,7 @@ __all__ = [
     "TASKS",
     "Features",
     "Task",
+    "TaskSettings",
     "build_task",
     "detect",
     "kind_of",
@@ -40,6 +42,16 @@ for _kind in (ClassificationTask, MultiLabelTask, RegressionTask, TokenTask):
     register(_kind)
 
 
+def build_task(kind: str, *args, **kwargs) -> Task:
+    """A task of `kind` from its settings (`TaskSettings`' fields, by position or name)."""
+    return TASKS[kind](TaskSettings(*args, **kwargs))
+
+
+def task_for(cfg) -> Task:
+    """The task of a resolved recipe (one whose task, columns, labels and max_length are filled in)."""
+    return TASKS[cfg.task](TaskSettings.of(cfg))
+
+
 def detect(splits, train_split: str, task: str, *args, **kwargs) -> schema.DataSpec:
     """The data's columns and labels (`schema.detect`), read as the data of the kind `task` names (a kind built
     on another reads its data: `Task.data_kind`), or of the kind detected; `spec.task` is that data kind, and
@@ -50,50 +62,3 @@ def detect(splits, train_split: str, task: str, *args, **kwargs) -> schema.DataS
 def kind_of(task: str, spec: schema.DataSpec) -> str:
     """The task kind of a run: the one the recipe names, else the one its data was detected as."""
     return spec.task if task == "auto" else task
-
-
-def build_task(
-    kind: str,
-    text_columns: list[str],
-    label_column: str,
-    label_names: list[str] | None,
-    max_length: int,
-    truncation: str = "head",
-    extra_metrics: tuple[str, ...] = (),
-    stride: int = 32,
-    label_all_subtokens: bool = False,
-    class_weights: str | list[float] | None = None,
-    threshold: str | float = "tuned",
-    window_pooling: str = "mean",
-) -> Task:
-    return TASKS[kind](
-        text_columns,
-        label_column,
-        label_names,
-        max_length,
-        truncation,
-        extra_metrics,
-        stride,
-        label_all_subtokens,
-        class_weights,
-        threshold,
-        window_pooling,
-    )
-
-
-def task_for(cfg) -> Task:
-    """The task of a resolved recipe (one whose task, columns, labels and max_length are filled in)."""
-    return build_task(
-        cfg.task,
-        cfg.text_columns,
-        cfg.label_column,
-        cfg.label_names,
-        cfg.max_length,
-        cfg.truncation,
-        tuple(cfg.metrics),
-        cfg.stride,
-        cfg.label_all_subtokens,
-        cfg.class_weights,
-        cfg.threshold,
-        cfg.window_pooling,
-    )

@@ -15,7 +15,8 @@ from bertfit.data.schema import DataSpec
 from bertfit.errors import BertfitError
 from bertfit.files import atomic_write, to_json
 from bertfit.tasks import TASKS
-from bertfit.tasks.base import Task, cache_dir, frame_fingerprint
+from bertfit.tasks.base import Task
+from bertfit.tasks.features import cache_dir, frame_fingerprint
 
 PERCENTILES = (50, 90, 95, 99)
 SUBSTANTIVE_WORDS = 5  # a shared text this long or longer is a copied example, not a common phrase

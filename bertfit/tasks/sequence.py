@@ -7,7 +7,8 @@ import pandas as pd
 import torch
 
 from bertfit.errors import BertfitError
-from bertfit.tasks.base import Features, Ragged, Task
+from bertfit.tasks.base import Task
+from bertfit.tasks.features import Features, Ragged
 
 
 def _truncate(ids: list[int], max_length: int, mode: str) -> list[int]:

@@ -9,7 +9,8 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from bertfit.tasks.base import IGNORE, Features, Ragged, Task, counted
+from bertfit.tasks.base import Task, counted
+from bertfit.tasks.features import IGNORE, Features, Ragged
 
 # Words as BERT's pre-tokenizer sees them: runs of word characters, or single punctuation marks.
 WORD = re.compile(r"\w+|[^\w\s]")
