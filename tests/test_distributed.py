@@ -91,7 +91,7 @@ def _sharded_eval(rank, world, port, model_dir, result_file):
 
     from bertfit import models
     from bertfit.engine.device import Dist
-    from bertfit.engine.evaluation import evaluate
+    from bertfit.engine.evaluation import Scorer, evaluate
     from bertfit.tasks import ClassificationTask
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
@@ -101,17 +101,8 @@ def _sharded_eval(rank, world, port, model_dir, result_file):
     task = ClassificationTask(["sentence"], "label", ["0", "1"], 64)
     tokenizer = models.load_tokenizer(model_dir)
     model = models.load_model(model_dir, task.auto_model, task.head_config())
-    result = evaluate(
-        model,
-        task,
-        task.encode(frame, tokenizer),
-        frame,
-        8,
-        torch.device("cpu"),
-        "fp32",
-        tokenizer.pad_token_id,
-        Dist(rank, world),
-    )
+    scorer = Scorer(model, task, 8, torch.device("cpu"), "fp32", tokenizer.pad_token_id, Dist(rank, world))
+    result = evaluate(scorer, task.encode(frame, tokenizer), frame)
     if rank == 0:
         with open(result_file, "w") as handle:
             json.dump({k: v for k, v in result.items() if k not in ("runtime", "samples_per_second")}, handle)

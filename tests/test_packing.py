@@ -201,7 +201,7 @@ def test_compiled_packed_streams_take_a_few_lengths():
 def test_packed_evaluation_equals_padded_evaluation(kind_of_task, minilm_tokenizer, fresh_compile):
     """Evaluation on a GPU packs each batch into a stream in FlexAttention (forward only, so it runs here too):
     the same outputs, example by example, and the same loss as padded batches; every stream one length."""
-    from bertfit.engine.evaluation import infer
+    from bertfit.engine.evaluation import Scorer, infer
 
     texts = ["a short one", "a much longer example sentence with quite a few more words in it", "mid length text"]
     texts += ["another sentence of some length", "tiny"]
@@ -217,9 +217,9 @@ def test_packed_evaluation_equals_padded_evaluation(kind_of_task, minilm_tokeniz
     shapes = set()
     model.bert.embeddings.register_forward_hook(lambda module, args, out: shapes.add(tuple(out.shape[:2])))
     cpu = torch.device("cpu")
-    padded = infer(model, task, features, task.scores, 2, cpu, "fp32", 0, with_loss=True)
+    padded = infer(Scorer(model, task, 2, cpu, "fp32", 0), features, task.scores, with_loss=True)
     shapes.clear()
-    packed = infer(model, task, features, task.scores, 2, cpu, "fp32", 0, with_loss=True, packed=True)
+    packed = infer(Scorer(model, task, 2, cpu, "fp32", 0, packed=True), features, task.scores, with_loss=True)
     assert shapes == {(1, 2 * int(features.lengths.max()))}  # three batches, one stream length: the budget
     assert packed.loss_sum == pytest.approx(padded.loss_sum, rel=1e-4)
     for ours, theirs in zip(packed.outputs, padded.outputs, strict=True):

@@ -19,7 +19,7 @@ import torch
 
 from bertfit import models
 from bertfit.data import sources
-from bertfit.engine.evaluation import infer
+from bertfit.engine.evaluation import Scorer, infer
 from bertfit.engine.predict import load_run, split_frame
 from bertfit.errors import BertfitError, first_line
 from bertfit.files import TEMP_PREFIX, write_failure, writing
@@ -129,9 +129,8 @@ def check_parity(run, folder: Path, data: str | None) -> dict:
     logits = {}
     for name, model in (("torch", run.model), ("onnx", onnx)):
         started = time.perf_counter()
-        logits[name] = infer(
-            model, run.task, features, _raw, 64, torch.device("cpu"), "fp32", run.tokenizer.pad_token_id
-        ).outputs
+        scorer = Scorer(model, run.task, 64, torch.device("cpu"), "fp32", run.tokenizer.pad_token_id)
+        logits[name] = infer(scorer, features, _raw).outputs
         logits[f"{name}_seconds"] = time.perf_counter() - started
     ours, theirs = logits["torch"], logits["onnx"]
     if isinstance(ours, list):  # token tasks: one array per window

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 
 import numpy as np
@@ -26,31 +26,41 @@ class Inference:
     loss_sum: float  # summed over every loss term (0.0 when not asked for)
 
 
+@dataclass
+class Scorer:
+    """A model ready to run over features, and how: what every evaluation and prediction passes to `infer` and
+    `evaluate`. `pad_multiple`: batch lengths rounded up to a multiple of it (default 8 on GPUs, for tensor
+    cores, else none). `packed`: each batch one token stream in FlexAttention (see `packs`)."""
+
+    model: torch.nn.Module
+    task: Task
+    batch_size: int
+    device: torch.device
+    precision: str
+    pad_id: int
+    ranks: Dist = field(default_factory=Dist)
+    packed: bool = False
+    pad_multiple: int | None = None
+
+
 @torch.no_grad()
 def infer(
-    model: torch.nn.Module,
-    task: Task,
+    scorer: Scorer,
     features: Features,
     output: Callable[[torch.Tensor], torch.Tensor],
-    batch_size: int,
-    device: torch.device,
-    precision: str,
-    pad_id: int,
-    ranks: Dist = Dist(),
     with_loss: bool = False,
-    pad_multiple: int | None = None,
-    packed: bool = False,
     progress: Callable[[int], None] | None = None,
 ) -> Inference:
     """Length-sorted batches; `output` (task.predictions or task.scores) reduced to small host arrays; exact under
-    sharding across ranks. The model is left in the mode it was in. `pad_multiple`: batch lengths rounded up to a
-    multiple of it (default 8 on GPUs, for tensor cores, else none). `packed`: each batch one token stream in
-    FlexAttention (see `packs`), every stream lengthened to the batches' token budget, so one shape serves all."""
+    sharding across ranks. The model is left in the mode it was in. Packed: every stream lengthened to the
+    batches' token budget, so one shape serves all. `progress` is told how many features each batch held."""
+    model, task, device, ranks = scorer.model, scorer.task, scorer.device, scorer.ranks
+    batch_size, precision, pad_id = scorer.batch_size, scorer.precision, scorer.pad_id
     was_training = model.training
     model.eval()
     loss = torch.zeros((), dtype=torch.float64, device=device)
     batches = batching.eval_batches(features.lengths, batch_size, ranks.rank, ranks.world)
-    if packed:
+    if scorer.packed:
         forward = models.packed(model, task.labels_tokens, flex=True)
         budget = batching.token_budget(features.lengths, batch_size)
 
@@ -61,7 +71,7 @@ def infer(
             return {**stream, "labels": task.collate_labels(features, indices, width), "width": width}
     else:
         forward = model
-        pad_to = partial(batching.round_up, multiple=pad_multiple or (8 if device.type == "cuda" else 1))
+        pad_to = partial(batching.round_up, multiple=scorer.pad_multiple or (8 if device.type == "cuda" else 1))
         collate = partial(task.collate, pad_id=pad_id, pad_to=pad_to)
     on_device = []  # read back after the last batch, so the host never waits for the device in between
     # One autocast context for every batch: the weights do not change, so their bf16 copies are cast once and
@@ -99,37 +109,14 @@ def packs(cfg: Config, device: torch.device) -> bool:
 
 
 def evaluate(
-    model: torch.nn.Module,
-    task: Task,
-    features: Features,
-    frame: pd.DataFrame,
-    batch_size: int,
-    device: torch.device,
-    precision: str,
-    pad_id: int,
-    ranks: Dist = Dist(),
-    packed: bool = False,
-    progress: Callable[[int], None] | None = None,
+    scorer: Scorer, features: Features, frame: pd.DataFrame, progress: Callable[[int], None] | None = None
 ) -> dict:
     """Loss (mean per loss term) and the task's metrics, with how long it took. `progress` is told how many
     features each batch held."""
     started = time.perf_counter()
-    inference = infer(
-        model,
-        task,
-        features,
-        task.predictions,
-        batch_size,
-        device,
-        precision,
-        pad_id,
-        ranks,
-        with_loss=True,
-        packed=packed,
-        progress=progress,
-    )
+    inference = infer(scorer, features, scorer.task.predictions, with_loss=True, progress=progress)
     result = {"loss": inference.loss_sum / max(1, int(features.items.sum()))}
-    result.update(task.metrics(features, frame, inference.outputs))
+    result.update(scorer.task.metrics(features, frame, inference.outputs))
     seconds = time.perf_counter() - started
     result.update(runtime=seconds, samples_per_second=len(frame) / seconds if seconds else 0.0)
     return result

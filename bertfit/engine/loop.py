@@ -20,7 +20,7 @@ from bertfit import models
 from bertfit.config import Config
 from bertfit.engine import batching, checkpoint
 from bertfit.engine.device import agreed, autocast, hardware, peak_flops, release_free_memory
-from bertfit.engine.evaluation import evaluate, packs
+from bertfit.engine.evaluation import evaluate
 from bertfit.engine.setup import Run, output_folder, plan_epoch, protected_inputs, setup
 from bertfit.errors import BertfitError
 from bertfit.files import TEMP_PREFIX, to_json, writing
@@ -319,19 +319,7 @@ def score(run: Run, split: str) -> dict:
     """The model on one of the run's splits, with a bar for the phase (the one evaluation path)."""
     features = run.features[split]
     with run.log.phase(f"evaluating {split}", len(features), "features") as advance:
-        return evaluate(
-            run.model,
-            run.task,
-            features,
-            run.frames[split],
-            run.cfg.eval_batch,
-            run.device,
-            run.cfg.precision,
-            run.tokenizer.pad_token_id,
-            run.dist,
-            packed=packs(run.cfg, run.device),
-            progress=advance,
-        )
+        return evaluate(run.scorer, features, run.frames[split], progress=advance)
 
 
 def save_checkpoint(run: Run) -> None:

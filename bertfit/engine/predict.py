@@ -12,7 +12,7 @@ from bertfit import models, tasks
 from bertfit.config import Config, build_config
 from bertfit.data import readers, schema, sources
 from bertfit.engine.device import default_device, inference_precision
-from bertfit.engine.evaluation import evaluate, infer, packs
+from bertfit.engine.evaluation import Scorer, evaluate, infer, packs
 from bertfit.errors import BertfitError
 from bertfit.files import atomic_write, to_json
 from bertfit.runfolder import claim_file
@@ -27,6 +27,18 @@ class LoadedRun:
     tokenizer: object
     device: torch.device
     precision: str
+
+    def scorer(self, batch_size: int, pad_multiple: int | None = None) -> Scorer:
+        return Scorer(
+            self.model,
+            self.task,
+            batch_size,
+            self.device,
+            self.precision,
+            self.tokenizer.pad_token_id,
+            packed=packs(self.cfg, self.device),
+            pad_multiple=pad_multiple,
+        )
 
 
 def load_run(run_dir: str, precision: str = "auto") -> LoadedRun:
@@ -62,18 +74,7 @@ def evaluate_run(run_dir: str, source: str, split: str, batch_size: int = 64, pr
     if split not in splits.frames:
         raise BertfitError(f"dataset '{source}' has no split '{split}' (it has: {', '.join(splits.frames)})")
     frame = split_frame(run.cfg, splits, source, split)
-    features = run.task.encode(frame, run.tokenizer)
-    return evaluate(
-        run.model,
-        run.task,
-        features,
-        frame,
-        batch_size,
-        run.device,
-        run.precision,
-        run.tokenizer.pad_token_id,
-        packed=packs(run.cfg, run.device),
-    )
+    return evaluate(run.scorer(batch_size), run.task.encode(frame, run.tokenizer), frame)
 
 
 def split_frame(cfg: Config, splits: sources.Splits, source: str, split: str):
@@ -99,18 +100,7 @@ def predict(run: LoadedRun, rows: list[list[str]], batch_size: int = 64, pad_mul
     """`rows` holds one text (or text pair) per example; token tasks get entity spans with character offsets."""
     frame, context = run.task.prediction_frame(rows)
     features = run.task.encode(frame, run.tokenizer)
-    scores = infer(
-        run.model,
-        run.task,
-        features,
-        run.task.scores,
-        batch_size,
-        run.device,
-        run.precision,
-        run.tokenizer.pad_token_id,
-        pad_multiple=pad_multiple,
-        packed=packs(run.cfg, run.device),
-    ).outputs
+    scores = infer(run.scorer(batch_size, pad_multiple), features, run.task.scores).outputs
     return run.task.decode(features, context, scores)
 
 

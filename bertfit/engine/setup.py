@@ -24,6 +24,7 @@ from bertfit.engine.device import (
     release_free_memory,
     resolve_precision,
 )
+from bertfit.engine.evaluation import Scorer, packs
 from bertfit.engine.margins import MarginTracker
 from bertfit.engine.runlog import RunLog
 from bertfit.errors import BertfitError
@@ -71,7 +72,21 @@ class Run:
     timings: dict
     resumed: bool
     data: str  # what the run trains and selects on (the train and validation features' cache keys)
-    margins: MarginTracker | None = None  # single-label classification, unless find_mislabeled is off
+    margins: MarginTracker | None = None
+
+    @property
+    def scorer(self) -> Scorer:
+        """The model as evaluations run it: the recipe's eval batch and precision, sharded over the ranks."""
+        return Scorer(
+            self.model,
+            self.task,
+            self.cfg.eval_batch,
+            self.device,
+            self.cfg.precision,
+            self.tokenizer.pad_token_id,
+            self.dist,
+            packs(self.cfg, self.device),
+        )  # single-label classification, unless find_mislabeled is off
 
 
 @dataclass
@@ -328,29 +343,29 @@ def setup(
     scaler = torch.amp.GradScaler(device.type, enabled=inputs.precision == "fp16")
     log = RunLog(inputs.out / "log.jsonl", enabled=ranks.main, device=device)
     run = Run(
-        cfg,
-        inputs.out,
-        folder,
-        ranks,
-        device,
-        task,
-        splits,
-        inputs.spec,
-        frames,
-        features,
-        tokenizer,
-        model,
-        forward,
-        optimizer,
-        scheduler,
-        scaler,
-        per_epoch,
-        total,
-        log,
-        State(),
-        timings,
-        resume,
-        data_fingerprint(features),
+        cfg=cfg,
+        out=inputs.out,
+        folder=folder,
+        dist=ranks,
+        device=device,
+        task=task,
+        splits=splits,
+        spec=inputs.spec,
+        frames=frames,
+        features=features,
+        tokenizer=tokenizer,
+        model=model,
+        forward=forward,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        scaler=scaler,
+        steps_per_epoch=per_epoch,
+        total_steps=total,
+        log=log,
+        state=State(),
+        timings=timings,
+        resumed=resume,
+        data=data_fingerprint(features),
     )
     if cfg.find_mislabeled and task.finds_mislabeled:
         run.margins = MarginTracker(len(features["train"]), len(task.label_names), device)
