@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 BERTFIT_DATA_DIR ?= $(abspath ../shared/data)
 export BERTFIT_DATA_DIR
 
-.PHONY: install demo test lint bench clean
+.PHONY: install demo test test-fast lint bench clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -23,6 +23,11 @@ demo: install
 
 test: install
 	$(BIN)/python -m pytest -q -p no:cacheprovider
+
+# The inner loop, about a minute on 2 cores: everything but training subprocesses, process groups, servers and the
+# real minilm (`slow`), on two pytest workers.
+test-fast: install
+	$(BIN)/python -m pytest -q -p no:cacheprovider -m "not slow" -n 2
 
 # The house style (ruff) and the layers the code may import across (import-linter; contracts in pyproject.toml).
 lint: install

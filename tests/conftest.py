@@ -183,11 +183,29 @@ def wait_for_step(process, log: Path, step: int, timeout: float = 120) -> int:
     raise AssertionError(f"step {step} not reached in {timeout} s")
 
 
+def killed_at_step(args, out: Path, step: int) -> int:
+    """`bertfit ARGS` writing `out`, stopped (SIGSTOP, then SIGKILL) once its log reaches `step`: returns the step
+    it was killed after. On a busy machine the run can outpace the poll and finish first; then nothing was
+    interrupted, so it is run again and killed earlier, until a kill lands before the end."""
+    import shutil
+    import signal
+
+    for attempt in range(4):
+        shutil.rmtree(out, ignore_errors=True)
+        process = spawn(args)
+        seen = wait_for_step(process, out / "log.jsonl", max(1, step >> attempt))
+        process.send_signal(signal.SIGSTOP)  # frozen: what is on disk now is what the kill leaves
+        finished = (out / "metrics.json").exists()
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+        if not finished:
+            return seen
+    raise AssertionError(f"every kill landed after the run had finished (aimed at step {step} and below)")
+
+
 def assert_resumes_bit_exactly(train_args, tmp_path: Path, kill_at: int = 10) -> Path:
     """`train_args(out)` run whole, and run again killed with SIGKILL at `kill_at` then resumed: the final weights
     are equal bit for bit. Returns the whole run's folder."""
-    import signal
-
     import torch
     from safetensors.torch import load_file
 
@@ -195,10 +213,7 @@ def assert_resumes_bit_exactly(train_args, tmp_path: Path, kill_at: int = 10) ->
     process = spawn(train_args(whole))
     _, err = process.communicate(timeout=300)
     assert process.returncode == 0, err.decode()[-2000:]
-    process = spawn(train_args(interrupted))
-    wait_for_step(process, interrupted / "log.jsonl", kill_at)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
+    killed_at_step(train_args(interrupted), interrupted, kill_at)
     resumed = spawn(["resume", interrupted])
     _, err = resumed.communicate(timeout=300)
     assert resumed.returncode == 0, err.decode()[-2000:]

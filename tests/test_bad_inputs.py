@@ -293,7 +293,10 @@ CASES = {
     ),
     "truncation middle": Case(lambda e: e.train(sst2(e), "--truncation", "middle"), "Invalid value for '--truncation'"),
     "padding weird": Case(lambda e: e.train(sst2(e), "--padding", "weird"), "Invalid value for '--padding'"),
-    "task bogus": Case(lambda e: e.train(sst2(e), "--task", "bogus"), "Invalid value for '--task'"),
+    "task bogus": Case(
+        lambda e: e.train(sst2(e), "--task", "bogus"),
+        "invalid value for 'task': is not a task kind; choose one of auto,",
+    ),
     "three text columns": Case(
         lambda e: e.train(sst2(e), "--text-column", "a", "--text-column", "b", "--text-column", "c"),
         "text_columns takes one column, or two for text pairs",
@@ -692,7 +695,7 @@ CASES = {
         lambda e: (e.run(), e.file("run/recipe.yaml", "lr: [\n"), ["card", e.tmp / "run"])[2], "is not valid YAML"
     ),
     "inspect: task bogus": Case(
-        lambda e: ["inspect", "--data", sst2(e), "--task", "bogus"], "Invalid value for '--task'"
+        lambda e: ["inspect", "--data", sst2(e), "--task", "bogus"], "invalid value for 'task': is not a task kind"
     ),
     "inspect: max length -3": Case(
         lambda e: ["inspect", "--data", sst2(e), "--max-length", "-3"], "Invalid value for '--max-length'"

@@ -15,6 +15,9 @@ import pytest
 import torch
 from conftest import free_port, run_cli, sample_run_args
 
+# Training subprocesses, servers and process groups: the full suite runs them, `make test-fast` does not.
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(scope="module")
 def trained(tiny_bert, tmp_path_factory):

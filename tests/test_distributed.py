@@ -13,6 +13,9 @@ from conftest import SAMPLES, free_port, sample_run_args
 from safetensors.torch import load_file
 from test_train_tiny import log_without_timings
 
+# Training subprocesses, servers and process groups: the full suite runs them, `make test-fast` does not.
+pytestmark = pytest.mark.slow
+
 
 def train_args(model, out, batch_size, *extra):
     return sample_run_args(

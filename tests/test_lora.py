@@ -65,5 +65,6 @@ def test_lora_targets_that_match_nothing_are_one_line(tiny_bert, tmp_path, capsy
     assert len(stderr.strip().splitlines()) == 1
 
 
+@pytest.mark.slow  # training subprocesses
 def test_a_lora_run_resumes_bit_exactly(tiny_bert, tmp_path):
     assert_resumes_bit_exactly(lambda out: recipe_args(tiny_bert, out) + ["--lora"], tmp_path)

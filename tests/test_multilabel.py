@@ -193,6 +193,7 @@ def test_inspect_reports_label_cardinality_pairs_and_rare_labels(tmp_path, capsy
     assert n == sum(a in row and b in row for row in frame["labels"])
 
 
+@pytest.mark.slow  # training subprocesses
 def test_multi_label_under_two_gloo_ranks_matches_one_process(tiny_bert_no_dropout, tmp_path):
     data = go_emotions_folder(tmp_path / "go", rows=(160, 45, 0))
     (data / "test.parquet").unlink()

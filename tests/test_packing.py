@@ -227,6 +227,7 @@ def test_packed_evaluation_equals_padded_evaluation(kind_of_task, minilm_tokeniz
     assert model.training  # left in the mode it was found in
 
 
+@pytest.mark.slow  # training subprocesses
 def test_a_packed_run_resumes_bit_exactly(tiny_bert, tmp_path):
     """Killed (SIGKILL) mid-run and resumed, a packed run ends on the weights of the run never interrupted."""
     from conftest import assert_resumes_bit_exactly, recipe_args

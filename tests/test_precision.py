@@ -44,6 +44,7 @@ def test_bf16_and_fp32_losses_agree_on_a_fixed_batch(tiny_bert_no_dropout, minil
     assert next(model.parameters()).dtype == torch.float32  # fp32 master weights
 
 
+@pytest.mark.slow  # training subprocesses
 def test_a_bf16_cpu_run_resumes_bit_exactly(tiny_bert, tmp_path):
     from conftest import assert_resumes_bit_exactly, recipe_args
 

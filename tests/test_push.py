@@ -13,6 +13,9 @@ import pytest
 import yaml
 from conftest import sample_run_args
 
+# Training subprocesses, servers and process groups: the full suite runs them, `make test-fast` does not.
+pytestmark = pytest.mark.slow
+
 
 class StubHub(BaseHTTPRequestHandler):
     """Answers create-repo, preupload (every file 'regular': sent inline in the commit) and commit; records them."""

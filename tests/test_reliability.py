@@ -9,20 +9,20 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import STEPS, recipe_args, run_cli, sample_run_args, spawn, wait_for_step
+from conftest import STEPS, killed_at_step, recipe_args, run_cli, sample_run_args, spawn, wait_for_step
 from safetensors.torch import load_file
 from test_train_tiny import log_without_timings
 
 from bertfit.records import scalar_metrics
 
+# Training subprocesses, servers and process groups: the full suite runs them, `make test-fast` does not.
+pytestmark = pytest.mark.slow
+
 
 @pytest.mark.parametrize("kill_at", [4, 14, 29])
 def test_sigkill_then_resume_is_bit_identical(uninterrupted, tiny_bert, tmp_path, kill_at):
     out = tmp_path / "run"
-    process = spawn(recipe_args(tiny_bert, out))
-    killed_after = wait_for_step(process, out / "log.jsonl", kill_at)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
+    killed_after = killed_at_step(recipe_args(tiny_bert, out), out, kill_at)
     checkpoints = sorted((out / "checkpoints").glob("step-*"))
     assert checkpoints, "no checkpoint before the kill"
     assert not (out / "metrics.json").exists()
@@ -265,10 +265,7 @@ def test_sigkill_then_resume_is_bit_identical_with_buckets_accumulation_and_epoc
     uninterrupted_epochs, tiny_bert, tmp_path, kill_at
 ):
     out = tmp_path / "run"
-    process = spawn(epoch_recipe_args(tiny_bert, out))
-    wait_for_step(process, out / "log.jsonl", kill_at)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
+    killed_at_step(epoch_recipe_args(tiny_bert, out), out, kill_at)
     assert not (out / "metrics.json").exists()
     resumed = spawn(epoch_recipe_args(tiny_bert, out) + ["--resume"])
     _, err = resumed.communicate(timeout=300)

@@ -8,13 +8,15 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 from conftest import recipe_args, run_cli, sample_run_args, spawn, wait_for_step
 from safetensors.torch import load_file
+
+# Training subprocesses, servers and process groups: the full suite runs them, `make test-fast` does not.
+pytestmark = pytest.mark.slow
 
 
 def weights(folder: Path) -> dict:
@@ -272,20 +274,21 @@ def test_a_read_only_file_system_is_one_line(tiny_bert, tmpfs, capsys):
     assert f"error: read-only file system while writing the run folder in '{disk}'" in stderr
 
 
-def test_a_full_disk_under_the_feature_cache_trains_from_memory_and_leaves_nothing(tiny_bert, tmpfs, tmp_path):
+def test_a_full_disk_under_the_feature_cache_trains_from_memory_and_leaves_nothing(
+    tiny_bert, tmpfs, tmp_path, capsys, monkeypatch
+):
     """12 KB left: the cache entry's files fail when closed (their buffers flush), and so would closing them
     again in the cleanup; the run trains from memory, exit 0, and leaves no temporary entry, attempt after
     attempt."""
     cache = tmpfs(1)
     (cache / "filler").write_bytes(b"\0" * ((1 << 20) - (12 << 10)))
+    monkeypatch.setenv("BERTFIT_CACHE", str(cache))
     data = tmp_path / "data.csv"
     data.write_text("sentence,label\n" + "".join(f"sentence {i} is fine and long enough,{i % 2}\n" for i in range(300)))
     out = tmp_path / "run"
     for _attempt in range(2):
-        args = sample_run_args(tiny_bert, out, "--max-steps", 2, "--overwrite", data=data)
-        process = spawn(args, {"BERTFIT_CACHE": str(cache)})
-        _, err = process.communicate(timeout=300)
-        assert process.returncode == 0, err.decode()[-2000:]
+        code, _, stderr = run_cli(sample_run_args(tiny_bert, out, "--max-steps", 2, "--overwrite", data=data), capsys)
+        assert code == 0, stderr
         assert not list((cache / "features").iterdir())  # no entry, whole or torn
     assert (out / "model.safetensors").is_file()
 
@@ -327,15 +330,13 @@ def test_a_full_disk_under_export_and_card_names_the_fix_and_leaves_nothing(tiny
     assert {k: v for k, v in tree(run).items() if not k.startswith(".bertfit")} == before
 
 
-def test_every_file_of_a_run_follows_the_umask(tiny_bert, tmp_path):
+def test_every_file_of_a_run_follows_the_umask(tiny_bert, tmp_path, capsys):
     out = tmp_path / "run"
-    process = subprocess.Popen(
-        [sys.executable, "-m", "bertfit", *map(str, sample_run_args(tiny_bert, out, "--max-steps", 2))],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        preexec_fn=lambda: os.umask(0o027),
-    )
-    _, err = process.communicate(timeout=300)
-    assert process.returncode == 0, err.decode()[-2000:]
+    old = os.umask(0o027)
+    try:
+        code, _, stderr = run_cli(sample_run_args(tiny_bert, out, "--max-steps", 2), capsys)
+    finally:
+        os.umask(old)
+    assert code == 0, stderr
     modes = {str(p.relative_to(out)): p.stat().st_mode & 0o777 for p in out.rglob("*") if p.is_file()}
     assert set(modes.values()) == {0o640}, modes  # model.safetensors too, which safetensors writes 0600

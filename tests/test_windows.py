@@ -101,6 +101,7 @@ def test_a_windowed_run_scores_and_predicts_each_text_once(tiny_bert, tmp_path, 
     assert ours["label"] == model.config.id2label[int(logits.argmax())]
 
 
+@pytest.mark.slow  # training subprocesses
 def test_a_windowed_run_resumes_bit_exactly(tiny_bert, tmp_path):
     common = ["--max-steps", 24, "--eval-every", 12, "--checkpoint-every", 3, "--batch-size", 8, "--lr", "1e-3"]
     common += ["--set", "log_every=1"]
