@@ -94,61 +94,39 @@ def user_tree(root: Path, finished: Path) -> dict[str, Path]:
     }
 
 
+def _train(*extra):
+    def command(model, target, places):
+        return [
+            "train",
+            "--model",
+            model,
+            "--data",
+            places["training data"],
+            "--output",
+            target,
+            "--max-steps",
+            1,
+            *extra,
+        ]
+
+    return command
+
+
+def _predict(*extra):
+    def command(model, target, places):
+        return ["predict", places["run"], "--input", places["texts"], "--output", target, *extra]
+
+    return command
+
+
 COMMANDS = {
-    "train": lambda model, target, places: [
-        "train",
-        "--model",
-        model,
-        "--data",
-        places["training data"],
-        "--output",
-        target,
-        "--max-steps",
-        1,
-    ],
-    "train --overwrite": lambda model, target, places: [
-        "train",
-        "--model",
-        model,
-        "--data",
-        places["training data"],
-        "--output",
-        target,
-        "--max-steps",
-        1,
-        "--overwrite",
-    ],
-    "train --resume": lambda model, target, places: [
-        "train",
-        "--model",
-        model,
-        "--data",
-        places["training data"],
-        "--output",
-        target,
-        "--max-steps",
-        1,
-        "--resume",
-    ],
+    "train": _train(),
+    "train --overwrite": _train("--overwrite"),
+    "train --resume": _train("--resume"),
     "card": lambda model, target, places: ["card", target],
     "doctor --write": lambda model, target, places: ["doctor", target, "--write"],
-    "predict --output": lambda model, target, places: [
-        "predict",
-        places["run"],
-        "--input",
-        places["texts"],
-        "--output",
-        target,
-    ],
-    "predict --output --overwrite": lambda model, target, places: [
-        "predict",
-        places["run"],
-        "--input",
-        places["texts"],
-        "--output",
-        target,
-        "--overwrite",
-    ],
+    "predict --output": _predict(),
+    "predict --output --overwrite": _predict("--overwrite"),
     "export --output": lambda model, target, places: ["export", places["run"], "--output", target],
 }
 # Places that no command may write over, even when told to overwrite ("predict --overwrite" may replace a plain

@@ -312,7 +312,7 @@ class PolarityTask(ClassificationTask):
         return [("Polarity balance ({split})", ["Label", "Share"], [[name, "x"] for name in self.label_names])]
 
     @classmethod
-    def profile_parts(cls, split: dict) -> list[str]:
+    def label_summary(cls, split: dict) -> list[str]:
         return [f"polarities {', '.join(split['labels'])}"]
 
     def prediction_record(self, row, prediction):

@@ -315,14 +315,22 @@ class Task:
     # -- rendering: each kind says how its own results read, so that engine, report and cli never ask which kind
     # a run is. Classmethods where they read saved files alone (the profile, the metrics), without a recipe.
     @classmethod
-    def profile_parts(cls, split: dict) -> list[str]:
-        """The label parts of a split's line in the data profile (log, card, inspect)."""
+    def label_summary(cls, split: dict) -> list[str]:
+        """What a split's labels are, for its line in the data profile (log, card)."""
         return []
 
     @classmethod
-    def profile_notes(cls, name: str, split: dict) -> list[str]:
-        """Problems in a split's labels worth a line of their own beside `bertfit inspect`'s table."""
+    def label_problems(cls, split: dict) -> list[str]:
+        """What is wrong with a split's labels: in its profile line, and a line each beside `inspect`'s table."""
         return []
+
+    @classmethod
+    def profile_parts(cls, split: dict) -> list[str]:
+        return cls.label_summary(split) + cls.label_problems(split)
+
+    @classmethod
+    def profile_notes(cls, name: str, split: dict) -> list[str]:
+        return [f"{name}: {problem}" for problem in cls.label_problems(split)]
 
     @classmethod
     def label_cells(cls, split: dict) -> tuple[str, str]:

@@ -143,28 +143,20 @@ class ClassificationTask(SequenceTask):
         return labels_not_in_train(train, split)
 
     @classmethod
-    def profile_parts(cls, split: dict) -> list[str]:
-        parts = [f"labels {counted(split['labels'])} (imbalance {split['imbalance_ratio']:.2f})"]
-        if split.get("conflicting_pairs"):
-            parts.append(f"{split['conflicting_pairs']:,} identical pairs with different labels")
-        if split.get("labels_not_in_train"):
-            parts.append(f"labels not in train: {', '.join(split['labels_not_in_train'])}")
-        if split.get("rare_classes"):
-            rare = ", ".join(f"{k} ({v})" for k, v in split["rare_classes"].items())
-            parts.append(f"classes with under {RARE_CLASS} examples: {rare}")
-        return parts
+    def label_summary(cls, split: dict) -> list[str]:
+        return [f"labels {counted(split['labels'])} (imbalance {split['imbalance_ratio']:.2f})"]
 
     @classmethod
-    def profile_notes(cls, name: str, split: dict) -> list[str]:
-        notes = []
+    def label_problems(cls, split: dict) -> list[str]:
+        problems = []
         if split.get("conflicting_pairs"):
-            notes.append(f"{name}: {split['conflicting_pairs']:,} identical pairs with different labels")
+            problems.append(f"{split['conflicting_pairs']:,} identical pairs with different labels")
         if split.get("labels_not_in_train"):
-            notes.append(f"{name}: labels not in train: {', '.join(split['labels_not_in_train'])}")
+            problems.append(f"labels not in train: {', '.join(split['labels_not_in_train'])}")
         if split.get("rare_classes"):
             rare = ", ".join(f"{k} ({v})" for k, v in split["rare_classes"].items())
-            notes.append(f"{name}: classes with under {RARE_CLASS} examples: {rare}")
-        return notes
+            problems.append(f"classes with under {RARE_CLASS} examples: {rare}")
+        return problems
 
     @classmethod
     def label_cells(cls, split: dict) -> tuple[str, str]:

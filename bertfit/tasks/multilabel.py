@@ -160,29 +160,24 @@ class MultiLabelTask(SequenceTask):
         return labels_not_in_train(train, split)
 
     @classmethod
-    def profile_parts(cls, split: dict) -> list[str]:
-        parts = [
+    def label_summary(cls, split: dict) -> list[str]:
+        summary = [
             f"labels {counted(split['labels'])} (imbalance {split['imbalance_ratio']:.2f})",
             f"{split['label_cardinality']:.2f} labels per example, {split['multi_label_rate']:.1%} with several"
             + (f", {split['no_label_rows']:,} with none" if split["no_label_rows"] else ""),
         ]
         if split["top_pairs"]:
-            parts.append("most frequent together: " + ", ".join(f"{a}+{b} {n:,}" for a, b, n in split["top_pairs"]))
-        if split["rare_labels"]:
-            parts.append(f"rare labels (on under 0.5% of examples): {', '.join(split['rare_labels'])}")
-        if split.get("labels_not_in_train"):
-            parts.append(f"labels not in train: {', '.join(split['labels_not_in_train'])}")
-        return parts
+            summary.append("most frequent together: " + ", ".join(f"{a}+{b} {n:,}" for a, b, n in split["top_pairs"]))
+        return summary
 
     @classmethod
-    def profile_notes(cls, name: str, split: dict) -> list[str]:
-        notes = [
-            f"{name}: {split['label_cardinality']:.2f} labels per example, {split['multi_label_rate']:.1%} with "
-            f"several, {split['no_label_rows']:,} with none"
-        ]
+    def label_problems(cls, split: dict) -> list[str]:
+        problems = []
+        if split["rare_labels"]:
+            problems.append(f"rare labels (on under 0.5% of examples): {', '.join(split['rare_labels'])}")
         if split.get("labels_not_in_train"):
-            notes.append(f"{name}: labels not in train: {', '.join(split['labels_not_in_train'])}")
-        return notes
+            problems.append(f"labels not in train: {', '.join(split['labels_not_in_train'])}")
+        return problems
 
     @classmethod
     def label_cells(cls, split: dict) -> tuple[str, str]:

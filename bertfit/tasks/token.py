@@ -194,7 +194,7 @@ class TokenTask(Task):
         }
 
     @classmethod
-    def profile_parts(cls, split: dict) -> list[str]:
+    def label_summary(cls, split: dict) -> list[str]:
         return ["entities " + ", ".join(f"{k} {v:,}" for k, v in sorted(split["entity_counts"].items()))]
 
     @classmethod
