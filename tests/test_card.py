@@ -1,12 +1,16 @@
 """The model card as the Hub reads it (huggingface_hub parses it back), and what a run that stopped early says."""
 
 import json
+import os
+from pathlib import Path
 
+import pytest
 from conftest import SAMPLES, run_cli
 from huggingface_hub import ModelCard
 
 from bertfit.config import Config
 from bertfit.report.card import front_matter
+from bertfit.tasks import task_for
 
 
 def card_data(text: str):
@@ -68,3 +72,30 @@ def test_an_early_stop_is_said_on_the_console_in_the_card_and_the_plot(tiny_bert
     assert "## Intended uses & limitations" in card and "training_precision: float32" in card
     hub = ModelCard.load(out / "README.md").data
     assert hub.pipeline_tag == "text-classification" and hub.datasets is None
+
+
+GOLDEN = Path(__file__).parent / "fixtures" / "cards"
+VERSIONS = {"Transformers": "5.x", "Pytorch": "2.x", "Tokenizers": "0.x", "bertfit": "0.1.0"}
+
+
+@pytest.mark.parametrize("kind", ["classification", "regression", "multi_label", "token"])
+def test_the_card_of_each_task_kind_is_its_golden_card(kind):
+    """The card is data (`card_data`, from a run's files) laid out by a template (`render`): one golden card per
+    task kind, from the files of a real tiny run of that kind kept in tests/fixtures/cards/KIND. After a change to
+    the card that is meant, BERTFIT_UPDATE_GOLDEN=1 rewrites them (then read the diff)."""
+    from bertfit.records import read_run
+    from bertfit.report.card import card_data, render
+
+    folder = GOLDEN / kind
+    cfg, events, summary, profile = read_run(folder)
+    findings = json.loads((folder / "diagnosis.json").read_text())
+    plots = sorted(f"plots/{p}.png" for p in ("loss", "metrics", "confusion", "entities", "lengths"))
+    data = card_data(cfg, events, summary, profile, findings, plots, VERSIONS)
+    card = render(data)
+    if os.environ.get("BERTFIT_UPDATE_GOLDEN"):
+        (folder / "README.md").write_text(card)
+    assert card == (folder / "README.md").read_text()
+    assert ModelCard(card).data.pipeline_tag == task_for(cfg).pipeline_tag  # the Hub reads it as written
+    assert [title for title, _ in data.task_tables] == [
+        title.format(split=data.result_split) for title, _, _ in task_for(cfg).result_tables(summary[data.result_split])
+    ]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 
 from bertfit.data.sources import hub_dataset
@@ -160,14 +162,12 @@ def early_stop_line(cfg, summary: dict, evals: list[dict]) -> str | None:
     )
 
 
-def intended_uses(cfg, dataset: str, sizes: str) -> list[str]:
-    """What the model is for, and the limits its training implies, in plain words."""
+def intended_uses(cfg, dataset: str, sizes: str) -> tuple[str, list[str]]:
+    """What the model is for (a paragraph), and the limits its training implies (bullets), in plain words."""
     task = task_for(cfg)
     tag = task.pipeline_tag
     does = inline(task.does("text pair" if len(cfg.text_columns) > 1 else "text"))
-    return [
-        "## Intended uses & limitations",
-        "",
+    return (
         f"This model {does}, as learned from {dataset} ({sizes}). Load it with "
         f'`transformers.pipeline("{tag}", model=...{", top_k=None" if task.decides_by_threshold else ""})` or '
         "`bertfit predict`."
@@ -183,24 +183,58 @@ def intended_uses(cfg, dataset: str, sizes: str) -> list[str]:
             if cfg.lora and cfg.lora_save == "adapter"
             else ""
         ),
-        "",
-        f"- It knows only what {dataset} shows: texts from other domains, periods or languages may be scored with "
-        "confidence and still wrongly; check it on your own data (`bertfit eval RUN --data YOURS`) before relying "
-        "on it.",
-        (
-            f"- Inputs longer than {cfg.max_length} tokens are read as overlapping windows ({cfg.stride} tokens of "
-            f"overlap) whose predictions are pooled ({cfg.window_pooling} of the logits); the data profile below says "
-            "how many training examples were windowed."
-            if cfg.truncation == "windows"
-            else f"- Inputs longer than {cfg.max_length} tokens are cut ({cfg.truncation}); the data profile below "
-            "says how many training examples were."
-        ),
-        "- Scores are the model's probabilities, not calibrated confidences; the labels carry the biases of "
-        "whoever wrote them.",
-    ]
+        [
+            f"It knows only what {dataset} shows: texts from other domains, periods or languages may be scored with "
+            "confidence and still wrongly; check it on your own data (`bertfit eval RUN --data YOURS`) before relying "
+            "on it.",
+            (
+                f"Inputs longer than {cfg.max_length} tokens are read as overlapping windows ({cfg.stride} tokens "
+                f"of overlap) whose predictions are pooled ({cfg.window_pooling} of the logits); the data profile "
+                "below says how many training examples were windowed."
+                if cfg.truncation == "windows"
+                else f"Inputs longer than {cfg.max_length} tokens are cut ({cfg.truncation}); the data profile below "
+                "says how many training examples were."
+            ),
+            "Scores are the model's probabilities, not calibrated confidences; the labels carry the biases of "
+            "whoever wrote them.",
+        ],
+    )
 
 
-def model_card(cfg, events: list[dict], summary: dict, profile, findings: list[dict], plots: list[str]) -> str:
+@dataclass
+class CardData:
+    """Everything the model card says, as data: what `card_data` reads from a run's files, and `render` lays out
+    through the template `card.md.j2` (setfit's ModelCardData and template are the model). Text from the data
+    (labels, columns, notes, findings) is already made safe for one markdown line."""
+
+    front_matter: str  # the YAML header, built by huggingface_hub
+    title: str
+    base: str
+    dataset: str
+    result_split: str
+    results: list[tuple[str, float]]  # (metric title, value), the loss first
+    description: list[str]  # "Model description" bullets
+    uses: str  # "Intended uses & limitations": what the model is for
+    limits: list[str]  # and the limits its training implies
+    data: list[str]  # "Training and evaluation data" bullets
+    profile: list[str]  # data profile lines
+    hyperparameters: list[str]
+    results_table: str
+    kept: str | None  # which step's weights were kept
+    stopped: str | None  # why training stopped early
+    train_accuracy_table: str | None
+    task_tables: list[tuple[str, str]]  # (title, table): the task kind's own detail
+    mislabeled: tuple[str, str] | None  # (what was found, table of the lowest margins)
+    hardware: list[str]
+    findings: list[dict]
+    healthy: bool  # no warning or error among the findings
+    plots: list[tuple[str, str]]  # (name, path)
+    versions: dict[str, str]
+
+
+def card_data(
+    cfg, events: list[dict], summary: dict, profile, findings: list[dict], plots: list[str], versions: dict
+) -> CardData:
     start = next((e for e in events if e["event"] == "start"), {})
     dataset = start.get("dataset", cfg.data)
     evals = [e for e in events if e["event"] == "eval"]
@@ -209,132 +243,119 @@ def model_card(cfg, events: list[dict], summary: dict, profile, findings: list[d
     labels = ", ".join(map(inline, cfg.label_names)) if cfg.label_names else "a real-valued score"
     base = hub_identity(cfg.model)[0]
     shown = summary[result_split]
-    body = [
-        f"# {Path(cfg.output).name}",
-        "",
-        f"This model is a fine-tuned version of [{base}](https://huggingface.co/{base}) on the {dataset} dataset.",
-        f"It achieves the following results on the {result_split} set:",
-        "",
-        f"- Loss: {shown['loss']:.4f}",
-    ]
-    body += [f"- {METRIC_TITLES.get(m, m)}: {shown[m]:.4f}" for m in metric_names]
     sizes = ", ".join(f"{name} {count:,}" for name, count in start.get("examples", {}).items())
-    body += [
-        "",
-        "## Model description",
-        "",
-        f"- Base model: {base} (`--model {cfg.model}`)",
-        f"- Task: {cfg.task}",
-        f"- Labels ({len(cfg.label_names or [])}): {labels}" if cfg.label_names else f"- Target: {labels}",
-        f"- Input: {', '.join(cfg.text_columns)}; target column: {cfg.label_column}",
-    ]
-    body += ["", *intended_uses(cfg, dataset, sizes), ""]
-    body += [
-        "## Training and evaluation data",
-        "",
-        f"- Dataset: {dataset}; examples used: {sizes}",
-        f"- Splits: train = `{cfg.train_split}`, validation = `{cfg.eval_split}`"
-        + (f", test = `{cfg.test_split}`" if cfg.test_split not in (None, "none") else ""),
-    ]
-    body += [f"- Note: {note}" for note in start.get("notes", [])]
-    if profile:
-        body += ["", "### Data profile", ""] + [f"- {inline(line)}" for line in summary_lines(profile)]
-    body += [
-        "",
-        "## Training procedure",
-        "",
-        "### Training hyperparameters",
-        "",
-        "The following hyperparameters were used during training:",
-        "",
-    ]
-    body += [f"- {line}" for line in hyperparameters(cfg, start.get("device", "unknown"))]
-    if start.get("trainable_parameters") is not None:
-        body.append(
-            f"- trainable_parameters: {start['trainable_parameters']:,} of {start['parameters']:,} "
+    trainable = (
+        [
+            f"trainable_parameters: {start['trainable_parameters']:,} of {start['parameters']:,} "
             f"({start['trainable_parameters'] / start['parameters']:.2%})"
-        )
-    body += ["", "### Training results", "", markdown_table(table_columns(evals), table_rows(evals)), ""]
-    if summary.get("best_metric") is not None:
-        body.append(
+        ]
+        if start.get("trainable_parameters") is not None
+        else []
+    )
+    with_accuracy = [e for e in evals if e.get("train_accuracy") is not None]
+    mislabeled = summary.get("mislabeled") or {}
+    train = summary["train"]
+    uses, limits = intended_uses(cfg, dataset, sizes)
+    return CardData(
+        front_matter=front_matter(cfg, dataset, summary, result_split, metric_names),
+        title=Path(cfg.output).name,
+        base=base,
+        dataset=dataset,
+        result_split=result_split,
+        results=[("Loss", shown["loss"])] + [(METRIC_TITLES.get(m, m), shown[m]) for m in metric_names],
+        description=[
+            f"Base model: {base} (`--model {cfg.model}`)",
+            f"Task: {cfg.task}",
+            f"Labels ({len(cfg.label_names or [])}): {labels}" if cfg.label_names else f"Target: {labels}",
+            f"Input: {', '.join(cfg.text_columns)}; target column: {cfg.label_column}",
+        ],
+        uses=uses,
+        limits=limits,
+        data=[
+            f"Dataset: {dataset}; examples used: {sizes}",
+            f"Splits: train = `{cfg.train_split}`, validation = `{cfg.eval_split}`"
+            + (f", test = `{cfg.test_split}`" if cfg.test_split not in (None, "none") else ""),
+            *(f"Note: {note}" for note in start.get("notes", [])),
+        ],
+        profile=[inline(line) for line in summary_lines(profile)] if profile else [],
+        hyperparameters=hyperparameters(cfg, start.get("device", "unknown")) + trainable,
+        results_table=markdown_table(table_columns(evals), table_rows(evals)),
+        kept=(
             f"The weights kept are those of step {summary['kept_step']} (best {summary['metric_for_best']} "
             f"{summary['best_metric']:.4f} at step {summary['best_step']})."
-        )
-    stop = early_stop_line(cfg, summary, evals)
-    if stop:
-        body += ["", stop]
-    if any(e.get("train_accuracy") is not None for e in evals):
-        body += [
-            "",
-            "Per evaluation, on the training examples seen since the previous one and on validation:",
-            "",
-            markdown_table(
-                ["Epoch", "Step", "Training Loss", "Training Accuracy", "Validation Loss", "Validation Accuracy"],
+            if summary.get("best_metric") is not None
+            else None
+        ),
+        stopped=early_stop_line(cfg, summary, evals),
+        train_accuracy_table=markdown_table(
+            ["Epoch", "Step", "Training Loss", "Training Accuracy", "Validation Loss", "Validation Accuracy"],
+            [
                 [
-                    [
-                        f"{e['epoch']:.2f}",
-                        str(e["step"]),
-                        f"{e['train_loss']:.4f}",
-                        f"{e['train_accuracy']:.4f}",
-                        f"{e['metrics']['loss']:.4f}",
-                        f"{e['metrics'].get('accuracy', float('nan')):.4f}",
-                    ]
-                    for e in evals
-                    if e.get("train_accuracy") is not None
-                ],
-            ),
-        ]
-    for title, columns, rows in task_for(cfg).result_tables(shown):  # each kind's own detail
-        body += ["", f"### {title.format(split=result_split)}", "", markdown_table(columns, rows)]
-    mislabeled = summary.get("mislabeled") or {}
-    if mislabeled.get("lowest"):
-        body += [
-            "",
-            "### Possibly mislabeled training examples",
-            "",
-            f"{mislabeled['flagged']:,} of {mislabeled['examined']:,} training examples have a negative area under "
-            "the margin (the model kept preferring another label; Pleiss et al. 2020). The lowest "
-            f"{len(mislabeled['lowest'])} (all of them are in `mislabeled.jsonl`):",
-            "",
-            markdown_table(
-                ["Row", "Text", "Label", "Looks like", "Margin"],
-                [
-                    [
-                        str(e["row"]),
-                        e["text"][:80].replace("|", "\\|"),
-                        e["label"],
-                        e["suspected"],
-                        f"{e['margin']:.2f}",
-                    ]
-                    for e in mislabeled["lowest"]
-                ],
-            ),
-        ]
-    train = summary["train"]
-    body += [
-        "",
-        "### Hardware and throughput",
-        "",
-        f"- Hardware: {start.get('hardware', 'not recorded')}",
-        f"- Training: {train['train_seconds']:.1f} s for {train['steps']} steps, {train['samples_per_second']:.1f} "
-        f"samples/s, {train['tokens_per_second']:.0f} real tokens/s; padding {train['padding_ratio']:.1%} of "
-        "the tokens computed",
-    ]
-    if train.get("mfu") is not None:
-        body.append(
-            f"- Model FLOP utilisation: {train['mfu']:.1%} of the GPU's {train['peak_flops'] / 1e12:.0f} "
-            "TFLOP/s dense bf16 peak"
+                    f"{e['epoch']:.2f}",
+                    str(e["step"]),
+                    f"{e['train_loss']:.4f}",
+                    f"{e['train_accuracy']:.4f}",
+                    f"{e['metrics']['loss']:.4f}",
+                    f"{e['metrics'].get('accuracy', float('nan')):.4f}",
+                ]
+                for e in with_accuracy
+            ],
         )
-    body.append(f"- Tokenization: {train['tokenize_seconds']:.1f} s (cached for reruns)")
-    body += ["", "## Diagnosis", ""]
-    if not any(f["severity"] in ("warning", "error") for f in findings):
-        body += ["No problems found: losses, metrics, data and speed look healthy (`bertfit doctor` re-checks).", ""]
-    for finding in findings:
-        body += [
-            f"- **{finding['severity'].upper()} — {finding['title']}.** {inline(finding['evidence'])}. "
-            f"*Advice:* {inline(finding['advice'])}."
-        ]
-    if plots:
-        body += ["", "## Plots", ""] + [f"![{Path(p).stem}]({p})" for p in plots]
-    body += ["", "### Framework versions", ""] + [f"- {k} {v}" for k, v in framework_versions().items()]
-    return front_matter(cfg, dataset, summary, result_split, metric_names) + "\n" + "\n".join(body) + "\n"
+        if with_accuracy
+        else None,
+        task_tables=[
+            (title.format(split=result_split), markdown_table(columns, rows))
+            for title, columns, rows in task_for(cfg).result_tables(shown)  # each kind's own detail
+        ],
+        mislabeled=(
+            (
+                f"{mislabeled['flagged']:,} of {mislabeled['examined']:,} training examples have a negative area "
+                "under the margin (the model kept preferring another label; Pleiss et al. 2020). The lowest "
+                f"{len(mislabeled['lowest'])} (all of them are in `mislabeled.jsonl`):",
+                markdown_table(
+                    ["Row", "Text", "Label", "Looks like", "Margin"],
+                    [
+                        [str(e["row"]), e["text"][:80], e["label"], e["suspected"], f"{e['margin']:.2f}"]
+                        for e in mislabeled["lowest"]
+                    ],
+                ),
+            )
+            if mislabeled.get("lowest")
+            else None
+        ),
+        hardware=[
+            f"Hardware: {start.get('hardware', 'not recorded')}",
+            f"Training: {train['train_seconds']:.1f} s for {train['steps']} steps, {train['samples_per_second']:.1f} "
+            f"samples/s, {train['tokens_per_second']:.0f} real tokens/s; padding {train['padding_ratio']:.1%} of "
+            "the tokens computed",
+            *(
+                [
+                    f"Model FLOP utilisation: {train['mfu']:.1%} of the GPU's {train['peak_flops'] / 1e12:.0f} "
+                    "TFLOP/s dense bf16 peak"
+                ]
+                if train.get("mfu") is not None
+                else []
+            ),
+            f"Tokenization: {train['tokenize_seconds']:.1f} s (cached for reruns)",
+        ],
+        findings=[
+            {**f, "evidence": inline(f["evidence"]), "advice": inline(f["advice"]), "severity": f["severity"].upper()}
+            for f in findings
+        ],
+        healthy=not any(f["severity"] in ("warning", "error") for f in findings),
+        plots=[(Path(p).stem, p) for p in plots],
+        versions=versions,
+    )
+
+
+def render(data: CardData) -> str:
+    """The card's text: its data through the template."""
+    import jinja2
+
+    template = resources.files("bertfit.report").joinpath("card.md.j2").read_text(encoding="utf-8")
+    environment = jinja2.Environment(keep_trailing_newline=True, trim_blocks=True, lstrip_blocks=True)
+    return environment.from_string(template).render(card=data)
+
+
+def model_card(cfg, events: list[dict], summary: dict, profile, findings: list[dict], plots: list[str]) -> str:
+    return render(card_data(cfg, events, summary, profile, findings, plots, framework_versions()))
