@@ -5,6 +5,7 @@ kind of task it holds: it asks the task."""
 from __future__ import annotations
 
 import shutil
+from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -54,8 +55,10 @@ class TaskSettings:
         return cls(**{f.name: getattr(cfg, recipe_name.get(f.name, f.name)) for f in fields(cls)})
 
 
-class Task:
-    """Shared machinery; subclasses say how to encode, score and measure."""
+class Task(ABC):
+    """Shared machinery; subclasses say how to encode, score and measure. A kind must fill in the abstract methods
+    (its head, encoding, loss, outputs, metrics, predict's frame and records, profile); the rest are hooks with
+    defaults: `correct` with `tracks_accuracy`, `margins` with `finds_mislabeled`, and the rendering hooks."""
 
     kind: str  # the recipe's name for it
     data_kind: str  # the data it reads, as `data.schema` detects and checks it (a kind's own, or the one it builds on)
@@ -89,9 +92,10 @@ class Task:
         return self.truncation == "windows"
 
     # -- the model
+    @abstractmethod
     def head_config(self) -> dict:
         """from_pretrained keyword arguments that give the model this task's head (labels, problem type)."""
-        raise NotImplementedError
+        ...
 
     def head_bias(self, features: Features) -> np.ndarray | None:
         """A starting bias for the output layer, learnt from the training labels, where the task wants one."""
@@ -101,25 +105,27 @@ class Task:
         """The loss of a model that has learnt nothing (uniform over the classes), where one is defined."""
         return None
 
+    @abstractmethod
     def does(self, unit: str) -> str:
         """What the trained model does to each text (or text pair), in words, for the model card."""
-        raise NotImplementedError
+        ...
 
     # -- decisions learnt on validation besides the weights (multi-label thresholds), saved in the model's config
-    def calibrate(self, result: dict) -> None:
+    def calibrate(self, result: dict) -> None:  # noqa: B027 (a hook: most kinds decide nothing on validation)
         """Adopt what the validation result of the kept weights decided."""
 
     def learned_config(self) -> dict:
         """Attributes for the saved model's config.json."""
         return {}
 
-    def restore(self, model_config) -> None:
+    def restore(self, model_config) -> None:  # noqa: B027 (a hook, as calibrate)
         """Read back what `learned_config` saved."""
 
     # -- features
+    @abstractmethod
     def encode_rows(self, frame: pd.DataFrame, tokenizer) -> Features:
         """The features of a slice of a split, with example ids counted from the slice's first row."""
-        raise NotImplementedError
+        ...
 
     def encode_chunks(self, frame: pd.DataFrame, tokenizer, progress: Callable[[int], None] | None = None):
         """Features of ENCODE_CHUNK rows at a time, so that the tokenizer's Python lists never hold more than a
@@ -253,13 +259,14 @@ class Task:
     def collate_packed_labels(self, features: Features, indices: np.ndarray, filler: int) -> torch.Tensor:
         return torch.from_numpy(np.asarray(features.labels[indices]))
 
+    @abstractmethod
     def metric_names(self) -> tuple[str, ...]:
         """The scalar metrics `metrics()` reports, besides the loss."""
-        raise NotImplementedError
+        ...
 
     # -- training
-    def loss_sum(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
+    @abstractmethod
+    def loss_sum(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor: ...
 
     def margins(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Per example: the given label's logit minus the largest other one (for tasks that find mislabeled)."""
@@ -270,13 +277,15 @@ class Task:
         raise NotImplementedError
 
     # -- evaluation: outputs are reduced to small host arrays batch by batch, never stored as logits
+    @abstractmethod
     def predictions(self, logits: torch.Tensor) -> torch.Tensor:
         """What the metrics are computed from (class ids, scores, tag ids), per row of the batch."""
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     def scores(self, logits: torch.Tensor) -> torch.Tensor:
         """What `predict` reports from (probabilities, or the regression output), per row of the batch."""
-        raise NotImplementedError
+        ...
 
     def feature_output(self, row: np.ndarray, length: int) -> np.ndarray:
         """One feature's output from its padded batch row."""
@@ -286,26 +295,29 @@ class Task:
         """All features' outputs, in feature order, in the form `metrics` and `decode` read."""
         return np.asarray(outputs)
 
-    def metrics(self, features: Features, frame: pd.DataFrame, predictions) -> dict:
-        raise NotImplementedError
+    @abstractmethod
+    def metrics(self, features: Features, frame: pd.DataFrame, predictions) -> dict: ...
 
     # -- predict: user texts in, one record per text out
+    @abstractmethod
     def prediction_frame(self, rows: list[list[str]]) -> tuple[pd.DataFrame, object]:
         """A frame to encode from the user's texts (one list of texts per example), and what `decode` needs
         besides the scores."""
-        raise NotImplementedError
+        ...
 
-    def decode(self, features: Features, context, scores) -> list[dict]:
-        raise NotImplementedError
+    @abstractmethod
+    def decode(self, features: Features, context, scores) -> list[dict]: ...
 
     # -- the data profile
+    @abstractmethod
     def profile_texts(self, frame: pd.DataFrame) -> pd.Series:
         """One string per example, as duplicates and leakage are judged."""
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     def label_profile(self, frame: pd.DataFrame, text_hashes: np.ndarray) -> dict:
         """Label statistics of one split: counts and balance, tag counts, or the score distribution."""
-        raise NotImplementedError
+        ...
 
     @classmethod
     def compare_to_train(cls, train: dict, split: dict) -> dict:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from abc import abstractmethod
+
 import numpy as np
 import pandas as pd
 import torch
@@ -45,8 +47,8 @@ class SequenceTask(Task):
                 )
             self.finds_mislabeled = False  # margins are kept per training feature, here a window, not an example
 
-    def label_ids(self, frame: pd.DataFrame) -> np.ndarray:
-        raise NotImplementedError
+    @abstractmethod
+    def label_ids(self, frame: pd.DataFrame) -> np.ndarray: ...
 
     def settings(self) -> dict:
         return {**super().settings(), **({"stride": self.stride} if self.windowed else {})}
@@ -109,13 +111,15 @@ class SequenceTask(Task):
         )
 
     # -- outputs: per feature from the model, per example for metrics and predict
+    @abstractmethod
     def decide(self, logits):
         """What the metrics are computed from, per example: a class id, probabilities, a score."""
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     def probabilities(self, logits):
         """What predict reports from, per example."""
-        raise NotImplementedError
+        ...
 
     def predictions(self, logits):
         return logits.float() if self.windowed else self.decide(logits)
@@ -144,14 +148,14 @@ class SequenceTask(Task):
             return labels
         return labels[np.unique(np.asarray(features.example_ids), return_index=True)[1]]
 
-    def example_metrics(self, labels: np.ndarray, predictions: np.ndarray) -> dict:
-        raise NotImplementedError
+    @abstractmethod
+    def example_metrics(self, labels: np.ndarray, predictions: np.ndarray) -> dict: ...
 
     def metrics(self, features, frame, predictions):
         return self.example_metrics(self.example_labels(features), self.per_example(features, predictions, self.decide))
 
-    def decode_scores(self, scores: np.ndarray) -> list[dict]:
-        raise NotImplementedError
+    @abstractmethod
+    def decode_scores(self, scores: np.ndarray) -> list[dict]: ...
 
     def decode(self, features, context, scores):
         return self.decode_scores(self.per_example(features, scores, self.probabilities))
