@@ -25,6 +25,7 @@ def tiny(kind: str, task: str, labels: int):
     configs = {
         "bert": transformers.BertConfig(vocab_size=30522, **SMALL, **no_dropout),
         "roberta": transformers.RobertaConfig(vocab_size=30522, pad_token_id=1, **SMALL, **no_dropout),
+        "electra": transformers.ElectraConfig(vocab_size=30522, embedding_size=32, **SMALL, **no_dropout),
         "distilbert": transformers.DistilBertConfig(
             vocab_size=30522,
             dim=32,
@@ -46,7 +47,7 @@ def tiny(kind: str, task: str, labels: int):
     return auto.from_config(config).float()
 
 
-@pytest.mark.parametrize("kind", ["bert", "roberta", "distilbert"])
+@pytest.mark.parametrize("kind", ["bert", "roberta", "electra", "distilbert"])  # every model type packed supports
 @pytest.mark.parametrize("kind_of_task", ["classification", "token"])
 def test_packed_logits_and_gradients_equal_padded_ones(kind, kind_of_task, minilm_tokenizer):
     texts = ["a short one", "a much longer example sentence with quite a few more words in it", "mid length text"]
