@@ -104,6 +104,32 @@ def check_location(out: Path, protected: dict[str, Path | None]) -> None:
             )
 
 
+# What bertfit before marker version 2 wrote inside its folders, name for name.
+VERSION_1_FILES = (
+    "plots/loss.png",
+    "plots/metrics.png",
+    "plots/confusion.png",
+    "plots/entities.png",
+    "plots/lengths.png",
+    "checkpoints/step-*",
+    "checkpoints/damaged-step-*",
+    "checkpoints/*step-*/model.safetensors",
+    "checkpoints/*step-*/training_state.pt",
+    "checkpoints/*step-*/recipe.yaml",
+    "tensorboard/events.out.tfevents.*",
+    "tensorboard/*/events.out.tfevents.*",
+    "tensorboard/*",
+)
+
+
+def _matches(rel: str, patterns: tuple[str, ...]) -> bool:
+    parts = PurePosixPath(rel).parts
+    return any(
+        len(shape) == len(parts) and all(fnmatchcase(p, s) for p, s in zip(parts, shape))
+        for shape in (pattern.split("/") for pattern in patterns)
+    )
+
+
 def is_kind(rel: str) -> bool:
     """A relative path of a shape bertfit writes: plain names (no `..`, no root), matching one of KINDS."""
     parts = PurePosixPath(rel).parts
@@ -111,11 +137,7 @@ def is_kind(rel: str) -> bool:
         return False
     if str(PurePosixPath(*parts)) != rel:  # `a//b`, `a/./b`, a trailing slash: not how bertfit names anything
         return False
-    for pattern in KINDS:
-        shape = pattern.split("/")
-        if len(shape) == len(parts) and all(fnmatchcase(p, s) for p, s in zip(parts, shape)):
-            return True
-    return False
+    return _matches(rel, KINDS)
 
 
 def _linked(root: Path, rel: str) -> bool:
@@ -155,9 +177,10 @@ def _read_marker(folder: Path) -> tuple[set[str], int | None]:
     owned, version = {name for name in listed if is_kind(name)}, data.get("version", 1)
     if version < MARKER_VERSION:
         # Markers before version 2 listed top-level names only: what lies in their folders is bertfit's where it
-        # has the shape of what bertfit writes there.
+        # is exactly what that version wrote there (its plot names, its checkpoint files), so a plot of the
+        # user's in plots/ stays theirs.
         for name in [n for n in owned if (folder / n).is_dir()]:
-            owned |= {rel for rel in _walk(folder, name) if is_kind(rel)}
+            owned |= {rel for rel in _walk(folder, name) if _matches(rel, VERSION_1_FILES)}
     return {name for name in owned if not _linked(folder, name)}, version
 
 

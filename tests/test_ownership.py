@@ -288,3 +288,21 @@ def test_predict_output_never_replaces_an_input_or_a_run_file(finished, tmp_path
         "a gripping film",
         "an awful film",
     ]
+
+
+def test_a_run_marked_by_an_older_bertfit_is_replaced_but_the_users_plot_in_it_is_not(
+    finished, tiny_bert, tmp_path, capsys
+):
+    """A version-1 marker listed top-level names only: what lies in its folders is bertfit's where it is exactly
+    what that version wrote there (its plots by name, its checkpoint files)."""
+    places = user_tree(tmp_path / "user", finished)
+    run = run_copy(finished, tmp_path / "old")
+    top = sorted({name.split("/")[0] for name in json.loads((run / MARKER).read_text())["owned"]})
+    (run / MARKER).write_text(json.dumps({"owned": top}))  # as version 1 wrote it
+    args = sample_run_args(tiny_bert, run, "--batch-size", 16, "--max-steps", 2, data=places["training data"])
+    assert run_cli([*args, "--overwrite"], capsys)[0] == 0  # its own files, all of them, are still its own
+    (run / "plots" / "my_figure.png").write_text("mine")
+    (run / MARKER).write_text(json.dumps({"owned": top}))
+    code, _, stderr = run_cli([*args, "--overwrite"], capsys)
+    assert code == 2 and "holds files bertfit did not write (plots/my_figure.png)" in stderr, stderr
+    assert (run / "plots" / "my_figure.png").read_text() == "mine"
