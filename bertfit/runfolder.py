@@ -415,16 +415,15 @@ class RunFolder:
             os.replace(tmp, final)
         return final
 
-    def move_in(self, source: Path, what: str, then: str) -> list[str]:
+    def move_in(self, source: Path, what: str, then: str) -> None:
         """Each entry of the folder `source` (written by a library that names its own files) moved to the run
-        folder's top level through `target`; returns the names."""
+        folder's top level through `target`."""
         names = sorted(p.name for p in source.iterdir())
         with writing(what, self.path, then, cleanup=source):
             follow_umask(source)
             for name in names:
                 os.replace(source / name, self.target(name))
             source.rmdir()
-        return names
 
     def remove(self, rel: str) -> None:
         """Remove what bertfit wrote at `rel` (inside a folder, what it wrote there, deepest first); anything

@@ -131,10 +131,7 @@ def _reach_hub(name: str) -> None:
     a few seconds at most. Offline mode is left to `datasets`, which then reads its own cache."""
     from urllib.parse import urlsplit
 
-    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "") or os.environ.get("HF_DATASETS_OFFLINE", "0") not in (
-        "0",
-        "",
-    ):
+    if any(os.environ.get(name, "0") not in ("0", "") for name in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")):
         return
     endpoint = urlsplit(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
     port = endpoint.port or (443 if endpoint.scheme == "https" else 80)
