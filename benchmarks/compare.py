@@ -306,24 +306,23 @@ def hf_side(recipe: dict, bf16: bool = False) -> dict:
 def bertfit_side(recipe: dict) -> dict:
     from bertfit.cli import fit as train
     from bertfit.config import build_config
-    from bertfit.records import scalar_metrics
 
     os.environ["BERTFIT_CACHE"] = tempfile.mkdtemp()  # cold: tokenization is timed, not read from a cache
     started = time.perf_counter()
     out = tempfile.mkdtemp()
     cfg = build_config(None, {**recipe, "output": out, "eval_every": "epoch", "keep_best": False, "log_every": 10**6})
-    summary = train(cfg, overwrite=True)
+    summary = train(cfg, overwrite=True).metrics
     total = time.perf_counter() - started
     events = [json.loads(line) for line in Path(out, "log.jsonl").read_text().splitlines()]
     examples = events[0]["examples"]
-    results = {"validation": scalar_metrics(summary["validation"])}
-    eval_seconds = summary["validation"]["runtime"]
+    results = {"validation": summary.validation.scalars()}
+    eval_seconds = summary.validation.runtime
     n_eval = examples["validation"]
-    if "test" in summary:
-        results["test"] = scalar_metrics(summary["test"])
-        eval_seconds += summary["test"]["runtime"]
+    if summary.test is not None:
+        results["test"] = summary.test.scalars()
+        eval_seconds += summary.test.runtime
         n_eval += examples["test"]
-    train_stats = summary["train"]
+    train_stats = summary.train.dump()
     return {
         "tokenize_seconds": train_stats["tokenize_seconds"],
         "train_seconds": train_stats["train_seconds"],

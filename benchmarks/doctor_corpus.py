@@ -165,7 +165,7 @@ def run_case(name: str, case: Case, root: Path) -> dict:
         fit(build_config(None, values), overwrite=True)
     except BertfitError as err:  # a diverged run stops with an error, and its diagnosis is written first
         stopped = str(err)
-    findings = json.loads((out / "diagnosis.json").read_text())
+    findings = json.loads((out / "diagnosis.json").read_text())["findings"]
     counted = [f for f in findings if f["severity"] in ("warning", "error")]
     found = {f["id"] for f in counted}
     advice = " ".join(f["advice"] for f in findings)

@@ -57,7 +57,7 @@ def train(folder: Path, out: Path, find: bool) -> dict:
         },
     )
     started = time.perf_counter()
-    summary = fit(cfg, overwrite=True)
+    summary = fit(cfg, overwrite=True).metrics.dump()
     return {"summary": summary, "seconds": time.perf_counter() - started}
 
 

@@ -137,25 +137,24 @@ def run_training(cfg: Config, resume: bool, overwrite: bool, allow_data_change: 
         print_summary(summary, cfg.output)
 
 
-def print_summary(summary: dict, output: str) -> None:
-    from bertfit.records import scalar_metrics
-
-    for split in ("validation", "test"):
-        if split in summary:
-            shown = ", ".join(f"{k} {v:.4f}" for k, v in scalar_metrics(summary[split]).items())
+def print_summary(outcome, output: str) -> None:
+    summary = outcome.metrics
+    for split, scores in (("validation", summary.validation), ("test", summary.test)):
+        if scores is not None:
+            shown = ", ".join(f"{k} {v:.4f}" for k, v in scores.scalars().items() if v is not None)
             console.print(f"{split}: {shown}")
-    train = summary["train"]
+    train = summary.train
     console.print(
-        f"kept step {summary['kept_step']}; trained {train['train_seconds']:.1f} s at "
-        f"{train['samples_per_second']:.1f} samples/s ({train['padding_ratio']:.1%} padding)"
+        f"kept step {summary.kept_step}; trained {train.train_seconds:.1f} s at "
+        f"{train.samples_per_second:.1f} samples/s ({train.padding_ratio:.1%} padding)"
     )
-    if summary.get("stop_reason") == "early_stopping":
+    if summary.stop_reason == "early_stopping":
         console.print(
-            f"stopped early at step {train['steps']}: {summary['metric_for_best']} did not improve after step "
-            f"{summary['best_step']}"
+            f"stopped early at step {train.steps}: {summary.metric_for_best} did not improve after step "
+            f"{summary.best_step}"
         )
-    for finding in summary.get("diagnosis", []):
-        console.print(f"[{finding['severity']}] {finding['title']}: {finding['advice']}", markup=False)
+    for finding in outcome.findings:
+        console.print(f"[{finding.severity}] {finding.title}: {finding.advice}", markup=False)
     console.print(f"wrote {output}")
 
 
@@ -231,7 +230,7 @@ def evaluate(
     from bertfit.engine.predict import evaluate_run
     from bertfit.files import to_json
 
-    print(to_json(evaluate_run(run, data, split, batch_size, precision.value), indent=2))
+    print(to_json(evaluate_run(run, data, split, batch_size, precision.value).dump(), indent=2))
 
 
 @app.command()
@@ -288,19 +287,20 @@ def inspect(
     if as_json:
         from bertfit.files import to_json
 
-        print(to_json(report, indent=2))
+        print(to_json(report.dump(), indent=2))
         return
     print_profile(report)
 
 
-def print_profile(report: dict) -> None:
+def print_profile(inspection) -> None:
     from rich.table import Table
 
     from bertfit.tasks import TASKS
     from bertfit.tasks.profile import notes_lines
 
-    kind = TASKS[report["task"]]
-    table = Table(title=f"{report['dataset']} ({report['task']})")
+    report = inspection.profile
+    kind = TASKS[report.task]
+    table = Table(title=f"{inspection.dataset} ({report.task})")
     for column in (
         "split",
         "rows",
@@ -312,18 +312,18 @@ def print_profile(report: dict) -> None:
         "empty",
     ):
         table.add_column(column, overflow="fold")
-    for name, split in report["splits"].items():
-        tokens = split.get("tokens")
+    for name, split in report.splits.items():
+        tokens = split.tokens
         table.add_row(
             name,
-            f"{split['rows']:,}",
-            *(kind.label_cells(split) if split.get("labelled") else ("", "")),
-            f"{tokens['percentiles']['p50']}/{tokens['percentiles']['p95']}/{tokens['max']}" if tokens else "",
-            f"{'~' if 'sampled' in tokens else ''}{tokens['truncated_share']:.1%} at {tokens['max_length']}"
+            f"{split.rows:,}",
+            *(kind.label_cells(split) if split.labelled else ("", "")),
+            f"{tokens.percentiles['p50']}/{tokens.percentiles['p95']}/{tokens.max}" if tokens else "",
+            f"{'~' if tokens.sampled is not None else ''}{tokens.truncated_share:.1%} at {tokens.max_length}"
             if tokens
             else "",
-            f"{split['duplicates']:,} ({split['normalised_duplicates']:,} normalised)",
-            f"{split['empty_texts']:,}",
+            f"{split.duplicates:,} ({split.normalised_duplicates:,} normalised)",
+            f"{split.empty_texts:,}",
         )
     console.print(table)
     for line in notes_lines(report):
@@ -339,12 +339,12 @@ def doctor(
     from bertfit.report import diagnosis
 
     findings = refresh_reports(Path(run)) if write else diagnosis(Path(run))
-    if not any(f["severity"] in ("warning", "error") for f in findings):
+    if not any(f.severity in ("warning", "error") for f in findings):
         console.print("no problems found: losses, metrics, data and speed look healthy")
     for finding in findings:
-        console.print(f"[{finding['severity']}] {finding['title']}", markup=False)
-        console.print(f"  evidence: {finding['evidence']}", markup=False)
-        console.print(f"  advice:   {finding['advice']}", markup=False)
+        console.print(f"[{finding.severity}] {finding.title}", markup=False)
+        console.print(f"  evidence: {finding.evidence}", markup=False)
+        console.print(f"  advice:   {finding.advice}", markup=False)
 
 
 @app.command()
@@ -406,7 +406,7 @@ def push(
     console.print(f"pushed {run} to {repo_id}: {push_run(run, repo_id, private)}", markup=False)
 
 
-def refresh_reports(run: Path) -> list[dict]:
+def refresh_reports(run: Path) -> list:
     """Diagnosis, plots and card rewritten under the run folder's lock, so a run still writing is left alone."""
     from bertfit.report import write_reports
     from bertfit.runfolder import RunFolder

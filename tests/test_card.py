@@ -10,6 +10,7 @@ from huggingface_hub import ModelCard
 
 from bertfit.config import Config
 from bertfit.report.card import front_matter
+from bertfit.runfiles import Scores
 from bertfit.tasks import task_for
 
 
@@ -29,8 +30,8 @@ def test_mirror_datasets_get_their_hub_ids_and_metrics_their_standard_names():
         test_split="test",
         max_length=64,
     )
-    summary = {"test": {"loss": 0.7, "accuracy": 0.71234, "f1_macro": 0.7, "recall_macro": 0.69}}
-    data = card_data(front_matter(cfg, "tweet_sentiment", summary, "test", ["accuracy", "f1_macro", "recall_macro"]))
+    scores = Scores(loss=0.7, accuracy=0.71234, f1_macro=0.7, recall_macro=0.69)
+    data = card_data(front_matter(cfg, "tweet_sentiment", scores, "test", ["accuracy", "f1_macro", "recall_macro"]))
     assert data.datasets == ["cardiffnlp/tweet_eval"] and data.license == "apache-2.0"
     assert data.base_model == "sentence-transformers/all-MiniLM-L6-v2" and "generated_from_trainer" not in data.tags
     results = {(r.metric_type, json.dumps(r.metric_args)): r for r in data.eval_results}
@@ -52,8 +53,8 @@ def test_local_data_is_not_named_as_a_hub_dataset_and_an_unknown_base_has_licens
         eval_split="validation",
         max_length=64,
     )
-    summary = {"validation": {"loss": 0.2, "precision": 0.8, "recall": 0.7, "f1": 0.75, "accuracy": 0.9}}
-    data = card_data(front_matter(cfg, "my_ner_file", summary, "validation", ["precision", "recall", "f1"]))
+    scores = Scores(loss=0.2, precision=0.8, recall=0.7, f1=0.75, accuracy=0.9)
+    data = card_data(front_matter(cfg, "my_ner_file", scores, "validation", ["precision", "recall", "f1"]))
     assert data.datasets is None and data.license == "other"
     assert {r.task_type for r in data.eval_results} == {"token-classification"}
 
@@ -83,19 +84,21 @@ def test_the_card_of_each_task_kind_is_its_golden_card(kind):
     """The card is data (`card_data`, from a run's files) laid out by a template (`render`): one golden card per
     task kind, from the files of a real tiny run of that kind kept in tests/fixtures/cards/KIND. After a change to
     the card that is meant, BERTFIT_UPDATE_GOLDEN=1 rewrites them (then read the diff)."""
-    from bertfit.records import read_run
     from bertfit.report.card import card_data, render
+    from bertfit.runfiles import Diagnosis, read_file, read_run
 
     folder = GOLDEN / kind
-    cfg, events, summary, profile = read_run(folder)
-    findings = json.loads((folder / "diagnosis.json").read_text())
+    files = read_run(folder)  # files of format 1, as an older bertfit wrote them
+    cfg, summary = files.cfg, files.metrics
+    findings = read_file(folder / "diagnosis.json", Diagnosis).findings
     plots = sorted(f"plots/{p}.png" for p in ("loss", "metrics", "confusion", "entities", "lengths"))
-    data = card_data(cfg, events, summary, profile, findings, plots, VERSIONS)
+    data = card_data(cfg, files.events, summary, files.profile, findings, plots, VERSIONS)
     card = render(data)
     if os.environ.get("BERTFIT_UPDATE_GOLDEN"):
         (folder / "README.md").write_text(card)
     assert card == (folder / "README.md").read_text()
     assert ModelCard(card).data.pipeline_tag == task_for(cfg).pipeline_tag  # the Hub reads it as written
     assert [title for title, _ in data.task_tables] == [
-        title.format(split=data.result_split) for title, _, _ in task_for(cfg).result_tables(summary[data.result_split])
+        title.format(split=data.result_split)
+        for title, _, _ in task_for(cfg).result_tables(getattr(summary, data.result_split))
     ]

@@ -7,11 +7,25 @@ from conftest import run_cli
 
 from bertfit.config import Config
 from bertfit.report.diagnose import diagnose as diagnose_run
+from bertfit.runfiles import DataProfile, RunMetrics, parse_event
+
+# Fields a log line always has that no rule reads: given here so that the tests' lines are whole lines.
+UNREAD = {
+    "train": {"epoch": 0.0, "lr": 2e-5, "train_seconds": 0.0},
+    "bad_step": {"grad_norm": "nan"},
+    "diverged": {"bad_steps": 3},
+}
 
 
 def diagnose(events, profile, summary, recipe):
-    """The rules read the run's resolved recipe; these tests give the fields that matter."""
-    return diagnose_run(events, profile, summary, Config(**recipe))
+    """The rules read the run's resolved recipe and its files, checked against their schemas; these tests give the
+    fields that matter."""
+    return diagnose_run(
+        [parse_event({**UNREAD.get(e["event"], {}), **e}) for e in events],
+        DataProfile.model_validate({"task": "classification", **profile}) if profile is not None else None,
+        RunMetrics.model_validate(summary),
+        Config(**recipe),
+    )
 
 
 def evals(rows, **extra):
@@ -88,7 +102,9 @@ def test_healthy_run_has_no_findings():
             "validation": {"rows": 872, "majority_rate": 0.509},
             "train": {"majority_rate": 0.56, "imbalance_ratio": 1.26},
         },
-        "leakage": {"validation": {"exact": 0, "normalised": 2, "share": 0.002}},
+        "leakage": {
+            "validation": {"exact": 0, "normalised": 2, "share": 0.002, "substantive": 0, "substantive_share": 0.0}
+        },
     }
     summary = {
         "metric_for_best": "accuracy",
@@ -107,7 +123,15 @@ def test_data_and_speed_findings():
                 "imbalance_ratio": 9.0,
                 "labels": {"neg": 900, "pos": 100},
                 "rows": 1000,
-                "tokens": {"truncated_share": 0.15, "max_length": 512, "max": 2700, "percentiles": {"p95": 900}},
+                "tokens": {
+                    "truncated_share": 0.15,
+                    "truncated": 3000,
+                    "max_length": 512,
+                    "max": 2700,
+                    "mean": 300.0,
+                    "percentiles": {"p95": 900},
+                    "histogram": {"counts": [], "edges": []},
+                },
             },
             "validation": {"rows": 5000},
         },
@@ -234,14 +258,14 @@ def test_real_runs_lr_too_high_flagged_and_healthy_silent(tmp_path, capsys):
         capsys,
     )
     assert code == 0, stderr
-    hot = {f["id"] for f in json.loads((tmp_path / "hot" / "diagnosis.json").read_text())}
+    hot = {f["id"] for f in json.loads((tmp_path / "hot" / "diagnosis.json").read_text())["findings"]}
     assert hot & {"lr_too_high", "collapse"}, hot
     assert "Not learning" in stdout or "Collapse" in stdout
     code, _, stderr = run_cli(
         common + ["--output", tmp_path / "ok", "--lr", "1e-4", "--max-train-samples", 1920, "--epochs", 1], capsys
     )
     assert code == 0, stderr
-    found = json.loads((tmp_path / "ok" / "diagnosis.json").read_text())
+    found = json.loads((tmp_path / "ok" / "diagnosis.json").read_text())["findings"]
     assert [f for f in found if f["severity"] != "info"] == []  # information (e.g. mislabeled examples) may remain
     code, printed, _ = run_cli(["doctor", tmp_path / "ok"], capsys)
     assert code == 0 and "no problems found" in printed
@@ -298,10 +322,18 @@ def test_mislabeled_is_information_with_examples():
     summary = {
         "train": {},
         "mislabeled": {
+            "method": "area under the margin",
             "examined": 4000,
             "flagged": 180,
             "lowest": [
-                {"row": 7, "text": "a masterpiece", "label": "negative", "suspected": "positive", "margin": -3.1}
+                {
+                    "row": 7,
+                    "text": "a masterpiece",
+                    "label": "negative",
+                    "suspected": "positive",
+                    "margin": -3.1,
+                    "seen": 3,
+                }
             ],
         },
     }
@@ -318,6 +350,6 @@ def test_mislabeled_is_information_with_examples():
 def test_leakage_is_a_warning_only_when_it_can_move_the_scores(share, severity):
     # CoNLL-2003 shares 2.3% of its validation sentences (headlines, table headers) with train; a copied split more.
     leak = {"exact": 0, "normalised": 0, "share": share, "substantive": 1, "substantive_share": share}
-    profile = {"leakage": {"validation": leak}}
+    profile = {"splits": {}, "leakage": {"validation": leak}}
     found = next(f for f in diagnose([], profile, {"train": {}}, BINARY) if f.id == "leakage")
     assert found.severity == severity and f"at most {share:.1%}" in found.evidence

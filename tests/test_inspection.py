@@ -7,12 +7,14 @@ from conftest import SAMPLES
 
 from bertfit.data.schema import DataSpec
 from bertfit.report.inspect import inspect_source
+from bertfit.runfiles import DataProfile
 from bertfit.tasks import build_task
 from bertfit.tasks.profile import length_stats, normalise_texts, profile, summary_lines
 
 
 def profile_of(frames, spec):
-    return profile(frames, build_task(spec.task, spec.text_columns, spec.label_column, spec.label_names, 512), spec)
+    task = build_task(spec.task, spec.text_columns, spec.label_column, spec.label_names, 512)
+    return profile(frames, task, spec).dump()  # as data_profile.json holds it
 
 
 def test_classification_profile_counts():
@@ -40,7 +42,8 @@ def test_classification_profile_counts():
         "substantive": 0,
         "substantive_share": 0.0,
     }
-    assert any(line.startswith("leakage: 1 exact and 2 normalised") for line in summary_lines(report))
+    lines = summary_lines(DataProfile.model_validate(report))
+    assert any(line.startswith("leakage: 1 exact and 2 normalised") for line in lines)
 
 
 def test_pairs_with_conflicting_labels():
@@ -68,7 +71,7 @@ def test_token_profile_counts_entities_and_repairs():
     report = profile_of({"train": frame}, spec)
     assert report["splits"]["train"]["entity_counts"] == {"PER": 1, "LOC": 1}
     assert report["splits"]["train"]["words"] == 6
-    assert "3 entity-initial I- tags repaired" in summary_lines(report)[-1]
+    assert "3 entity-initial I- tags repaired" in summary_lines(DataProfile.model_validate(report))[-1]
 
 
 def test_normalisation_ignores_case_punctuation_and_breaks():
@@ -77,11 +80,11 @@ def test_normalisation_ignores_case_punctuation_and_breaks():
 
 
 def test_inspect_on_a_sample_file_and_a_mirror(tmp_path):
-    report = inspect_source(str(SAMPLES / "imdb_100.jsonl"), "minilm", 512)
+    report = inspect_source(str(SAMPLES / "imdb_100.jsonl"), "minilm", 512).dump()
     tokens = report["splits"]["train"]["tokens"]
     assert report["splits"]["train"]["rows"] == 100 and report["splits"]["train"]["labels"] == {"1": 51, "0": 49}
     assert 0 < tokens["truncated_share"] < 0.5 and tokens["max"] > 512
-    mirror = inspect_source("rte", "minilm", 128)
+    mirror = inspect_source("rte", "minilm", 128).dump()
     assert set(mirror["splits"]) == {"train", "validation"} and mirror["splits"]["train"]["rows"] == 2490
 
 
@@ -124,15 +127,16 @@ def test_inspect_takes_token_lengths_of_a_large_split_from_a_sample(monkeypatch,
     from bertfit.report import inspect
 
     monkeypatch.setenv("BERTFIT_CACHE", str(tmp_path))
-    full = inspect_source(str(SAMPLES / "imdb_100.jsonl"), "minilm", 128)["splits"]["train"]["tokens"]
+    full = inspect_source(str(SAMPLES / "imdb_100.jsonl"), "minilm", 128).dump()["splits"]["train"]["tokens"]
     monkeypatch.setattr(inspect, "LENGTH_SAMPLE", 40)
-    report = inspect_source(str(SAMPLES / "imdb_100.jsonl"), "minilm", 128)
+    inspection = inspect_source(str(SAMPLES / "imdb_100.jsonl"), "minilm", 128)
+    report = inspection.dump()
     sampled = report["splits"]["train"]["tokens"]
     assert "sampled" not in full and sampled["sampled"] == 40
     assert sampled["truncated"] == round(sampled["truncated_share"] * 100)
     assert abs(sampled["truncated_share"] - full["truncated_share"]) < 0.25
     assert report["splits"]["train"]["rows"] == 100  # everything else still counts every row
-    assert any("from a sample of 40 rows" in line for line in summary_lines(report))
+    assert any("from a sample of 40 rows" in line for line in summary_lines(inspection.profile))
 
 
 def test_a_profile_is_read_back_for_the_same_data_and_redone_for_changed_data(monkeypatch, tmp_path):
@@ -144,13 +148,13 @@ def test_a_profile_is_read_back_for_the_same_data_and_redone_for_changed_data(mo
     task = build_task(spec.task, spec.text_columns, spec.label_column, spec.label_names, 512)
     lengths = {"train": np.array([5, 3, 3, 3])}
     first = profiling.cached_profile({"train": frame}, task, spec, lengths, 512)
-    assert first == profile({"train": frame}, task, spec, lengths, 512)
-    computed = []
-    monkeypatch.setattr(profiling, "profile", lambda *args: computed.append(args) or {"fresh": True})
-    assert profiling.cached_profile({"train": frame}, task, spec, lengths, 512) == first and not computed
+    assert first.dump() == profile({"train": frame}, task, spec, lengths, 512).dump()
+    computed, fresh = [], DataProfile(task="fresh", splits={})
+    monkeypatch.setattr(profiling, "profile", lambda *args: computed.append(args) or fresh)
+    assert profiling.cached_profile({"train": frame}, task, spec, lengths, 512).dump() == first.dump() and not computed
     changed = frame.assign(text=["a good film", "bad", "worse", "fine"])
-    assert profiling.cached_profile({"train": changed}, task, spec, lengths, 512) == {"fresh": True}
-    assert profiling.cached_profile({"train": frame}, task, spec, lengths, 256) == {"fresh": True}
+    assert profiling.cached_profile({"train": changed}, task, spec, lengths, 512) is fresh
+    assert profiling.cached_profile({"train": frame}, task, spec, lengths, 256) is fresh
 
 
 def test_inspect_prints_a_profile_read_back_with_an_undefined_statistic(tmp_path, capsys, monkeypatch):

@@ -13,7 +13,7 @@ from conftest import STEPS, killed_at_step, recipe_args, run_cli, sample_run_arg
 from safetensors.torch import load_file
 from test_train_tiny import log_without_timings
 
-from bertfit.records import scalar_metrics
+from bertfit.runfiles import RunMetrics
 
 # Training subprocesses, servers and process groups: the full suite runs them, `make test-fast` does not.
 pytestmark = pytest.mark.slow
@@ -33,9 +33,11 @@ def test_sigkill_then_resume_is_bit_identical(uninterrupted, tiny_bert, tmp_path
     ours, theirs = load_file(out / "model.safetensors"), load_file(uninterrupted / "model.safetensors")
     assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours), killed_after
     assert log_without_timings(out / "log.jsonl") == log_without_timings(uninterrupted / "log.jsonl")
-    assert scalar_metrics(json.loads((out / "metrics.json").read_text())["validation"]) == scalar_metrics(
-        json.loads((uninterrupted / "metrics.json").read_text())["validation"]
+    resumed_scores, whole_scores = (
+        RunMetrics.model_validate_json((folder / "metrics.json").read_text()).validation.scalars()
+        for folder in (out, uninterrupted)
     )
+    assert resumed_scores == whole_scores
     # The margins behind the mislabeled list are checkpointed too: the same examples, the same margins.
     assert (out / "mislabeled.jsonl").read_text() == (uninterrupted / "mislabeled.jsonl").read_text()
 
@@ -99,7 +101,7 @@ def test_non_finite_steps_never_reach_the_weights(tiny_bert, tmp_path, capsys, m
     last_good = checkpoint.complete(out / "checkpoints")[-1]
     weights = load_file(last_good / "model.safetensors")
     assert all(torch.isfinite(w).all() for w in weights.values())
-    diagnosis = json.loads((out / "diagnosis.json").read_text())
+    diagnosis = json.loads((out / "diagnosis.json").read_text())["findings"]
     assert diagnosis[0]["id"] == "non_finite" and "the run stopped" in diagnosis[0]["evidence"]
     bad = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines() if '"bad_step"' in line]
     assert [b["step"] for b in bad] == [8, 9, 10, 11]

@@ -313,7 +313,7 @@ class PolarityTask(ClassificationTask):
 
     @classmethod
     def label_summary(cls, split: dict) -> list[str]:
-        return [f"polarities {', '.join(split['labels'])}"]
+        return [f"polarities {', '.join(split.labels)}"]
 
     def prediction_record(self, row, prediction):
         return {"passage": row[0], "polarity": prediction["label"], "confidence": round(prediction["score"], 3)}

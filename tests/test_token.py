@@ -45,7 +45,7 @@ def conll_run(tmp_path_factory, tiny_bert):
             "precision": "fp32",
         },
     )  # predict is compared with fp32 pipeline()
-    return out, train(cfg)
+    return out, train(cfg).metrics.dump()
 
 
 def test_conll_file_trains_as_token_task(conll_run):

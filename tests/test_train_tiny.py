@@ -305,7 +305,7 @@ def test_a_label_with_a_newline_keeps_the_card_whole_and_rare_classes_are_named(
         elif block:
             tables, block = [*tables, block], []
     assert tables and all(len(set(table)) == 1 for table in tables), tables  # every row as wide as its header
-    findings = {f["id"]: f for f in json.loads((out / "diagnosis.json").read_text())}
+    findings = {f["id"]: f for f in json.loads((out / "diagnosis.json").read_text())["findings"]}
     assert "rare_classes" in findings and "'rare' 1" in findings["rare_classes"]["evidence"]
     profile = json.loads((out / "data_profile.json").read_text())
     assert 1 in [split["rare_classes"].get("rare") for split in profile["splits"].values()]

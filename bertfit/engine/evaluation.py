@@ -17,6 +17,7 @@ from bertfit import models
 from bertfit.config import Config
 from bertfit.engine import batching
 from bertfit.engine.device import Dist, autocast
+from bertfit.runfiles import Scores
 from bertfit.tasks import Features, Task
 
 
@@ -110,13 +111,12 @@ def packs(cfg: Config, device: torch.device) -> bool:
 
 def evaluate(
     scorer: Scorer, features: Features, frame: pd.DataFrame, progress: Callable[[int], None] | None = None
-) -> dict:
+) -> Scores:
     """Loss (mean per loss term) and the task's metrics, with how long it took. `progress` is told how many
     features each batch held."""
     started = time.perf_counter()
     inference = infer(scorer, features, scorer.task.predictions, with_loss=True, progress=progress)
-    result = {"loss": inference.loss_sum / max(1, int(features.items.sum()))}
-    result.update(scorer.task.metrics(features, frame, inference.outputs))
+    loss = inference.loss_sum / max(1, int(features.items.sum()))
+    metrics = scorer.task.metrics(features, frame, inference.outputs)
     seconds = time.perf_counter() - started
-    result.update(runtime=seconds, samples_per_second=len(frame) / seconds if seconds else 0.0)
-    return result
+    return Scores(loss=loss, **metrics, runtime=seconds, samples_per_second=len(frame) / seconds if seconds else 0.0)

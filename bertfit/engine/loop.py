@@ -10,13 +10,13 @@ import shutil
 import signal
 import time
 from collections.abc import Callable
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, field
 from functools import partial
 
 import torch
 import torch.distributed as dist
 
-from bertfit import models
+from bertfit import models, runfiles
 from bertfit.config import Config
 from bertfit.engine import batching, checkpoint
 from bertfit.engine.device import agreed, autocast, hardware, peak_flops, release_free_memory
@@ -25,6 +25,16 @@ from bertfit.engine.setup import Run, output_folder, plan_epoch, protected_input
 from bertfit.errors import BertfitError
 from bertfit.files import TEMP_PREFIX, to_json, writing
 from bertfit.records import markdown_table, table_columns, table_rows
+from bertfit.runfiles import (
+    FORMAT,
+    BadStep,
+    End,
+    Finding,
+    RunMetrics,
+    Scores,
+    Start,
+    TrainSummary,
+)
 from bertfit.runfolder import RunFolder
 from bertfit.tasks import LOWER_IS_BETTER
 from bertfit.tasks.profile import cached_profile, summary_lines
@@ -44,7 +54,7 @@ class Diverged(BertfitError):
 
 # Writes a run's reports (card, plots, diagnosis) from its files: reporter(folder, finished) returns the diagnosis.
 # Passed in by the caller, because reports are drawn from the files alone and the engine does not know how.
-Reporter = Callable[[RunFolder, bool], list]
+Reporter = Callable[[RunFolder, bool], list[Finding]]
 
 
 def train(
@@ -54,7 +64,7 @@ def train(
     console=None,
     reporter: Reporter | None = None,
     allow_data_change: bool = False,
-) -> dict:
+) -> Outcome:
     """Only the rank that writes holds the run folder (its lock, the check of its contents, the clearing)."""
     out = output_folder(cfg)
     writer = int(os.environ.get("RANK", "0")) == 0
@@ -71,34 +81,36 @@ def log_start(run: Run) -> None:
         run.frames, run.task, run.spec, {k: f.full_lengths for k, f in run.features.items()}, cfg.max_length
     )
     run.timings["profile_seconds"] = time.perf_counter() - profiling
-    run.folder.write("data_profile.json", to_json(data_profile, indent=2))  # NaN (one-row std) as null
+    run.folder.write("data_profile.json", to_json(data_profile.dump(), indent=2))  # NaN (one-row std) as null
     release_free_memory()
     trainable, parameters = models.parameter_counts(run.model)
     run.log.event(
-        "start",
-        parameters=parameters,
-        trainable_parameters=trainable,
-        profile=summary_lines(data_profile),
-        task=run.task.kind,
-        dataset=run.splits.name,
-        model=cfg.model,
-        examples={name: len(frame) for name, frame in run.frames.items()},
-        features={name: len(f) for name, f in run.features.items()},
-        steps=run.total_steps,
-        steps_per_epoch=run.steps_per_epoch,
-        effective_batch_size=cfg.effective_batch_size(),
-        world_size=cfg.world_size,
-        device=str(run.device),
-        hardware=hardware(run.device),
-        precision=cfg.precision,
-        notes=run.splits.notes,
-        tag_scheme=run.spec.tag_scheme,
-        repaired_tags=run.spec.repaired_tags,
-        **run.timings,
+        Start(
+            format=FORMAT,
+            parameters=parameters,
+            trainable_parameters=trainable,
+            profile=summary_lines(data_profile),
+            task=run.task.kind,
+            dataset=run.splits.name,
+            model=cfg.model,
+            examples={name: len(frame) for name, frame in run.frames.items()},
+            features={name: len(f) for name, f in run.features.items()},
+            steps=run.total_steps,
+            steps_per_epoch=run.steps_per_epoch,
+            effective_batch_size=cfg.effective_batch_size(),
+            world_size=cfg.world_size,
+            device=str(run.device),
+            hardware=hardware(run.device),
+            precision=cfg.precision,
+            notes=run.splits.notes,
+            tag_scheme=run.spec.tag_scheme,
+            repaired_tags=run.spec.repaired_tags,
+            **run.timings,
+        )
     )
 
 
-def run_loop(run: Run, console, reporter: Reporter | None = None) -> dict:
+def run_loop(run: Run, console, reporter: Reporter | None = None) -> Outcome:
     cfg, state, ranks, task = run.cfg, run.state, run.dist, run.task
     if not run.resumed and ranks.main:
         log_start(run)
@@ -188,7 +200,7 @@ def run_loop(run: Run, console, reporter: Reporter | None = None) -> dict:
                 raise Interrupted(received)
     if state.stop_reason == "diverged":
         last_good = checkpoint.complete(run.out / checkpoint.FOLDER)
-        run.log.event("diverged", step=state.step, bad_steps=state.bad_steps)
+        run.log.event(runfiles.Diverged(step=state.step, bad_steps=state.bad_steps))
         if ranks.main and reporter is not None:
             reporter(run.folder, False)
         raise Diverged(
@@ -250,7 +262,7 @@ class NonFiniteGuard:
                 continue
             state.bad_steps += 1
             step = self.first_step + offset
-            run.log.event("bad_step", step=step, grad_norm=str(norm))
+            run.log.event(BadStep(step=step, grad_norm=str(norm)))
             if state.bad_steps >= self.limit and state.stop_reason is None:
                 state.stop_reason = "diverged"
         self.last_norm = norms[-1] if norms else self.last_norm
@@ -301,7 +313,7 @@ def epoch_position(run: Run) -> float:
 def evaluate_and_select(run: Run) -> None:
     cfg, state = run.cfg, run.state
     result = score(run, "validation")
-    metric = result[cfg.metric_for_best]
+    metric = result.metric(cfg.metric_for_best)
     improved = state.best_metric is None or (
         metric < state.best_metric if cfg.metric_for_best in LOWER_IS_BETTER else metric > state.best_metric
     )
@@ -315,7 +327,7 @@ def evaluate_and_select(run: Run) -> None:
     save_checkpoint(run)
 
 
-def score(run: Run, split: str) -> dict:
+def score(run: Run, split: str) -> Scores:
     """The model on one of the run's splits, with a bar for the phase (the one evaluation path)."""
     features = run.features[split]
     with run.log.phase(f"evaluating {split}", len(features), "features") as advance:
@@ -367,7 +379,15 @@ def save_model_folder(run: Run) -> None:
     run.folder.move_in(tmp, "the model", then)
 
 
-def finish(run: Run, reporter: Reporter | None = None) -> dict:
+@dataclass
+class Outcome:
+    """What a finished training returns: its metrics.json, and the doctor's findings (on the rank that writes)."""
+
+    metrics: RunMetrics
+    findings: list[Finding] = field(default_factory=list)
+
+
+def finish(run: Run, reporter: Reporter | None = None) -> Outcome:
     """Keep the best weights, score them on every split, and write the model folder and reports."""
     cfg, state = run.cfg, run.state
     if not run.log.evals:
@@ -377,52 +397,57 @@ def finish(run: Run, reporter: Reporter | None = None) -> dict:
         best = run.out / checkpoint.FOLDER / f"{checkpoint.PREFIX}{state.best_step:08d}"
         checkpoint.load_weights(best, run.model)
         kept_step = state.best_step
-    results = {"validation": next(e for e in run.log.evals if e["step"] == kept_step)["metrics"]}
-    run.task.calibrate(results["validation"])  # e.g. the thresholds the kept weights were scored at
+    validation = next(e for e in run.log.evals if e.step == kept_step).metrics
+    run.task.calibrate(validation)  # e.g. the thresholds the kept weights were scored at
     run.model.config.update(run.task.learned_config())
+    test = None
     if "test" in run.features:
         with run.log.progress(run.log.console):
-            results["test"] = score(run, "test")
-    train_stats = {**run.log.throughput(state.train_seconds), "steps": state.step, **run.timings}
+            test = score(run, "test")
+    train = TrainSummary(**run.log.throughput(state.train_seconds), steps=state.step, **run.timings)
     peak = peak_flops(run.device)
     if peak:  # 6 FLOPs per parameter per real token (forward + backward), attention aside
         parameters = sum(p.numel() for p in run.model.parameters())
-        train_stats.update(mfu=6 * parameters * train_stats["tokens_per_second"] / peak, peak_flops=peak)
-    summary = {
-        "kept_step": kept_step,
-        "best_step": state.best_step,
-        "best_metric": state.best_metric,
-        "metric_for_best": cfg.metric_for_best,
-        "stop_reason": state.stop_reason,
-        "final": run.log.evals[-1]["metrics"],
-        **results,
-        "train": train_stats,
-    }
+        train.mfu, train.peak_flops = 6 * parameters * train.tokens_per_second / peak, peak
+    summary = RunMetrics(
+        kept_step=kept_step,
+        best_step=state.best_step,
+        best_metric=state.best_metric,
+        metric_for_best=cfg.metric_for_best,
+        stop_reason=state.stop_reason,
+        final=run.log.evals[-1].metrics,
+        validation=validation,
+        train=train,
+    )
+    if test is not None:
+        summary.test = test
     mislabeled = []
     if run.margins is not None:  # a collective: every rank calls it
-        summary["mislabeled"], mislabeled = run.margins.ranked(
-            run.task, run.frames["train"], run.features["train"].labels
-        )
+        summary.mislabeled, mislabeled = run.margins.ranked(run.task, run.frames["train"], run.features["train"].labels)
+    outcome = Outcome(summary)
     if run.dist.main:
         save_model_folder(run)
         if run.margins is not None:
-            run.folder.write("mislabeled.jsonl", "".join(to_json(example) + "\n" for example in mislabeled))
+            run.folder.write("mislabeled.jsonl", "".join(to_json(example.dump()) + "\n" for example in mislabeled))
         write_records(run, summary)
         if reporter is not None:
-            summary["diagnosis"] = reporter(run.folder, True)
+            outcome.findings = reporter(run.folder, True)
         for tracker in run.log.sinks:  # after the reports, which they keep as artifacts
             tracker.finish(run.folder)
     if run.dist.enabled:
         dist.barrier()
-    return summary
+    return outcome
 
 
-def write_records(run: Run, summary: dict) -> None:
-    run.folder.write("metrics.json", to_json(summary, indent=2))
+def write_records(run: Run, summary: RunMetrics) -> None:
+    run.folder.write("metrics.json", to_json(summary.dump(), indent=2))
     evals = run.log.evals
     run.folder.write("results.md", markdown_table(table_columns(evals), table_rows(evals)) + "\n")
     run.log.event(
-        "end",
-        **{k: v for k, v in summary.items() if k in ("kept_step", "best_step", "stop_reason")},
-        **summary["train"],
+        End(
+            kept_step=summary.kept_step,
+            best_step=summary.best_step,
+            stop_reason=summary.stop_reason,
+            **summary.train.dump(),
+        )
     )

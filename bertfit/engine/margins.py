@@ -11,6 +11,7 @@ import pandas as pd
 import torch
 import torch.distributed as dist
 
+from bertfit.runfiles import MislabeledSummary, Suspect
 from bertfit.tasks import Task
 
 SHOWN = 10  # examples kept in metrics.json (all of them go to mislabeled.jsonl), lowest margin first
@@ -48,7 +49,7 @@ class MarginTracker:
         for name in ("margin", "seen", "logits"):
             getattr(self, name).copy_(state[name])
 
-    def ranked(self, task: Task, frame: pd.DataFrame, labels: np.ndarray) -> tuple[dict, list[dict]]:
+    def ranked(self, task: Task, frame: pd.DataFrame, labels: np.ndarray) -> tuple[MislabeledSummary, list[Suspect]]:
         """Every rank's sums added up: a summary for metrics.json, and every example with a negative mean margin,
         lowest first."""
         margin, seen, logits = (t.cpu().numpy() for t in self.totals())
@@ -62,21 +63,21 @@ class MarginTracker:
         texts = task.profile_texts(frame.iloc[order])  # the flagged rows only, not every training text
         names = task.label_names
         examples = [
-            {
-                "row": int(row),
-                "text": str(text),
-                "label": names[labels[row]],
-                "suspected": names[int(suspected)],
-                "margin": round(float(aum[row]), 4),
-                "seen": int(seen[row]),
-            }
+            Suspect(
+                row=int(row),
+                text=str(text),
+                label=names[labels[row]],
+                suspected=names[int(suspected)],
+                margin=round(float(aum[row]), 4),
+                seen=int(seen[row]),
+            )
             for row, text, suspected in zip(order, texts, mean_logits.argmax(-1), strict=True)
         ]
-        summary = {
-            "method": "area under the margin (Pleiss et al. 2020): the mean, over training, of the given label's "
+        summary = MislabeledSummary(
+            method="area under the margin (Pleiss et al. 2020): the mean, over training, of the given label's "
             "logit minus the largest other logit; flagged when negative",
-            "examined": int(trained.sum()),
-            "flagged": len(examples),
-            "lowest": examples[:SHOWN],
-        }
+            examined=int(trained.sum()),
+            flagged=len(examples),
+            lowest=examples[:SHOWN],
+        )
         return summary, examples

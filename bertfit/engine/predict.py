@@ -15,6 +15,7 @@ from bertfit.engine.device import default_device, inference_precision
 from bertfit.engine.evaluation import Scorer, evaluate, infer, packs
 from bertfit.errors import BertfitError
 from bertfit.files import atomic_write, to_json
+from bertfit.runfiles import Scores
 from bertfit.runfolder import claim_file
 from bertfit.tasks import Task, task_for
 
@@ -68,7 +69,7 @@ def load_run(run_dir: str, precision: str = "auto") -> LoadedRun:
     return LoadedRun(cfg, task, model, tokenizer, device, precision)
 
 
-def evaluate_run(run_dir: str, source: str, split: str, batch_size: int = 64, precision: str = "auto") -> dict:
+def evaluate_run(run_dir: str, source: str, split: str, batch_size: int = 64, precision: str = "auto") -> Scores:
     run = load_run(run_dir, precision)
     splits = sources.load_splits(source)
     if split not in splits.frames:

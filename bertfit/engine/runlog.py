@@ -15,8 +15,9 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from bertfit.files import atomic_write, to_json, writing
+from bertfit.files import atomic_write, writing
 from bertfit.records import table_lines
+from bertfit.runfiles import Eval, Event, Scores, Train, event_line, parse_event
 
 COUNTERS = ("items", "examples", "tokens", "padded")
 
@@ -29,7 +30,7 @@ def empty_window() -> dict:
 class RunLog:
     def __init__(self, path: Path, enabled: bool, device: torch.device):
         self.path, self.enabled = path, enabled
-        self.events: list[dict] = []
+        self.events: list[Event] = []
         self.loss = torch.zeros((), dtype=torch.float64, device=device)
         self.correct = torch.zeros((), dtype=torch.int64, device=device)
         self.host = dict.fromkeys(COUNTERS, 0)
@@ -56,7 +57,7 @@ class RunLog:
     def load_state_dict(self, state: dict) -> None:
         """Continue from a checkpoint: the log is cut back to the lines written up to it."""
         kept = self.path.read_text(encoding="utf-8").splitlines()[: state["lines"]] if self.path.is_file() else []
-        self.events = [json.loads(line) for line in kept]
+        self.events = [parse_event(json.loads(line)) for line in kept]
         if self.enabled:
             atomic_write(self.path, "".join(line + "\n" for line in kept), "free space and resume again")
         self.window, self.since_eval = dict(state["window"]), dict(state["since_eval"])
@@ -66,18 +67,18 @@ class RunLog:
         self.samples, self.tokens, self.padded = state["samples"], state["tokens"], state["padded"]
 
     @property
-    def evals(self) -> list[dict]:
-        return [e for e in self.events if e["event"] == "eval"]
+    def evals(self) -> list[Eval]:
+        return [e for e in self.events if isinstance(e, Eval)]
 
-    def event(self, kind: str, **fields) -> dict:
-        record = {"event": kind, **fields, "time": round(time.time(), 3)}
+    def event(self, record: Event) -> Event:
+        record.time = round(time.time(), 3)
         self.events.append(record)
         if self.enabled:
             with (
                 writing("the run log", self.path.parent, "free space and resume with --resume"),
                 self.path.open("a", encoding="utf-8") as handle,
             ):
-                handle.write(to_json(record) + "\n")
+                handle.write(event_line(record) + "\n")
             for sink in self.sinks:
                 sink.event(record)
         return record
@@ -113,28 +114,31 @@ class RunLog:
         self._flush()
         window = self.window
         self.event(
-            "train",
-            step=step,
-            epoch=epoch,
-            lr=lr,
-            loss=window["loss"] / max(1, window["items"]),
-            grad_norm=grad_norm,
-            **self.throughput(train_seconds),
+            Train(
+                step=step,
+                epoch=epoch,
+                lr=lr,
+                loss=window["loss"] / max(1, window["items"]),
+                grad_norm=grad_norm,
+                **self.throughput(train_seconds),
+            )
         )
         self.window = empty_window()
 
-    def eval_event(self, step: int, epoch: float, result: dict, best_step: int | None, with_accuracy: bool) -> None:
+    def eval_event(self, step: int, epoch: float, result: Scores, best_step: int | None, with_accuracy: bool) -> None:
         """`with_accuracy`: the training accuracy since the last evaluation is reported too."""
         self._flush()
         since = self.since_eval
-        fields = {
-            "step": step,
-            "epoch": epoch,
-            "train_loss": since["loss"] / since["items"] if since["items"] else None,
-        }
+        record = Eval(
+            step=step,
+            epoch=epoch,
+            train_loss=since["loss"] / since["items"] if since["items"] else None,
+            metrics=result,
+            best_step=best_step,
+        )
         if with_accuracy and since["examples"]:
-            fields["train_accuracy"] = since["correct"] / since["examples"]
-        record = self.event("eval", **fields, metrics=result, best_step=best_step)
+            record.train_accuracy = since["correct"] / since["examples"]
+        self.event(record)
         self.since_eval = empty_window()
         if self.enabled and self.console is not None:
             header, row = table_lines([record])

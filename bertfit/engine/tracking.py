@@ -10,6 +10,7 @@ import os
 
 from bertfit.config import Config
 from bertfit.errors import BertfitError, first_line
+from bertfit.runfiles import Eval, Event, Train
 from bertfit.runfolder import RunFolder
 
 FOLDER = "tensorboard"  # in the run folder
@@ -30,8 +31,15 @@ def hyperparameters(cfg: Config) -> dict:
     return flat
 
 
-def scalars(metrics: dict) -> dict:
-    return {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+def train_values(record: Train) -> dict[str, float]:
+    return {k: float(v) for k in TRAIN_SCALARS if (v := getattr(record, k)) is not None}
+
+
+def eval_values(record: Eval) -> dict[str, float]:
+    """The loss, the task's metrics, and how long the evaluation took."""
+    scores = record.metrics
+    every = {**scores.scalars(), "runtime": scores.runtime, "samples_per_second": scores.samples_per_second}
+    return {k: float(v) for k, v in every.items() if v is not None}
 
 
 class TensorBoard:
@@ -46,16 +54,14 @@ class TensorBoard:
             self.writer = SummaryWriter(log_dir=str(logs))
         self.last_eval: dict = {}
 
-    def event(self, record: dict) -> None:
-        step = record.get("step")
-        if record["event"] == "train":
-            for key in TRAIN_SCALARS:
-                if isinstance(record.get(key), (int, float)):
-                    self.writer.add_scalar(f"train/{key}", record[key], step)
-        elif record["event"] == "eval":
-            self.last_eval = scalars(record["metrics"])
+    def event(self, record: Event) -> None:
+        if isinstance(record, Train):
+            for key, value in train_values(record).items():
+                self.writer.add_scalar(f"train/{key}", value, record.step)
+        elif isinstance(record, Eval):
+            self.last_eval = eval_values(record)
             for key, value in self.last_eval.items():
-                self.writer.add_scalar(f"eval/{key}", value, step)
+                self.writer.add_scalar(f"eval/{key}", value, record.step)
         self.writer.flush()
 
     def finish(self, folder: RunFolder) -> None:
@@ -84,15 +90,11 @@ class MLflow:
         params = hyperparameters(cfg)
         mlflow.log_params({k: str(v)[:500] for k, v in params.items()})  # MLflow's limit on a param's length
 
-    def event(self, record: dict) -> None:
-        step = record.get("step")
-        if record["event"] == "train":
-            values = {f"train_{k}": record[k] for k in TRAIN_SCALARS if isinstance(record.get(k), (int, float))}
-        elif record["event"] == "eval":
-            values = {f"eval_{k}": v for k, v in scalars(record["metrics"]).items()}
-        else:
-            return
-        self.mlflow.log_metrics(values, step=step)
+    def event(self, record: Event) -> None:
+        if isinstance(record, Train):
+            self.mlflow.log_metrics({f"train_{k}": v for k, v in train_values(record).items()}, step=record.step)
+        elif isinstance(record, Eval):
+            self.mlflow.log_metrics({f"eval_{k}": v for k, v in eval_values(record).items()}, step=record.step)
 
     def finish(self, folder: RunFolder) -> None:
         out = folder.path

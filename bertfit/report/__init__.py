@@ -7,34 +7,34 @@ from pathlib import Path
 
 from bertfit.config import build_config
 from bertfit.files import to_json
-from bertfit.records import read_events, read_run
 from bertfit.report.card import model_card
-from bertfit.report.diagnose import as_dicts, diagnose
+from bertfit.report.diagnose import diagnose
 from bertfit.report.plots import draw_all
+from bertfit.runfiles import Diagnosis, Finding, read_events, read_run
 from bertfit.runfolder import RunFolder, require_run
 
 
-def diagnosis(run: Path) -> list[dict]:
+def diagnosis(run: Path) -> list[Finding]:
     """The findings of a finished run, read from its files; nothing is written."""
     require_run(run)
-    cfg, events, summary, profile = read_run(run)
-    return as_dicts(diagnose(events, profile, summary, cfg))
+    files = read_run(run)
+    return diagnose(files.events, files.profile, files.metrics, files.cfg)
 
 
-def write_reports(folder: RunFolder, finished: bool = True) -> list[dict]:
+def write_reports(folder: RunFolder, finished: bool = True) -> list[Finding]:
     """Diagnosis, plots and model card of a finished run; of a run that stopped without finishing (diverged), the
     diagnosis alone. Every file through the run folder's ownership rule. Returns the findings."""
     if not finished:
         cfg = build_config(str(folder.path / "recipe.yaml"))
-        findings = as_dicts(diagnose(read_events(folder.path / "log.jsonl"), None, {}, cfg))
-        folder.write("diagnosis.json", to_json(findings, indent=2))
+        findings = diagnose(read_events(folder.path / "log.jsonl"), None, None, cfg)
+        folder.write("diagnosis.json", to_json(Diagnosis(findings=findings).dump(), indent=2))
         return findings
-    cfg, events, summary, profile = read_run(folder.path)
-    findings = as_dicts(diagnose(events, profile, summary, cfg))
-    plots = draw_all(events, summary, profile, cfg)
-    card = model_card(cfg, events, summary, profile, findings, list(plots))
+    files = read_run(folder.path)
+    findings = diagnose(files.events, files.profile, files.metrics, files.cfg)
+    plots = draw_all(files.events, files.metrics, files.profile, files.cfg)
+    card = model_card(files.cfg, files.events, files.metrics, files.profile, findings, list(plots))
     folder.check(["diagnosis.json", "README.md", *plots])  # all or nothing: one refused file writes none
-    folder.write("diagnosis.json", to_json(findings, indent=2))
+    folder.write("diagnosis.json", to_json(Diagnosis(findings=findings).dump(), indent=2))
     for path, png in plots.items():
         folder.write(path, png, "free space and run `bertfit card` on the run")
     folder.write("README.md", card)

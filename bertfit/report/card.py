@@ -7,8 +7,10 @@ from importlib import resources
 from pathlib import Path
 
 from bertfit.data.sources import hub_dataset
+from bertfit.errors import BertfitError
 from bertfit.models import hub_identity
-from bertfit.records import METRIC_TITLES, inline, markdown_table, scalar_metrics, table_columns, table_rows
+from bertfit.records import METRIC_TITLES, inline, markdown_table, table_columns, table_rows
+from bertfit.runfiles import DataProfile, Eval, Events, Finding, RunMetrics, Scores
 from bertfit.tasks import task_for
 from bertfit.tasks.profile import summary_lines
 
@@ -112,8 +114,9 @@ HUB_METRICS = {
 }
 
 
-def front_matter(cfg, dataset: str, summary: dict, result_split: str, metric_names: list[str]) -> str:
-    """The card's YAML header, built by huggingface_hub (so the Hub reads its model-index as written)."""
+def front_matter(cfg, dataset: str, shown: Scores, result_split: str, metric_names: list[str]) -> str:
+    """`shown`: the scores of `result_split` the model-index reports."""
+    # The card's YAML header is built by huggingface_hub, so the Hub reads its model-index as written.
     from huggingface_hub import EvalResult, ModelCardData
 
     base, license_id = hub_identity(cfg.model)
@@ -132,7 +135,7 @@ def front_matter(cfg, dataset: str, summary: dict, result_split: str, metric_nam
             metric_type=HUB_METRICS.get(name, (name, None))[0],
             metric_args=HUB_METRICS.get(name, (name, None))[1],
             metric_name=METRIC_TITLES.get(name, name),
-            metric_value=round(summary[result_split][name], 4),
+            metric_value=round(shown.metric(name), 4),
         )
         for name in metric_names
     ]
@@ -150,15 +153,15 @@ def front_matter(cfg, dataset: str, summary: dict, result_split: str, metric_nam
     return f"---\n{data.to_yaml()}\n---"
 
 
-def early_stop_line(cfg, summary: dict, evals: list[dict]) -> str | None:
+def early_stop_line(cfg, summary: RunMetrics, evals: list[Eval]) -> str | None:
     """The card's and the console's sentence for a run that early stopping ended."""
-    if summary.get("stop_reason") != "early_stopping" or not evals:
+    if summary.stop_reason != "early_stopping" or not evals:
         return None
     last = evals[-1]
     return (
-        f"Training stopped early at step {last['step']} (epoch {last['epoch']:.2f} of {cfg.epochs:g}): "
-        f"{summary['metric_for_best']} did not improve for {cfg.early_stopping} evaluations after step "
-        f"{summary['best_step']} (early_stopping: {cfg.early_stopping})."
+        f"Training stopped early at step {last.step} (epoch {last.epoch:.2f} of {cfg.epochs:g}): "
+        f"{summary.metric_for_best} did not improve for {cfg.early_stopping} evaluations after step "
+        f"{summary.best_step} (early_stopping: {cfg.early_stopping})."
     )
 
 
@@ -233,36 +236,43 @@ class CardData:
 
 
 def card_data(
-    cfg, events: list[dict], summary: dict, profile, findings: list[dict], plots: list[str], versions: dict
+    cfg,
+    events: Events,
+    summary: RunMetrics,
+    profile: DataProfile | None,
+    findings: list[Finding],
+    plots: list[str],
+    versions: dict,
 ) -> CardData:
-    start = next((e for e in events if e["event"] == "start"), {})
-    dataset = start.get("dataset", cfg.data)
-    evals = [e for e in events if e["event"] == "eval"]
-    result_split = "test" if "test" in summary else "validation"
-    metric_names = [k for k in scalar_metrics(summary[result_split]) if k != "loss"]
+    start = events.start
+    if start is None:
+        raise BertfitError("the run's log.jsonl has no start event; rerun the training")
+    dataset = start.dataset
+    evals = events.evals
+    result_split, shown = ("test", summary.test) if summary.test is not None else ("validation", summary.validation)
+    metric_names = [name for name, value in shown.named().items() if value is not None]
     labels = ", ".join(map(inline, cfg.label_names)) if cfg.label_names else "a real-valued score"
     base = hub_identity(cfg.model)[0]
-    shown = summary[result_split]
-    sizes = ", ".join(f"{name} {count:,}" for name, count in start.get("examples", {}).items())
+    sizes = ", ".join(f"{name} {count:,}" for name, count in start.examples.items())
     trainable = (
         [
-            f"trainable_parameters: {start['trainable_parameters']:,} of {start['parameters']:,} "
-            f"({start['trainable_parameters'] / start['parameters']:.2%})"
+            f"trainable_parameters: {start.trainable_parameters:,} of {start.parameters:,} "
+            f"({start.trainable_parameters / start.parameters:.2%})"
         ]
-        if start.get("trainable_parameters") is not None
+        if start.trainable_parameters is not None
         else []
     )
-    with_accuracy = [e for e in evals if e.get("train_accuracy") is not None]
-    mislabeled = summary.get("mislabeled") or {}
-    train = summary["train"]
+    with_accuracy = [e for e in evals if e.train_accuracy is not None]
+    mislabeled = summary.mislabeled
+    train = summary.train
     uses, limits = intended_uses(cfg, dataset, sizes)
     return CardData(
-        front_matter=front_matter(cfg, dataset, summary, result_split, metric_names),
+        front_matter=front_matter(cfg, dataset, shown, result_split, metric_names),
         title=Path(cfg.output).name,
         base=base,
         dataset=dataset,
         result_split=result_split,
-        results=[("Loss", shown["loss"])] + [(METRIC_TITLES.get(m, m), shown[m]) for m in metric_names],
+        results=[("Loss", shown.loss)] + [(METRIC_TITLES.get(m, m), shown.metric(m)) for m in metric_names],
         description=[
             f"Base model: {base} (`--model {cfg.model}`)",
             f"Task: {cfg.task}",
@@ -275,15 +285,15 @@ def card_data(
             f"Dataset: {dataset}; examples used: {sizes}",
             f"Splits: train = `{cfg.train_split}`, validation = `{cfg.eval_split}`"
             + (f", test = `{cfg.test_split}`" if cfg.test_split not in (None, "none") else ""),
-            *(f"Note: {note}" for note in start.get("notes", [])),
+            *(f"Note: {note}" for note in start.notes),
         ],
         profile=[inline(line) for line in summary_lines(profile)] if profile else [],
-        hyperparameters=hyperparameters(cfg, start.get("device", "unknown")) + trainable,
+        hyperparameters=hyperparameters(cfg, start.device) + trainable,
         results_table=markdown_table(table_columns(evals), table_rows(evals)),
         kept=(
-            f"The weights kept are those of step {summary['kept_step']} (best {summary['metric_for_best']} "
-            f"{summary['best_metric']:.4f} at step {summary['best_step']})."
-            if summary.get("best_metric") is not None
+            f"The weights kept are those of step {summary.kept_step} (best {summary.metric_for_best} "
+            f"{summary.best_metric:.4f} at step {summary.best_step})."
+            if summary.best_metric is not None
             else None
         ),
         stopped=early_stop_line(cfg, summary, evals),
@@ -291,12 +301,12 @@ def card_data(
             ["Epoch", "Step", "Training Loss", "Training Accuracy", "Validation Loss", "Validation Accuracy"],
             [
                 [
-                    f"{e['epoch']:.2f}",
-                    str(e["step"]),
-                    f"{e['train_loss']:.4f}",
-                    f"{e['train_accuracy']:.4f}",
-                    f"{e['metrics']['loss']:.4f}",
-                    f"{e['metrics'].get('accuracy', float('nan')):.4f}",
+                    f"{e.epoch:.2f}",
+                    str(e.step),
+                    f"{e.train_loss:.4f}",
+                    f"{e.train_accuracy:.4f}",
+                    f"{e.metrics.loss:.4f}",
+                    f"{_or_nan(e.metrics.metric('accuracy')):.4f}",
                 ]
                 for e in with_accuracy
             ],
@@ -309,40 +319,37 @@ def card_data(
         ],
         mislabeled=(
             (
-                f"{mislabeled['flagged']:,} of {mislabeled['examined']:,} training examples have a negative area "
+                f"{mislabeled.flagged:,} of {mislabeled.examined:,} training examples have a negative area "
                 "under the margin (the model kept preferring another label; Pleiss et al. 2020). The lowest "
-                f"{len(mislabeled['lowest'])} (all of them are in `mislabeled.jsonl`):",
+                f"{len(mislabeled.lowest)} (all of them are in `mislabeled.jsonl`):",
                 markdown_table(
                     ["Row", "Text", "Label", "Looks like", "Margin"],
-                    [
-                        [str(e["row"]), e["text"][:80], e["label"], e["suspected"], f"{e['margin']:.2f}"]
-                        for e in mislabeled["lowest"]
-                    ],
+                    [[str(e.row), e.text[:80], e.label, e.suspected, f"{e.margin:.2f}"] for e in mislabeled.lowest],
                 ),
             )
-            if mislabeled.get("lowest")
+            if mislabeled is not None and mislabeled.lowest
             else None
         ),
         hardware=[
-            f"Hardware: {start.get('hardware', 'not recorded')}",
-            f"Training: {train['train_seconds']:.1f} s for {train['steps']} steps, {train['samples_per_second']:.1f} "
-            f"samples/s, {train['tokens_per_second']:.0f} real tokens/s; padding {train['padding_ratio']:.1%} of "
+            f"Hardware: {start.hardware}",
+            f"Training: {train.train_seconds:.1f} s for {train.steps} steps, {train.samples_per_second:.1f} "
+            f"samples/s, {train.tokens_per_second:.0f} real tokens/s; padding {train.padding_ratio:.1%} of "
             "the tokens computed",
             *(
                 [
-                    f"Model FLOP utilisation: {train['mfu']:.1%} of the GPU's {train['peak_flops'] / 1e12:.0f} "
+                    f"Model FLOP utilisation: {train.mfu:.1%} of the GPU's {train.peak_flops / 1e12:.0f} "
                     "TFLOP/s dense bf16 peak"
                 ]
-                if train.get("mfu") is not None
+                if train.mfu is not None
                 else []
             ),
-            f"Tokenization: {train['tokenize_seconds']:.1f} s (cached for reruns)",
+            f"Tokenization: {train.tokenize_seconds:.1f} s (cached for reruns)",
         ],
         findings=[
-            {**f, "evidence": inline(f["evidence"]), "advice": inline(f["advice"]), "severity": f["severity"].upper()}
+            {**f.dump(), "evidence": inline(f.evidence), "advice": inline(f.advice), "severity": f.severity.upper()}
             for f in findings
         ],
-        healthy=not any(f["severity"] in ("warning", "error") for f in findings),
+        healthy=not any(f.severity in ("warning", "error") for f in findings),
         plots=[(Path(p).stem, p) for p in plots],
         versions=versions,
     )
@@ -357,5 +364,11 @@ def render(data: CardData) -> str:
     return environment.from_string(template).render(card=data)
 
 
-def model_card(cfg, events: list[dict], summary: dict, profile, findings: list[dict], plots: list[str]) -> str:
+def _or_nan(value: float | None) -> float:
+    return float("nan") if value is None else value
+
+
+def model_card(
+    cfg, events: Events, summary: RunMetrics, profile: DataProfile | None, findings: list[Finding], plots: list[str]
+) -> str:
     return render(card_data(cfg, events, summary, profile, findings, plots, framework_versions()))

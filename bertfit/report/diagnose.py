@@ -7,9 +7,10 @@ gives the same answer later as `bertfit train` gave at the end.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 from bertfit.config import Config
+from bertfit.runfiles import BadStep, DataProfile, Diverged, Eval, Events, Finding, RunMetrics, Scores, Train
 from bertfit.tasks import task_for
 
 # Thresholds, named so the card can cite them.
@@ -54,23 +55,14 @@ FP16_SCALER_SKIPS = 5  # skipped fp16 steps tolerated (or 1% of steps) as loss-s
 LOW_MFU = 0.05
 
 
-@dataclass
-class Finding:
-    id: str
-    severity: str  # "error", "warning" or "info"
-    title: str
-    evidence: str
-    advice: str
+def _series(evals: list[Eval], key: str) -> list[tuple[int, float]]:
+    return [(e.step, value) for e in evals if (value := e.metrics.metric(key)) is not None]
 
 
-def _series(evals: list[dict], key: str) -> list[tuple[int, float]]:
-    return [(e["step"], e["metrics"][key]) for e in evals if isinstance(e["metrics"].get(key), (int, float))]
-
-
-def _train_losses(events: list[dict]) -> list[tuple[int, float]]:
+def _train_losses(events: Events) -> list[tuple[int, float]]:
     """A non-finite loss is written to log.jsonl as null; it is read back as NaN."""
-    points = [(e["step"], _number(e["loss"])) for e in events if e["event"] == "train"]
-    evals = [(e["step"], e["train_loss"]) for e in events if e["event"] == "eval" and e.get("train_loss") is not None]
+    points = [(e.step, _number(e.loss)) for e in events.of(Train)]
+    evals = [(e.step, e.train_loss) for e in events.evals if e.train_loss is not None]
     return points if len(points) >= len(evals) else evals
 
 
@@ -96,10 +88,14 @@ SUPERSEDED_BY = {
 }
 
 
-def diagnose(events: list[dict], profile: dict | None, summary: dict | None, cfg: Config) -> list[Finding]:
-    """`cfg` is the run's resolved recipe. A problem two rules see is reported once, by the first."""
-    evals = [e for e in events if e["event"] == "eval"]
+def diagnose(events: list, profile: DataProfile | None, summary: RunMetrics | None, cfg: Config) -> list[Finding]:
+    """`cfg` is the run's resolved recipe; `summary` is None before the run finished (or when it diverged). A
+    problem two rules see is reported once, by the first."""
+    events = Events(events)
+    evals = events.evals
     task = task_for(cfg)
+    profile = profile or DataProfile(task=task.kind, splits={})
+    summary = summary or RunMetrics()
     findings: list[Finding] = []
     for rule in (
         _non_finite,
@@ -119,15 +115,20 @@ def diagnose(events: list[dict], profile: dict | None, summary: dict | None, cfg
         _truncation,
         _slow,
     ):
-        found = rule(events, evals, profile or {}, summary or {}, cfg, task)
+        found = rule(events, evals, profile, summary, cfg, task)
         if found and found.id not in {f.id for f in findings}:
             findings.append(found)
     seen = {f.id for f in findings}
     return [f for f in findings if not SUPERSEDED_BY.get(f.id, set()) & seen]
 
 
-def _steps(events: list[dict]) -> int:
-    return max((e["step"] for e in events if e["event"] in ("train", "eval")), default=0)
+def _steps(events: Events) -> int:
+    return events.last_step()
+
+
+def _kept(summary: RunMetrics) -> Scores:
+    """The kept weights' validation scores (none known before the run finished)."""
+    return summary.validation or Scores()
 
 
 def _stop_earlier(cfg: Config) -> str:
@@ -143,20 +144,16 @@ def _stop_earlier(cfg: Config) -> str:
     return ", ".join(advice)
 
 
-def as_dicts(findings: list[Finding]) -> list[dict]:
-    return [asdict(f) for f in findings]
-
-
 # ---------------------------------------------------------------- training dynamics
 
 
 def _non_finite(events, evals, profile, summary, cfg, task) -> Finding | None:
-    bad = [e for e in events if e["event"] == "bad_step"]
+    bad = events.of(BadStep)
     losses = [v for _, v in _train_losses(events)] + [v for _, v in _series(evals, "loss")]
     finite_losses = all(math.isfinite(v) for v in losses)
     if not bad and finite_losses:
         return None
-    diverged = any(e["event"] == "diverged" for e in events)
+    diverged = bool(events.of(Diverged))
     # fp16's GradScaler skips a step each time it lowers the loss scale, mostly early on: a few skips are how it
     # calibrates, not a fault.
     if (
@@ -166,7 +163,7 @@ def _non_finite(events, evals, profile, summary, cfg, task) -> Finding | None:
         and len(bad) <= max(FP16_SCALER_SKIPS, 0.01 * _steps(events))
     ):
         return None
-    first = bad[0]["step"] if bad else None
+    first = bad[0].step if bad else None
     advice = [
         f"lower the learning rate (now {cfg.lr:g}; {rates(cfg).good} is usual)"
         if cfg.lr > 5e-5
@@ -177,13 +174,13 @@ def _non_finite(events, evals, profile, summary, cfg, task) -> Finding | None:
     if cfg.precision == "fp16":
         advice.append("use bf16 or fp32 instead of fp16")
     return Finding(
-        "non_finite",
-        "error",
-        "NaN/inf appeared in training",
-        f"{len(bad)} step(s) with non-finite loss or gradients"
+        id="non_finite",
+        severity="error",
+        title="NaN/inf appeared in training",
+        evidence=f"{len(bad)} step(s) with non-finite loss or gradients"
         + (f", first at step {first}" if first else "")
         + ("; the run stopped" if diverged else "; those updates were skipped"),
-        ", ".join(advice),
+        advice=", ".join(advice),
     )
 
 
@@ -200,20 +197,22 @@ def _overfitting(events, evals, profile, summary, cfg, task) -> Finding | None:
     after = [v for s, v in train if s > best_step]
     if not at_best or not after or after[-1] >= at_best[-1]:
         return None  # training loss rose too: that is instability, not overfitting
-    kept = summary.get("kept_step")
-    metric = summary.get("metric_for_best", "the chosen metric")
+    kept = summary.kept_step
+    metric = summary.metric_for_best or "the chosen metric"
     kept_text = (
         f"the kept checkpoint (step {kept}) is the best by {metric}"
-        if kept == summary.get("best_step") and kept is not None
+        if kept == summary.best_step and kept is not None
         else f"the kept weights are from step {kept}, not the best by {metric}"
     )
     return Finding(
-        "overfitting",
-        "warning",
-        "Overfitting: validation loss rose while training loss kept falling",
-        f"validation loss {best:.4f} at step {best_step} → {last:.4f} at step {last_step} "
-        f"(+{last / best - 1:.0%}); training loss {at_best[-1]:.4f} → {after[-1]:.4f}; {kept_text}",
-        f"stop earlier ({_stop_earlier(cfg)}), or add training data",
+        id="overfitting",
+        severity="warning",
+        title="Overfitting: validation loss rose while training loss kept falling",
+        evidence=(
+            f"validation loss {best:.4f} at step {best_step} → {last:.4f} at step {last_step} "
+            f"(+{last / best - 1:.0%}); training loss {at_best[-1]:.4f} → {after[-1]:.4f}; {kept_text}"
+        ),
+        advice=f"stop earlier ({_stop_earlier(cfg)}), or add training data",
     )
 
 
@@ -225,7 +224,7 @@ def _not_learning(events, evals, profile, summary, cfg, task) -> Finding | None:
     classes = len(cfg.label_names)
     train = _smoothed(train)
     final_loss = train[-1][1]
-    majority = profile.get("splits", {}).get("validation", {}).get("majority_rate")
+    majority = profile.split("validation").majority_rate
     accuracies = [v for _, v in _series(evals, "accuracy")]
     near_chance = final_loss >= CHANCE_SHARE * chance
     near_majority = majority is not None and accuracies and max(accuracies) <= majority + NEAR_MAJORITY
@@ -242,46 +241,50 @@ def _not_learning(events, evals, profile, summary, cfg, task) -> Finding | None:
         evidence += f"; training loss rose from a minimum of {min(v for _, v in train):.4f}"
     if lr >= rates(cfg).high:
         return Finding(
-            "lr_too_high",
-            "error",
-            "Not learning: the learning rate is too high",
-            f"{evidence}; lr {lr:g}",
-            f"lower the learning rate from {lr:g} to {rates(cfg).good} "
-            f"({'LoRA' if cfg.lora else 'pretrained encoders'} tolerate {rates(cfg).tolerated}), with a "
-            "linear schedule" + ("" if cfg.warmup_ratio or cfg.warmup_steps else " and 6-10% warmup"),
+            id="lr_too_high",
+            severity="error",
+            title="Not learning: the learning rate is too high",
+            evidence=f"{evidence}; lr {lr:g}",
+            advice=(
+                f"lower the learning rate from {lr:g} to {rates(cfg).good} "
+                f"({'LoRA' if cfg.lora else 'pretrained encoders'} tolerate {rates(cfg).tolerated}), with a "
+                "linear schedule" + ("" if cfg.warmup_ratio or cfg.warmup_steps else " and 6-10% warmup")
+            ),
         )
     if lr < rates(cfg).low and steps >= SHORT_RUN:
         return Finding(
-            "lr_too_low",
-            "warning",
-            "Not learning: the learning rate is too low",
-            f"{evidence}; lr {lr:g} over {steps} steps",
-            f"raise the learning rate from {lr:g} to {rates(cfg).good}",
+            id="lr_too_low",
+            severity="warning",
+            title="Not learning: the learning rate is too low",
+            evidence=f"{evidence}; lr {lr:g} over {steps} steps",
+            advice=f"raise the learning rate from {lr:g} to {rates(cfg).good}",
         )
     if steps < SHORT_RUN:
         return Finding(
-            "too_short",
-            "warning",
-            "Not learning yet: the run is too short to judge",
-            f"{evidence}; only {steps} optimizer steps",
-            f"train for more steps (a few hundred at least; now {steps}) before changing the learning rate (now "
-            f"{lr:g})",
+            id="too_short",
+            severity="warning",
+            title="Not learning yet: the run is too short to judge",
+            evidence=f"{evidence}; only {steps} optimizer steps",
+            advice=(
+                f"train for more steps (a few hundred at least; now {steps}) before changing the learning rate (now "
+                f"{lr:g})"
+            ),
         )
     advice = ["check that labels match texts (`bertfit inspect`)"]
     if not (cfg.warmup_ratio or cfg.warmup_steps):
         advice.append("add warmup (warmup_ratio 0.06)")
     advice.append(f"train longer than {steps} steps")
     return Finding(
-        "not_learning",
-        "warning",
-        "Not learning: the model stays at chance",
-        f"{evidence}; lr {lr:g} is in the usual range",
-        ", ".join(advice),
+        id="not_learning",
+        severity="warning",
+        title="Not learning: the model stays at chance",
+        evidence=f"{evidence}; lr {lr:g} is in the usual range",
+        advice=", ".join(advice),
     )
 
 
 def _collapse(events, evals, profile, summary, cfg, task) -> Finding | None:
-    matrix = summary.get("validation", {}).get("confusion_matrix")
+    matrix = _kept(summary).confusion_matrix
     names = cfg.label_names or []
     if not matrix or len(matrix) < 2:
         return None
@@ -292,7 +295,7 @@ def _collapse(events, evals, profile, summary, cfg, task) -> Finding | None:
     if not total or predicted[top] / total < COLLAPSE_SHARE or true_share >= 0.8:
         return None
     steps = _steps(events)
-    imbalance = profile.get("splits", {}).get("train", {}).get("imbalance_ratio", 1)
+    imbalance = profile.split("train").imbalance_ratio or 1
     if cfg.lr >= rates(cfg).high:
         advice = f"lower the learning rate from {cfg.lr:g} to {rates(cfg).good}"
     elif steps < SHORT_RUN:
@@ -302,12 +305,14 @@ def _collapse(events, evals, profile, summary, cfg, task) -> Finding | None:
     else:
         advice = "check that labels match texts (`bertfit inspect`) and that the labels are not shuffled"
     return Finding(
-        "collapse",
-        "error",
-        "Collapse to one class",
-        f"{predicted[top] / total:.1%} of validation predictions are '{names[top] if top < len(names) else top}'"
-        f", which is {true_share:.1%} of the true labels",
-        advice,
+        id="collapse",
+        severity="error",
+        title="Collapse to one class",
+        evidence=(
+            f"{predicted[top] / total:.1%} of validation predictions are '{names[top] if top < len(names) else top}'"
+            f", which is {true_share:.1%} of the true labels"
+        ),
+        advice=advice,
     )
 
 
@@ -319,23 +324,25 @@ def _learning_rate_too_low(events, evals, profile, summary, cfg, task) -> Findin
     if first <= 0 or (first - last) / first >= FLAT_LOSS:
         return None
     return Finding(
-        "lr_too_low",
-        "warning",
-        "Learning rate too low: the training loss barely moves",
-        f"training loss {first:.4f} → {last:.4f} ({(first - last) / first:.1%}) over {train[-1][0]} steps "
-        f"at lr {cfg.lr:g}",
-        f"raise the learning rate from {cfg.lr:g} to {rates(cfg).good}",
+        id="lr_too_low",
+        severity="warning",
+        title="Learning rate too low: the training loss barely moves",
+        evidence=(
+            f"training loss {first:.4f} → {last:.4f} ({(first - last) / first:.1%}) over {train[-1][0]} steps "
+            f"at lr {cfg.lr:g}"
+        ),
+        advice=f"raise the learning rate from {cfg.lr:g} to {rates(cfg).good}",
     )
 
 
 def _underfitting(events, evals, profile, summary, cfg, task) -> Finding | None:
-    with_accuracy = [e for e in evals if e.get("train_accuracy") is not None]
+    with_accuracy = [e for e in evals if e.train_accuracy is not None]
     if not with_accuracy:
         return None
-    final = with_accuracy[-1]["train_accuracy"]
+    final = with_accuracy[-1].train_accuracy
     accuracies = _series(evals, "accuracy")
     still_improving = len(accuracies) >= 2 and accuracies[-1][1] >= max(v for _, v in accuracies)
-    majority = profile.get("splits", {}).get("train", {}).get("majority_rate", 0)
+    majority = profile.split("train").majority_rate or 0
     if final >= UNDERFIT_ACCURACY or final <= majority + NEAR_MAJORITY or not still_improving:
         return None  # at chance is 'not learning', reported by its own rule
     steps = _steps(events)
@@ -343,21 +350,23 @@ def _underfitting(events, evals, profile, summary, cfg, task) -> Finding | None:
     if cfg.lr < 2e-5:
         advice.append(f"raise the learning rate from {cfg.lr:g} to {rates(cfg).good}")
     return Finding(
-        "underfitting",
-        "warning",
-        "Underfitting: training accuracy is still low at the end",
-        f"training accuracy {final:.4f} over the last evaluation window; validation accuracy was still "
-        f"improving at the last evaluation ({accuracies[-1][1]:.4f} at step {accuracies[-1][0]})",
-        ", ".join(advice),
+        id="underfitting",
+        severity="warning",
+        title="Underfitting: training accuracy is still low at the end",
+        evidence=(
+            f"training accuracy {final:.4f} over the last evaluation window; validation accuracy was still "
+            f"improving at the last evaluation ({accuracies[-1][1]:.4f} at step {accuracies[-1][0]})"
+        ),
+        advice=", ".join(advice),
     )
 
 
 def _metric_noise(events, evals, profile, summary, cfg, task) -> Finding | None:
     """Only when keeping the best checkpoint chose other weights than the last, on a gain within the noise."""
-    metric = summary.get("metric_for_best", "accuracy")
+    metric = summary.metric_for_best or "accuracy"
     values = dict(_series(evals, metric))
-    n = profile.get("splits", {}).get("validation", {}).get("rows")
-    kept, last = summary.get("kept_step"), max(values, default=None)
+    n = profile.split("validation").rows
+    kept, last = summary.kept_step, max(values, default=None)
     if metric != "accuracy" or not n or n >= SMALL_EVAL or kept is None or kept == last or last is None:
         return None
     best, final = values.get(kept), values[last]
@@ -367,44 +376,50 @@ def _metric_noise(events, evals, profile, summary, cfg, task) -> Finding | None:
     if best - final >= half_width:
         return None
     return Finding(
-        "metric_noise",
-        "info",
-        "The kept checkpoint won on noise",
-        f"step {kept} was kept for {metric} {best:.4f} against {final:.4f} at the last step {last}, a gain within "
-        f"± {half_width:.4f} (95% binomial interval, n = {n})",
-        "treat the two as equal: evaluate on a larger split, or compare several seeds, before preferring either",
+        id="metric_noise",
+        severity="info",
+        title="The kept checkpoint won on noise",
+        evidence=(
+            f"step {kept} was kept for {metric} {best:.4f} against {final:.4f} at the last step {last}, a gain within "
+            f"± {half_width:.4f} (95% binomial interval, n = {n})"
+        ),
+        advice="treat the two as equal: evaluate on a larger split, or compare several seeds, before preferring either",
     )
 
 
 def _memorised_small_data(events, evals, profile, summary, cfg, task) -> Finding | None:
-    rows = profile.get("splits", {}).get("train", {}).get("rows")
-    last = next((e for e in reversed(evals) if e.get("train_accuracy") is not None), None)
-    if not rows or rows >= SMALL_TRAIN or last is None or "accuracy" not in last["metrics"]:
+    rows = profile.split("train").rows
+    last = next((e for e in reversed(evals) if e.train_accuracy is not None), None)
+    accuracy = last.metrics.metric("accuracy") if last is not None else None
+    if not rows or rows >= SMALL_TRAIN or accuracy is None:
         return None
-    gap = last["train_accuracy"] - last["metrics"]["accuracy"]
+    gap = last.train_accuracy - accuracy
     if gap < MEMORISED_GAP:
         return None
     return Finding(
-        "small_data",
-        "warning",
-        "Too little training data: the model memorises it",
-        f"{rows:,} training examples; training accuracy {last['train_accuracy']:.4f} vs validation accuracy "
-        f"{last['metrics']['accuracy']:.4f} at step {last['step']} (gap {gap:.2f})",
-        f"add labelled examples (the main fix; validation is far below training), and meanwhile {_stop_earlier(cfg)}",
+        id="small_data",
+        severity="warning",
+        title="Too little training data: the model memorises it",
+        evidence=(
+            f"{rows:,} training examples; training accuracy {last.train_accuracy:.4f} vs validation accuracy "
+            f"{accuracy:.4f} at step {last.step} (gap {gap:.2f})"
+        ),
+        advice="add labelled examples (the main fix; validation is far below training), and meanwhile "
+        + _stop_earlier(cfg),
     )
 
 
 def _low_f1(events, evals, profile, summary, cfg, task) -> Finding | None:
     """The expression seed's 'low precision/recall': entity F1 (or the positive class's F1) far below usable."""
-    kept = summary.get("validation", {})
-    if not {"precision", "recall", "f1"} <= set(kept) or kept["f1"] >= LOW_F1:
+    kept = _kept(summary)
+    precision, recall, f1 = (kept.metric(name) for name in ("precision", "recall", "f1"))
+    if precision is None or recall is None or f1 is None or f1 >= LOW_F1:
         return None
     steps = _steps(events)
-    evidence = f"validation precision {kept['precision']:.3f}, recall {kept['recall']:.3f}, F1 {kept['f1']:.3f}"
-    per_type = kept.get("per_type") or {}
-    if per_type:
-        worst = sorted(per_type.items(), key=lambda item: item[1]["f1"])[:3]
-        evidence += "; weakest types " + ", ".join(f"{k} F1 {v['f1']:.2f} (n={v['support']})" for k, v in worst)
+    evidence = f"validation precision {precision:.3f}, recall {recall:.3f}, F1 {f1:.3f}"
+    if kept.per_type:
+        worst = sorted(kept.per_type.items(), key=lambda item: item[1].f1)[:3]
+        evidence += "; weakest types " + ", ".join(f"{k} F1 {v.f1:.2f} (n={v.support})" for k, v in worst)
     advice = []
     if steps < 10 * SHORT_RUN:
         advice.append(f"train longer (now {steps} steps; the expression seed trains 5 epochs)")
@@ -412,19 +427,19 @@ def _low_f1(events, evals, profile, summary, cfg, task) -> Finding | None:
         advice.append(f"lower the learning rate from {cfg.lr:g} to {rates(cfg).good}")
     elif cfg.lr < rates(cfg).low:
         advice.append(f"raise the learning rate from {cfg.lr:g} to {rates(cfg).good}")
-    rows = profile.get("splits", {}).get("train", {}).get("rows")
+    rows = profile.split("train").rows
     if rows and rows < SMALL_TRAIN:
         advice.append(f"add labelled examples ({rows:,} now)")
-    if profile.get("repaired_tags"):
-        advice.append(f"check the tags: {profile['repaired_tags']:,} entity-initial I- tags needed repair")
+    if profile.repaired_tags:
+        advice.append(f"check the tags: {profile.repaired_tags:,} entity-initial I- tags needed repair")
     if not advice:
         advice.append("check the labels (`bertfit inspect`) and add examples of the weakest types")
     return Finding(
-        "low_f1",
-        "error" if kept["f1"] < LOW_F1 / 5 else "warning",
-        "Low precision and recall",
-        evidence,
-        ", ".join(advice),
+        id="low_f1",
+        severity="error" if f1 < LOW_F1 / 5 else "warning",
+        title="Low precision and recall",
+        evidence=evidence,
+        advice=", ".join(advice),
     )
 
 
@@ -436,29 +451,33 @@ def _shorten(text: str, width: int = 60) -> str:
 
 
 def _mislabeled(events, evals, profile, summary, cfg, task) -> Finding | None:
-    found = summary.get("mislabeled") or {}
-    if not found.get("flagged"):
+    found = summary.mislabeled
+    if found is None or not found.flagged:
         return None
     shown = "; ".join(
-        f"'{_shorten(e['text'])}' labelled {e['label']}, looks {e['suspected']} (margin {e['margin']:.2f})"
-        for e in found["lowest"][:3]
+        f"'{_shorten(e.text)}' labelled {e.label}, looks {e.suspected} (margin {e.margin:.2f})"
+        for e in found.lowest[:3]
     )
     return Finding(
-        "mislabeled",
-        "info",
-        "Training examples whose label the model keeps contradicting",
-        f"{found['flagged']:,} of {found['examined']:,} training examples ({found['flagged'] / found['examined']:.1%}) "
-        f"have a negative area under the margin; lowest: {shown}",
-        "review mislabeled.jsonl in the run folder (lowest margin first; the top of the list is the likeliest to be "
-        "wrong), fix or drop the wrong labels, and train again",
+        id="mislabeled",
+        severity="info",
+        title="Training examples whose label the model keeps contradicting",
+        evidence=(
+            f"{found.flagged:,} of {found.examined:,} training examples ({found.flagged / found.examined:.1%}) "
+            f"have a negative area under the margin; lowest: {shown}"
+        ),
+        advice=(
+            "review mislabeled.jsonl in the run folder (lowest margin first; the top of the list is the likeliest "
+            "to be wrong), fix or drop the wrong labels, and train again"
+        ),
     )
 
 
 def _imbalance(events, evals, profile, summary, cfg, task) -> Finding | None:
-    train = profile.get("splits", {}).get("train", {})
-    matrix = summary.get("validation", {}).get("confusion_matrix")
+    train = profile.split("train")
+    matrix = _kept(summary).confusion_matrix
     names = cfg.label_names or []
-    if train.get("imbalance_ratio", 1) < IMBALANCE_RATIO or not matrix:
+    if (train.imbalance_ratio or 1) < IMBALANCE_RATIO or not matrix:
         return None
     recalls = [row[i] / sum(row) if sum(row) else 1.0 for i, row in enumerate(matrix)]
     worst = min(range(len(recalls)), key=recalls.__getitem__)
@@ -469,19 +488,20 @@ def _imbalance(events, evals, profile, summary, cfg, task) -> Finding | None:
     if cfg.metric_for_best != balanced:
         advice += f", and choose the checkpoint by {balanced} (metric_for_best: {balanced})"
     return Finding(
-        "imbalance",
-        "warning",
-        "Class imbalance with low minority recall",
-        f"training labels {train.get('labels')} (ratio {train['imbalance_ratio']:.1f}); validation recall of "
-        f"'{names[worst] if worst < len(names) else worst}' is {recalls[worst]:.2f}",
-        advice,
+        id="imbalance",
+        severity="warning",
+        title="Class imbalance with low minority recall",
+        evidence=(
+            f"training labels {train.labels} (ratio {train.imbalance_ratio:.1f}); validation recall of "
+            f"'{names[worst] if worst < len(names) else worst}' is {recalls[worst]:.2f}"
+        ),
+        advice=advice,
     )
 
 
 def _rare_classes(events, evals, profile, summary, cfg, task) -> Finding | None:
     """Seed 003's 'validate your dataset': a class with a handful of examples is noise to learn and to score."""
-    splits = profile.get("splits", {})
-    rare = {name: splits[name].get("rare_classes") or {} for name in ("train", "validation") if name in splits}
+    rare = {name: profile.splits[name].rare_classes or {} for name in ("train", "validation") if name in profile.splits}
     if not any(rare.values()):
         return None
     parts = [
@@ -492,11 +512,11 @@ def _rare_classes(events, evals, profile, summary, cfg, task) -> Finding | None:
     learn, measure = bool(rare.get("train")), bool(rare.get("validation"))
     what = "to learn or to validate" if learn and measure else "to learn" if learn else "to validate"
     return Finding(
-        "rare_classes",
-        "warning",
-        f"Classes too rare {what}",
-        "examples per class under 5 in " + "; ".join(parts),
-        "collect more examples of these classes, merge each into a related class, or drop its rows; "
+        id="rare_classes",
+        severity="warning",
+        title=f"Classes too rare {what}",
+        evidence="examples per class under 5 in " + "; ".join(parts),
+        advice="collect more examples of these classes, merge each into a related class, or drop its rows; "
         + (
             "a score on one or two validation examples is noise"
             if measure
@@ -507,17 +527,17 @@ def _rare_classes(events, evals, profile, summary, cfg, task) -> Finding | None:
 
 def _unpredicted_labels(events, evals, profile, summary, cfg, task) -> Finding | None:
     """Multi-label: labels the kept model never gets right on validation, usually the rare ones."""
-    per_label = summary.get("validation", {}).get("per_label") or {}
-    missed = [name for name, v in per_label.items() if v["support"] and v["f1"] == 0]
+    kept = _kept(summary)
+    per_label = kept.per_label or {}
+    missed = [name for name, v in per_label.items() if v.support and v.f1 == 0]
     if not missed:
         return None
-    counts = profile.get("splits", {}).get("train", {}).get("labels", {})
+    counts = profile.split("train").labels or {}
     shown = ", ".join(f"{name} ({counts.get(name, 0):,} in train)" for name in missed[:8])
-    kept = summary["validation"]
     evidence = (
         f"{len(missed)} of {len(per_label)} labels have validation F1 0: {shown}"
         + (", ..." if len(missed) > 8 else "")
-        + f"; micro-F1 {kept['micro_f1']:.3f}, macro-F1 {kept['macro_f1']:.3f}"
+        + f"; micro-F1 {kept.metric('micro_f1'):.3f}, macro-F1 {kept.metric('macro_f1'):.3f}"
     )
     steps = _steps(events)
     advice = []
@@ -529,14 +549,14 @@ def _unpredicted_labels(events, evals, profile, summary, cfg, task) -> Finding |
         advice.append(f"try a higher learning rate (now {cfg.lr:g}; multi-label heads often want 5e-5 to 1e-4)")
     if cfg.threshold != "per_label":
         advice.append("choose a threshold per label on validation (threshold: per_label)")
-    rare = profile.get("splits", {}).get("train", {}).get("rare_labels") or []
+    rare = profile.split("train").rare_labels or []
     advice.append(f"add examples of the rare labels ({', '.join(rare[:6])})" if rare else "add examples of them")
     return Finding(
-        "unpredicted_labels",
-        "error" if len(missed) > len(per_label) / 2 else "warning",
-        "Labels the model never predicts",
-        evidence,
-        ", ".join(advice),
+        id="unpredicted_labels",
+        severity="error" if len(missed) > len(per_label) / 2 else "warning",
+        title="Labels the model never predicts",
+        evidence=evidence,
+        advice=", ".join(advice),
     )
 
 
@@ -549,34 +569,36 @@ def _imbalance_remedy(cfg) -> str:
 
 
 def _leakage(events, evals, profile, summary, cfg, task) -> Finding | None:
-    leaks = {k: v for k, v in profile.get("leakage", {}).items() if v.get("substantive_share", 0) >= LEAKAGE_SHARE}
+    leaks = {k: v for k, v in profile.leakage.items() if v.substantive_share >= LEAKAGE_SHARE}
     if not leaks:
         return None
     parts = [
-        f"{v['substantive']:,} of {k} ({v['substantive_share']:.1%}) of 5 words or more; {v['normalised']:,} in all, "
-        f"{v['exact']:,} exact"
+        f"{v.substantive:,} of {k} ({v.substantive_share:.1%}) of 5 words or more; {v.normalised:,} in all, "
+        f"{v.exact:,} exact"
         for k, v in leaks.items()
     ]
-    worst = max(v["substantive_share"] for v in leaks.values())
+    worst = max(v.substantive_share for v in leaks.values())
     # A shared example can at most be scored right by memory: the share bounds how much the metrics are inflated.
     return Finding(
-        "leakage",
-        "warning" if worst >= LEAKAGE_WARNING else "info",
-        "Evaluation examples also appear in training",
-        "texts duplicated from train: " + "; ".join(parts) + f"; at most {worst:.1%} of a split's score can come "
+        id="leakage",
+        severity="warning" if worst >= LEAKAGE_WARNING else "info",
+        title="Evaluation examples also appear in training",
+        evidence="texts duplicated from train: "
+        + "; ".join(parts)
+        + f"; at most {worst:.1%} of a split's score can come "
         "from memory",
-        "deduplicate across splits (`bertfit inspect` lists them)"
+        advice="deduplicate across splits (`bertfit inspect` lists them)"
         + (" before trusting the scores" if worst >= LEAKAGE_WARNING else " to report clean scores"),
     )
 
 
 def _truncation(events, evals, profile, summary, cfg, task) -> Finding | None:
-    tokens = profile.get("splits", {}).get("train", {}).get("tokens")
-    if not tokens or tokens["truncated_share"] < TRUNCATION_SHARE or "windowed" in tokens:
+    tokens = profile.split("train").tokens
+    if tokens is None or tokens.truncated_share < TRUNCATION_SHARE or tokens.windowed is not None:
         return None
-    longer = tokens["max_length"] < 512
+    longer = tokens.max_length < 512
     advice = (
-        f"raise max_length (now {tokens['max_length']}, p95 is {tokens['percentiles']['p95']})"
+        f"raise max_length (now {tokens.max_length}, p95 is {tokens.percentiles['p95']})"
         if longer
         else "keep the start and end of long texts with --truncation head+tail (Sun et al. 2019), or read them "
         "whole as overlapping windows (--truncation windows)"
@@ -584,12 +606,14 @@ def _truncation(events, evals, profile, summary, cfg, task) -> Finding | None:
     if cfg.truncation == "head+tail" and not longer:
         return None
     return Finding(
-        "truncation",
-        "warning",
-        "Heavy truncation",
-        f"{tokens['truncated_share']:.1%} of training examples are longer than {tokens['max_length']} tokens "
-        f"(p95 {tokens['percentiles']['p95']}, max {tokens['max']})",
-        advice,
+        id="truncation",
+        severity="warning",
+        title="Heavy truncation",
+        evidence=(
+            f"{tokens.truncated_share:.1%} of training examples are longer than {tokens.max_length} tokens "
+            f"(p95 {tokens.percentiles['p95']}, max {tokens.max})"
+        ),
+        advice=advice,
     )
 
 
@@ -597,26 +621,28 @@ def _truncation(events, evals, profile, summary, cfg, task) -> Finding | None:
 
 
 def _slow(events, evals, profile, summary, cfg, task) -> Finding | None:
-    train = summary.get("train", {})
-    if not train.get("train_seconds"):
+    train = summary.train
+    if not train.train_seconds:
         return None
     reasons, advice = [], []
-    if train.get("padding_ratio", 0) > PADDING_SHARE:
-        reasons.append(f"{train['padding_ratio']:.0%} of the tokens computed are padding")
+    if (train.padding_ratio or 0) > PADDING_SHARE:
+        reasons.append(f"{train.padding_ratio:.0%} of the tokens computed are padding")
         if cfg.padding != "bucket":
             advice.append("use --padding bucket (length-grouped batches)")
         elif cfg.compile:
             advice.append("compiled runs pad to a grid of lengths; for very short texts try --no-compile")
         else:
             advice.append("lengths vary widely inside batches: lower max_length or use a larger dataset per bucket")
-    eval_seconds = sum(e["metrics"].get("runtime", 0) for e in evals)
-    if eval_seconds > max(train["train_seconds"], SLOW_EVAL_SECONDS):
-        reasons.append(f"evaluation took {eval_seconds:.0f} s against {train['train_seconds']:.0f} s of training")
+    eval_seconds = sum(e.metrics.runtime or 0 for e in evals)
+    if eval_seconds > max(train.train_seconds, SLOW_EVAL_SECONDS):
+        reasons.append(f"evaluation took {eval_seconds:.0f} s against {train.train_seconds:.0f} s of training")
         advice.append("evaluate less often (eval_every) or on a subset (max_eval_samples), with a larger eval batch")
-    mfu = train.get("mfu")
+    mfu = train.mfu
     if mfu is not None and mfu < LOW_MFU:
         reasons.append(f"model FLOP utilisation is {mfu:.1%} of the GPU's peak")
         advice.append("use bf16, a larger batch, --padding bucket and torch.compile")
     if not reasons:
         return None
-    return Finding("slow", "warning", "Slow training", "; ".join(reasons), "; ".join(advice))
+    return Finding(
+        id="slow", severity="warning", title="Slow training", evidence="; ".join(reasons), advice="; ".join(advice)
+    )

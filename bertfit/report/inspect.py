@@ -2,14 +2,28 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from bertfit import models, tasks
 from bertfit.data import schema, sources
+from bertfit.runfiles import DataProfile
 from bertfit.tasks import build_task
 from bertfit.tasks.profile import cached_profile
 
 # Token lengths of a larger split come from a seeded sample of this many rows: tokenizing ten million rows takes
 # four minutes on two cores, and percentiles and the truncated share of a million rows are as good as exact.
 LENGTH_SAMPLE = 1_000_000
+
+
+@dataclass
+class Inspection:
+    dataset: str
+    files: list[str]
+    tokenizer: str
+    profile: DataProfile
+
+    def dump(self) -> dict:
+        return {"dataset": self.dataset, "files": self.files, "tokenizer": self.tokenizer, **self.profile.dump()}
 
 
 def inspect_source(
@@ -21,7 +35,7 @@ def inspect_source(
     label_column: str | None = None,
     label_columns: list[str] | None = None,
     delimiter: str = "|",
-) -> dict:
+) -> Inspection:
     """Profile a dataset as it is (no split carved off): every split, against `train` when there is one."""
     splits = sources.load_splits(source)
     reference = "train" if "train" in splits.frames else next(iter(splits.frames))
@@ -48,5 +62,4 @@ def inspect_source(
         name: encoder.encode_cached(sources.subsample(frame, LENGTH_SAMPLE, seed=0), tokenizer, True).full_lengths
         for name, frame in frames.items()
     }
-    report = cached_profile(frames, encoder, spec, lengths, max_length)
-    return {"dataset": splits.name, "files": splits.files, "tokenizer": model, **report}
+    return Inspection(splits.name, splits.files, model, cached_profile(frames, encoder, spec, lengths, max_length))

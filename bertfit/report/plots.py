@@ -5,7 +5,8 @@ from __future__ import annotations
 import io
 
 from bertfit.config import Config
-from bertfit.records import METRIC_TITLES, scalar_metrics
+from bertfit.records import METRIC_TITLES
+from bertfit.runfiles import DataProfile, Events, RunMetrics, Train
 from bertfit.tasks import task_for
 
 
@@ -19,10 +20,10 @@ def _pyplot():
     return plt
 
 
-def draw_all(events: list[dict], summary: dict, profile: dict | None, cfg: Config) -> dict[str, bytes]:
+def draw_all(events: Events, summary: RunMetrics, profile: DataProfile | None, cfg: Config) -> dict[str, bytes]:
     """The plots as PNG files, by their paths relative to the run folder (plots/NAME.png)."""
     plt = _pyplot()
-    evals = [e for e in events if e["event"] == "eval"]
+    evals = events.evals
     drawn = {}
     for name, draw in (
         ("loss", _loss),
@@ -31,7 +32,7 @@ def draw_all(events: list[dict], summary: dict, profile: dict | None, cfg: Confi
         ("entities", _entities),
         ("lengths", _lengths),
     ):
-        figure = draw(plt, events, evals, summary, profile or {}, cfg)
+        figure = draw(plt, events, evals, summary, profile or DataProfile(task=cfg.task, splits={}), cfg)
         if figure is not None:
             figure.tight_layout()
             png = io.BytesIO()
@@ -42,9 +43,9 @@ def draw_all(events: list[dict], summary: dict, profile: dict | None, cfg: Confi
 
 
 def _loss(plt, events, evals, summary, profile, cfg):
-    train = [(e["step"], e["loss"]) for e in events if e["event"] == "train"]
+    train = [(e.step, e.loss) for e in events.of(Train)]
     if not train:
-        train = [(e["step"], e["train_loss"]) for e in evals if e.get("train_loss") is not None]
+        train = [(e.step, e.train_loss) for e in evals if e.train_loss is not None]
     if not train and not evals:
         return None
     figure, axis = plt.subplots(figsize=(7, 4))
@@ -52,13 +53,13 @@ def _loss(plt, events, evals, summary, profile, cfg):
         axis.plot(*zip(*train), label="training loss", color="tab:blue", marker="." if len(train) < 30 else None)
     if evals:
         axis.plot(
-            [e["step"] for e in evals],
-            [e["metrics"]["loss"] for e in evals],
+            [e.step for e in evals],
+            [e.metrics.loss for e in evals],
             label="validation loss",
             color="tab:orange",
             marker="o",
         )
-    kept = summary.get("kept_step")
+    kept = summary.kept_step
     if kept is not None:
         axis.axvline(kept, color="grey", linestyle="--", label=f"kept weights (step {kept})")
     axis.set(
@@ -73,14 +74,17 @@ def _loss(plt, events, evals, summary, profile, cfg):
 def _metrics(plt, events, evals, summary, profile, cfg):
     if not evals:
         return None
-    names = [k for k in scalar_metrics(evals[0]["metrics"]) if k not in ("loss", "mse")]
+    names = [k for k in evals[0].metrics.named() if k != "mse"]
     if not names:
         return None
     figure, axis = plt.subplots(figsize=(7, 4))
-    steps = [e["step"] for e in evals]
+    steps = [e.step for e in evals]
     for name in names:
-        axis.plot(steps, [e["metrics"][name] for e in evals], marker="o", label=METRIC_TITLES.get(name, name))
-    best = summary.get("best_step")
+        values = [e.metrics.metric(name) for e in evals]
+        axis.plot(
+            steps, [float("nan") if v is None else v for v in values], marker="o", label=METRIC_TITLES.get(name, name)
+        )
+    best = summary.best_step
     if best is not None:
         axis.axvline(best, color="grey", linestyle="--", label=f"best checkpoint (step {best})")
     axis.set(xlabel="optimizer step", ylabel="score (0–1)", title="Validation metrics")
@@ -89,7 +93,7 @@ def _metrics(plt, events, evals, summary, profile, cfg):
 
 
 def _confusion(plt, events, evals, summary, profile, cfg):
-    matrix = summary.get("validation", {}).get("confusion_matrix")
+    matrix = summary.validation.confusion_matrix if summary.validation else None
     if not matrix:
         return None
     names = cfg.label_names or [str(i) for i in range(len(matrix))]
@@ -109,17 +113,17 @@ def _confusion(plt, events, evals, summary, profile, cfg):
 
 
 def _entities(plt, events, evals, summary, profile, cfg):
-    per_type = summary.get("validation", {}).get("per_type")
+    per_type = summary.validation.per_type if summary.validation else None
     if not per_type:
         return None
     names = sorted(per_type)
     figure, axis = plt.subplots(figsize=(max(5, 1.2 * len(names) + 2), 4))
-    bars = axis.bar(names, [per_type[n]["f1"] for n in names], color="tab:green")
+    bars = axis.bar(names, [per_type[n].f1 for n in names], color="tab:green")
     for bar, name in zip(bars, names):
         axis.text(
             bar.get_x() + bar.get_width() / 2,
             bar.get_height(),
-            f"{per_type[name]['f1']:.3f}\nn={per_type[name]['support']:,}",
+            f"{per_type[name].f1:.3f}\nn={per_type[name].support:,}",
             ha="center",
             va="bottom",
             fontsize=8,
@@ -131,17 +135,17 @@ def _entities(plt, events, evals, summary, profile, cfg):
 
 
 def _lengths(plt, events, evals, summary, profile, cfg):
-    tokens = profile.get("splits", {}).get("train", {}).get("tokens")
-    if not tokens:
+    tokens = profile.split("train").tokens
+    if tokens is None:
         return None
-    counts, edges = tokens["histogram"]["counts"], tokens["histogram"]["edges"]
+    counts, edges = tokens.histogram.counts, tokens.histogram.edges
     figure, axis = plt.subplots(figsize=(7, 4))
     axis.stairs(counts, edges, fill=True, alpha=0.6, label="training examples")
     axis.axvline(
-        tokens["max_length"],
+        tokens.max_length,
         color="red",
         linestyle="--",
-        label=f"max_length {tokens['max_length']} ({tokens['truncated_share']:.1%} truncated)",
+        label=f"max_length {tokens.max_length} ({tokens.truncated_share:.1%} truncated)",
     )
     axis.set(xlabel="tokens per example (before truncation)", ylabel="examples", title="Token lengths")
     axis.legend()

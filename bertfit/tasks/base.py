@@ -15,6 +15,7 @@ import pandas as pd
 import torch
 
 from bertfit.errors import BertfitError
+from bertfit.runfiles import Scores, SplitProfile
 from bertfit.tasks.features import (
     CACHE_FORMAT,
     Features,
@@ -111,7 +112,7 @@ class Task(ABC):
         ...
 
     # -- decisions learnt on validation besides the weights (multi-label thresholds), saved in the model's config
-    def calibrate(self, result: dict) -> None:  # noqa: B027 (a hook: most kinds decide nothing on validation)
+    def calibrate(self, result: Scores) -> None:  # noqa: B027 (a hook: most kinds decide nothing on validation)
         """Adopt what the validation result of the kept weights decided."""
 
     def learned_config(self) -> dict:
@@ -320,36 +321,36 @@ class Task(ABC):
         ...
 
     @classmethod
-    def compare_to_train(cls, train: dict, split: dict) -> dict:
+    def compare_to_train(cls, train: SplitProfile, split: SplitProfile) -> dict:
         """What a split's label profile says beside the training split's (labels never seen in training)."""
         return {}
 
     # -- rendering: each kind says how its own results read, so that engine, report and cli never ask which kind
     # a run is. Classmethods where they read saved files alone (the profile, the metrics), without a recipe.
     @classmethod
-    def label_summary(cls, split: dict) -> list[str]:
+    def label_summary(cls, split: SplitProfile) -> list[str]:
         """What a split's labels are, for its line in the data profile (log, card)."""
         return []
 
     @classmethod
-    def label_problems(cls, split: dict) -> list[str]:
+    def label_problems(cls, split: SplitProfile) -> list[str]:
         """What is wrong with a split's labels: in its profile line, and a line each beside `inspect`'s table."""
         return []
 
     @classmethod
-    def profile_parts(cls, split: dict) -> list[str]:
+    def profile_parts(cls, split: SplitProfile) -> list[str]:
         return cls.label_summary(split) + cls.label_problems(split)
 
     @classmethod
-    def profile_notes(cls, name: str, split: dict) -> list[str]:
+    def profile_notes(cls, name: str, split: SplitProfile) -> list[str]:
         return [f"{name}: {problem}" for problem in cls.label_problems(split)]
 
     @classmethod
-    def label_cells(cls, split: dict) -> tuple[str, str]:
+    def label_cells(cls, split: SplitProfile) -> tuple[str, str]:
         """`bertfit inspect`'s table: the labels (or tags, or score statistics) and the imbalance of a split."""
         return "", ""
 
-    def result_tables(self, metrics: dict) -> list[tuple[str, list[str], list[list[str]]]]:
+    def result_tables(self, metrics: Scores) -> list[tuple[str, list[str], list[list[str]]]]:
         """The model card's tables of this kind's detailed results: (title, columns, rows) each; `{split}` in a
         title names the split the results are of."""
         return []
@@ -367,6 +368,6 @@ def counted(values: dict) -> str:
     )
 
 
-def labels_not_in_train(train: dict, split: dict) -> dict:
-    unseen = sorted(set(split.get("labels", {})) - set(train.get("labels", {})))
-    return {"labels_not_in_train": unseen} if train.get("labels") else {}
+def labels_not_in_train(train: SplitProfile, split: SplitProfile) -> dict:
+    unseen = sorted(set(split.labels or {}) - set(train.labels or {}))
+    return {"labels_not_in_train": unseen} if train.labels else {}

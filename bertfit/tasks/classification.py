@@ -11,6 +11,7 @@ import torch.nn.functional as F
 
 from bertfit.data.schema import label_key
 from bertfit.errors import BertfitError
+from bertfit.runfiles import Scores, SplitProfile
 from bertfit.tasks.base import counted, labels_not_in_train
 from bertfit.tasks.sequence import SequenceTask
 
@@ -139,31 +140,31 @@ class ClassificationTask(SequenceTask):
         return result
 
     @classmethod
-    def compare_to_train(cls, train: dict, split: dict) -> dict:
+    def compare_to_train(cls, train: SplitProfile, split: SplitProfile) -> dict:
         return labels_not_in_train(train, split)
 
     @classmethod
-    def label_summary(cls, split: dict) -> list[str]:
-        return [f"labels {counted(split['labels'])} (imbalance {split['imbalance_ratio']:.2f})"]
+    def label_summary(cls, split: SplitProfile) -> list[str]:
+        return [f"labels {counted(split.labels)} (imbalance {split.imbalance_ratio:.2f})"]
 
     @classmethod
-    def label_problems(cls, split: dict) -> list[str]:
+    def label_problems(cls, split: SplitProfile) -> list[str]:
         problems = []
-        if split.get("conflicting_pairs"):
-            problems.append(f"{split['conflicting_pairs']:,} identical pairs with different labels")
-        if split.get("labels_not_in_train"):
-            problems.append(f"labels not in train: {', '.join(split['labels_not_in_train'])}")
-        if split.get("rare_classes"):
-            rare = ", ".join(f"{k} ({v})" for k, v in split["rare_classes"].items())
+        if split.conflicting_pairs:
+            problems.append(f"{split.conflicting_pairs:,} identical pairs with different labels")
+        if split.labels_not_in_train:
+            problems.append(f"labels not in train: {', '.join(split.labels_not_in_train)}")
+        if split.rare_classes:
+            rare = ", ".join(f"{k} ({v})" for k, v in split.rare_classes.items())
             problems.append(f"classes with under {RARE_CLASS} examples: {rare}")
         return problems
 
     @classmethod
-    def label_cells(cls, split: dict) -> tuple[str, str]:
-        return counted(split["labels"]), f"{split['imbalance_ratio']:.2f}"
+    def label_cells(cls, split: SplitProfile) -> tuple[str, str]:
+        return counted(split.labels), f"{split.imbalance_ratio:.2f}"
 
-    def result_tables(self, metrics: dict) -> list[tuple[str, list[str], list[list[str]]]]:
-        matrix = metrics.get("confusion_matrix")
+    def result_tables(self, metrics: Scores) -> list[tuple[str, list[str], list[list[str]]]]:
+        matrix = metrics.confusion_matrix
         if not matrix or len(matrix) > 50:
             return []
         names = self.label_names or [str(i) for i in range(len(matrix))]

@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 import torch.nn.functional as F
 
+from bertfit.runfiles import Scores, SplitProfile
 from bertfit.tasks.base import counted, labels_not_in_train
 from bertfit.tasks.sequence import SequenceTask
 
@@ -113,8 +114,8 @@ class MultiLabelTask(SequenceTask):
             thresholds = np.where(true >= MIN_POSITIVES, chosen, thresholds)
         return thresholds
 
-    def calibrate(self, result: dict) -> None:
-        self.thresholds = np.array([result["per_label"][name]["threshold"] for name in self.label_names])
+    def calibrate(self, result: Scores) -> None:
+        self.thresholds = np.array([result.per_label[name].threshold for name in self.label_names])
 
     def learned_config(self) -> dict:
         if self.thresholds is None:
@@ -156,45 +157,45 @@ class MultiLabelTask(SequenceTask):
         }
 
     @classmethod
-    def compare_to_train(cls, train: dict, split: dict) -> dict:
+    def compare_to_train(cls, train: SplitProfile, split: SplitProfile) -> dict:
         return labels_not_in_train(train, split)
 
     @classmethod
-    def label_summary(cls, split: dict) -> list[str]:
+    def label_summary(cls, split: SplitProfile) -> list[str]:
         summary = [
-            f"labels {counted(split['labels'])} (imbalance {split['imbalance_ratio']:.2f})",
-            f"{split['label_cardinality']:.2f} labels per example, {split['multi_label_rate']:.1%} with several"
-            + (f", {split['no_label_rows']:,} with none" if split["no_label_rows"] else ""),
+            f"labels {counted(split.labels)} (imbalance {split.imbalance_ratio:.2f})",
+            f"{split.label_cardinality:.2f} labels per example, {split.multi_label_rate:.1%} with several"
+            + (f", {split.no_label_rows:,} with none" if split.no_label_rows else ""),
         ]
-        if split["top_pairs"]:
-            summary.append("most frequent together: " + ", ".join(f"{a}+{b} {n:,}" for a, b, n in split["top_pairs"]))
+        if split.top_pairs:
+            summary.append("most frequent together: " + ", ".join(f"{a}+{b} {n:,}" for a, b, n in split.top_pairs))
         return summary
 
     @classmethod
-    def label_problems(cls, split: dict) -> list[str]:
+    def label_problems(cls, split: SplitProfile) -> list[str]:
         problems = []
-        if split["rare_labels"]:
-            problems.append(f"rare labels (on under 0.5% of examples): {', '.join(split['rare_labels'])}")
-        if split.get("labels_not_in_train"):
-            problems.append(f"labels not in train: {', '.join(split['labels_not_in_train'])}")
+        if split.rare_labels:
+            problems.append(f"rare labels (on under 0.5% of examples): {', '.join(split.rare_labels)}")
+        if split.labels_not_in_train:
+            problems.append(f"labels not in train: {', '.join(split.labels_not_in_train)}")
         return problems
 
     @classmethod
-    def label_cells(cls, split: dict) -> tuple[str, str]:
-        return counted(split["labels"]), f"{split['imbalance_ratio']:.2f}"
+    def label_cells(cls, split: SplitProfile) -> tuple[str, str]:
+        return counted(split.labels), f"{split.imbalance_ratio:.2f}"
 
-    def result_tables(self, metrics: dict) -> list[tuple[str, list[str], list[list[str]]]]:
-        per_label = metrics.get("per_label")
+    def result_tables(self, metrics: Scores) -> list[tuple[str, list[str], list[list[str]]]]:
+        per_label = metrics.per_label
         if not per_label:
             return []
         rows = [
             [
                 name,
-                f"{v['threshold']:.2f}",
-                f"{v['precision']:.4f}",
-                f"{v['recall']:.4f}",
-                f"{v['f1']:.4f}",
-                f"{v['support']:,}",
+                f"{v.threshold:.2f}",
+                f"{v.precision:.4f}",
+                f"{v.recall:.4f}",
+                f"{v.f1:.4f}",
+                f"{v.support:,}",
             ]
             for name, v in per_label.items()
         ]

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -14,6 +13,7 @@ import pandas as pd
 from bertfit.data.schema import DataSpec
 from bertfit.errors import BertfitError
 from bertfit.files import atomic_write, to_json
+from bertfit.runfiles import DataProfile, Leak, SplitProfile, Tokens
 from bertfit.tasks import TASKS
 from bertfit.tasks.base import Task
 from bertfit.tasks.features import cache_dir, frame_fingerprint
@@ -111,7 +111,7 @@ def profile(
     spec: DataSpec,
     full_lengths: dict[str, np.ndarray] | None = None,
     max_length: int = 512,
-) -> dict:
+) -> DataProfile:
     """Per split, and across splits (leakage). `full_lengths` are token counts before truncation."""
     texts = {name: TextSummary.of(frame, task) for name, frame in frames.items()}
     result: dict = {"task": task.kind, "splits": {}, "leakage": {}}
@@ -125,12 +125,12 @@ def profile(
         if split["labelled"]:
             split.update(task.label_profile(frame, summary.exact))
             if name != "train" and "train" in result["splits"]:
-                split.update(task.compare_to_train(result["splits"]["train"], split))
+                split.update(task.compare_to_train(result["splits"]["train"], SplitProfile(**split)))
         if full_lengths is not None and name in full_lengths:
             split["tokens"] = length_stats(np.asarray(full_lengths[name]), max_length, len(frame))
             if task.truncation == "windows":  # long texts are read whole, as windows, not cut
                 split["tokens"]["windowed"] = split["tokens"]["truncated"]
-        result["splits"][name] = split
+        result["splits"][name] = SplitProfile(**split)
     if "train" in frames:
         train = texts["train"]
         for name, summary in texts.items():
@@ -142,17 +142,17 @@ def profile(
             # only texts of some length are evidence of copied examples.
             substantive = int((shared & summary.substantive).sum())
             rows = max(1, len(frames[name]))
-            result["leakage"][name] = {
-                "exact": exact,
-                "normalised": int(shared.sum()),
-                "share": int(shared.sum()) / rows,
-                "substantive": substantive,
-                "substantive_share": substantive / rows,
-            }
+            result["leakage"][name] = Leak(
+                exact=exact,
+                normalised=int(shared.sum()),
+                share=int(shared.sum()) / rows,
+                substantive=substantive,
+                substantive_share=substantive / rows,
+            )
     if spec.tag_scheme is not None:
         result["tag_scheme"] = spec.tag_scheme
         result["repaired_tags"] = spec.repaired_tags
-    return result
+    return DataProfile(**result)
 
 
 # Part of the profile cache key: profiles computed by an older definition are never read.
@@ -165,7 +165,7 @@ def cached_profile(
     spec: DataSpec,
     full_lengths: dict[str, np.ndarray],
     max_length: int,
-) -> dict:
+) -> DataProfile:
     """`profile`, read back when the same data, lengths and settings were profiled before (a rerun, a resume,
     `inspect` then `train`): ten million rows take half a minute to profile and two seconds to fingerprint."""
     digest = hashlib.sha256(to_json([PROFILE_FORMAT, task.kind, task.settings(), asdict(spec), max_length]).encode())
@@ -175,60 +175,58 @@ def cached_profile(
         if name in full_lengths:
             digest.update(np.ascontiguousarray(full_lengths[name]).tobytes())
     path = cache_dir().parent / "profiles" / f"{digest.hexdigest()[:24]}.json"
-    with contextlib.suppress(OSError, ValueError):
-        return json.loads(path.read_text(encoding="utf-8"))
+    with contextlib.suppress(OSError, ValueError):  # a damaged entry (or one of another schema) is profiled again
+        return DataProfile.model_validate_json(path.read_bytes())
     result = profile(frames, task, spec, full_lengths, max_length)
     with contextlib.suppress(OSError, BertfitError):  # a read-only or full cache only costs the next profile
         path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write(path, to_json(result))
+        atomic_write(path, to_json(result.dump()))
     return result
 
 
-def summary_lines(report: dict) -> list[str]:
+def summary_lines(report: DataProfile) -> list[str]:
     """One line per split, for the log and the card: its size, what its task kind says of its labels, lengths,
     duplicates and empties; then leakage and the tag scheme."""
-    kind = TASKS[report["task"]]
+    kind = TASKS[report.task]
     lines = []
-    for name, split in report["splits"].items():
-        parts = [f"{name}: {split['rows']:,} rows", *(kind.profile_parts(split) if split.get("labelled") else [])]
-        if "tokens" in split:
-            parts.append(token_line(split["tokens"]))
-        if split["duplicates"]:
-            parts.append(f"{split['duplicates']:,} duplicates")
-        if split["empty_texts"]:
-            parts.append(f"{split['empty_texts']:,} empty texts")
+    for name, split in report.splits.items():
+        parts = [f"{name}: {split.rows:,} rows", *(kind.profile_parts(split) if split.labelled else [])]
+        if split.tokens is not None:
+            parts.append(token_line(split.tokens))
+        if split.duplicates:
+            parts.append(f"{split.duplicates:,} duplicates")
+        if split.empty_texts:
+            parts.append(f"{split.empty_texts:,} empty texts")
         lines.append("; ".join(parts))
     return lines + notes_lines(report, with_splits=False)
 
 
-def token_line(tokens: dict) -> str:
+def token_line(tokens: Tokens) -> str:
     return (
-        f"tokens p50 {tokens['percentiles']['p50']}, p95 {tokens['percentiles']['p95']}, "
-        f"max {tokens['max']}; {tokens['truncated_share']:.1%} "
-        + ("split into windows of" if "windowed" in tokens else "truncated at")
-        + f" {tokens['max_length']}"
-        + (f" (from a sample of {tokens['sampled']:,} rows)" if "sampled" in tokens else "")
+        f"tokens p50 {tokens.percentiles['p50']}, p95 {tokens.percentiles['p95']}, "
+        f"max {tokens.max}; {tokens.truncated_share:.1%} "
+        + ("split into windows of" if tokens.windowed is not None else "truncated at")
+        + f" {tokens.max_length}"
+        + (f" (from a sample of {tokens.sampled:,} rows)" if tokens.sampled is not None else "")
     )
 
 
-def notes_lines(report: dict, with_splits: bool = True) -> list[str]:
+def notes_lines(report: DataProfile, with_splits: bool = True) -> list[str]:
     """Lines about problems across the splits (leakage, the tag scheme) and, `with_splits`, each kind's notes on
     a split's labels: what `bertfit inspect` prints beside its table."""
     lines = []
     if with_splits:
-        kind = TASKS[report["task"]]
-        for name, split in report["splits"].items():
-            lines += kind.profile_notes(name, split) if split.get("labelled") else []
-    for name, leak in report["leakage"].items():
-        if leak["normalised"]:
+        kind = TASKS[report.task]
+        for name, split in report.splits.items():
+            lines += kind.profile_notes(name, split) if split.labelled else []
+    for name, leak in report.leakage.items():
+        if leak.normalised:
             lines.append(
-                f"leakage: {leak['exact']:,} exact and {leak['normalised']:,} normalised duplicates of "
-                f"train in {name} ({leak['share']:.1%})"
+                f"leakage: {leak.exact:,} exact and {leak.normalised:,} normalised duplicates of "
+                f"train in {name} ({leak.share:.1%})"
             )
-    if report.get("repaired_tags"):
-        lines.append(
-            f"tag scheme {report['tag_scheme']}: {report['repaired_tags']:,} entity-initial I- tags repaired to B-"
-        )
-    elif report.get("tag_scheme"):
-        lines.append(f"tag scheme: {report['tag_scheme']}")
+    if report.repaired_tags:
+        lines.append(f"tag scheme {report.tag_scheme}: {report.repaired_tags:,} entity-initial I- tags repaired to B-")
+    elif report.tag_scheme:
+        lines.append(f"tag scheme: {report.tag_scheme}")
     return lines

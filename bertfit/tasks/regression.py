@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch.nn.functional as F
 
+from bertfit.runfiles import SplitProfile
 from bertfit.tasks.base import counted
 from bertfit.tasks.sequence import SequenceTask
 
@@ -54,8 +55,8 @@ class RegressionTask(SequenceTask):
         }
 
     @classmethod
-    def label_cells(cls, split: dict) -> tuple[str, str]:
-        return counted(split["label_stats"]), ""
+    def label_cells(cls, split: SplitProfile) -> tuple[str, str]:
+        return counted(split.label_stats.model_dump()), ""
 
 
 def regression_metrics(labels: np.ndarray, predictions: np.ndarray) -> dict:

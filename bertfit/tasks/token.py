@@ -9,6 +9,7 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
+from bertfit.runfiles import Scores, SplitProfile
 from bertfit.tasks.base import Task, counted
 from bertfit.tasks.features import IGNORE, Features, Ragged
 
@@ -194,19 +195,19 @@ class TokenTask(Task):
         }
 
     @classmethod
-    def label_summary(cls, split: dict) -> list[str]:
-        return ["entities " + ", ".join(f"{k} {v:,}" for k, v in sorted(split["entity_counts"].items()))]
+    def label_summary(cls, split: SplitProfile) -> list[str]:
+        return ["entities " + ", ".join(f"{k} {v:,}" for k, v in sorted(split.entity_counts.items()))]
 
     @classmethod
-    def label_cells(cls, split: dict) -> tuple[str, str]:
-        return counted(split["entity_counts"]), ""
+    def label_cells(cls, split: SplitProfile) -> tuple[str, str]:
+        return counted(split.entity_counts), ""
 
-    def result_tables(self, metrics: dict) -> list[tuple[str, list[str], list[list[str]]]]:
-        per_type = metrics.get("per_type")
+    def result_tables(self, metrics: Scores) -> list[tuple[str, list[str], list[list[str]]]]:
+        per_type = metrics.per_type
         if not per_type:
             return []
         rows = [
-            [k, f"{v['precision']:.4f}", f"{v['recall']:.4f}", f"{v['f1']:.4f}", f"{v['support']:,}"]
+            [k, f"{v.precision:.4f}", f"{v.recall:.4f}", f"{v.f1:.4f}", f"{v.support:,}"]
             for k, v in sorted(per_type.items())
         ]
         return [("Per entity type ({split})", ["Entity", "Precision", "Recall", "F1", "Support"], rows)]
