@@ -129,12 +129,13 @@ SIDE_TITLES = {"hf": "HF Trainer", "hf-bf16": "HF Trainer bf16=True", "bertfit":
 
 def load_frames(recipe: dict) -> tuple[dict, object]:
     """Both sides train and score on exactly these rows (bertfit's loaders and seeded subsets)."""
-    from bertfit.data import schema, sources
+    from bertfit import tasks
+    from bertfit.data import sources
 
     splits = sources.load_splits(recipe["data"])
-    spec = schema.detect(splits, "train", "auto", None, None, None)
+    spec = tasks.detect(splits, "train", "auto", None, None, None)
     splits, train, eval_split, test = sources.choose_splits(
-        schema.normalise(splits, spec), "train", recipe.get("eval_split"), recipe.get("test_split"), recipe["seed"], 0.1
+        tasks.normalise(splits, spec), "train", recipe.get("eval_split"), recipe.get("test_split"), recipe["seed"], 0.1
     )
     frames = {
         "train": sources.subsample(splits.frames[train], recipe.get("max_train_samples"), recipe["seed"]),

@@ -481,10 +481,6 @@ class Config(BaseModel):
             raise ValueError("label_columns takes two or more 0/1 columns, one per label")
         return self
 
-    def resolved(self, **updates: Any) -> Config:
-        """A copy with auto fields filled in, validated like the original."""
-        return Config.model_validate({**self.model_dump(), **updates})
-
     @property
     def eval_batch(self) -> int:
         return self.eval_batch_size or max(64, 2 * self.batch_size)

@@ -137,3 +137,52 @@ def test_every_recipe_field_says_its_group_and_whether_it_changes_results():
         assert isinstance(extra.get("changes_results"), bool), f"{name} does not say whether it changes results"
     assert {"lr", "batch_size", "seed", "data", "model", "max_length", "world_size"} <= set(RESULT_FIELDS)
     assert not {"output", "report_to", "keep_checkpoints", "device", "log_every"} & set(RESULT_FIELDS)
+
+
+def test_one_resolve_leaves_no_auto_in_the_recipe():
+    """`resolve` fills in every auto field from what was measured (device, data, model) in one place: the recipe a
+    run records is the one it used."""
+    import pandas as pd
+    from conftest import SAMPLES
+
+    from bertfit.data.schema import DataSpec
+    from bertfit.engine.setup import Facts, resolve
+
+    train = pd.read_csv(SAMPLES / "sst2_200.csv").head(150)
+    facts = Facts(
+        precision="fp32",
+        device="cpu",
+        world_size=1,
+        spec=DataSpec("classification", ["sentence"], "label", ["negative", "positive"]),
+        dataset="glue/cola",
+        splits=("train", "validation", None),
+        model_max=512,
+        train=train,
+    )
+    auto = Config(data="sst2", output="run", class_weights="balanced", batch_size=400, epochs=2)
+    cfg, notes = resolve(auto, facts)
+    left = {k for k, v in cfg.model_dump().items() if v is None or v == "auto"}
+    # Nothing auto is left but where the user's choice stands (device), or another library decides.
+    assert left == {
+        "device",
+        "lora_targets",
+        "mlflow_tracking_uri",
+        "max_train_samples",
+        "max_eval_samples",
+        "max_test_samples",
+        "max_steps",
+        "early_stopping",
+        "label_columns",
+        "checkpoint_every",
+        "test_split",
+    }, left
+    assert (cfg.task, cfg.text_columns, cfg.label_column) == ("classification", ["sentence"], "label")
+    assert (cfg.precision, cfg.compile, cfg.max_length, cfg.metric_for_best) == ("fp32", False, 512, "matthews")
+    assert cfg.metrics == ["matthews"]  # CoLA is scored, and its best checkpoint chosen, by Matthews' correlation
+    assert cfg.batch_size == 150 and notes == [
+        "batch_size 400 is larger than the 150 training examples: each step takes all of them (batch_size 150)"
+    ]
+    assert cfg.eval_batch_size == 300 and cfg.log_every == 1  # 2 steps: a line per step
+    assert len(cfg.class_weights) == 2 and all(isinstance(w, float) for w in cfg.class_weights)
+    again, _ = resolve(cfg, facts)
+    assert again == cfg  # resolving a resolved recipe changes nothing

@@ -5,14 +5,15 @@ import pandas as pd
 import pytest
 from conftest import SAMPLES
 
-from bertfit.data import readers, schema, sources, tags
+from bertfit import tasks
+from bertfit.data import readers, sources, tags
 from bertfit.errors import BertfitError
 
 
 def detect_source(source, **kwargs):
     """As a run does: detect on the files as they are, normalise, then carve the validation split."""
     splits = sources.load_splits(str(source))
-    spec = schema.detect(
+    spec = tasks.detect(
         splits,
         "train",
         kwargs.get("task", "auto"),
@@ -20,7 +21,7 @@ def detect_source(source, **kwargs):
         kwargs.get("label_column"),
         kwargs.get("label_names"),
     )
-    splits = sources.choose_splits(schema.normalise(splits, spec), "train", None, None, 42, 0.1)[0]
+    splits = sources.choose_splits(tasks.normalise(splits, spec), "train", None, None, 42, 0.1)[0]
     return splits, spec
 
 
@@ -238,7 +239,7 @@ def test_hub_path_keeps_classlabel_names_and_tag_names(monkeypatch):
     monkeypatch.delenv("BERTFIT_DATA_DIR")
     splits = sources.load_splits("conll2003")
     assert splits.frames["train"]["ner_tags"][0] == ["B-PER", "I-PER", "O"]
-    spec = schema.detect(splits, "train", "auto", None, None, None)
+    spec = tasks.detect(splits, "train", "auto", None, None, None)
     assert spec.task == "token" and spec.label_names == ["O", "B-PER", "I-PER"]
     glue = sources.load_splits("glue/sst2")
     assert glue.label_names == ["negative", "positive"] and calls[-1] == ("nyu-mll/glue", "sst2")
@@ -291,9 +292,9 @@ def test_detection_leaves_the_data_as_it_is_and_normalise_returns_new_frames(tmp
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     splits = sources.load_splits(str(path))
     before = splits.frames["train"].copy(deep=True)
-    spec = schema.detect(splits, "train", "auto", None, None, None)
+    spec = tasks.detect(splits, "train", "auto", None, None, None)
     assert spec.tag_scheme == "IOB1" and splits.frames["train"].equals(before) and splits.notes == []
-    normalised = schema.normalise(splits, spec)
+    normalised = tasks.normalise(splits, spec)
     assert normalised.frames["train"]["ner_tags"][0] == ["B-PER", "I-PER", "O", "B-LOC"]
     assert splits.frames["train"].equals(before)  # the detected splits are still the files' contents
     assert any("IOB1" in note for note in normalised.notes) and splits.notes == []
@@ -320,7 +321,7 @@ def test_glue_format_mnli_just_works(tmp_path):
         (tmp_path / f"{name}.tsv").write_text(GLUE_MNLI_HEADER + "\n" + "\n".join(rows) + "\n")
     splits = sources.load_splits(str(tmp_path))
     assert set(splits.frames) == {"train", "validation_matched", "validation_mismatched"}
-    spec = schema.detect(splits, "train", "auto", None, None, None)
+    spec = tasks.detect(splits, "train", "auto", None, None, None)
     assert (spec.task, spec.text_columns, spec.label_column) == (
         "classification",
         ["sentence1", "sentence2"],
@@ -375,7 +376,7 @@ def test_a_bad_value_deep_in_a_large_file_is_named_by_its_row(tmp_path, bad_row,
     path.write_text("sentence,label\n" + "\n".join(rows) + "\n")
     splits = sources.load_splits(str(path))
     with pytest.raises(BertfitError, match=message):
-        schema.detect(splits, "train", task, None, None, None)
+        tasks.detect(splits, "train", task, None, None, None)
 
 
 @pytest.mark.parametrize("chunk", [1, 2, 3, 7, 1 << 24])

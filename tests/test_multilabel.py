@@ -9,7 +9,8 @@ import pytest
 from conftest import SHARED_DATA, run_cli
 from test_distributed import bertfit
 
-from bertfit.data import schema, sources
+from bertfit import tasks
+from bertfit.data import sources
 from bertfit.errors import BertfitError
 from bertfit.tasks import Features, build_task
 from bertfit.tasks.multilabel import CANDIDATES, multi_label_metrics
@@ -84,9 +85,9 @@ def test_list_delimited_and_zero_one_columns_give_the_same_label_sets():
     for form, frame in frames.items():
         splits = splits_of({"train": frame})
         columns = ["joy", "sadness", "anger"] if form == "columns" else None
-        spec = schema.detect(splits, "train", "auto", None, None, None, label_columns=columns)
+        spec = tasks.detect(splits, "train", "auto", None, None, None, label_columns=columns)
         assert spec.task == "multi_label" and spec.text_columns == ["text"], form
-        normalised = schema.normalise(splits, spec).frames["train"]
+        normalised = tasks.normalise(splits, spec).frames["train"]
         task = build_task("multi_label", spec.text_columns, spec.label_column, spec.label_names, 64)
         named = [sorted(row) for row in normalised[spec.label_column]]
         assert named == [sorted(row) for row in sets], form
@@ -96,7 +97,7 @@ def test_list_delimited_and_zero_one_columns_give_the_same_label_sets():
         expected = expected or sorted(spec.label_names)
         assert sorted(spec.label_names) == expected
     assert "read as several labels" in " ".join(
-        schema.detect(splits_of({"train": frames["delimited"]}), "train", "auto", None, None, None).notes
+        tasks.detect(splits_of({"train": frames["delimited"]}), "train", "auto", None, None, None).notes
     )
 
 
@@ -124,7 +125,7 @@ def test_list_delimited_and_zero_one_columns_give_the_same_label_sets():
 )
 def test_malformed_multi_label_data_is_one_line_naming_the_row(frames, columns, message):
     with pytest.raises(BertfitError, match=None) as raised:
-        schema.detect(splits_of(frames), "train", "multi_label", None, None, None, label_columns=columns)
+        tasks.detect(splits_of(frames), "train", "multi_label", None, None, None, label_columns=columns)
     assert message in str(raised.value)
 
 

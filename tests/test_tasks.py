@@ -208,13 +208,14 @@ def test_memory_mapped_features_equal_the_in_memory_ones(name, minilm_tokenizer,
     """The cache entry is written chunk by chunk (7 rows at a time here), and read back memory-mapped."""
     from conftest import SAMPLES
 
-    from bertfit.data import schema, sources
+    from bertfit import tasks
+    from bertfit.data import sources
     from bertfit.tasks import base, build_task, features
 
     monkeypatch.setenv("BERTFIT_CACHE", str(tmp_path))
     splits = sources.load_splits(str(SAMPLES / name))
-    spec = schema.detect(splits, "train", "auto", None, None, None)
-    frame = schema.normalise(splits, spec).frames["train"]
+    spec = tasks.detect(splits, "train", "auto", None, None, None)
+    frame = tasks.normalise(splits, spec).frames["train"]
     task = build_task(spec.task, spec.text_columns, spec.label_column, spec.label_names, 48, stride=8)
     in_memory = task.encode(frame, minilm_tokenizer)
     monkeypatch.setattr(base, "ENCODE_CHUNK", 7)
@@ -232,12 +233,13 @@ def test_memory_mapped_features_equal_the_in_memory_ones(name, minilm_tokenizer,
 def test_encoding_in_chunks_equals_encoding_at_once(name, minilm_tokenizer, monkeypatch):
     from conftest import SAMPLES
 
-    from bertfit.data import schema, sources
+    from bertfit import tasks
+    from bertfit.data import sources
     from bertfit.tasks import base, build_task
 
     splits = sources.load_splits(str(SAMPLES / name))
-    spec = schema.detect(splits, "train", "auto", None, None, None)
-    frame = schema.normalise(splits, spec).frames["train"]
+    spec = tasks.detect(splits, "train", "auto", None, None, None)
+    frame = tasks.normalise(splits, spec).frames["train"]
     task = build_task(spec.task, spec.text_columns, spec.label_column, spec.label_names, 24)  # truncates many
     at_once = task.encode(frame, minilm_tokenizer)
     monkeypatch.setattr(base, "ENCODE_CHUNK", 7)

@@ -1,5 +1,7 @@
-"""What the data means: the task, the columns and the labels, detected without touching the data, and checked
-row by row; `normalise` then returns the splits in the form the tasks read (tags as IOB2 names)."""
+"""What the data means: the columns the user gave (`found`), and data with one label per example (`single_label`:
+classification or regression), detected without touching the data and checked row by row. Kinds whose data has
+a shape of its own (lists of tags, sets of labels) detect and read it in their modules (`tasks/<kind>.py`), with
+the helpers here; `tasks.detect` asks each."""
 
 from __future__ import annotations
 
@@ -10,7 +12,6 @@ import numpy as np
 import pandas as pd
 
 from bertfit.data.sources import KNOWN_LABEL_NAMES, LABEL_COLUMNS, Splits
-from bertfit.data.tags import normalise_tags, order_tags
 from bertfit.errors import BertfitError
 
 # Longer "texts" are nearly always a CSV quote left open, swallowing the rest of the file into one field.
@@ -30,12 +31,6 @@ PAIR_COLUMNS = (
 )
 
 
-TOKEN_COLUMNS = ("tokens", "words")
-
-
-TAG_COLUMNS = ("ner_tags", "tags", "labels", "ner", "label", "tag")
-
-
 @dataclass
 class DataSpec:
     """What the data means: the task and the columns and labels that carry it."""
@@ -53,15 +48,65 @@ class DataSpec:
     delimiter: str | None = None  # multi-label given as text such as 'sports|politics'
 
 
-def _is_list_column(frame: pd.DataFrame, column: str) -> bool:
+def is_list_column(frame: pd.DataFrame, column: str) -> bool:
     values = frame[column].dropna()
     return len(values) > 0 and isinstance(values.iloc[0], (list, tuple, np.ndarray))
 
 
-def detect(
+@dataclass
+class Found:
+    """What detection knows of the data before it decides the kind: the training split, the columns the user gave
+    (checked to exist) and the list columns; each task kind that reads data of its own shape asks it whether the
+    data is of that shape (`Task.claims`) and reads it (`Task.read_data`)."""
+
+    splits: Splits
+    train_split: str
+    text_columns: list[str] | None
+    label_column: str | None
+    label_names: list[str] | None
+    strict: bool
+    training: bool
+    label_columns: list[str] | None
+    delimiter: str
+
+    @property
+    def train(self) -> pd.DataFrame:
+        return self.splits.frames[self.train_split]
+
+    @property
+    def file(self) -> str:
+        return self.splits.files.get(self.train_split, self.train_split)
+
+    @property
+    def list_columns(self) -> list[str]:
+        return [c for c in self.train.columns if is_list_column(self.train, c)]
+
+    @property
+    def label(self) -> str | None:
+        """The label column: the one given, else the first of the usual names."""
+        return self.label_column or next((c for c in LABEL_COLUMNS if c in self.train.columns), None)
+
+    def require_label(self) -> str:
+        label = self.label
+        if label is None:
+            columns = list(self.train.columns)
+            raise BertfitError(
+                _headerless(self.file, columns)
+                or f"no label column in '{self.file}' (columns: {', '.join(map(str, columns))}); name it with "
+                "--label-column"
+            )
+        return label
+
+    def texts(self, label: str, drop: list[str] | None = None) -> list[str]:
+        """The text columns: those given, else detected beside `label` (leaving out the columns `drop`)."""
+        if self.text_columns is not None:
+            return self.text_columns
+        return detect_text_columns(self.train.drop(columns=drop or []), label, self.file)
+
+
+def found(
     splits: Splits,
     train_split: str,
-    task: str,
     text_columns: list[str] | None,
     label_column: str | None,
     label_names: list[str] | None,
@@ -69,12 +114,11 @@ def detect(
     training: bool = True,
     label_columns: list[str] | None = None,
     delimiter: str = "|",
-) -> DataSpec:
-    """Decide the task and columns from the training split, then check every split against them.
+) -> Found:
+    """The columns the user gave, checked against the training split.
 
     `strict=False` (for `bertfit inspect`) lets empty texts and unseen labels through to be counted;
     `training=False` (for `bertfit eval`) scores a split that may hold one class only, with the model's labels.
-    Multi-label data is a list-of-labels column, text labels joined by `delimiter`, or `label_columns` of 0/1.
     """
     train = splits.frames[train_split]
     file = splits.files.get(train_split, train_split)
@@ -90,36 +134,24 @@ def detect(
     for given in (text_columns or []) + label_given + (label_columns or []):
         if given not in columns:
             raise BertfitError(f"column '{given}' not found in '{file}' (columns: {', '.join(map(str, columns))})")
-    if label_columns:
-        if task not in ("auto", "multi_label"):
-            raise BertfitError(f"label_columns gives multi-label data, but task is {task}: use --task multi_label")
-        return _detect_multi_label(
-            splits, train_split, text_columns, label_columns, None, label_names, strict, training
-        )
+    return Found(
+        splits, train_split, text_columns, label_column, label_names, strict, training, label_columns, delimiter
+    )
 
-    list_columns = [c for c in columns if _is_list_column(train, c)]
-    if task == "token" or (task == "auto" and len(list_columns) >= 2):
-        return _detect_token(splits, train_split, text_columns, label_column, list_columns, label_names)
 
-    label = label_column or next((c for c in LABEL_COLUMNS if c in columns), None)
-    if label is None:
-        raise BertfitError(
-            _headerless(file, columns)
-            or f"no label column in '{file}' (columns: {', '.join(map(str, columns))}); name it with --label-column"
-        )
-    if text_columns is None:
-        text_columns = _detect_text_columns(train, label, file)
-    if task == "multi_label" or (task == "auto" and (label in list_columns or _joins_labels(train[label], delimiter))):
-        found = (text_columns, label, None if label in list_columns else delimiter)
-        return _detect_multi_label(splits, train_split, *found, label_names, strict, training)
+def single_label(found: Found, task: str) -> DataSpec:
+    """Data with one label per example: classification or regression (`task`, or decided by the label values)."""
+    splits, train = found.splits, found.train
+    label = found.require_label()
+    text_columns = found.texts(label)
     kind = task if task != "auto" else _classify_or_regress(train[label])
     _check_label_values(splits, label, kind)
     spec = DataSpec(kind, text_columns, label, None)
     if kind == "classification":
-        spec = replace(spec, **_label_names(splits, label, label_names, training))
-        if training and strict:
-            _check_classes(train, file, spec, given_names=label_names is not None)
-    _check_rows(splits, spec, train_split, strict, training)
+        spec = replace(spec, **_label_names(splits, label, found.label_names, found.training))
+        if found.training and found.strict:
+            _check_classes(train, found.file, spec, given_names=found.label_names is not None)
+    check_rows(splits, spec, found.train_split, found.strict, found.training)
     return spec
 
 
@@ -139,7 +171,7 @@ def _check_classes(train: pd.DataFrame, file: str, spec: DataSpec, given_names: 
         )
     if given_names:
         present = set(counts.index)
-        numeric = all(_is_number(key) for key in present)
+        numeric = all(is_number(key) for key in present)
         named = {spec.label_names[int(key)] for key in present} if numeric else present
         missing = [name for name in spec.label_names if name not in named]
         if missing:
@@ -150,19 +182,9 @@ def _check_classes(train: pd.DataFrame, file: str, spec: DataSpec, given_names: 
             )
 
 
-def normalise(splits: Splits, spec: DataSpec) -> Splits:
-    """The splits as the tasks read them: token tags named and in IOB2; detection's notes added. A new object:
-    the given splits are left as they are."""
-    notes = [*splits.notes, *(n for n in spec.notes if n not in splits.notes)]
-    if spec.task == "multi_label":
-        sets = _label_sets(splits, spec)
-        frames = {split: frame.assign(**{spec.label_column: sets[split]}) for split, frame in splits.frames.items()}
-        return replace(splits, frames=frames, notes=notes)
-    if spec.task != "token":
-        return replace(splits, notes=notes)
-    rows = _token_rows(splits, spec.label_column, spec.tag_id_names, spec.io_tags)
-    frames = {split: frame.assign(**{spec.label_column: rows[split][0]}) for split, frame in splits.frames.items()}
-    return replace(splits, frames=frames, notes=notes)
+def with_notes(splits: Splits, spec: DataSpec) -> Splits:
+    """The splits with detection's notes added (a new object: the given splits are left as they are)."""
+    return replace(splits, notes=[*splits.notes, *(n for n in spec.notes if n not in splits.notes)])
 
 
 def _headerless(file: str, columns: list) -> str | None:
@@ -176,7 +198,7 @@ def _headerless(file: str, columns: list) -> str | None:
     )
 
 
-def _detect_text_columns(train: pd.DataFrame, label: str, file: str) -> list[str]:
+def detect_text_columns(train: pd.DataFrame, label: str, file: str) -> list[str]:
     columns = [c for c in train.columns if c != label]
     for pair in PAIR_COLUMNS:
         if all(c in columns for c in pair):
@@ -214,7 +236,7 @@ MISSING_WORDS = {"nan", "null", "none", "na", "n/a", "<na>"}
 NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
 
 
-def _is_number(value: object) -> bool:
+def is_number(value: object) -> bool:
     if isinstance(value, (bool, np.bool_)):
         return False
     if isinstance(value, (int, float, np.integer, np.floating)):
@@ -224,7 +246,7 @@ def _is_number(value: object) -> bool:
 
 def label_key(value: object) -> str:
     """The class a raw label names: '1' for 1, 1.0 and "1"; the text itself otherwise."""
-    if _is_number(value) and float(value) == int(float(value)):
+    if is_number(value) and float(value) == int(float(value)):
         return str(int(float(value)))
     return str(value)
 
@@ -282,7 +304,7 @@ def _check_label_values(splits: Splits, label: str, kind: str) -> None:
                 raise BertfitError(
                     f"'{file}' row {row}: label is {value}; labels must be finite numbers: fix or drop the row"
                 )
-            value_kind = "number" if _is_number(value) else "text"
+            value_kind = "number" if is_number(value) else "text"
             if first_kind is None:
                 first_kind = (value_kind, file, row, value)
             elif value_kind != first_kind[0]:
@@ -310,7 +332,7 @@ def _label_names(splits: Splits, label: str, given: list[str] | None, training: 
     }
     found = {key for pairs in keys.values() for _, key in pairs}
     numeric = all(
-        _is_number(v) for frame in splits.frames.values() if label in frame.columns for v in frame[label].head(1)
+        is_number(v) for frame in splits.frames.values() if label in frame.columns for v in frame[label].head(1)
     )
     names = given or splits.label_names or KNOWN_LABEL_NAMES.get(splits.name)
     source = "--label-names" if given and training else "the model's labels" if given else "the dataset's label names"
@@ -341,7 +363,7 @@ def _label_names(splits: Splits, label: str, given: list[str] | None, training: 
     return {"label_names": [str(i) for i in ids]}
 
 
-def _check_rows(splits: Splits, spec: DataSpec, train_split: str, strict: bool, training: bool = True) -> None:
+def check_rows(splits: Splits, spec: DataSpec, train_split: str, strict: bool, training: bool = True) -> None:
     """Every split: texts present and non-empty, labels known to the training split, two classes to learn."""
     train_labels = None
     for split in [train_split] + [s for s in splits.frames if s != train_split]:
@@ -393,268 +415,3 @@ def _text_problems(texts: pd.Series, chunk: int = 1_000_000) -> tuple[list[int],
         sizes = as_text.str.len().to_numpy()
         long.extend((int(row) + at, int(sizes[row])) for row in np.flatnonzero(sizes > MAX_TEXT_CHARS)[:1])
     return empty, long
-
-
-# ---------------------------------------------------------------- multi-label classification
-
-
-def _joins_labels(labels: pd.Series, delimiter: str) -> bool:
-    """Text labels of which some join several with the delimiter ('sports|politics'); read over distinct values."""
-    if not (pd.api.types.is_string_dtype(labels) or labels.dtype == object):
-        return False
-    try:
-        values = pd.unique(labels.dropna())
-    except TypeError:  # objects (dicts) as labels: refused, with their row, by the single-label checks
-        return False
-    return any(isinstance(value, str) and delimiter in value for value in values)
-
-
-def _detect_multi_label(
-    splits: Splits,
-    train_split: str,
-    text_columns: list[str] | None,
-    label: str | list[str],
-    delimiter: str | None,
-    given_names: list[str] | None,
-    strict: bool,
-    training: bool,
-) -> DataSpec:
-    """Multi-label: `label` is a list-of-labels column, a delimited text column (with `delimiter`), or a list of 0/1
-    columns; the splits are later given one column holding each example's list of label names."""
-    train, file = splits.frames[train_split], splits.files.get(train_split, train_split)
-    label_columns = label if isinstance(label, list) else None
-    column = next(c for c in ("labels", "bertfit_labels") if c not in train.columns) if label_columns else label
-    if text_columns is None:
-        text_columns = _detect_text_columns(train.drop(columns=label_columns or []), column, file)
-    spec = DataSpec(
-        "multi_label",
-        text_columns,
-        column,
-        None,
-        tag_id_names=given_names or splits.label_names,
-        label_columns=label_columns,
-        delimiter=delimiter,
-    )
-    if label_columns:
-        spec.notes.append(f"multi-label: {len(label_columns)} 0/1 label columns ({', '.join(label_columns)})")
-    elif delimiter is not None and _joins_labels(train[column], delimiter):
-        spec.notes.append(
-            f"multi-label: labels such as 'a{delimiter}b' in '{column}' are read as several labels "
-            "(set label_delimiter to change the separator, or --task classification to keep them whole)"
-        )
-    sets = _label_sets(splits, spec)
-    found = {split: {name for row in rows for name in row} for split, rows in sets.items()}
-    names = label_columns or given_names or splits.label_names
-    if names is not None:
-        source = "--label-names" if given_names and training else "the model's labels" if given_names else "its names"
-        for split, present in found.items():
-            unknown = sorted(present - set(names))
-            if unknown:
-                raise BertfitError(
-                    f"'{splits.files.get(split, split)}' has labels {unknown[:6]} not in {source} "
-                    f"({', '.join(names[:6])}{', ...' if len(names) > 6 else ''})"
-                )
-    else:  # the labels found in training (for a profile, in any split), ids in number order
-        present = found[train_split] if strict else set().union(*found.values())
-        names = sorted(present, key=lambda name: (not name.isdigit(), int(name) if name.isdigit() else 0, name))
-    if training and strict:
-        if len(found[train_split]) < 2:
-            raise BertfitError(
-                f"'{file}' has {len(found[train_split])} distinct label(s); multi-label classification needs "
-                "two or more"
-            )
-        for split, present in found.items():
-            unseen = sorted(present - found[train_split])
-            if unseen:
-                raise BertfitError(
-                    f"'{splits.files.get(split, split)}' has labels never seen in training: {', '.join(unseen[:6])}; "
-                    "the model cannot predict them"
-                )
-    spec.label_names = list(names)
-    _check_rows(splits, spec, train_split, strict, training)
-    return spec
-
-
-def _label_sets(splits: Splits, spec: DataSpec) -> dict[str, list[list[str]]]:
-    """Per split, each example's labels as names (integer ids named by the given names, else by their number);
-    every malformed value named by file and row."""
-    id_names = spec.tag_id_names
-    sets = {}
-    for split, frame in splits.frames.items():
-        file = splits.files.get(split, split)
-        if spec.label_columns:
-            sets[split] = _column_sets(frame, spec.label_columns, file)
-        elif spec.label_column in frame.columns:
-            sets[split] = [
-                _one_set(value, spec.delimiter, id_names, file, row)
-                for row, value in enumerate(frame[spec.label_column].tolist(), start=1)
-            ]
-    return sets
-
-
-def _one_set(value, delimiter: str | None, id_names: list[str] | None, file: str, row: int) -> list[str]:
-    if isinstance(value, (list, tuple, np.ndarray)):
-        items = list(value)
-    elif delimiter is not None and (value is None or value is pd.NA or isinstance(value, (str, float, int))):
-        if value is None or value is pd.NA or (isinstance(value, float) and np.isnan(value)):
-            return []  # an empty cell: an example with none of the labels
-        items = str(value).split(delimiter) if isinstance(value, str) else [value]
-    else:
-        raise BertfitError(
-            f"'{file}' row {row}: labels are {str(value)[:60]!r}, not a list; give each example a list of labels "
-            f'(e.g. ["sports", "politics"]), or text such as \'sports|politics\''
-        )
-    names = []
-    for item in items:
-        if isinstance(item, str):
-            if item.strip():
-                names.append(item.strip())
-        elif _is_number(item) and float(item) == int(float(item)):
-            index = int(float(item))
-            if id_names and not 0 <= index < len(id_names):
-                raise BertfitError(
-                    f"'{file}' row {row}: label id {index} has no name: the {len(id_names)} label names take ids "
-                    f"0..{len(id_names) - 1}"
-                )
-            names.append(id_names[index] if id_names else str(index))
-        else:
-            raise BertfitError(f"'{file}' row {row}: label {item!r} is neither a name nor a label id")
-    return list(dict.fromkeys(names))  # a label given twice is still one label
-
-
-def _column_sets(frame: pd.DataFrame, columns: list[str], file: str) -> list[list[str]]:
-    """Labels from 0/1 columns; anything but 0/1 (or true/false) is named by row and column."""
-    flags = {}
-    for column in columns:
-        if column not in frame.columns:
-            raise BertfitError(f"label column '{column}' is missing from '{file}'")
-        values = frame[column]
-        as_numbers = pd.to_numeric(
-            values.map({True: 1, False: 0, "true": 1, "false": 0}).fillna(values), errors="coerce"
-        )
-        bad = np.flatnonzero(~as_numbers.isin([0, 1]).to_numpy())
-        if len(bad):
-            raise BertfitError(
-                f"'{file}' row {bad[0] + 1}: label column '{column}' holds {values.iloc[bad[0]]!r}; "
-                "label columns hold 0 or 1 (is the example of that label?)"
-            )
-        flags[column] = as_numbers.to_numpy(dtype=np.int8)
-    matrix = np.stack([flags[c] for c in columns], axis=1) if len(frame) else np.zeros((0, len(columns)), np.int8)
-    return [[columns[j] for j in np.flatnonzero(row)] for row in matrix]
-
-
-# ---------------------------------------------------------------- token classification
-
-
-def _detect_token(
-    splits: Splits,
-    train_split: str,
-    text_columns: list[str] | None,
-    label_column: str | None,
-    list_columns: list[str],
-    given_names: list[str] | None,
-) -> DataSpec:
-    file = splits.files.get(train_split, train_split)
-    tokens = (text_columns or [None])[0] or next((c for c in TOKEN_COLUMNS if c in list_columns), None)
-    tags = label_column or next((c for c in TAG_COLUMNS if c in list_columns and c != tokens), None)
-    if tokens is None or tags is None:
-        raise BertfitError(
-            f"token classification needs a list-of-tokens and a list-of-tags column in '{file}' "
-            f"(list columns: {', '.join(list_columns) or 'none'}); name them with "
-            "--text-column and --label-column"
-        )
-    id_names = None
-    for split, frame in splits.frames.items():
-        split_file = splits.files.get(split, split)
-        for number, (words, labels) in enumerate(zip(frame[tokens], frame[tags]), start=1):
-            for what, value in (("tokens", words), ("tags", labels)):
-                if not isinstance(value, (list, tuple, np.ndarray)):
-                    raise BertfitError(
-                        f"'{split_file}' sentence {number}: {what} are {value!r}, not a list; give "
-                        f"each sentence a list of {what}"
-                    )
-            if len(words) == 0:
-                raise BertfitError(f"'{split_file}' sentence {number} is empty; remove it")
-            if len(words) != len(labels):
-                raise BertfitError(
-                    f"'{split_file}' sentence {number} has {len(words)} tokens but {len(labels)} "
-                    "tags; each token needs exactly one tag"
-                )
-        if len(frame) and not isinstance(frame[tags].iloc[0][0], str):
-            id_names = given_names or splits.label_names
-            if not id_names:
-                raise BertfitError(f"tags in '{split_file}' are integers without names; give --label-names")
-            for number, row in enumerate(frame[tags], start=1):
-                bad = next((t for t in row if not _is_number(t) or not 0 <= int(t) < len(id_names)), None)
-                if bad is not None:
-                    raise BertfitError(
-                        f"'{split_file}' sentence {number}: tag {bad!r} has no name: the "
-                        f"{len(id_names)} tag names take ids 0..{len(id_names) - 1}; fix the tag or "
-                        "--label-names"
-                    )
-    io_tags = _io_scheme(splits, {split: _named_tags(frame[tags], id_names) for split, frame in splits.frames.items()})
-    rows = _token_rows(splits, tags, id_names, io_tags)
-    scheme, repaired = rows[train_split][1], sum(fixed for _, _, fixed in rows.values())
-    notes = []
-    if io_tags:
-        scheme, repaired = "IO", 0
-        notes.append(
-            "tags have no B-/I- prefixes (the IO scheme): read as I-X and converted to IOB2, so adjacent "
-            "entities of one type merge"
-        )
-    elif scheme == "IOB1":
-        notes.append("tags are IOB1: converted to IOB2 (an entity-initial I-X became B-X)")
-    names = (
-        given_names
-        if given_names and isinstance(given_names[0], str) and not io_tags
-        else order_tags({t for row in rows[train_split][0] for t in row})
-    )
-    known = set(names)
-    for split, (converted, _, _) in rows.items():
-        for number, row in enumerate(converted, start=1):
-            unknown = [t for t in row if t not in known]
-            if unknown:
-                raise BertfitError(
-                    f"'{splits.files.get(split, split)}' sentence {number}: tag '{unknown[0]}' "
-                    "never appears in the training data"
-                )
-    return DataSpec("token", [tokens], tags, names, scheme, repaired, id_names, io_tags, notes)
-
-
-def _named_tags(column: pd.Series, id_names: list[str] | None) -> list[list[str]]:
-    if len(column) and not isinstance(column.iloc[0][0], str):
-        return [[id_names[int(t)] for t in row] for row in column]
-    return [list(row) for row in column]
-
-
-def _token_rows(
-    splits: Splits, tags: str, id_names: list[str] | None, io_tags: bool
-) -> dict[str, tuple[list[list[str]], str, int]]:
-    """Per split: the tags as IOB2 names, the scheme found and how many entity-initial I- tags were repaired."""
-    rows = {}
-    for split, frame in splits.frames.items():
-        named = _named_tags(frame[tags], id_names)
-        if io_tags:
-            named = [[t if t == "O" else "I-" + t for t in row] for row in named]
-        rows[split] = normalise_tags(named)
-    return rows
-
-
-def _io_scheme(splits: Splits, named: dict[str, list[list[str]]]) -> bool:
-    """True when no tag carries a B-/I-/E-/S- prefix (plain PER, LOC, O); a mix of both is refused."""
-    prefixed = plain = None
-    for split, rows in named.items():
-        for number, row in enumerate(rows, start=1):
-            for tag in row:
-                if tag == "O":
-                    continue
-                if str(tag)[:2] in ("B-", "I-", "E-", "S-"):
-                    prefixed = prefixed or (split, number, tag)
-                else:
-                    plain = plain or (split, number, tag)
-    if prefixed and plain:
-        raise BertfitError(
-            f"'{splits.files.get(plain[0], plain[0])}' sentence {plain[1]}: tag '{plain[2]}' has no "
-            f"B-/I- prefix while others do (e.g. '{prefixed[2]}'); use one tag scheme"
-        )
-    return bool(plain)

@@ -10,7 +10,7 @@ import torch
 
 from bertfit import models, tasks
 from bertfit.config import Config, build_config
-from bertfit.data import readers, schema, sources
+from bertfit.data import readers, sources
 from bertfit.engine.device import default_device, inference_precision
 from bertfit.engine.evaluation import Scorer, evaluate, infer, packs
 from bertfit.errors import BertfitError
@@ -94,7 +94,7 @@ def split_frame(cfg: Config, splits: sources.Splits, source: str, split: str):
     )
     if spec.label_names is not None and list(spec.label_names) != list(cfg.label_names):
         raise BertfitError(f"labels in '{source}' ({spec.label_names}) differ from the model's ({cfg.label_names})")
-    return schema.normalise(splits, spec).frames[split]
+    return tasks.normalise(splits, spec).frames[split]
 
 
 def predict(run: LoadedRun, rows: list[list[str]], batch_size: int = 64, pad_multiple: int | None = None) -> list[dict]:

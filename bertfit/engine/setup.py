@@ -10,6 +10,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
 
 from bertfit import models, tasks
@@ -147,12 +148,12 @@ def preflight(cfg: Config, resume: bool, overwrite: bool) -> None:
 
 
 def prepare_data(
-    cfg: Config, inputs: Inputs, tokenizer, ranks: Dist = Dist()
+    cfg: Config, inputs: Inputs, tokenizer, ranks: Dist = Dist(), device: str = "cpu"
 ) -> tuple[Config, sources.Splits, Task, dict, dict, dict]:
-    """Name the splits, subsample and tokenize (cached); returns the config with every auto field resolved."""
+    """Name the splits, subsample, resolve the recipe and tokenize (cached); returns the resolved recipe."""
     spec = inputs.spec
     splits, train_split, eval_split, test_split = sources.choose_splits(
-        schema.normalise(inputs.splits, spec),
+        tasks.normalise(inputs.splits, spec),
         cfg.train_split,
         cfg.eval_split,
         cfg.test_split,
@@ -160,43 +161,26 @@ def prepare_data(
         cfg.validation_fraction,
         stratify_by=spec.label_column if TASKS[tasks.kind_of(cfg.task, spec)].stratifies else None,
     )
-    model_max = models.max_tokens(tokenizer)
-    max_length = cfg.max_length or model_max
-    if max_length > model_max:
-        raise BertfitError(f"max_length {max_length} is longer than the model accepts ({model_max}); lower it")
-    metrics = tuple(cfg.metrics) + (("matthews",) if "cola" in splits.name and "matthews" not in cfg.metrics else ())
-    cfg = cfg.resolved(
-        task=tasks.kind_of(cfg.task, spec),
-        text_columns=spec.text_columns,
-        label_column=spec.label_column,
-        label_names=spec.label_names,
-        train_split=train_split,
-        eval_split=eval_split,
-        test_split=test_split or cfg.test_split,
-        max_length=max_length,
-        metrics=list(metrics),
-    )
-    task = task_for(cfg)
-    known = ("loss", *task.metric_names())
-    if cfg.metric_for_best is not None and cfg.metric_for_best not in known:
-        raise BertfitError(
-            f"metric_for_best '{cfg.metric_for_best}' is not reported for this {spec.task} task; "
-            f"choose one of {', '.join(known)}"
-        )
-    cfg = cfg.resolved(metric_for_best=cfg.metric_for_best or task.primary_metric)
     frames = {
         "train": sources.subsample(splits.frames[train_split], cfg.max_train_samples, cfg.seed),
         "validation": sources.subsample(splits.frames[eval_split], cfg.max_eval_samples, cfg.seed),
     }
     if test_split:
         frames["test"] = sources.subsample(splits.frames[test_split], cfg.max_test_samples, cfg.seed)
-    cfg, notes = fit_to_data(cfg, len(frames["train"]), task.reads_windows)
+    facts = Facts(
+        precision=inputs.precision,
+        device=device,
+        world_size=ranks.world,
+        spec=spec,
+        dataset=splits.name,
+        splits=(train_split, eval_split, test_split or cfg.test_split),
+        model_max=models.max_tokens(tokenizer),
+        train=frames["train"],
+    )
+    cfg, notes = resolve(cfg, facts)
     if notes:
         splits = replace(splits, notes=[*splits.notes, *notes])
-        task = task_for(cfg)
-    if cfg.class_weights == "balanced":  # resolved from the training labels, and saved as numbers
-        cfg = cfg.resolved(class_weights=task.balanced_class_weights(frames["train"]))
-        task = task_for(cfg)
+    task = task_for(cfg)
     tokenizing = time.perf_counter()
     with main_first(ranks):  # one rank tokenizes; the others memory-map its cache entry
         features = {name: task.encode_cached(frame, tokenizer, ranks.main) for name, frame in frames.items()}
@@ -205,27 +189,88 @@ def prepare_data(
     return cfg, splits, task, frames, features, timings
 
 
-def fit_to_data(cfg: Config, train_rows: int, reads_windows: bool) -> tuple[Config, list[str]]:
-    """Settings that cannot mean what they say on this data, replaced by what will be used, each with a note for
-    the log and the card (the resolved recipe records the value used)."""
+@dataclass(frozen=True)
+class Facts:
+    """What resolving a recipe reads of this machine, the model and the data, all measured before it."""
+
+    precision: str  # the recipe's precision as this device runs it
+    device: str  # its type: cpu, cuda, mps
+    world_size: int
+    spec: schema.DataSpec  # the task, columns and labels the data was read as
+    dataset: str
+    splits: tuple[str, str, str | None]  # train, validation and test, as chosen
+    model_max: int  # the longest input the model takes, in tokens
+    train: pd.DataFrame  # the training rows the run uses
+
+
+def resolve(cfg: Config, facts: Facts) -> tuple[Config, list[str]]:
+    """The recipe as the run uses it, with no auto left: each auto field filled in from the facts, and each
+    setting that cannot mean what it says on this data replaced, with a note for the log and the card. The one
+    place a recipe is resolved; the run's recipe.yaml is what it returns. Left as given: `device` (auto stays
+    auto, so the recipe trains again on another machine) and the choices left to other libraries (lora_targets to
+    peft, mlflow_tracking_uri to MLflow's environment)."""
+    max_length = cfg.max_length or facts.model_max
+    if max_length > facts.model_max:
+        raise BertfitError(f"max_length {max_length} is longer than the model accepts ({facts.model_max}); lower it")
+    cola = "cola" in facts.dataset and "matthews" not in cfg.metrics  # CoLA is scored by Matthews' correlation
+    train_split, eval_split, test_split = facts.splits
+    values = {
+        **cfg.model_dump(),
+        "task": tasks.kind_of(cfg.task, facts.spec),
+        "text_columns": facts.spec.text_columns,
+        "label_column": facts.spec.label_column,
+        "label_names": facts.spec.label_names,
+        "train_split": train_split,
+        "eval_split": eval_split,
+        "test_split": test_split,
+        "max_length": max_length,
+        "metrics": [*cfg.metrics, *(["matthews"] if cola else [])],
+        "precision": facts.precision,
+        "compile": facts.device == "cuda" if cfg.compile is None else cfg.compile,  # compiling pays on a GPU
+        "world_size": facts.world_size,
+    }
+    task = task_for(Config.model_validate(values))
+    known = ("loss", *task.metric_names())
+    if cfg.metric_for_best is not None and cfg.metric_for_best not in known:
+        raise BertfitError(
+            f"metric_for_best '{cfg.metric_for_best}' is not reported for this {facts.spec.task} task; "
+            f"choose one of {', '.join(known)}"
+        )
+    values["metric_for_best"] = cfg.metric_for_best or task.primary_metric
+    notes = fit_to_data(values, len(facts.train), task.reads_windows)
+    values["eval_batch_size"] = cfg.eval_batch_size or max(64, 2 * values["batch_size"])
+    if cfg.class_weights == "balanced":  # from the training labels, and saved as numbers
+        values["class_weights"] = task_for(Config.model_validate(values)).balanced_class_weights(facts.train)
+    # About 25 log lines a run (at most every 50 steps), counted from the training rows (a task that reads long
+    # texts as windows has more features than rows: its lines come a little more often).
+    per_epoch = math.ceil(len(facts.train) / (values["batch_size"] * values["grad_accum"] * facts.world_size))
+    steps = cfg.max_steps or math.ceil(cfg.epochs * per_epoch)
+    values["log_every"] = cfg.log_every or max(1, min(50, steps // 25))
+    return Config.model_validate(values), notes
+
+
+def fit_to_data(values: dict, train_rows: int, reads_windows: bool) -> list[str]:
+    """Settings (of the recipe's `values`) that cannot mean what they say on this data, replaced by what will be
+    used, each with a note for the log and the card (the resolved recipe records the value used)."""
     notes = []
-    body = cfg.max_length - 2  # a window's tokens, the special tokens aside
-    if reads_windows and cfg.stride >= body:
+    body = values["max_length"] - 2  # a window's tokens, the special tokens aside
+    if reads_windows and values["stride"] >= body:
         stride = body // 2
         notes.append(
-            f"stride {cfg.stride} is not less than the {body} tokens a window holds at max_length {cfg.max_length}, "
-            f"which would advance windows one token at a time: windows overlap by {stride} tokens instead"
+            f"stride {values['stride']} is not less than the {body} tokens a window holds at max_length "
+            f"{values['max_length']}, which would advance windows one token at a time: windows overlap by {stride} "
+            "tokens instead"
         )
-        cfg = cfg.resolved(stride=stride)
-    per_batch = cfg.grad_accum * cfg.world_size
-    if cfg.effective_batch_size() > train_rows:
+        values["stride"] = stride
+    per_batch = values["grad_accum"] * values["world_size"]
+    if values["batch_size"] * per_batch > train_rows:
         batch = max(1, math.ceil(train_rows / per_batch))
         notes.append(
-            f"batch_size {cfg.batch_size:,} is larger than the {train_rows:,} training examples: each step takes "
-            f"all of them (batch_size {batch})"
+            f"batch_size {values['batch_size']:,} is larger than the {train_rows:,} training examples: each step "
+            f"takes all of them (batch_size {batch})"
         )
-        cfg = cfg.resolved(batch_size=batch)
-    return cfg, notes
+        values["batch_size"] = batch
+    return notes
 
 
 def make_optimizer(cfg: Config, model: torch.nn.Module) -> torch.optim.Optimizer:
@@ -289,18 +334,11 @@ def setup(
                 file=sys.stderr,
             )
         resume, overwrite = False, True
-    compile_model = device.type == "cuda" if cfg.compile is None else cfg.compile
     model_path = models.resolve_model(cfg.model)
     tokenizer = models.load_tokenizer(model_path, cfg.trust_remote_code)
-    cfg, splits, task, frames, features, timings = prepare_data(
-        cfg.resolved(precision=inputs.precision, compile=compile_model, world_size=ranks.world),
-        inputs,
-        tokenizer,
-        ranks,
-    )
+    cfg, splits, task, frames, features, timings = prepare_data(cfg, inputs, tokenizer, ranks, device.type)
     per_epoch = len(plan_epoch(cfg, features["train"], 0))
     total = cfg.max_steps or math.ceil(cfg.epochs * per_epoch)
-    cfg = cfg.resolved(log_every=cfg.log_every or max(1, min(50, total // 25)))
     if isinstance(cfg.eval_every, int) and cfg.eval_every > total:
         raise BertfitError(
             f"eval_every {cfg.eval_every} is larger than the whole run ({total} steps); "
@@ -333,7 +371,7 @@ def setup(
         forward = models.packed(model, task.labels_tokens, flex=device.type == "cuda")
     else:
         forward = model
-    forward = torch.compile(forward) if compile_model else forward
+    forward = torch.compile(forward) if cfg.compile else forward
     if ranks.enabled:
         forward = torch.nn.parallel.DistributedDataParallel(
             forward, device_ids=[device.index] if device.type == "cuda" else None

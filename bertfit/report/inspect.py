@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from bertfit import models, tasks
-from bertfit.data import schema, sources
+from bertfit.data import sources
 from bertfit.runfiles import DataProfile
 from bertfit.tasks import build_task
 from bertfit.tasks.profile import cached_profile
@@ -50,7 +50,7 @@ def inspect_source(
         label_columns=label_columns,
         delimiter=delimiter,
     )
-    splits = schema.normalise(splits, spec)
+    splits = tasks.normalise(splits, spec)
     tokenizer = models.load_tokenizer(models.resolve_model(model))
     encoder = build_task(tasks.kind_of(task, spec), spec.text_columns, spec.label_column, spec.label_names, max_length)
     # Empty texts are counted by the profile rather than refused, so they are read as "".

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from bertfit import config
 from bertfit.data import schema
+from bertfit.errors import BertfitError
 from bertfit.tasks.base import LOWER_IS_BETTER, Task, TaskSettings
 from bertfit.tasks.classification import ClassificationTask
 from bertfit.tasks.features import IGNORE, Features
@@ -25,6 +26,7 @@ __all__ = [
     "build_task",
     "detect",
     "kind_of",
+    "normalise",
     "register",
     "task_for",
 ]
@@ -53,10 +55,24 @@ def task_for(cfg) -> Task:
 
 
 def detect(splits, train_split: str, task: str, *args, **kwargs) -> schema.DataSpec:
-    """The data's columns and labels (`schema.detect`), read as the data of the kind `task` names (a kind built
-    on another reads its data: `Task.data_kind`), or of the kind detected; `spec.task` is that data kind, and
-    `kind_of` the task kind."""
-    return schema.detect(splits, train_split, TASKS[task].data_kind if task != "auto" else task, *args, **kwargs)
+    """The data's columns and labels, read as the data of the kind `task` names (a kind built on another reads
+    its data: `Task.data_kind`), or of the first registered kind that claims the data's shape, else as data with
+    one label per example (classification or regression, by its values). `spec.task` is the data kind, `kind_of`
+    the task kind. The other arguments are `schema.found`'s."""
+    found = schema.found(splits, train_split, *args, **kwargs)
+    if task == "auto":
+        kind = next((kind for kind in TASKS.values() if kind.claims(found)), None)
+        return kind.read_data(found) if kind is not None else schema.single_label(found, "auto")
+    reader = TASKS[TASKS[task].data_kind]
+    if found.label_columns and not reader.claims(found):
+        raise BertfitError(f"label_columns gives multi-label data, but task is {task}: use --task multi_label")
+    return reader.read_data(found)
+
+
+def normalise(splits, spec: schema.DataSpec):
+    """The splits as the spec's kind reads them (tags named and in IOB2, label sets as lists), with detection's
+    notes; a new object: the given splits are left as they are."""
+    return TASKS[spec.task].normalise_data(schema.with_notes(splits, spec), spec)
 
 
 def kind_of(task: str, spec: schema.DataSpec) -> str:

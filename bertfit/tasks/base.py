@@ -14,6 +14,8 @@ import numpy as np
 import pandas as pd
 import torch
 
+from bertfit.data.schema import DataSpec, Found, single_label
+from bertfit.data.sources import Splits
 from bertfit.errors import BertfitError
 from bertfit.runfiles import Scores, SplitProfile
 from bertfit.tasks.features import (
@@ -62,7 +64,7 @@ class Task(ABC):
     defaults: `correct` with `tracks_accuracy`, `margins` with `finds_mislabeled`, and the rendering hooks."""
 
     kind: str  # the recipe's name for it
-    data_kind: str  # the data it reads, as `data.schema` detects and checks it (a kind's own, or the one it builds on)
+    data_kind: str  # the data it reads (`read_data`): its own kind, or the one it builds on
     primary_metric: str
     pipeline_tag: str  # the Hub's task type, for the model card
     auto_model: str  # the transformers Auto class that builds the model with this task's head
@@ -86,6 +88,23 @@ class Task(ABC):
             raise BertfitError(f"threshold applies to multi-label tasks; this is a {self.kind} task: remove threshold")
         for name, value in asdict(settings).items():
             setattr(self, name, value)
+
+    # -- reading data: a kind whose data has a shape of its own (lists of tags, sets of labels) says whether data is
+    # of that shape, reads it and puts it in the form it encodes; the others read one label per example.
+    @classmethod
+    def claims(cls, found: Found) -> bool:
+        """Whether data of unnamed kind (task: auto) is of this kind's own shape."""
+        return False
+
+    @classmethod
+    def read_data(cls, found: Found) -> DataSpec:
+        """The task, columns and labels of the data, every row checked."""
+        return single_label(found, cls.data_kind)
+
+    @classmethod
+    def normalise_data(cls, splits: Splits, spec: DataSpec) -> Splits:
+        """The splits in the form the kind encodes (a new object; the given one is left as it is)."""
+        return splits
 
     @property
     def reads_windows(self) -> bool:

@@ -5,11 +5,15 @@ from __future__ import annotations
 
 import itertools
 from collections import Counter
+from dataclasses import replace
 
 import numpy as np
 import pandas as pd
 import torch.nn.functional as F
 
+from bertfit.data.schema import DataSpec, Found, check_rows, is_number
+from bertfit.data.sources import Splits
+from bertfit.errors import BertfitError
 from bertfit.runfiles import Scores, SplitProfile
 from bertfit.tasks.base import counted, labels_not_in_train
 from bertfit.tasks.sequence import SequenceTask
@@ -28,6 +32,28 @@ class MultiLabelTask(SequenceTask):
     primary_metric = "micro_f1"
     stratifies = False
     decides_by_threshold = True
+
+    @classmethod
+    def claims(cls, found: Found) -> bool:
+        """0/1 label columns, a column of label lists, or labels such as 'sports|politics' (two list columns are
+        tokens and tags, not labels)."""
+        if found.label_columns:
+            return True
+        label = found.label
+        return (
+            len(found.list_columns) < 2
+            and label is not None
+            and (label in found.list_columns or _joins_labels(found.train[label], found.delimiter))
+        )
+
+    @classmethod
+    def read_data(cls, found: Found) -> DataSpec:
+        return read_multi_label(found)
+
+    @classmethod
+    def normalise_data(cls, splits: Splits, spec: DataSpec) -> Splits:
+        sets = _label_sets(splits, spec)
+        return replace(splits, frames={s: f.assign(**{spec.label_column: sets[s]}) for s, f in splits.frames.items()})
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -235,3 +261,146 @@ def multi_label_metrics(targets: np.ndarray, decided: np.ndarray, names: list[st
             for name, p, r, f, n in zip(names, precision, recall, f1, true, strict=True)
         },
     }
+
+
+# ---------------------------------------------------------------- reading multi-label data
+
+
+def _joins_labels(labels: pd.Series, delimiter: str) -> bool:
+    """Text labels of which some join several with the delimiter ('sports|politics'); read over distinct values."""
+    if not (pd.api.types.is_string_dtype(labels) or labels.dtype == object):
+        return False
+    try:
+        values = pd.unique(labels.dropna())
+    except TypeError:  # objects (dicts) as labels: refused, with their row, by the single-label checks
+        return False
+    return any(isinstance(value, str) and delimiter in value for value in values)
+
+
+def read_multi_label(found: Found) -> DataSpec:
+    """Multi-label data: a list-of-labels column, a delimited text column, or 0/1 `label_columns`; the splits are
+    later given one column holding each example's list of label names (`MultiLabelTask.normalise_data`)."""
+    splits, train_split, strict, training = found.splits, found.train_split, found.strict, found.training
+    given_names, train, file = found.label_names, found.train, found.file
+    label_columns = found.label_columns
+    if label_columns:
+        column, delimiter = next(c for c in ("labels", "bertfit_labels") if c not in train.columns), None
+    else:
+        column = found.require_label()
+        delimiter = None if column in found.list_columns else found.delimiter
+    text_columns = found.texts(column, drop=label_columns)
+    spec = DataSpec(
+        "multi_label",
+        text_columns,
+        column,
+        None,
+        tag_id_names=given_names or splits.label_names,
+        label_columns=label_columns,
+        delimiter=delimiter,
+    )
+    if label_columns:
+        spec.notes.append(f"multi-label: {len(label_columns)} 0/1 label columns ({', '.join(label_columns)})")
+    elif delimiter is not None and _joins_labels(train[column], delimiter):
+        spec.notes.append(
+            f"multi-label: labels such as 'a{delimiter}b' in '{column}' are read as several labels "
+            "(set label_delimiter to change the separator, or --task classification to keep them whole)"
+        )
+    sets = _label_sets(splits, spec)
+    found = {split: {name for row in rows for name in row} for split, rows in sets.items()}
+    names = label_columns or given_names or splits.label_names
+    if names is not None:
+        source = "--label-names" if given_names and training else "the model's labels" if given_names else "its names"
+        for split, present in found.items():
+            unknown = sorted(present - set(names))
+            if unknown:
+                raise BertfitError(
+                    f"'{splits.files.get(split, split)}' has labels {unknown[:6]} not in {source} "
+                    f"({', '.join(names[:6])}{', ...' if len(names) > 6 else ''})"
+                )
+    else:  # the labels found in training (for a profile, in any split), ids in number order
+        present = found[train_split] if strict else set().union(*found.values())
+        names = sorted(present, key=lambda name: (not name.isdigit(), int(name) if name.isdigit() else 0, name))
+    if training and strict:
+        if len(found[train_split]) < 2:
+            raise BertfitError(
+                f"'{file}' has {len(found[train_split])} distinct label(s); multi-label classification needs "
+                "two or more"
+            )
+        for split, present in found.items():
+            unseen = sorted(present - found[train_split])
+            if unseen:
+                raise BertfitError(
+                    f"'{splits.files.get(split, split)}' has labels never seen in training: {', '.join(unseen[:6])}; "
+                    "the model cannot predict them"
+                )
+    spec.label_names = list(names)
+    check_rows(splits, spec, train_split, strict, training)
+    return spec
+
+
+def _label_sets(splits: Splits, spec: DataSpec) -> dict[str, list[list[str]]]:
+    """Per split, each example's labels as names (integer ids named by the given names, else by their number);
+    every malformed value named by file and row."""
+    id_names = spec.tag_id_names
+    sets = {}
+    for split, frame in splits.frames.items():
+        file = splits.files.get(split, split)
+        if spec.label_columns:
+            sets[split] = _column_sets(frame, spec.label_columns, file)
+        elif spec.label_column in frame.columns:
+            sets[split] = [
+                _one_set(value, spec.delimiter, id_names, file, row)
+                for row, value in enumerate(frame[spec.label_column].tolist(), start=1)
+            ]
+    return sets
+
+
+def _one_set(value, delimiter: str | None, id_names: list[str] | None, file: str, row: int) -> list[str]:
+    if isinstance(value, (list, tuple, np.ndarray)):
+        items = list(value)
+    elif delimiter is not None and (value is None or value is pd.NA or isinstance(value, (str, float, int))):
+        if value is None or value is pd.NA or (isinstance(value, float) and np.isnan(value)):
+            return []  # an empty cell: an example with none of the labels
+        items = str(value).split(delimiter) if isinstance(value, str) else [value]
+    else:
+        raise BertfitError(
+            f"'{file}' row {row}: labels are {str(value)[:60]!r}, not a list; give each example a list of labels "
+            f'(e.g. ["sports", "politics"]), or text such as \'sports|politics\''
+        )
+    names = []
+    for item in items:
+        if isinstance(item, str):
+            if item.strip():
+                names.append(item.strip())
+        elif is_number(item) and float(item) == int(float(item)):
+            index = int(float(item))
+            if id_names and not 0 <= index < len(id_names):
+                raise BertfitError(
+                    f"'{file}' row {row}: label id {index} has no name: the {len(id_names)} label names take ids "
+                    f"0..{len(id_names) - 1}"
+                )
+            names.append(id_names[index] if id_names else str(index))
+        else:
+            raise BertfitError(f"'{file}' row {row}: label {item!r} is neither a name nor a label id")
+    return list(dict.fromkeys(names))  # a label given twice is still one label
+
+
+def _column_sets(frame: pd.DataFrame, columns: list[str], file: str) -> list[list[str]]:
+    """Labels from 0/1 columns; anything but 0/1 (or true/false) is named by row and column."""
+    flags = {}
+    for column in columns:
+        if column not in frame.columns:
+            raise BertfitError(f"label column '{column}' is missing from '{file}'")
+        values = frame[column]
+        as_numbers = pd.to_numeric(
+            values.map({True: 1, False: 0, "true": 1, "false": 0}).fillna(values), errors="coerce"
+        )
+        bad = np.flatnonzero(~as_numbers.isin([0, 1]).to_numpy())
+        if len(bad):
+            raise BertfitError(
+                f"'{file}' row {bad[0] + 1}: label column '{column}' holds {values.iloc[bad[0]]!r}; "
+                "label columns hold 0 or 1 (is the example of that label?)"
+            )
+        flags[column] = as_numbers.to_numpy(dtype=np.int8)
+    matrix = np.stack([flags[c] for c in columns], axis=1) if len(frame) else np.zeros((0, len(columns)), np.int8)
+    return [[columns[j] for j in np.flatnonzero(row)] for row in matrix]

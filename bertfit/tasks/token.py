@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 
 import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
 
+from bertfit.data.schema import DataSpec, Found, is_number
+from bertfit.data.sources import Splits
+from bertfit.data.tags import normalise_tags, order_tags
+from bertfit.errors import BertfitError
 from bertfit.runfiles import Scores, SplitProfile
 from bertfit.tasks.base import Task, counted
 from bertfit.tasks.features import IGNORE, Features, Ragged
@@ -29,6 +34,22 @@ class TokenTask(Task):
     peft_task_type = "TOKEN_CLS"
     labels_tokens = True
     loss_unit = "labelled token"
+
+    @classmethod
+    def claims(cls, found: Found) -> bool:
+        """Two list columns: a sentence's words and their tags."""
+        return not found.label_columns and len(found.list_columns) >= 2
+
+    @classmethod
+    def read_data(cls, found: Found) -> DataSpec:
+        return read_tagged(found)
+
+    @classmethod
+    def normalise_data(cls, splits: Splits, spec: DataSpec) -> Splits:
+        """Tags named and in IOB2, whatever scheme and form (names or ids) the data gave them in."""
+        rows = _token_rows(splits, spec.label_column, spec.tag_id_names, spec.io_tags)
+        frames = {split: frame.assign(**{spec.label_column: rows[split][0]}) for split, frame in splits.frames.items()}
+        return replace(splits, frames=frames)
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -272,3 +293,122 @@ def entity_spans(text: str, offsets: list[tuple[int, int]], tags: list[str], sco
         }
         for e in entities
     ]
+
+
+# ---------------------------------------------------------------- reading tagged data
+
+
+# The usual names of the columns of a sentence's words and of its tags.
+TOKEN_COLUMNS = ("tokens", "words")
+TAG_COLUMNS = ("ner_tags", "tags", "labels", "ner", "label", "tag")
+
+
+def read_tagged(found: Found) -> DataSpec:
+    """Token classification data: a list-of-words and a list-of-tags column; every sentence checked, the tag
+    scheme found (IO, IOB1, IOB2, BIOES) and the tags' names."""
+    splits, train_split, file = found.splits, found.train_split, found.file
+    text_columns, label_column, given_names = found.text_columns, found.label_column, found.label_names
+    list_columns = found.list_columns
+    tokens = (text_columns or [None])[0] or next((c for c in TOKEN_COLUMNS if c in list_columns), None)
+    tags = label_column or next((c for c in TAG_COLUMNS if c in list_columns and c != tokens), None)
+    if tokens is None or tags is None:
+        raise BertfitError(
+            f"token classification needs a list-of-tokens and a list-of-tags column in '{file}' "
+            f"(list columns: {', '.join(list_columns) or 'none'}); name them with "
+            "--text-column and --label-column"
+        )
+    id_names = None
+    for split, frame in splits.frames.items():
+        split_file = splits.files.get(split, split)
+        for number, (words, labels) in enumerate(zip(frame[tokens], frame[tags]), start=1):
+            for what, value in (("tokens", words), ("tags", labels)):
+                if not isinstance(value, (list, tuple, np.ndarray)):
+                    raise BertfitError(
+                        f"'{split_file}' sentence {number}: {what} are {value!r}, not a list; give "
+                        f"each sentence a list of {what}"
+                    )
+            if len(words) == 0:
+                raise BertfitError(f"'{split_file}' sentence {number} is empty; remove it")
+            if len(words) != len(labels):
+                raise BertfitError(
+                    f"'{split_file}' sentence {number} has {len(words)} tokens but {len(labels)} "
+                    "tags; each token needs exactly one tag"
+                )
+        if len(frame) and not isinstance(frame[tags].iloc[0][0], str):
+            id_names = given_names or splits.label_names
+            if not id_names:
+                raise BertfitError(f"tags in '{split_file}' are integers without names; give --label-names")
+            for number, row in enumerate(frame[tags], start=1):
+                bad = next((t for t in row if not is_number(t) or not 0 <= int(t) < len(id_names)), None)
+                if bad is not None:
+                    raise BertfitError(
+                        f"'{split_file}' sentence {number}: tag {bad!r} has no name: the "
+                        f"{len(id_names)} tag names take ids 0..{len(id_names) - 1}; fix the tag or "
+                        "--label-names"
+                    )
+    io_tags = _io_scheme(splits, {split: _named_tags(frame[tags], id_names) for split, frame in splits.frames.items()})
+    rows = _token_rows(splits, tags, id_names, io_tags)
+    scheme, repaired = rows[train_split][1], sum(fixed for _, _, fixed in rows.values())
+    notes = []
+    if io_tags:
+        scheme, repaired = "IO", 0
+        notes.append(
+            "tags have no B-/I- prefixes (the IO scheme): read as I-X and converted to IOB2, so adjacent "
+            "entities of one type merge"
+        )
+    elif scheme == "IOB1":
+        notes.append("tags are IOB1: converted to IOB2 (an entity-initial I-X became B-X)")
+    names = (
+        given_names
+        if given_names and isinstance(given_names[0], str) and not io_tags
+        else order_tags({t for row in rows[train_split][0] for t in row})
+    )
+    known = set(names)
+    for split, (converted, _, _) in rows.items():
+        for number, row in enumerate(converted, start=1):
+            unknown = [t for t in row if t not in known]
+            if unknown:
+                raise BertfitError(
+                    f"'{splits.files.get(split, split)}' sentence {number}: tag '{unknown[0]}' "
+                    "never appears in the training data"
+                )
+    return DataSpec("token", [tokens], tags, names, scheme, repaired, id_names, io_tags, notes)
+
+
+def _named_tags(column: pd.Series, id_names: list[str] | None) -> list[list[str]]:
+    if len(column) and not isinstance(column.iloc[0][0], str):
+        return [[id_names[int(t)] for t in row] for row in column]
+    return [list(row) for row in column]
+
+
+def _token_rows(
+    splits: Splits, tags: str, id_names: list[str] | None, io_tags: bool
+) -> dict[str, tuple[list[list[str]], str, int]]:
+    """Per split: the tags as IOB2 names, the scheme found and how many entity-initial I- tags were repaired."""
+    rows = {}
+    for split, frame in splits.frames.items():
+        named = _named_tags(frame[tags], id_names)
+        if io_tags:
+            named = [[t if t == "O" else "I-" + t for t in row] for row in named]
+        rows[split] = normalise_tags(named)
+    return rows
+
+
+def _io_scheme(splits: Splits, named: dict[str, list[list[str]]]) -> bool:
+    """True when no tag carries a B-/I-/E-/S- prefix (plain PER, LOC, O); a mix of both is refused."""
+    prefixed = plain = None
+    for split, rows in named.items():
+        for number, row in enumerate(rows, start=1):
+            for tag in row:
+                if tag == "O":
+                    continue
+                if str(tag)[:2] in ("B-", "I-", "E-", "S-"):
+                    prefixed = prefixed or (split, number, tag)
+                else:
+                    plain = plain or (split, number, tag)
+    if prefixed and plain:
+        raise BertfitError(
+            f"'{splits.files.get(plain[0], plain[0])}' sentence {plain[1]}: tag '{plain[2]}' has no "
+            f"B-/I- prefix while others do (e.g. '{prefixed[2]}'); use one tag scheme"
+        )
+    return bool(plain)
