@@ -108,7 +108,7 @@ def _sharded_eval(rank, world, port, model_dir, result_file):
     result = evaluate(scorer, task.encode(frame, tokenizer), frame)
     if rank == 0:
         with open(result_file, "w") as handle:
-            json.dump({k: v for k, v in result.items() if k not in ("runtime", "samples_per_second")}, handle)
+            json.dump(result.model_dump(exclude={"runtime", "samples_per_second"}), handle)
     dist.destroy_process_group()
 
 
