@@ -349,3 +349,37 @@ def test_a_task_kind_added_in_its_own_module_alone_trains_reports_and_predicts(
     (record,) = [json.loads(line) for line in (tmp_path / "p.jsonl").read_text().splitlines()]
     assert record["passage"] == "a gripping film" and record["polarity"] in ("negative", "positive")
     assert set(record) == {"passage", "polarity", "confidence"}
+
+
+def test_detection_asks_each_registered_kind_whether_the_data_is_its_own(monkeypatch):
+    """`tasks.detect` asks the kinds, in the order they were registered: a kind added in a test claims the data
+    of its shape (here: a `stance` column) without a line changed in data/."""
+    from dataclasses import replace
+
+    import pandas as pd
+
+    from bertfit import config, tasks
+    from bertfit.data import sources
+    from bertfit.data.schema import single_label
+
+    class StanceTask(ClassificationTask):
+        kind = data_kind = "stance"
+
+        @classmethod
+        def claims(cls, found):
+            return "stance" in found.train.columns
+
+        @classmethod
+        def read_data(cls, found):
+            return replace(single_label(replace(found, label_column="stance"), "classification"), task="stance")
+
+    monkeypatch.setattr(config, "TASK_KINDS", list(config.TASK_KINDS))
+    monkeypatch.setattr(tasks, "TASKS", dict(tasks.TASKS))
+    tasks.register(StanceTask)
+    frame = pd.DataFrame({"text": ["for it", "against it", "for", "against"] * 3, "stance": ["pro", "con"] * 6})
+    splits = sources.Splits("stances", {"train": frame}, {"train": "stances.csv"})
+    spec = tasks.detect(splits, "train", "auto", None, None, None)
+    assert (spec.task, tasks.kind_of("auto", spec), spec.label_column) == ("stance", "stance", "stance")
+    assert tasks.normalise(splits, spec).frames["train"].equals(frame)
+    other = sources.Splits("reviews", {"train": frame.rename(columns={"stance": "label"})}, {"train": "r.csv"})
+    assert tasks.detect(other, "train", "auto", None, None, None).task == "classification"
