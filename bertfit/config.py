@@ -492,7 +492,7 @@ class Config(BaseModel):
         return yaml.safe_dump(self.model_dump(), sort_keys=False)
 
 
-def _canonical_key(key: object) -> str:
+def canonical_key(key: object) -> str:
     if not isinstance(key, str):
         raise BertfitError(f"recipe key {key!r} is not a name; recipe keys are words such as 'lr' or 'epochs'")
     key = key.strip().replace("-", "_")
@@ -546,6 +546,10 @@ class _UniqueKeyLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep=deep)
 
 
+# A recipe's search space for `bertfit sweep` (`sweep: {lr: {low: 1e-5, high: 1e-4, log: true}, ...}`).
+SWEEP_BLOCK = "sweep"
+
+
 def load_recipe(path: str | None) -> dict[str, Any]:
     if path is None:
         return {}
@@ -579,12 +583,13 @@ def load_recipe(path: str | None) -> dict[str, Any]:
 def build_config(recipe: str | None = None, overrides: dict[str, Any] | None = None) -> Config:
     """Defaults, then the recipe, then overrides (None values mean 'not given')."""
     values: dict[str, Any] = {}
-    for where, source in ((f"recipe '{recipe}'", load_recipe(recipe)), ("the options", overrides or {})):
+    from_recipe = {k: v for k, v in load_recipe(recipe).items() if k != SWEEP_BLOCK}  # the base recipe trains alone
+    for where, source in ((f"recipe '{recipe}'", from_recipe), ("the options", overrides or {})):
         given: dict[str, str] = {}  # canonical key -> the name it was given as, within this source
         for key, value in source.items():
             if value is None:
                 continue
-            canonical = _canonical_key(key)
+            canonical = canonical_key(key)
             if canonical in given:
                 raise BertfitError(
                     f"{where} sets '{canonical}' twice (as '{given[canonical]}' and '{key}'); keep one of them"

@@ -56,6 +56,10 @@ class Diverged(BertfitError):
 # Passed in by the caller, because reports are drawn from the files alone and the engine does not know how.
 Reporter = Callable[[RunFolder, bool], list[Finding]]
 
+# Told each evaluation (step, epoch, scores); a reason it returns ends the run there, as early stopping does: how a
+# hyperparameter search stops a trial its pruner judges hopeless (the trial keeps its log, metrics and reports).
+Judge = Callable[[int, float, Scores], str | None]
+
 
 def train(
     cfg: Config,
@@ -64,13 +68,14 @@ def train(
     console=None,
     reporter: Reporter | None = None,
     allow_data_change: bool = False,
+    judge: Judge | None = None,
 ) -> Outcome:
     """Only the rank that writes holds the run folder (its lock, the check of its contents, the clearing)."""
     out = output_folder(cfg)
     writer = int(os.environ.get("RANK", "0")) == 0
     folder = RunFolder.claim(out, resume, overwrite, protected_inputs(cfg)) if writer else None
     with folder or contextlib.nullcontext():
-        return run_loop(setup(cfg, folder, resume, overwrite, allow_data_change), console, reporter)
+        return run_loop(setup(cfg, folder, resume, overwrite, allow_data_change), console, reporter, judge)
 
 
 def log_start(run: Run) -> None:
@@ -110,7 +115,7 @@ def log_start(run: Run) -> None:
     )
 
 
-def run_loop(run: Run, console, reporter: Reporter | None = None) -> Outcome:
+def run_loop(run: Run, console, reporter: Reporter | None = None, judge: Judge | None = None) -> Outcome:
     cfg, state, ranks, task = run.cfg, run.state, run.dist, run.task
     if not run.resumed and ranks.main:
         log_start(run)
@@ -192,7 +197,7 @@ def run_loop(run: Run, console, reporter: Reporter | None = None) -> Outcome:
             if state.stop_reason == "diverged":
                 break
             if evaluate_now:
-                evaluate_and_select(run)
+                evaluate_and_select(run, judge)
             elif checkpoint_now:
                 save_checkpoint(run)
             if received:
@@ -310,7 +315,7 @@ def epoch_position(run: Run) -> float:
     return round(run.state.step / run.steps_per_epoch, 4)
 
 
-def evaluate_and_select(run: Run) -> None:
+def evaluate_and_select(run: Run, judge: Judge | None = None) -> None:
     cfg, state = run.cfg, run.state
     result = score(run, "validation")
     metric = result.metric(cfg.metric_for_best)
@@ -324,6 +329,8 @@ def evaluate_and_select(run: Run) -> None:
         if cfg.early_stopping and state.evals_without_gain >= cfg.early_stopping:
             state.stop_reason = "early_stopping"
     run.log.eval_event(state.step, epoch_position(run), result, state.best_step, run.task.tracks_accuracy)
+    if judge is not None and state.stop_reason is None:
+        state.stop_reason = judge(state.step, epoch_position(run), result)
     save_checkpoint(run)
 
 

@@ -1,0 +1,1 @@
+"""`bertfit sweep`: hyperparameter search on Optuna (space, study and trials, report)."""
