@@ -173,7 +173,7 @@ def test_a_skipped_step_leaves_weights_and_optimizer_state_untouched():
     scaler = torch.amp.GradScaler("cpu", enabled=False)
     guard = NonFiniteGuard(torch.device("cpu"), capacity=4, limit=2, step=0)
     events = []
-    run = SimpleNamespace(state=State(), log=SimpleNamespace(event=lambda name, **f: events.append((name, f))))
+    run = SimpleNamespace(state=State(), log=SimpleNamespace(event=events.append))
 
     def step(grad_value):
         for p in model.parameters():
@@ -194,10 +194,10 @@ def test_a_skipped_step_leaves_weights_and_optimizer_state_untouched():
     step(float("inf"))
     assert events == [] and guard.full  # nothing read back yet
     guard.settle(run)
-    assert [f["step"] for _, f in events] == [2, 4] and run.state.bad_steps == 1 and run.state.stop_reason is None
+    assert [e.step for e in events] == [2, 4] and run.state.bad_steps == 1 and run.state.stop_reason is None
     step(float("nan"))
     guard.settle(run)
-    assert run.state.bad_steps == 2 and run.state.stop_reason == "diverged" and events[-1][1]["step"] == 5
+    assert run.state.bad_steps == 2 and run.state.stop_reason == "diverged" and events[-1].step == 5
 
 
 def test_the_host_waits_for_the_device_per_log_line_not_per_step(tiny_bert, tmp_path, capsys, monkeypatch):

@@ -383,3 +383,15 @@ def test_detection_asks_each_registered_kind_whether_the_data_is_its_own(monkeyp
     assert tasks.normalise(splits, spec).frames["train"].equals(frame)
     other = sources.Splits("reviews", {"train": frame.rename(columns={"stance": "label"})}, {"train": "r.csv"})
     assert tasks.detect(other, "train", "auto", None, None, None).task == "classification"
+
+
+def test_a_splits_cache_key_does_not_depend_on_whether_the_split_before_it_was_cached(minilm_tokenizer):
+    """Encoding sets the tokenizer's truncation: a key that hashed it made a run that tokenized train give its
+    validation split another key than a run that read train from the cache, and resume refuse the 'changed' data."""
+    from bertfit.tasks.features import tokenizer_fingerprint
+
+    before = tokenizer_fingerprint(minilm_tokenizer)
+    ClassificationTask(["sentence"], "label", ["0", "1"], 16).encode(
+        pd.DataFrame({"sentence": ["a rather long sentence that is cut"] * 2, "label": [0, 1]}), minilm_tokenizer
+    )
+    assert tokenizer_fingerprint(minilm_tokenizer) == before

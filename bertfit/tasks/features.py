@@ -276,7 +276,12 @@ def cache_dir() -> Path:
 
 
 def tokenizer_fingerprint(tokenizer) -> bytes:
-    return hashlib.sha256(tokenizer.backend_tokenizer.to_str().encode()).digest()
+    """What the tokenizer does to text: its serialized form without the truncation and padding state, which encoding
+    a split sets on the tokenizer (so the next split's key would depend on whether the one before it was cached)."""
+    state = json.loads(tokenizer.backend_tokenizer.to_str())
+    state.pop("truncation", None)
+    state.pop("padding", None)
+    return hashlib.sha256(json.dumps(state, sort_keys=True).encode()).digest()
 
 
 class _DigestSink:
