@@ -8,6 +8,8 @@
                                               # the Trainer's multi-label head at threshold 0.5 vs bertfit
     python benchmarks/compare.py gpu          # minilm, full IMDB, seed recipe (lr 2e-5, bs 16, 3 epochs, linear, AMP)
     python benchmarks/compare.py throughput   # bert-base-sized random-init model, IMDB-length data, bs 16 and 32 (GPU)
+    python benchmarks/compare.py cpu --set max_train_samples=4000 --seeds 3   # the same recipe over 3 seeds a side:
+                                              # means ± std, and whether bertfit is below the Trainer beyond the noise
 
 Each side runs in its own process (so peak memory is its own) and reports tokenize, train and eval seconds,
 train samples/s and real (non-pad) tokens/s, eval samples/s, peak memory and final metrics. The result is
@@ -653,12 +655,60 @@ def multi_report(mode: str, recipe: dict, results: dict, command: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def seeds_report(mode: str, recipe: dict, results: dict[str, list[dict]], seeds: list[int], command: str) -> str:
+    """Each side's metrics over seeds: mean ± std and every seed's value, and whether bertfit's mean is below the
+    Trainer's by more than a standard deviation (the question one run of each cannot answer)."""
+    import statistics
+
+    hf, ours = results["hf"], results["bertfit"]
+    lines = [
+        f"### {mode}, {len(seeds)} seeds: {datetime.date.today().isoformat()}",
+        "",
+        f"- machine: {machine()}; {versions()}",
+        f"- command: `{command}`",
+        f"- recipe: {json.dumps({k: v for k, v in recipe.items() if k != 'seed'})}; seeds {seeds}",
+        "",
+        "| metric | HF Trainer (mean ± std) | bertfit (mean ± std) | difference | Trainer per seed "
+        "| bertfit per seed |",
+        "|---|---:|---:|---:|---|---|",
+    ]
+    verdicts = []
+    for split in [s for s in ("validation", "test") if s in hf[0]["metrics"]]:
+        for metric in [m for m in REPORTED_METRICS if m in hf[0]["metrics"][split] and m in ours[0]["metrics"][split]]:
+            a = [r["metrics"][split][metric] for r in hf]
+            b = [r["metrics"][split][metric] for r in ours]
+            mean_a, mean_b = statistics.fmean(a), statistics.fmean(b)
+            std_a, std_b = statistics.stdev(a), statistics.stdev(b)
+            lines.append(
+                f"| {split} {metric} | {mean_a:.4f} ± {std_a:.4f} | {mean_b:.4f} ± {std_b:.4f} | "
+                f"{100 * (mean_b - mean_a):+.2f} points | {', '.join(f'{v:.4f}' for v in a)} | "
+                f"{', '.join(f'{v:.4f}' for v in b)} |"
+            )
+            if metric in ("accuracy", "f1"):
+                spread = max(std_a, std_b)
+                below = mean_a - mean_b > spread
+                verdicts.append(
+                    f"{split} {metric}: bertfit's mean is {'below' if below else 'within'} the Trainer's "
+                    f"{'by more than' if below else 'by at most'} one standard deviation ({spread:.4f})"
+                )
+    speed = statistics.fmean(r["train_seconds"] for r in hf) / statistics.fmean(r["train_seconds"] for r in ours)
+    lines += ["", f"- training {speed:.2f}× faster than the Trainer (mean over seeds)", *(f"- {v}" for v in verdicts)]
+    return "\n".join(lines) + "\n"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("mode", choices=sorted(MODES))
     parser.add_argument("--side", choices=sorted({*SIDES, *THROUGHPUT_SIDES}), help=argparse.SUPPRESS)
     parser.add_argument("--set", action="append", default=[], help="KEY=VALUE recipe override for both sides")
     parser.add_argument("--no-write", action="store_true", help="print only; do not append to BENCHMARKS.md")
+    parser.add_argument(
+        "--seeds",
+        type=int,
+        default=1,
+        help="K > 1: the Trainer and bertfit each run with seeds 42 .. 42+K-1; "
+        "means and standard deviations of the metrics",
+    )
     args = parser.parse_args()
     os.environ.setdefault("BERTFIT_DATA_DIR", str(REPO.parent / "shared" / "data"))
     from bertfit.config import parse_set_overrides
@@ -669,7 +719,14 @@ def main() -> None:
         print(json.dumps(sides[args.side](recipe), default=float))
         return
     command = "python benchmarks/compare.py " + " ".join(sys.argv[1:])
-    if args.mode in MODE_SIDES:
+    if args.seeds > 1:
+        seeds = [recipe["seed"] + k for k in range(args.seeds)]
+        results = {
+            side: [run_side(side, args.mode, args.set + [f"seed={seed}"]) for seed in seeds]
+            for side in ("hf", "bertfit")
+        }
+        text = seeds_report(args.mode, recipe, results, seeds, command)
+    elif args.mode in MODE_SIDES:
         results = {side: run_side(side, args.mode, args.set) for side in MODE_SIDES[args.mode]}
         text = multi_report(args.mode, recipe, results, command)
     elif args.mode == "throughput":

@@ -150,6 +150,7 @@ def sweep(
     seeds: int = Opt(3, "--seeds", help="seeds per confirmed configuration, its search trial's included"),
     pruner: _choices("Pruner", ["median", "halving", "hyperband", "none"]) = Opt("median", "--pruner"),
     keep_weights: _choices("KeepWeights", ["best", "all"]) = Opt("best", "--keep-weights"),
+    nproc: int = Opt(1, "--nproc", min=1, help="processes per trial (torchrun: data-parallel trials)"),
     set_: list[str] | None = Opt(None, "--set", help="KEY=VALUE override of any recipe key (repeatable)"),
     **options,
 ):
@@ -172,6 +173,7 @@ def sweep(
         seeds,
         pruner.value,
         keep_weights.value,
+        nproc,
     )
     helpers = [] if os.environ.get(SWEEP_WORKER) else start_sweep_workers(workers - 1)
     try:
@@ -200,16 +202,26 @@ def fit(
     overwrite: bool = False,
     console: Console | None = None,
     allow_data_change: bool = False,
+    judge=None,
 ):
-    """Train, then write the reports (card, plots, diagnosis) from the run's files."""
+    """Train, then write the reports (card, plots, diagnosis) from the run's files; `judge`: a sweep's pruner."""
     from bertfit.engine.loop import train as train_run
     from bertfit.report import write_reports
 
-    return train_run(cfg, resume, overwrite, console, write_reports, allow_data_change)
+    return train_run(cfg, resume, overwrite, console, write_reports, allow_data_change, judge)
 
 
 def run_training(cfg: Config, resume: bool, overwrite: bool, allow_data_change: bool = False) -> None:
-    summary = fit(cfg, resume=resume, overwrite=overwrite, console=console, allow_data_change=allow_data_change)
+    from bertfit.sweep import SWEEP_TRIAL
+
+    judge = None
+    if os.environ.get(SWEEP_TRIAL) and int(os.environ.get("RANK", "0")) == 0:  # a sweep's trial on several processes
+        from bertfit.sweep.study import trial_judge
+
+        judge = trial_judge(os.environ[SWEEP_TRIAL])
+    summary = fit(
+        cfg, resume=resume, overwrite=overwrite, console=console, allow_data_change=allow_data_change, judge=judge
+    )
     if int(os.environ.get("RANK", "0")) == 0:
         print_summary(summary, cfg.output)
 
@@ -220,6 +232,9 @@ def print_summary(outcome, output: str) -> None:
         if scores is not None:
             shown = ", ".join(f"{k} {v:.4f}" for k, v in scores.scalars().items() if v is not None)
             console.print(f"{split}: {shown}")
+    if summary.probe is not None:
+        probe = ", ".join(f"{k} {v:.4f}" for k, v in summary.probe.metrics.named().items() if v is not None)
+        console.print(f"frozen probe: {probe}")
     train = summary.train
     console.print(
         f"kept step {summary.kept_step}; trained {train.train_seconds:.1f} s at "

@@ -329,6 +329,12 @@ class Config(BaseModel):
         description="end with the best checkpoint's weights, not the last",
         json_schema_extra=recipe_field("evaluation", results=False),
     )
+    probe: bool = Field(
+        True,
+        description="fit a linear model on the frozen encoder's pooled embeddings (up to 2,000 examples a split) "
+        "before training: the baseline fine-tuning must beat, beside it in the metrics, the card and the doctor",
+        json_schema_extra=recipe_field("evaluation", results=False),
+    )
     find_mislabeled: bool = Field(
         True,
         description="rank training examples by their margin during training (area "

@@ -110,6 +110,22 @@ def model_type(path: str, trust_remote_code: bool = False) -> str:
     return _from_pretrained(AutoConfig.from_pretrained, path, trust_remote_code=trust_remote_code).model_type
 
 
+def pooling(path: str) -> str:
+    """How the model's sentence embedding is made: "mean" for a sentence-transformers model whose pooling module
+    averages the tokens (its modules.json and pooling config say so), else "cls" (the first token, as a
+    classification head reads it)."""
+    folder = Path(path)
+    try:
+        modules = json.loads((folder / "modules.json").read_text(encoding="utf-8"))
+        for module in modules:
+            if module.get("type", "").endswith("Pooling"):
+                config = json.loads((folder / module["path"] / "config.json").read_text(encoding="utf-8"))
+                return "mean" if config.get("pooling_mode_mean_tokens") else "cls"
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        pass  # not a sentence-transformers folder (or a hub id not downloaded as one)
+    return "cls"
+
+
 def load_tokenizer(path: str, trust_remote_code: bool = False):
     from transformers import AutoTokenizer
 

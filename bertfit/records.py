@@ -5,7 +5,7 @@ themselves, typed, are in `runfiles`."""
 
 from __future__ import annotations
 
-from bertfit.runfiles import Eval
+from bertfit.runfiles import Eval, ProbeResult
 
 # Fields that measure time rather than results: they differ between otherwise identical runs.
 TIMING_FIELDS = {"time", "runtime", "samples_per_second", "tokens_per_second", "train_seconds", "eval_seconds"}
@@ -65,3 +65,13 @@ def markdown_table(columns: list[str], rows: list[list[str]]) -> str:
     lines = ["| " + " | ".join(map(inline, columns)) + " |", "|" + "|".join(":-----:" for _ in columns) + "|"]
     lines += ["| " + " | ".join(map(inline, row)) + " |" for row in rows]
     return "\n".join(lines)
+
+
+def probe_line(probe: ProbeResult) -> str:
+    """The frozen-probe baseline in one sentence, for results.md, the card and the console."""
+    scores = ", ".join(f"{METRIC_TITLES.get(k, k)} {v:.4f}" for k, v in probe.metrics.named().items() if v is not None)
+    return (
+        f"Frozen probe (the baseline fine-tuning must beat): {scores}; a {probe.estimator} on the pretrained "
+        f"encoder's {probe.pooling}-pooled embeddings of {probe.train_rows:,} training examples, scored on "
+        f"{probe.validation_rows:,} validation examples"
+    )

@@ -110,6 +110,17 @@ class MislabeledSummary(Record):
     lowest: list[Suspect]
 
 
+class ProbeResult(Record):
+    """The frozen-probe baseline: a linear model on the pretrained encoder's pooled embeddings (engine/probe.py)."""
+
+    metrics: Scores  # on validation
+    train_rows: int
+    validation_rows: int
+    pooling: str  # "mean" (sentence-transformers models) or "cls"
+    estimator: str  # scikit-learn's class name
+    fit_seconds: float  # embedding both splits and fitting
+
+
 class RunMetrics(Versioned):
     """metrics.json. Every section is optional to the reader: the doctor also reads a run that never finished."""
 
@@ -123,6 +134,7 @@ class RunMetrics(Versioned):
     test: Scores | None = None
     train: TrainSummary = TrainSummary()
     mislabeled: MislabeledSummary | None = None
+    probe: ProbeResult | None = None
 
 
 # ---------------------------------------------------------------- log.jsonl
@@ -202,6 +214,10 @@ class Diverged(Event):
     bad_steps: int
 
 
+class Probe(ProbeResult, Event):
+    event: Literal["probe"] = "probe"
+
+
 class End(TrainSummary, Event):
     event: Literal["end"] = "end"
     kept_step: int | None = None
@@ -209,7 +225,7 @@ class End(TrainSummary, Event):
     stop_reason: str | None = None
 
 
-AnyEvent = Annotated[Start | Train | Eval | BadStep | Diverged | End, Field(discriminator="event")]
+AnyEvent = Annotated[Start | Probe | Train | Eval | BadStep | Diverged | End, Field(discriminator="event")]
 _EVENT = TypeAdapter(AnyEvent)
 
 

@@ -77,6 +77,29 @@ def test_two_gloo_processes_match_one_process_with_the_same_effective_batch(tiny
     )
 
 
+def test_two_nodes_through_a_c10d_rendezvous_match_one_process(tiny_bert_no_dropout, tmp_path):
+    """Multi-node training is torchrun's: two agents (--nnodes 2, one process each) meet at a c10d rendezvous on
+    127.0.0.1, as two machines would at their head node's address, and train as one process with the same
+    effective batch does."""
+    single, nodes = tmp_path / "single", tmp_path / "nodes"
+    bertfit(*train_args(tiny_bert_no_dropout, single, 16, "--precision", "fp32"))
+    port = free_port()
+    agent = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc-per-node", "1"]
+    agent += ["--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{port}", "--rdzv-id", "bertfit-two-nodes"]
+    command = [*agent, "-m", "bertfit", *map(str, train_args(tiny_bert_no_dropout, nodes, 8, "--precision", "fp32"))]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    agents = [subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env) for _ in range(2)]
+    for process in agents:
+        _, err = process.communicate(timeout=600)
+        assert process.returncode == 0, err.decode()[-3000:]
+    one, two = (json.loads((d / "metrics.json").read_text()) for d in (single, nodes))
+    assert two["validation"]["accuracy"] == one["validation"]["accuracy"]
+    assert two["validation"]["loss"] == pytest.approx(one["validation"]["loss"], rel=1e-4)
+    weights_one, weights_two = load_file(single / "model.safetensors"), load_file(nodes / "model.safetensors")
+    assert all(torch.allclose(weights_one[k], weights_two[k], atol=1e-5) for k in weights_one)
+    assert "world_size: 2" in (nodes / "recipe.yaml").read_text()
+
+
 def test_resume_refuses_another_world_size(tiny_bert_no_dropout, tmp_path):
     out = tmp_path / "run"
     bertfit(*train_args(tiny_bert_no_dropout, out, 8, "--nproc", 2))

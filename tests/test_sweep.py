@@ -244,3 +244,34 @@ def test_a_postgresql_storage_holds_the_study(tiny_bert, tmp_path, capsys, postg
     study = optuna.load_study(study_name="pg", storage=postgres)
     assert len([t for t in study.trials if t.state.name == "COMPLETE"]) == 2
     assert not (out / "study.journal").exists() and len(trials_of(out)) == 2
+
+
+@pytest.mark.slow
+def test_with_mlflow_each_trial_is_a_child_of_the_sweeps_run(tiny_bert, tmp_path, capsys):
+    from mlflow import MlflowClient
+
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    out = tmp_path / "sweep"
+    args = sweep_args(tiny_bert, out, "--trials", 2, "--space", "lr=1e-5..1e-3:log", "--confirm", 0)
+    code, _, stderr = run_cli([*args, "--report-to", "mlflow", "--mlflow-tracking-uri", store], capsys)
+    assert code == 0, stderr
+    client = MlflowClient(store)
+    runs = client.search_runs([client.get_experiment_by_name("bertfit").experiment_id])
+    (parent,) = [r for r in runs if r.data.tags.get("bertfit_sweep") == "sweep"]
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    assert sorted(r.info.run_name for r in children) == ["0000", "0001"]
+    assert "best_accuracy" in parent.data.metrics and parent.data.params["trials"] == "2"
+
+
+@pytest.mark.slow
+def test_data_parallel_trials_report_to_the_pruner_from_their_writing_rank(tiny_bert, tmp_path, capsys):
+    out = tmp_path / "sweep"
+    args = sweep_args(tiny_bert, out, "--trials", 3, "--space", "lr=1e-5..1.0:log", "--set", "metric_for_best=loss")
+    code, _, stderr = run_cli([*args, "--confirm", 0, "--nproc", 2, "--max-steps", 8, "--eval-every", 2], capsys)
+    assert code == 0, stderr
+    trials = trials_of(out)
+    assert [t["state"] for t in trials] == ["complete", "complete", "pruned"], trials
+    assert "world_size: 2" in (out / "trials" / "0002" / "recipe.yaml").read_text()
+    stopped = json.loads((out / "trials" / "0002" / "metrics.json").read_text())
+    assert stopped["stop_reason"] == "pruned" and stopped["train"]["steps"] < 8
+    assert not list((out / ".running").glob("*.yaml"))  # the trials' recipes were the sweep's bookkeeping

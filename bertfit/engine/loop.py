@@ -24,12 +24,14 @@ from bertfit.engine.evaluation import evaluate
 from bertfit.engine.setup import Run, output_folder, plan_epoch, protected_inputs, setup
 from bertfit.errors import BertfitError
 from bertfit.files import TEMP_PREFIX, to_json, writing
-from bertfit.records import markdown_table, table_columns, table_rows
+from bertfit.records import markdown_table, probe_line, table_columns, table_rows
 from bertfit.runfiles import (
     FORMAT,
     BadStep,
     End,
     Finding,
+    Probe,
+    ProbeResult,
     RunMetrics,
     Scores,
     Start,
@@ -113,6 +115,8 @@ def log_start(run: Run) -> None:
             **run.timings,
         )
     )
+    if run.probe is not None:
+        run.log.event(run.probe)
 
 
 def run_loop(run: Run, console, reporter: Reporter | None = None, judge: Judge | None = None) -> Outcome:
@@ -330,7 +334,11 @@ def evaluate_and_select(run: Run, judge: Judge | None = None) -> None:
             state.stop_reason = "early_stopping"
     run.log.eval_event(state.step, epoch_position(run), result, state.best_step, run.task.tracks_accuracy)
     if judge is not None and state.stop_reason is None:
-        state.stop_reason = judge(state.step, epoch_position(run), result)
+        # The judge is the writing rank's (a sweep's trial lives there); every rank stops where it says.
+        verdict = [judge(state.step, epoch_position(run), result) if run.dist.main else None]
+        if run.dist.enabled:
+            dist.broadcast_object_list(verdict, src=0)
+        state.stop_reason = verdict[0]
     save_checkpoint(run)
 
 
@@ -428,6 +436,11 @@ def finish(run: Run, reporter: Reporter | None = None) -> Outcome:
     )
     if test is not None:
         summary.test = test
+    probe = next((e for e in run.log.events if isinstance(e, Probe)), None)
+    if probe is not None:
+        summary.probe = ProbeResult.model_validate(
+            {k: v for k, v in probe.dump().items() if k not in ("event", "time")}
+        )
     mislabeled = []
     if run.margins is not None:  # a collective: every rank calls it
         summary.mislabeled, mislabeled = run.margins.ranked(run.task, run.frames["train"], run.features["train"].labels)
@@ -449,7 +462,9 @@ def finish(run: Run, reporter: Reporter | None = None) -> Outcome:
 def write_records(run: Run, summary: RunMetrics) -> None:
     run.folder.write("metrics.json", to_json(summary.dump(), indent=2))
     evals = run.log.evals
-    run.folder.write("results.md", markdown_table(table_columns(evals), table_rows(evals)) + "\n")
+    table = markdown_table(table_columns(evals), table_rows(evals))
+    probe = f"\n\n{probe_line(summary.probe)}." if summary.probe is not None else ""
+    run.folder.write("results.md", table + probe + "\n")
     run.log.event(
         End(
             kept_step=summary.kept_step,

@@ -27,8 +27,10 @@ from bertfit.engine.device import (
 )
 from bertfit.engine.evaluation import Scorer, packs
 from bertfit.engine.margins import MarginTracker
+from bertfit.engine.probe import frozen_probe
 from bertfit.engine.runlog import RunLog
 from bertfit.errors import BertfitError
+from bertfit.runfiles import Probe
 from bertfit.runfolder import RunFolder, check_contents, check_location
 from bertfit.tasks import TASKS, Features, Task, task_for
 
@@ -74,6 +76,7 @@ class Run:
     resumed: bool
     data: str  # what the run trains and selects on (the train and validation features' cache keys)
     margins: MarginTracker | None = None
+    probe: Probe | None = None  # the frozen-probe baseline, computed before training (not on resume: it is logged)
 
     @property
     def scorer(self) -> Scorer:
@@ -346,6 +349,11 @@ def setup(
         )
     torch.manual_seed(cfg.seed)
     model = models.load_model(model_path, task.auto_model, task.head_config(), cfg.trust_remote_code).to(device)
+    probe = None
+    if cfg.probe and not resume and ranks.main:  # the pretrained encoder, before anything trains or wraps it
+        probe = frozen_probe(
+            model, task, features, device, cfg.precision, tokenizer.pad_token_id, models.pooling(model_path), cfg.seed
+        )
     bias = task.head_bias(features["train"])
     if bias is not None:  # a resumed run overwrites it with the checkpoint's weights
         models.set_output_bias(model, bias)
@@ -404,6 +412,7 @@ def setup(
         timings=timings,
         resumed=resume,
         data=data_fingerprint(features),
+        probe=probe,
     )
     if cfg.find_mislabeled and task.finds_mislabeled:
         run.margins = MarginTracker(len(features["train"]), len(task.label_names), device)

@@ -86,7 +86,8 @@ class MLflow:
         if cfg.mlflow_tracking_uri:  # else MLFLOW_TRACKING_URI, else mlflow's own default, as mlflow decides
             mlflow.set_tracking_uri(cfg.mlflow_tracking_uri)
         mlflow.set_experiment(cfg.mlflow_experiment)
-        self.run = mlflow.start_run(run_name=folder.path.name)
+        # Nested under the run already active in this process: a sweep's, whose trials are its children.
+        self.run = mlflow.start_run(run_name=folder.path.name, nested=mlflow.active_run() is not None)
         params = hyperparameters(cfg)
         mlflow.log_params({k: str(v)[:500] for k, v in params.items()})  # MLflow's limit on a param's length
 

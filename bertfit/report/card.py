@@ -9,7 +9,7 @@ from pathlib import Path
 from bertfit.data.sources import hub_dataset
 from bertfit.errors import BertfitError
 from bertfit.models import hub_identity
-from bertfit.records import METRIC_TITLES, inline, markdown_table, table_columns, table_rows
+from bertfit.records import METRIC_TITLES, inline, markdown_table, probe_line, table_columns, table_rows
 from bertfit.runfiles import DataProfile, Eval, Events, Finding, RunMetrics, Scores
 from bertfit.tasks import task_for
 from bertfit.tasks.profile import summary_lines
@@ -224,6 +224,7 @@ class CardData:
     hyperparameters: list[str]
     results_table: str
     kept: str | None  # which step's weights were kept
+    probe: str | None  # the frozen-probe baseline beside the results
     stopped: str | None  # why training stopped early
     train_accuracy_table: str | None
     task_tables: list[tuple[str, str]]  # (title, table): the task kind's own detail
@@ -296,6 +297,7 @@ def card_data(
             if summary.best_metric is not None
             else None
         ),
+        probe=inline(probe_line(summary.probe)) + "." if summary.probe is not None else None,
         stopped=early_stop_line(cfg, summary, evals),
         train_accuracy_table=markdown_table(
             ["Epoch", "Step", "Training Loss", "Training Accuracy", "Validation Loss", "Validation Accuracy"],

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from bertfit.config import Config
 from bertfit.runfiles import BadStep, DataProfile, Diverged, Eval, Events, Finding, RunMetrics, Scores, Train
-from bertfit.tasks import task_for
+from bertfit.tasks import LOWER_IS_BETTER, task_for
 
 # Thresholds, named so the card can cite them.
 OVERFIT_RISE = 0.20  # validation loss this far above its minimum ...
@@ -22,18 +22,19 @@ COLLAPSE_SHARE = 0.95  # one class taking this share of predictions
 
 @dataclass(frozen=True)
 class LearningRates:
-    """Outside low..high a learning rate is rarely right; `good` is what recipes use."""
+    """Outside low..high a learning rate is rarely right; `good` is what recipes use (up to `good_high`)."""
 
     low: float
     high: float
     good: str
     tolerated: str
+    good_high: float
 
 
 # Full fine-tuning of a pretrained encoder (the seeds' recipes and fine-tuning posts), and LoRA, whose adapters start
 # at zero and take rates about ten times higher (the LoRA paper's GLUE runs: 2e-4 to 5e-4).
-FULL_LR = LearningRates(1e-5, 1e-4, "2e-5–5e-5", "1e-5–1e-4")
-LORA_LR = LearningRates(5e-5, 3e-3, "2e-4–1e-3", "5e-5–3e-3")
+FULL_LR = LearningRates(1e-5, 1e-4, "2e-5–5e-5", "1e-5–1e-4", 5e-5)
+LORA_LR = LearningRates(5e-5, 3e-3, "2e-4–1e-3", "5e-5–3e-3", 1e-3)
 
 
 def rates(cfg) -> LearningRates:
@@ -85,6 +86,7 @@ SUPERSEDED_BY = {
     "low_f1": {"collapse", "lr_too_high", "lr_too_low", "not_learning", "non_finite"},
     "collapse": {"lr_too_high", "non_finite"},
     "not_learning": {"imbalance"},  # stuck at the majority class of imbalanced data: the imbalance is the cause
+    "below_probe": {"collapse", "lr_too_high", "non_finite", "too_short"},  # the more specific cause, said once
 }
 
 
@@ -99,6 +101,7 @@ def diagnose(events: list, profile: DataProfile | None, summary: RunMetrics | No
     findings: list[Finding] = []
     for rule in (
         _non_finite,
+        _below_probe,
         _not_learning,
         _learning_rate_too_low,
         _collapse,
@@ -181,6 +184,43 @@ def _non_finite(events, evals, profile, summary, cfg, task) -> Finding | None:
         + (f", first at step {first}" if first else "")
         + ("; the run stopped" if diverged else "; those updates were skipped"),
         advice=", ".join(advice),
+    )
+
+
+def _below_probe(events, evals, profile, summary, cfg, task) -> Finding | None:
+    """Seed 003: fine-tuning that ends no better than a linear model on the frozen encoder's embeddings has lost
+    what the encoder knew. The advice names the causes the run shows."""
+    probe, metric, kept = summary.probe, summary.metric_for_best, summary.best_metric
+    base = probe.metrics.metric(metric) if probe is not None and metric else None
+    if base is None or kept is None or (kept > base if metric not in LOWER_IS_BETTER else kept < base):
+        return None
+    rows, steps = profile.split("train").rows or probe.train_rows, _steps(events)
+    advice = []
+    if cfg.lr > rates(cfg).good_high:
+        advice.append(
+            f"lower the learning rate (now {cfg.lr:g}; {rates(cfg).good} is usual, and {rows:,} examples give few "
+            "steps to recover from a large one)"
+        )
+    if steps < SHORT_RUN:
+        advice.append(f"train for more steps (now {steps}): a few hundred whatever the data size (Mosbach et al. 2021)")
+    if not (cfg.warmup_ratio or cfg.warmup_steps):
+        advice.append("add warmup (warmup_ratio 0.1)")
+    if probe.pooling == "mean":
+        advice.append(
+            "this encoder was trained to mean-pool its tokens, and the classification head reads its untrained [CLS] "
+            "pooler: expect it to need more steps than the probe"
+        )
+    if rows < SMALL_TRAIN:
+        advice.append(f"with {rows:,} examples, the probe itself is a model to prefer until there are more")
+    return Finding(
+        id="below_probe",
+        severity="warning",
+        title="Fine-tuning does not beat the frozen encoder",
+        evidence=(
+            f"the kept model's validation {metric} is {kept:.4f}; a {probe.estimator} on the pretrained encoder's "
+            f"{probe.pooling}-pooled embeddings of {probe.train_rows:,} training examples scores {base:.4f}"
+        ),
+        advice=", ".join(advice) or "check the labels (`bertfit inspect`) and the recipe against a recipe that worked",
     )
 
 

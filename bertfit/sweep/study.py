@@ -25,8 +25,9 @@ import yaml
 from bertfit.config import Config
 from bertfit.errors import BertfitError, first_line
 from bertfit.files import atomic_write, writing
-from bertfit.runfiles import Finding, Scores
+from bertfit.runfiles import Finding, RunMetrics, Scores
 from bertfit.runfolder import RunFolder, check_location
+from bertfit.sweep import SWEEP_TRIAL
 from bertfit.sweep.space import Dimension, space_key
 
 MARKER = ".bertfit-sweep.json"
@@ -55,6 +56,7 @@ class Sweep:
     confirm: int = 0  # configurations re-run with more seeds after the search
     seeds: int = 3  # seeds per confirmed configuration, its search trial's included
     keep_weights: str = "best"  # or "all"
+    nproc: int = 1  # processes per trial: above 1, each trial is `bertfit train --nproc N` (torchrun)
     timeout: float | None = None
     started: float = field(default_factory=time.monotonic)
     study: object = None  # the Optuna study, once opened
@@ -270,7 +272,7 @@ def objective(sweep: Sweep, study, trial) -> float:
     started = time.perf_counter()
     with _running(sweep.folder, trial.number):
         try:
-            outcome = _train(cfg, judge)
+            outcome = _train(cfg, judge) if sweep.nproc == 1 else _train_launched(sweep, study, trial, cfg, judge)
         except BertfitError as err:  # a trial that diverged or failed: its line is its verdict
             trial.set_user_attr("verdict", first_line(err, 300))
             trial.set_user_attr("seconds", round(time.perf_counter() - started, 1))
@@ -297,6 +299,59 @@ def _train(cfg: Config, judge: Pruning | None):
     from bertfit.report import write_reports
 
     return train(cfg, overwrite=True, reporter=write_reports, judge=judge)
+
+
+def _train_launched(sweep: Sweep, study, trial, cfg: Config, judge: Pruning | None):
+    """A trial as `bertfit train RECIPE --nproc N`: its recipe in the sweep's bookkeeping folder, the study and the
+    trial in the environment, so the trial's writing rank reports to the pruner itself (and every rank stops where
+    it says). Its outcome is read back from the files it wrote."""
+    import subprocess
+    import sys
+
+    from bertfit.engine.loop import Outcome
+    from bertfit.runfiles import Diagnosis, read_file
+
+    recipe = sweep.folder / RUNNING / f"{trial.number:04d}.yaml"
+    atomic_write(recipe, cfg.to_yaml())
+    reporting = {"storage": _storage_address(sweep), "study": sweep.study_name, "trial": trial._trial_id}
+    env = {**os.environ, SWEEP_TRIAL: json.dumps({**reporting, "metric": sweep.metric if judge else None})}
+    command = [sys.executable, "-m", "bertfit", "train", str(recipe), "--overwrite", "--nproc", str(sweep.nproc)]
+    try:
+        done = subprocess.run(command, env=env, capture_output=True, text=True)
+    finally:
+        recipe.unlink(missing_ok=True)
+    if done.returncode != 0:
+        lines = [line for line in done.stderr.splitlines() if line.strip()]
+        raise BertfitError(lines[-1].removeprefix("error: ") if lines else f"the trial exited with {done.returncode}")
+    folder = Path(cfg.output)
+    metrics = read_file(folder / "metrics.json", RunMetrics)
+    if judge is not None and metrics.stop_reason == "pruned":  # where the trial's own judge stopped it
+        values = study._storage.get_trial(trial._trial_id).intermediate_values
+        last = max(values, default=0)
+        judge.last = (last / 100, values.get(last, float("nan")))
+    return Outcome(metrics, read_file(folder / "diagnosis.json", Diagnosis).findings)
+
+
+def _storage_address(sweep: Sweep) -> str:
+    return sweep.storage if sweep.storage else str(sweep.folder / JOURNAL)
+
+
+def trial_judge(reporting: str) -> Pruning | None:
+    """The pruner's judge for a trial run by `bertfit train --nproc N` for a sweep (`_train_launched`)."""
+    import optuna
+
+    spec = json.loads(reporting)
+    if spec.get("metric") is None:
+        return None
+    address = spec["storage"]
+    if "://" in address:
+        storage = optuna.storages.RDBStorage(address)
+    else:
+        from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock
+
+        storage = optuna.storages.JournalStorage(JournalFileBackend(address, lock_obj=JournalFileOpenLock(address)))
+    study = optuna.load_study(study_name=spec["study"], storage=storage)
+    return Pruning(optuna.trial.Trial(study, spec["trial"]), spec["metric"])
 
 
 def _better(sweep: Sweep, a: float, b: float) -> bool:
@@ -335,9 +390,47 @@ def work(sweep: Sweep, console) -> None:
     """Run trials until the study has them all (shared with any other worker on the same storage), confirm the
     best configurations over seeds, and write the report."""
     import optuna
-    from optuna.trial import TrialState
 
     study = sweep.study or open_study(sweep)
+    with _parent_run(sweep):
+        _search(sweep, study, console)
+        with _report_lock(sweep.folder):
+            best = write_report(sweep, optuna.load_study(study_name=sweep.study_name, storage=study._storage), console)
+        if "mlflow" in sweep.base.report_to:
+            import mlflow
+
+            mlflow.log_metric(f"best_{sweep.metric}", best.mean)
+
+
+@contextlib.contextmanager
+def _parent_run(sweep: Sweep) -> Iterator[None]:
+    """With `report_to: mlflow`, one MLflow run for the sweep, each trial's run its child (every worker finds the
+    sweep's run by its tag and joins it)."""
+    if "mlflow" not in sweep.base.report_to:
+        yield
+        return
+    import mlflow
+
+    if sweep.base.mlflow_tracking_uri:
+        mlflow.set_tracking_uri(sweep.base.mlflow_tracking_uri)
+    experiment = mlflow.set_experiment(sweep.base.mlflow_experiment)
+    tag = {"bertfit_sweep": sweep.study_name}
+    found = mlflow.search_runs(
+        [experiment.experiment_id], filter_string=f"tags.bertfit_sweep = '{sweep.study_name}'", output_format="list"
+    )
+    with (
+        mlflow.start_run(run_id=found[0].info.run_id)
+        if found
+        else mlflow.start_run(run_name=f"sweep {sweep.study_name}", tags=tag)
+    ):
+        if not found:
+            mlflow.log_params({"trials": sweep.trials, "metric": sweep.metric, "space": space_key(sweep.space)[:500]})
+        yield
+
+
+def _search(sweep: Sweep, study, console) -> None:
+    from optuna.trial import TrialState
+
     while True:
         for number in reap(study, sweep):
             console.print(f"trial {number}: its worker stopped; queued to run again", markup=False)
@@ -362,8 +455,6 @@ def work(sweep: Sweep, console) -> None:
         if sweep.confirm and _enqueue_confirmations(sweep, study, console):
             continue
         break
-    with _report_lock(sweep.folder):
-        write_report(sweep, optuna.load_study(study_name=sweep.study_name, storage=study._storage), console)
 
 
 def _progress(sweep: Sweep, study, trial, console) -> None:
@@ -467,7 +558,7 @@ def _report_lock(folder: Path) -> Iterator[None]:
         os.close(fd)
 
 
-def write_report(sweep: Sweep, study, console) -> None:
+def write_report(sweep: Sweep, study, console) -> Configuration:
     from bertfit.sweep.report import write_outputs
 
     best, configurations = winner(sweep, study)
@@ -487,6 +578,7 @@ def write_report(sweep: Sweep, study, console) -> None:
         + f"; wrote {sweep.folder / 'README.md'}",
         markup=False,
     )
+    return best
 
 
 def copy_run(source: Path, target: Path) -> None:
@@ -525,6 +617,7 @@ def prepare(
     seeds: int = 3,
     pruner: str = "median",
     keep_weights: str = "best",
+    nproc: int = 1,
 ) -> Sweep:
     """Every check before anything starts: the trial count, the space, the data (read, detected and tokenized as
     `bertfit train` does, which fills the feature cache every trial then reads), the folder and the storage."""
@@ -563,6 +656,7 @@ def prepare(
         confirm=(3 if len(frames["train"]) < SMALL_DATA else 0) if confirm is None else confirm,
         seeds=seeds,
         keep_weights=keep_weights,
+        nproc=nproc,
         timeout=timeout,
     )
     sweep.study = open_study(sweep)  # the storage reached and the study's identity checked before any trial

@@ -106,6 +106,15 @@ class Task(ABC):
         """The splits in the form the kind encodes (a new object; the given one is left as it is)."""
         return splits
 
+    # -- the frozen-probe baseline: a linear model on the pretrained encoder's pooled embeddings (engine/probe.py)
+    def probe_model(self):
+        """A scikit-learn estimator fitted on embeddings and this kind's labels, or None: no probe for this kind."""
+        return None
+
+    def probe_outputs(self, estimator, embeddings: np.ndarray) -> np.ndarray:
+        """What `example_metrics` scores, from the fitted estimator."""
+        return estimator.predict(embeddings)
+
     @property
     def reads_windows(self) -> bool:
         """Whether a text longer than max_length is read whole, as windows `stride` tokens apart."""

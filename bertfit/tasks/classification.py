@@ -101,6 +101,11 @@ class ClassificationTask(SequenceTask):
     def example_metrics(self, labels, predictions):
         return classification_metrics(labels, predictions, len(self.label_names), "matthews" in self.extra_metrics)
 
+    def probe_model(self):
+        from sklearn.linear_model import LogisticRegression
+
+        return LogisticRegression(max_iter=2000)
+
     def decode_scores(self, scores):
         return [{"label": self.label_names[int(s.argmax())], "score": float(s.max())} for s in scores]
 

@@ -122,6 +122,15 @@ class MultiLabelTask(SequenceTask):
             result["threshold"] = float(thresholds[0])
         return result
 
+    def probe_model(self):
+        from sklearn.linear_model import LogisticRegression
+        from sklearn.multiclass import OneVsRestClassifier
+
+        return OneVsRestClassifier(LogisticRegression(max_iter=2000))
+
+    def probe_outputs(self, estimator, embeddings):
+        return estimator.predict_proba(embeddings)  # thresholds tuned on them, as the model's probabilities are
+
     def tune(self, targets: np.ndarray, probabilities: np.ndarray) -> np.ndarray:
         """The threshold with the best micro-F1 (ties: nearest 0.5); per label, each label's best F1 where it has
         MIN_POSITIVES positives. One candidate at a time: memory stays that of the probabilities."""

@@ -36,6 +36,11 @@ class RegressionTask(SequenceTask):
     def example_metrics(self, labels, predictions):
         return regression_metrics(labels, predictions)
 
+    def probe_model(self):
+        from sklearn.linear_model import Ridge
+
+        return Ridge(alpha=1.0)
+
     def decode_scores(self, scores):
         return [{"score": float(s[0])} for s in scores]
 
