@@ -228,8 +228,9 @@ def postgres(tmp_path: Path):
             assert time.time() < deadline and server.poll() is None, "PostgreSQL did not start"
             time.sleep(0.3)
     yield url
-    server.terminate()
-    server.wait(timeout=30)
+    # `runuser` does not pass a signal on to its child: the server is stopped by its own control program.
+    subprocess.run([*run_as, str(bin_dir / "pg_ctl"), "-D", str(data), "stop", "-m", "fast"], capture_output=True)
+    server.wait(timeout=60)
     shutil.rmtree(data.parent, ignore_errors=True)
 
 
