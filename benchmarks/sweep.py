@@ -205,8 +205,8 @@ def plot(hf: dict, ours: dict, path: Path) -> None:
     figure, axis = plt.subplots(figsize=(7, 4))
     for name, side, color in (("Trainer.hyperparameter_search", hf, "tab:gray"), ("bertfit sweep", ours, "tab:blue")):
         if side["curve"]:
-            x, y = zip(*side["curve"])
-            axis.step([0, *x], [y[0], *y], where="post", label=name, color=color, marker="o")
+            x, y = zip(*side["curve"])  # from the first finished trial: no best exists before it
+            axis.step(x, y, where="post", label=name, color=color, marker="o")
     axis.set(xlabel="seconds since the search started", ylabel="best validation accuracy so far", title="Search")
     axis.legend()
     axis.grid(alpha=0.3)
