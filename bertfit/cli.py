@@ -215,10 +215,10 @@ def run_training(cfg: Config, resume: bool, overwrite: bool, allow_data_change: 
     from bertfit.sweep import SWEEP_TRIAL
 
     judge = None
-    if os.environ.get(SWEEP_TRIAL) and int(os.environ.get("RANK", "0")) == 0:  # a sweep's trial on several processes
+    if os.environ.get(SWEEP_TRIAL):  # a sweep's trial on several processes
         from bertfit.sweep.study import trial_judge
 
-        judge = trial_judge(os.environ[SWEEP_TRIAL])
+        judge = trial_judge(os.environ[SWEEP_TRIAL], int(os.environ.get("RANK", "0")) == 0)
     summary = fit(
         cfg, resume=resume, overwrite=overwrite, console=console, allow_data_change=allow_data_change, judge=judge
     )

@@ -313,7 +313,12 @@ def _train_launched(sweep: Sweep, study, trial, cfg: Config, judge: Pruning | No
 
     recipe = sweep.folder / RUNNING / f"{trial.number:04d}.yaml"
     atomic_write(recipe, cfg.to_yaml())
-    reporting = {"storage": _storage_address(sweep), "study": sweep.study_name, "trial": trial._trial_id}
+    reporting = {
+        "storage": _storage_address(sweep),
+        "study": sweep.study_name,
+        "trial": trial._trial_id,
+        "pruner": sweep.pruner,  # a pruner is not stored with the study: the trial's judge builds the sweep's
+    }
     env = {**os.environ, SWEEP_TRIAL: json.dumps({**reporting, "metric": sweep.metric if judge else None})}
     command = [sys.executable, "-m", "bertfit", "train", str(recipe), "--overwrite", "--nproc", str(sweep.nproc)]
     try:
@@ -336,13 +341,17 @@ def _storage_address(sweep: Sweep) -> str:
     return sweep.storage if sweep.storage else str(sweep.folder / JOURNAL)
 
 
-def trial_judge(reporting: str) -> Pruning | None:
-    """The pruner's judge for a trial run by `bertfit train --nproc N` for a sweep (`_train_launched`)."""
+def trial_judge(reporting: str, writer: bool):
+    """The pruner's judge for a trial run by `bertfit train --nproc N` for a sweep (`_train_launched`): the writing
+    rank's reports to the study; every other rank has one too, which never judges but makes it take part in hearing
+    the writer's verdict (ranks with and without a judge would wait for each other forever)."""
     import optuna
 
     spec = json.loads(reporting)
     if spec.get("metric") is None:
         return None
+    if not writer:
+        return _follower
     address = spec["storage"]
     if "://" in address:
         storage = optuna.storages.RDBStorage(address)
@@ -350,8 +359,13 @@ def trial_judge(reporting: str) -> Pruning | None:
         from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock
 
         storage = optuna.storages.JournalStorage(JournalFileBackend(address, lock_obj=JournalFileOpenLock(address)))
-    study = optuna.load_study(study_name=spec["study"], storage=storage)
+    study = optuna.load_study(study_name=spec["study"], storage=storage, pruner=_pruner(spec["pruner"]))
     return Pruning(optuna.trial.Trial(study, spec["trial"]), spec["metric"])
+
+
+def _follower(step: int, epoch: float, scores: Scores) -> None:
+    """A rank's judge that is not the writer's: the loop asks only the writer's, and this rank hears its verdict."""
+    return None
 
 
 def _better(sweep: Sweep, a: float, b: float) -> bool:
