@@ -34,7 +34,7 @@ def test_every_file_of_a_run_is_whole_under_its_schema(finished):
     for name in ("metrics.json", "data_profile.json", "diagnosis.json"):
         assert json.loads((finished / name).read_text())["format"] == runfiles.FORMAT, name
     assert files.events.start.format == runfiles.FORMAT
-    assert [type(e).__name__ for e in files.events][:2] == ["Start", "Train"]
+    assert [type(e).__name__ for e in files.events][:3] == ["Start", "Probe", "Train"]
     assert type(files.events[-1]).__name__ == "End"
     assert files.metrics.validation.metric("accuracy") is not None and files.metrics.validation.confusion_matrix
     assert files.profile.split("train").rows == sum(files.profile.split("train").labels.values())
