@@ -276,3 +276,18 @@ def test_data_parallel_trials_report_to_the_pruner_from_their_writing_rank(tiny_
     stopped = json.loads((out / "trials" / "0002" / "metrics.json").read_text())
     assert stopped["stop_reason"] == "pruned" and stopped["train"]["steps"] < 8
     assert not list((out / ".running").glob("*.yaml"))  # the trials' recipes were the sweep's bookkeeping
+
+
+def test_the_sweep_folder_replaces_only_the_reports_it_wrote(tmp_path):
+    from bertfit.sweep.study import claim_folder, write_owned
+
+    folder = tmp_path / "sweep"
+    claim_folder(folder)
+    (folder / "README.md").write_text("my notes")
+    write_owned(folder, "trials.csv", "a,b\n")
+    write_owned(folder, "trials.csv", "a,b\n1,2\n")  # its own: replaced
+    write_owned(folder, "plots/history.png", b"png")
+    assert (folder / "trials.csv").read_text() == "a,b\n1,2\n" and (folder / "plots" / "history.png").is_file()
+    with pytest.raises(BertfitError, match="README.md' was not written by bertfit"):
+        write_owned(folder, "README.md", "report")
+    assert (folder / "README.md").read_text() == "my notes"

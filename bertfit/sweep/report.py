@@ -9,7 +9,6 @@ import csv
 import io
 from pathlib import Path
 
-from bertfit.files import atomic_write
 from bertfit.records import markdown_table
 
 
@@ -52,6 +51,8 @@ def _csv(columns: list[str], rows: list[list]) -> str:
 
 
 def _plots(study, folder: Path) -> list[str]:
+    from bertfit.sweep.study import write_owned
+
     """Optimisation history, parallel coordinates and the metric against each parameter, from Optuna's matplotlib
     plots; a plot Optuna cannot draw for this study (too few finished trials) is left out."""
     import warnings
@@ -63,7 +64,6 @@ def _plots(study, folder: Path) -> list[str]:
     from optuna.visualization import matplotlib as optuna_plots
 
     drawn = []
-    (folder / "plots").mkdir(exist_ok=True)
     for name, draw in (
         ("history", optuna_plots.plot_optimization_history),
         ("parallel", optuna_plots.plot_parallel_coordinate),
@@ -80,7 +80,7 @@ def _plots(study, folder: Path) -> list[str]:
         png = io.BytesIO()
         figure.savefig(png, format="png", dpi=110, bbox_inches="tight")
         plt.close(figure)
-        atomic_write(folder / "plots" / f"{name}.png", png.getvalue())
+        write_owned(folder, f"plots/{name}.png", png.getvalue())
         drawn.append(f"plots/{name}.png")
     return drawn
 
@@ -108,12 +108,12 @@ def _base_score(sweep, study) -> str:
 
 
 def write_outputs(sweep, study, best, configurations) -> None:
-    from bertfit.sweep.study import best_recipe, copy_run
+    from bertfit.sweep.study import best_recipe, copy_run, write_owned
 
     folder = sweep.folder
     columns, rows = _rows(sweep, study)
-    atomic_write(folder / "trials.csv", _csv(columns, rows))
-    atomic_write(folder / "best.yaml", best_recipe(sweep, best))
+    write_owned(folder, "trials.csv", _csv(columns, rows))
+    write_owned(folder, "best.yaml", best_recipe(sweep, best))
     copy_run(folder / best.trials[0].user_attrs["folder"], folder / "best")
     plots = _plots(study, folder)
     importances = _importances(study)
@@ -179,4 +179,4 @@ def write_outputs(sweep, study, best, configurations) -> None:
         "`bertfit sweep` again continues it.",
         "",
     ]
-    atomic_write(folder / "README.md", "\n".join(lines))
+    write_owned(folder, "README.md", "\n".join(lines))

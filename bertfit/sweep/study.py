@@ -85,6 +85,25 @@ def claim_folder(folder: Path) -> None:
             atomic_write(folder / MARKER, json.dumps({"bertfit_sweep": 1}))
 
 
+def write_owned(folder: Path, rel: str, data: str | bytes) -> None:
+    """A report file of the sweep folder (README.md, trials.csv, best.yaml, plots/NAME.png): replaced only when the
+    folder's marker lists it as bertfit's, so a file of the user's by that name is refused, never overwritten."""
+    marker = folder / MARKER
+    owned = set(json.loads(marker.read_text(encoding="utf-8")).get("owned", []))
+    path = folder / rel
+    if (path.exists() or path.is_symlink()) and rel not in owned:
+        raise BertfitError(f"'{path}' was not written by bertfit; move it out of the sweep folder and run again")
+    if path.parent != folder and not path.parent.is_dir():
+        if path.parent.exists():
+            raise BertfitError(
+                f"'{path.parent}' is not bertfit's folder; move it out of the sweep folder and run again"
+            )
+        path.parent.mkdir()
+    if rel not in owned:  # listed before it is written: a file half-made by a killed process is still ours
+        atomic_write(marker, json.dumps({"bertfit_sweep": 1, "owned": sorted(owned | {rel})}))
+    atomic_write(path, data)
+
+
 def open_storage(url: str | None, folder: Path):
     """A database URL (heartbeats: a worker that stops beating has its trial run again), or a journal file: the
     folder's own by default, safe for several processes on one machine and, on a shared filesystem, several."""
