@@ -248,8 +248,10 @@ def test_a_postgresql_storage_holds_the_study(tiny_bert, tmp_path, capsys, postg
 
 
 @pytest.mark.slow
-def test_with_mlflow_each_trial_is_a_child_of_the_sweeps_run(tiny_bert, tmp_path, capsys):
+def test_with_mlflow_each_trial_is_a_child_of_the_sweeps_run(tiny_bert, tmp_path, capsys, monkeypatch):
     from mlflow import MlflowClient
+
+    monkeypatch.chdir(tmp_path)  # MLflow keeps a database store's artifacts in ./mlruns
 
     store = f"sqlite:///{tmp_path / 'mlflow.db'}"
     out = tmp_path / "sweep"
