@@ -187,12 +187,13 @@ def start_sweep_workers(count: int) -> list:
     """`--workers K`: K-1 more processes running the same command, sharing the study through its storage."""
     import subprocess
 
-    env = {**os.environ, SWEEP_WORKER: "1", "OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // (count + 1)))}
-    torch_threads = env["OMP_NUM_THREADS"]
-    if count:
-        import torch
+    if not count:
+        return []
+    import torch
 
-        torch.set_num_threads(int(torch_threads))
+    threads = max(1, (os.cpu_count() or 1) // (count + 1))  # the cores shared out, this process included
+    torch.set_num_threads(threads)
+    env = {**os.environ, SWEEP_WORKER: "1", "OMP_NUM_THREADS": str(threads)}
     return [subprocess.Popen([sys.executable, "-m", "bertfit", *sys.argv[1:]], env=env) for _ in range(count)]
 
 

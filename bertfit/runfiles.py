@@ -427,7 +427,16 @@ def read_events(path: Path) -> Events:
 
 
 def read_suspects(path: Path) -> list[Suspect]:
-    return [_validated(Suspect, json.loads(line), path, FORMAT) for line in path.read_text("utf-8").splitlines()]
+    """mislabeled.jsonl, one training example a line; a line that is not one is refused with its number."""
+    suspects = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        try:
+            suspects.append(Suspect.model_validate_json(line))
+        except ValidationError as err:  # also raised for a line that is not JSON
+            raise BertfitError(
+                f"{path}:{number}: not a bertfit mislabeled line ({first_line(err, 120)}); rerun the training"
+            ) from None
+    return suspects
 
 
 @dataclass

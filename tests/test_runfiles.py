@@ -11,6 +11,7 @@ from conftest import SAMPLES, run_cli
 from pydantic import ValidationError
 
 from bertfit import runfiles
+from bertfit.errors import BertfitError
 from bertfit.files import to_json
 from bertfit.runfiles import Diagnosis, RunMetrics, Scores
 
@@ -95,3 +96,11 @@ def test_a_format_1_data_profile_reads_whole_and_is_written_back_key_for_key(kin
     profile = json.loads((GOLDEN / kind / "data_profile.json").read_text())
     written = json.loads(to_json(runfiles.DataProfile.model_validate(profile).dump()))
     assert written == {"format": runfiles.FORMAT, **profile}
+
+
+def test_a_damaged_mislabeled_line_is_refused_with_its_number(finished, tmp_path):
+    damaged = tmp_path / "mislabeled.jsonl"
+    lines = (finished / "mislabeled.jsonl").read_text().splitlines()
+    damaged.write_text("\n".join([lines[0], "{not json", *lines[1:]]) + "\n")
+    with pytest.raises(BertfitError, match=r"mislabeled.jsonl:2: not a bertfit mislabeled line"):
+        runfiles.read_suspects(damaged)
