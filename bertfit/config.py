@@ -16,6 +16,13 @@ from bertfit.errors import BertfitError
 # a kind is added in its own module and the registry alone.
 TASK_KINDS = ["auto", "classification", "multi_label", "regression", "token"]
 
+# method: auto trains the SetFit way up to this many training examples (benchmarks/small_data.py: where SetFit
+# beats fine-tuning on SST-2 and TweetEval), and fine-tunes above.
+SETFIT_AUTO_ROWS = 512
+# SetFit's default pair count grows with the square of the examples (1,024 give 523,776 pairs, hours on a CPU);
+# bertfit's default stops at SetFit's own count for 64 examples at its paper's 20 iterations (20 x 64 x 2).
+SETFIT_PAIR_BUDGET = 2_560
+
 # Names practitioners bring from the HF Trainer and from recipe posts, mapped to ours.
 KEY_ALIASES = {
     "learning_rate": "lr",
@@ -177,6 +184,27 @@ class Config(BaseModel):
     )
 
     # Optimisation recipe
+    method: Literal["auto", "finetune", "setfit"] = Field(
+        "auto",
+        description="how to train: finetune (the whole model with a classification head), setfit (SetFit's "
+        "contrastive training of the encoder on example pairs, then a logistic-regression head: better with a few "
+        f"hundred examples), or auto (setfit for classification with up to {SETFIT_AUTO_ROWS:,} training "
+        "examples, else finetune)",
+        json_schema_extra=recipe_field("optimisation", results=True),
+    )
+    setfit_pairs: int | None = Field(
+        None,
+        gt=0,
+        description="setfit: example pairs to train on [default: SetFit's own count (each pair of examples once, "
+        f"the rarer kind, same or different label, repeated to match the other), at most {SETFIT_PAIR_BUDGET:,}]",
+        json_schema_extra=recipe_field("optimisation", results=True),
+    )
+    setfit_lr: float = Field(
+        2e-5,
+        gt=0,
+        description="setfit: the encoder's learning rate (SetFit's body_learning_rate)",
+        json_schema_extra=recipe_field("optimisation", results=True),
+    )
     epochs: float = Field(
         3.0,
         gt=0,

@@ -88,6 +88,7 @@ class TrainSummary(Record):
     load_seconds: float | None = None
     tokenize_seconds: float | None = None
     profile_seconds: float | None = None
+    head_seconds: float | None = None  # method setfit: embedding the training examples and fitting the head
     mfu: float | None = None  # model FLOP utilisation, where the device's peak is known (GPUs)
     peak_flops: float | None = None
 
@@ -166,6 +167,8 @@ class Start(Event):
     features: dict[str, int]
     steps: int
     steps_per_epoch: int
+    method: str = "finetune"  # absent before methods: fine-tuning
+    pairs: int | None = None  # method setfit: the example pairs trained on (a step takes 16)
     effective_batch_size: int
     world_size: int
     device: str

@@ -67,6 +67,17 @@ KINDS = (
     "*.onnx.data",
     "vocab.txt",
     "merges.txt",
+    # method setfit: SetFit's layout (bertfit.engine.fewshot), the encoder and tokenizer in body/
+    "body",
+    "body/*.json",
+    "body/*.safetensors",
+    "body/*.model",
+    "body/*.jinja",
+    "body/vocab.txt",
+    "body/merges.txt",
+    "1_Pooling",
+    "1_Pooling/config.json",
+    "model_head.pkl",
 )
 
 

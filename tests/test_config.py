@@ -175,13 +175,17 @@ def test_one_resolve_leaves_no_auto_in_the_recipe():
         "label_columns",
         "checkpoint_every",
         "test_split",
+        "setfit_pairs",  # SetFit's own count for the data (capped), counted as the pairs are drawn
     }, left
     assert (cfg.task, cfg.text_columns, cfg.label_column) == ("classification", ["sentence"], "label")
     assert (cfg.precision, cfg.compile, cfg.max_length, cfg.metric_for_best) == ("fp32", False, 512, "matthews")
     assert cfg.metrics == ["matthews"]  # CoLA is scored, and its best checkpoint chosen, by Matthews' correlation
     assert cfg.batch_size == 150 and notes == [
-        "batch_size 400 is larger than the 150 training examples: each step takes all of them (batch_size 150)"
+        "method auto: finetune, not setfit (for 150 examples), because the recipe sets epochs, batch_size, "
+        "class_weights, which only fine-tuning uses",
+        "batch_size 400 is larger than the 150 training examples: each step takes all of them (batch_size 150)",
     ]
+    assert cfg.method == "finetune"
     assert cfg.eval_batch_size == 300 and cfg.log_every == 1  # 2 steps: a line per step
     assert len(cfg.class_weights) == 2 and all(isinstance(w, float) for w in cfg.class_weights)
     again, _ = resolve(cfg, facts)

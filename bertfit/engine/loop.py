@@ -18,7 +18,7 @@ import torch.distributed as dist
 
 from bertfit import models, runfiles
 from bertfit.config import Config
-from bertfit.engine import batching, checkpoint
+from bertfit.engine import batching, checkpoint, fewshot
 from bertfit.engine.device import agreed, autocast, hardware, peak_flops, release_free_memory
 from bertfit.engine.evaluation import evaluate
 from bertfit.engine.setup import Run, output_folder, plan_epoch, protected_inputs, setup
@@ -77,7 +77,8 @@ def train(
     writer = int(os.environ.get("RANK", "0")) == 0
     folder = RunFolder.claim(out, resume, overwrite, protected_inputs(cfg)) if writer else None
     with folder or contextlib.nullcontext():
-        return run_loop(setup(cfg, folder, resume, overwrite, allow_data_change), console, reporter, judge)
+        run = setup(cfg, folder, resume, overwrite, allow_data_change)
+        return (run_setfit if run.pairs is not None else run_loop)(run, console, reporter, judge)
 
 
 def log_start(run: Run) -> None:
@@ -104,6 +105,8 @@ def log_start(run: Run) -> None:
             features={name: len(f) for name, f in run.features.items()},
             steps=run.total_steps,
             steps_per_epoch=run.steps_per_epoch,
+            method=cfg.method,
+            **({"pairs": len(run.pairs)} if run.pairs is not None else {}),
             effective_batch_size=cfg.effective_batch_size(),
             world_size=cfg.world_size,
             device=str(run.device),
@@ -221,15 +224,73 @@ def run_loop(run: Run, console, reporter: Reporter | None = None, judge: Judge |
     return finish(run, reporter)
 
 
+def run_setfit(run: Run, console, reporter: Reporter | None = None, judge: Judge | None = None) -> Outcome:
+    """`method: setfit`: the encoder trained on pairs of examples (one pass, SetFit's schedule), then the head
+    fitted on its embeddings, scored once. Minutes at most, so no checkpoint: an interrupted run starts again."""
+    cfg, state, task, features = run.cfg, run.state, run.task, run.features["train"]
+    log_start(run)
+    run.model.train()
+    if console is not None:
+        console.print(plan_line(run), markup=False)
+    pad_id = run.tokenizer.pad_token_id
+    progress = run.log.progress(console, run.total_steps, state.step)
+    with progress, SignalGuard() as signals:
+        for start in range(0, len(run.pairs), fewshot.PAIRS_PER_STEP):
+            step_started = time.perf_counter()
+            batch = run.pairs[start : start + fewshot.PAIRS_PER_STEP]
+            with autocast(run.device, cfg.precision):
+                loss_sum, inputs = fewshot.pair_loss(run.model, task, features, batch, pad_id)
+            (loss_sum / len(batch)).backward()
+            grad_norm = torch.nn.utils.clip_grad_norm_(run.model.parameters(), cfg.clip_norm or float("inf"))
+            run.optimizer.step()
+            run.scheduler.step()
+            run.optimizer.zero_grad(set_to_none=True)
+            run.log.accumulate(
+                loss_sum.detach(),
+                None,
+                len(batch),
+                len(batch),
+                int(inputs["attention_mask"].sum()),
+                inputs["input_ids"].numel(),
+            )
+            state.step += 1
+            state.train_seconds += time.perf_counter() - step_started
+            progress.advance(state.step, len(batch), time.perf_counter() - step_started)
+            if state.step % cfg.log_every == 0 or state.step == run.total_steps:
+                run.log.train_event(
+                    state.step,
+                    epoch_position(run),
+                    run.scheduler.get_last_lr()[0],
+                    float(grad_norm),
+                    state.train_seconds,
+                )
+            if signals.received:
+                raise Interrupted(signals.received)
+    state.epoch = 1
+    fitting = time.perf_counter()
+    fewshot.fit_head(run.model, task, features, run.device, cfg.precision, pad_id)
+    run.timings["head_seconds"] = time.perf_counter() - fitting
+    result = score(run, "validation")
+    state.best_metric, state.best_step = result.metric(cfg.metric_for_best), state.step
+    run.log.eval_event(
+        state.step, epoch_position(run), result, state.best_step, False
+    )  # no head trains: no training accuracy
+    return finish(run, reporter)
+
+
 def plan_line(run: Run) -> str:
     """What the run will do, said before it starts: how long it trains, and what it scores and when, so that no
     phase comes as a surprise (a test split of 25,000 long reviews takes minutes on a CPU)."""
     cfg, features = run.cfg, run.features
     every = "at each epoch's end" if cfg.eval_every == "epoch" else f"every {cfg.eval_every} steps"
-    line = (
-        f"training {run.total_steps:,} steps on {len(run.frames['train']):,} examples; evaluating "
-        f"{len(run.frames['validation']):,} validation examples {every}"
-    )
+    if run.pairs is not None:
+        every = "once the head is fitted"
+        what = (
+            f"{run.total_steps:,} steps on {len(run.pairs):,} pairs of {len(run.frames['train']):,} examples (setfit)"
+        )
+    else:
+        what = f"{run.total_steps:,} steps on {len(run.frames['train']):,} examples"
+    line = f"training {what}; evaluating {len(run.frames['validation']):,} validation examples {every}"
     if "test" in features:
         line += (
             f"; at the end, scoring {len(run.frames['test']):,} test examples ({len(features['test']):,} features) "
@@ -389,8 +450,11 @@ def save_model_folder(run: Run) -> None:
     with writing("the model", run.out, then, cleanup=tmp):
         if tmp.exists():
             shutil.rmtree(tmp)
-        models.save(run.model, tmp, run.cfg.lora_save == "adapter", run.task.learned_config())
-        run.tokenizer.save_pretrained(tmp)
+        if run.pairs is not None:
+            fewshot.save(run.model, run.tokenizer, tmp, run.task.label_names, run.cfg.max_length)
+        else:
+            models.save(run.model, tmp, run.cfg.lora_save == "adapter", run.task.learned_config())
+            run.tokenizer.save_pretrained(tmp)
     run.folder.move_in(tmp, "the model", then)
 
 

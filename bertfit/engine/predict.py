@@ -11,6 +11,7 @@ import torch
 from bertfit import models, tasks
 from bertfit.config import Config, build_config
 from bertfit.data import readers, sources
+from bertfit.engine import fewshot
 from bertfit.engine.device import default_device, inference_precision
 from bertfit.engine.evaluation import Scorer, evaluate, infer, packs
 from bertfit.errors import BertfitError
@@ -45,8 +46,8 @@ class LoadedRun:
 def load_run(run_dir: str, precision: str = "auto") -> LoadedRun:
     """`precision`: auto (as the run trained, fp16 only on a GPU), or fp32 / bf16 / fp16 to choose."""
     folder = Path(run_dir)
-    adapter = models.is_adapter(folder)
-    if not (folder / "recipe.yaml").is_file() or not ((folder / "config.json").is_file() or adapter):
+    adapter, setfit = models.is_adapter(folder), fewshot.is_setfit(folder)
+    if not (folder / "recipe.yaml").is_file() or not ((folder / "config.json").is_file() or adapter or setfit):
         raise BertfitError(
             f"'{run_dir}' is not a finished bertfit run (no recipe.yaml and config.json); "
             "point at the --output folder of `bertfit train`"
@@ -58,6 +59,9 @@ def load_run(run_dir: str, precision: str = "auto") -> LoadedRun:
     if adapter:  # a LoRA adapter saved alone: the base model's tokenizer, and the adapter folded into its weights
         tokenizer = models.load_tokenizer(models.resolve_model(cfg.model), cfg.trust_remote_code)
         model = models.load_adapter(folder, cfg.model, task.auto_model, task.head_config(), cfg.trust_remote_code)
+    elif setfit:  # `method: setfit`: the encoder in body/, under its linear head
+        tokenizer = models.load_tokenizer(str(folder / fewshot.BODY))
+        model = fewshot.load(folder, lambda path: models.load_model(path, "AutoModel", {}))
     elif models.is_onnx(folder):  # `bertfit export`: onnxruntime on the CPU, in the precision it was exported in
         tokenizer, model = models.load_tokenizer(str(folder)), models.load_onnx(folder)
         device, precision = torch.device("cpu"), "fp32"

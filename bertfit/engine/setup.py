@@ -14,9 +14,9 @@ import pandas as pd
 import torch
 
 from bertfit import models, tasks
-from bertfit.config import Config
+from bertfit.config import SETFIT_AUTO_ROWS, SETFIT_PAIR_BUDGET, Config
 from bertfit.data import schema, sources
-from bertfit.engine import batching, checkpoint, tracking
+from bertfit.engine import batching, checkpoint, fewshot, tracking
 from bertfit.engine.device import (
     Dist,
     default_device,
@@ -77,6 +77,7 @@ class Run:
     data: str  # what the run trains and selects on (the train and validation features' cache keys)
     margins: MarginTracker | None = None
     probe: Probe | None = None  # the frozen-probe baseline, computed before training (not on resume: it is logged)
+    pairs: np.ndarray | None = None  # method setfit: (left, right, target) example pairs, in training order
 
     @property
     def scorer(self) -> Scorer:
@@ -240,7 +241,8 @@ def resolve(cfg: Config, facts: Facts) -> tuple[Config, list[str]]:
             f"choose one of {', '.join(known)}"
         )
     values["metric_for_best"] = cfg.metric_for_best or task.primary_metric
-    notes = fit_to_data(values, len(facts.train), task.reads_windows)
+    values["method"], notes = choose_method(cfg, task, len(facts.train), facts.world_size)
+    notes += fit_to_data(values, len(facts.train), task.reads_windows)
     values["eval_batch_size"] = cfg.eval_batch_size or max(64, 2 * values["batch_size"])
     if cfg.class_weights == "balanced":  # from the training labels, and saved as numbers
         values["class_weights"] = task_for(Config.model_validate(values)).balanced_class_weights(facts.train)
@@ -248,8 +250,68 @@ def resolve(cfg: Config, facts: Facts) -> tuple[Config, list[str]]:
     # texts as windows has more features than rows: its lines come a little more often).
     per_epoch = math.ceil(len(facts.train) / (values["batch_size"] * values["grad_accum"] * facts.world_size))
     steps = cfg.max_steps or math.ceil(cfg.epochs * per_epoch)
+    if values["method"] == "setfit":  # its steps are batches of pairs, at most the budget's
+        steps = fewshot.steps(cfg.setfit_pairs or SETFIT_PAIR_BUDGET)
     values["log_every"] = cfg.log_every or max(1, min(50, steps // 25))
     return Config.model_validate(values), notes
+
+
+# Settings only fine-tuning reads: a recipe that sets one asks for fine-tuning, whatever the data size.
+FINE_TUNING_FIELDS = (
+    "lr",
+    "epochs",
+    "max_steps",
+    "batch_size",
+    "grad_accum",
+    "scheduler",
+    "warmup_ratio",
+    "warmup_steps",
+    "weight_decay",
+    "class_weights",
+    "early_stopping",
+    "eval_every",
+    "checkpoint_every",
+    "lora",
+)
+
+
+def auto_method(train_rows: int, few_shot: bool) -> str:
+    """What `method: auto` trains with: SetFit's recipe for a classifier of a few hundred examples, where it beats
+    fine-tuning (benchmarks/small_data.py), else fine-tuning."""
+    return "setfit" if few_shot and train_rows <= SETFIT_AUTO_ROWS else "finetune"
+
+
+def choose_method(cfg: Config, task: Task, train_rows: int, world_size: int) -> tuple[str, list[str]]:
+    """The method the run trains with, and the note that says why where the recipe left it to bertfit."""
+    if cfg.method == "setfit":
+        fewshot.check(task, train_rows)
+        if cfg.lora or world_size > 1:
+            what = "lora" if cfg.lora else f"{world_size} processes"
+            raise BertfitError(
+                f"method setfit trains the whole encoder on one process; remove {what} or use method finetune"
+            )
+        return "setfit", []
+    if cfg.method == "finetune":
+        return "finetune", []
+    method = auto_method(train_rows, task.few_shot)
+    tuned = [name for name in FINE_TUNING_FIELDS if name in cfg.model_fields_set]
+    if method == "setfit" and (tuned or world_size > 1):
+        why = f"the recipe sets {', '.join(tuned)}, which only fine-tuning uses" if tuned else "setfit runs one process"
+        return "finetune", [f"method auto: finetune, not setfit (for {train_rows:,} examples), because {why}"]
+    if method == "setfit":
+        why = (
+            f"method auto: setfit, SetFit's few-shot recipe (the encoder trained on pairs of examples, then a "
+            f"logistic-regression head), because {train_rows:,} training examples are at most {SETFIT_AUTO_ROWS:,}, "
+            "where it beats fine-tuning; method finetune to fine-tune instead"
+        )
+    else:
+        reason = (
+            f"{train_rows:,} training examples are more than {SETFIT_AUTO_ROWS:,}"
+            if task.few_shot
+            else f"SetFit trains classifiers, and this is a {task.kind} task"
+        )
+        why = f"method auto: finetune, because {reason}"
+    return method, [why]
 
 
 def fit_to_data(values: dict, train_rows: int, reads_windows: bool) -> list[str]:
@@ -276,7 +338,7 @@ def fit_to_data(values: dict, train_rows: int, reads_windows: bool) -> list[str]
     return notes
 
 
-def make_optimizer(cfg: Config, model: torch.nn.Module) -> torch.optim.Optimizer:
+def make_optimizer(cfg: Config, model: torch.nn.Module, lr: float) -> torch.optim.Optimizer:
     """AdamW; biases and LayerNorm weights get no decay (as the HF Trainer does)."""
     decay, no_decay = [], []
     for param in model.parameters():
@@ -285,15 +347,14 @@ def make_optimizer(cfg: Config, model: torch.nn.Module) -> torch.optim.Optimizer
     groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     # Fused: one kernel for all parameters (on CPU too, about 10x faster than foreach here), and it can skip
     # a non-finite step on the device (see NonFiniteGuard).
-    return torch.optim.AdamW(
-        groups, lr=cfg.lr, betas=(cfg.adam_beta1, cfg.adam_beta2), eps=cfg.adam_epsilon, fused=True
-    )
+    return torch.optim.AdamW(groups, lr=lr, betas=(cfg.adam_beta1, cfg.adam_beta2), eps=cfg.adam_epsilon, fused=True)
 
 
-def make_scheduler(cfg: Config, optimizer, total_steps: int):
+def make_scheduler(cfg: Config, optimizer, total_steps: int, warmup: int | None = None):
     from transformers import get_scheduler
 
-    warmup = cfg.warmup_steps or math.ceil(cfg.warmup_ratio * total_steps)
+    if warmup is None:
+        warmup = cfg.warmup_steps or math.ceil(cfg.warmup_ratio * total_steps)
     name = {"constant": "constant_with_warmup"}.get(cfg.scheduler, cfg.scheduler)
     return get_scheduler(name, optimizer, num_warmup_steps=warmup, num_training_steps=total_steps)
 
@@ -340,21 +401,31 @@ def setup(
     model_path = models.resolve_model(cfg.model)
     tokenizer = models.load_tokenizer(model_path, cfg.trust_remote_code)
     cfg, splits, task, frames, features, timings = prepare_data(cfg, inputs, tokenizer, ranks, device.type)
-    per_epoch = len(plan_epoch(cfg, features["train"], 0))
-    total = cfg.max_steps or math.ceil(cfg.epochs * per_epoch)
+    pairs = None
+    if cfg.method == "setfit":  # one pass over the pairs
+        pairs = fewshot.pairs(task, features["train"], cfg.setfit_pairs or SETFIT_PAIR_BUDGET, cfg.seed)
+        per_epoch = total = fewshot.steps(len(pairs))
+    else:
+        per_epoch = len(plan_epoch(cfg, features["train"], 0))
+        total = cfg.max_steps or math.ceil(cfg.epochs * per_epoch)
     if isinstance(cfg.eval_every, int) and cfg.eval_every > total:
         raise BertfitError(
             f"eval_every {cfg.eval_every} is larger than the whole run ({total} steps); "
             f"use a value up to {total} or 'epoch'"
         )
     torch.manual_seed(cfg.seed)
-    model = models.load_model(model_path, task.auto_model, task.head_config(), cfg.trust_remote_code).to(device)
+    if pairs is None:
+        model = models.load_model(model_path, task.auto_model, task.head_config(), cfg.trust_remote_code)
+    else:  # the encoder alone, under the head SetFit fits after training it
+        encoder = models.load_model(model_path, "AutoModel", task.head_config(), cfg.trust_remote_code)
+        model = fewshot.MeanPooledClassifier(encoder, len(task.label_names))
+    model = model.to(device)
     probe = None
     if cfg.probe and not resume and ranks.main:  # the pretrained encoder, before anything trains or wraps it
         probe = frozen_probe(
             model, task, features, device, cfg.precision, tokenizer.pad_token_id, models.pooling(model_path), cfg.seed
         )
-    bias = task.head_bias(features["train"])
+    bias = task.head_bias(features["train"]) if pairs is None else None
     if bias is not None:  # a resumed run overwrites it with the checkpoint's weights
         models.set_output_bias(model, bias)
     if cfg.gradient_checkpointing:
@@ -384,8 +455,12 @@ def setup(
         forward = torch.nn.parallel.DistributedDataParallel(
             forward, device_ids=[device.index] if device.type == "cuda" else None
         )
-    optimizer = make_optimizer(cfg, model)
-    scheduler = make_scheduler(cfg, optimizer, total)
+    if pairs is None:
+        optimizer = make_optimizer(cfg, model, cfg.lr)
+        scheduler = make_scheduler(cfg, optimizer, total)
+    else:  # SetFit's schedule: its body learning rate, linear, 10% warmup
+        optimizer = make_optimizer(cfg, model.encoder, cfg.setfit_lr)
+        scheduler = make_scheduler(cfg, optimizer, total, math.ceil(fewshot.WARMUP * total))
     scaler = torch.amp.GradScaler(device.type, enabled=inputs.precision == "fp16")
     log = RunLog(inputs.out / "log.jsonl", enabled=ranks.main, device=device)
     run = Run(
@@ -413,8 +488,9 @@ def setup(
         resumed=resume,
         data=data_fingerprint(features),
         probe=probe,
+        pairs=pairs,
     )
-    if cfg.find_mislabeled and task.finds_mislabeled:
+    if cfg.find_mislabeled and task.finds_mislabeled and pairs is None:  # margins are those of a head in training
         run.margins = MarginTracker(len(features["train"]), len(task.label_names), device)
     log_state = restore(run, allow_data_change) if resume else None
     if folder is not None:

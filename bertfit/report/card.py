@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
+from bertfit.config import SETFIT_PAIR_BUDGET
 from bertfit.data.sources import hub_dataset
 from bertfit.errors import BertfitError
 from bertfit.models import hub_identity
@@ -33,8 +34,28 @@ def framework_versions() -> dict:
     return versions
 
 
+def setfit_hyperparameters(cfg) -> list[str]:
+    """In SetFit's TrainingArguments' words."""
+    return [
+        "method: setfit (contrastive training of the encoder on example pairs, then a logistic-regression head on "
+        "its mean-pooled embeddings; Tunstall et al. 2022)",
+        f"body_learning_rate: {cfg.setfit_lr:g}",
+        "batch_size: 16 pairs",
+        f"max_pairs: {cfg.setfit_pairs or f'SetFit sampling, at most {SETFIT_PAIR_BUDGET:,}'} (sampling_strategy: "
+        "oversampling, num_epochs: 1)",
+        "warmup_proportion: 0.1; lr_scheduler_type: linear",
+        "loss: CosineSimilarityLoss",
+        f"head: {'one-vs-rest ' if task_for(cfg).decides_by_threshold else ''}LogisticRegression (scikit-learn)",
+        f"seed: {cfg.seed}",
+        f"max_length: {cfg.max_length}",
+        f"precision: {cfg.precision}",
+    ]
+
+
 def hyperparameters(cfg, device: str) -> list[str]:
     """In the wording of the seeds' (HF Trainer) model cards; `device` is where the run trained."""
+    if cfg.method == "setfit":
+        return setfit_hyperparameters(cfg)
     lines = [
         f"learning_rate: {cfg.lr:g}",
         f"train_batch_size: {cfg.batch_size}",
@@ -140,7 +161,7 @@ def front_matter(cfg, dataset: str, shown: Scores, result_split: str, metric_nam
         for name in metric_names
     ]
     data = ModelCardData(
-        library_name="transformers",
+        library_name="setfit" if cfg.method == "setfit" else "transformers",
         license=license_id or "other",
         base_model=base,
         pipeline_tag=task.pipeline_tag,
@@ -170,14 +191,23 @@ def intended_uses(cfg, dataset: str, sizes: str) -> tuple[str, list[str]]:
     task = task_for(cfg)
     tag = task.pipeline_tag
     does = inline(task.does("text pair" if len(cfg.text_columns) > 1 else "text"))
+    if cfg.method == "setfit":
+        load = (
+            "Load it with `setfit.SetFitModel.from_pretrained(...)` or `bertfit predict` (and `bertfit serve`, "
+            "`bertfit export`); `transformers.pipeline()` cannot, having no mean-pooling head (the encoder alone is "
+            "in `body/`)."
+        )
+    else:
+        load = (
+            f'Load it with `transformers.pipeline("{tag}", model=...'
+            f"{', top_k=None' if task.decides_by_threshold else ''})` or `bertfit predict`."
+        )
     return (
-        f"This model {does}, as learned from {dataset} ({sizes}). Load it with "
-        f'`transformers.pipeline("{tag}", model=...{", top_k=None" if task.decides_by_threshold else ""})` or '
-        "`bertfit predict`."
+        f"This model {does}, as learned from {dataset} ({sizes}). {load}"
         + (
             " The pipeline gives each label's probability; a label applies at or above its threshold, chosen on "
             "validation and saved in config.json as `bertfit_thresholds` (`bertfit predict` applies them)."
-            if task.decides_by_threshold
+            if task.decides_by_threshold and cfg.method != "setfit"
             else ""
         )
         + (

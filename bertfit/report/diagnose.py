@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from bertfit.config import Config
+from bertfit.config import SETFIT_AUTO_ROWS, Config
 from bertfit.runfiles import BadStep, DataProfile, Diverged, Eval, Events, Finding, RunMetrics, Scores, Train
 from bertfit.tasks import LOWER_IS_BETTER, task_for
 
@@ -118,6 +118,8 @@ def diagnose(events: list, profile: DataProfile | None, summary: RunMetrics | No
         _truncation,
         _slow,
     ):
+        if cfg.method == "setfit" and rule in READ_FINE_TUNING:
+            continue
         found = rule(events, evals, profile, summary, cfg, task)
         if found and found.id not in {f.id for f in findings}:
             findings.append(found)
@@ -194,8 +196,32 @@ def _below_probe(events, evals, profile, summary, cfg, task) -> Finding | None:
     base = probe.metrics.metric(metric) if probe is not None and metric else None
     if base is None or kept is None or (kept > base if metric not in LOWER_IS_BETTER else kept < base):
         return None
-    rows, steps = profile.split("train").rows or probe.train_rows, _steps(events)
+    rows = profile.split("train").rows or probe.train_rows
+    if cfg.method == "setfit":
+        pairs = events.start.pairs if events.start is not None else None
+        advice = [
+            f"train on more pairs (setfit_pairs, now {pairs or 'the default'}), or keep the probe itself until "
+            "there are more examples"
+        ]
+    else:
+        advice = _fine_tuning_advice(cfg, task, probe, rows, _steps(events))
+    return Finding(
+        id="below_probe",
+        severity="warning",
+        title="Training does not beat the frozen encoder",
+        evidence=(
+            f"the kept model's validation {metric} is {kept:.4f}; a {probe.estimator} on the pretrained encoder's "
+            f"{probe.pooling}-pooled embeddings of {probe.train_rows:,} training examples scores {base:.4f}"
+        ),
+        advice=", ".join(advice) or "check the labels (`bertfit inspect`) and the recipe against a recipe that worked",
+    )
+
+
+def _fine_tuning_advice(cfg: Config, task, probe, rows: int, steps: int) -> list[str]:
+    """Why fine-tuning fell below the probe, from the causes the recipe and the run show."""
     advice = []
+    if task.few_shot and rows <= SETFIT_AUTO_ROWS:
+        advice.append(f"with {rows:,} examples, use method setfit (SetFit's few-shot recipe; method auto picks it)")
     if cfg.lr > rates(cfg).good_high:
         advice.append(
             f"lower the learning rate (now {cfg.lr:g}; {rates(cfg).good} is usual, and {rows:,} examples give few "
@@ -212,16 +238,7 @@ def _below_probe(events, evals, profile, summary, cfg, task) -> Finding | None:
         )
     if rows < SMALL_TRAIN:
         advice.append(f"with {rows:,} examples, the probe itself is a model to prefer until there are more")
-    return Finding(
-        id="below_probe",
-        severity="warning",
-        title="Fine-tuning does not beat the frozen encoder",
-        evidence=(
-            f"the kept model's validation {metric} is {kept:.4f}; a {probe.estimator} on the pretrained encoder's "
-            f"{probe.pooling}-pooled embeddings of {probe.train_rows:,} training examples scores {base:.4f}"
-        ),
-        advice=", ".join(advice) or "check the labels (`bertfit inspect`) and the recipe against a recipe that worked",
-    )
+    return advice
 
 
 def _overfitting(events, evals, profile, summary, cfg, task) -> Finding | None:
@@ -686,3 +703,17 @@ def _slow(events, evals, profile, summary, cfg, task) -> Finding | None:
     return Finding(
         id="slow", severity="warning", title="Slow training", evidence="; ".join(reasons), advice="; ".join(advice)
     )
+
+
+# Rules that read a fine-tuning run's dynamics (its learning rate, its loss over epochs, its evaluations, its
+# length-bucketed batches): `method: setfit` has none of these (one pass over random pairs, one evaluation).
+READ_FINE_TUNING = (
+    _not_learning,
+    _learning_rate_too_low,
+    _collapse,
+    _overfitting,
+    _memorised_small_data,
+    _underfitting,
+    _metric_noise,
+    _slow,
+)

@@ -76,6 +76,7 @@ class Task(ABC):
     weighs_classes = False  # whether the loss takes class weights
     decides_by_threshold = False  # whether predictions are probabilities cut at a threshold (multi-label)
     labels_tokens = False  # whether the head predicts every token (else one output per example, from [CLS])
+    few_shot = False  # whether `method: setfit` trains it: pairs of examples alike or not, then `probe_model`
 
     def __init__(self, *args, **kwargs):
         """From one `TaskSettings` (or the arguments that make one)."""
@@ -114,6 +115,11 @@ class Task(ABC):
     def probe_outputs(self, estimator, embeddings: np.ndarray) -> np.ndarray:
         """What `example_metrics` scores, from the fitted estimator."""
         return estimator.predict(embeddings)
+
+    def linear_head(self, estimator, width: int) -> tuple[np.ndarray, np.ndarray]:
+        """The fitted `probe_model` as the weight and bias of a linear layer whose logits this kind decodes as it
+        decodes its model's (a few-shot kind's hook: `method: setfit` keeps its head so)."""
+        raise NotImplementedError(f"{self.kind} has no linear head")
 
     @property
     def reads_windows(self) -> bool:

@@ -21,6 +21,7 @@ class ClassificationTask(SequenceTask):
     data_kind = "classification"
     tracks_accuracy = True
     finds_mislabeled = True
+    few_shot = True
     stratifies = True
     weighs_classes = True
 
@@ -105,6 +106,18 @@ class ClassificationTask(SequenceTask):
         from sklearn.linear_model import LogisticRegression
 
         return LogisticRegression(max_iter=2000)
+
+    def linear_head(self, estimator, width):
+        # A class the training examples lack gets no row from scikit-learn: here it is never predicted.
+        weight, bias = np.zeros((len(self.label_names), width)), np.full(len(self.label_names), -1e4)
+        classes = estimator.classes_.astype(int)
+        if (
+            estimator.coef_.shape[0] == 1
+        ):  # binary: one row, the second class's log-odds (softmax of [0, z] is z's sigmoid)
+            weight[classes[1]], bias[classes[1]], bias[classes[0]] = estimator.coef_[0], estimator.intercept_[0], 0.0
+        else:
+            weight[classes], bias[classes] = estimator.coef_, estimator.intercept_
+        return weight, bias
 
     def decode_scores(self, scores):
         return [{"label": self.label_names[int(s.argmax())], "score": float(s.max())} for s in scores]

@@ -32,6 +32,7 @@ class MultiLabelTask(SequenceTask):
     primary_metric = "micro_f1"
     stratifies = False
     decides_by_threshold = True
+    few_shot = True
 
     @classmethod
     def claims(cls, found: Found) -> bool:
@@ -130,6 +131,15 @@ class MultiLabelTask(SequenceTask):
 
     def probe_outputs(self, estimator, embeddings):
         return estimator.predict_proba(embeddings)  # thresholds tuned on them, as the model's probabilities are
+
+    def linear_head(self, estimator, width):
+        weight, bias = np.zeros((len(self.label_names), width)), np.zeros(len(self.label_names))
+        for label, fitted in enumerate(estimator.estimators_):
+            if hasattr(fitted, "coef_"):
+                weight[label], bias[label] = fitted.coef_[0], fitted.intercept_[0]
+            else:  # a label always or never present in training: scikit-learn predicts it constantly, and so here
+                bias[label] = 20.0 if float(np.ravel(fitted.y_)[0]) > 0.5 else -20.0
+        return weight, bias
 
     def tune(self, targets: np.ndarray, probabilities: np.ndarray) -> np.ndarray:
         """The threshold with the best micro-F1 (ties: nearest 0.5); per label, each label's best F1 where it has
