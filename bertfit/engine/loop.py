@@ -239,20 +239,13 @@ def run_setfit(run: Run, console, reporter: Reporter | None = None, judge: Judge
             step_started = time.perf_counter()
             batch = run.pairs[start : start + fewshot.PAIRS_PER_STEP]
             with autocast(run.device, cfg.precision):
-                loss_sum, inputs = fewshot.pair_loss(run.model, task, features, batch, pad_id)
+                loss_sum, tokens, computed = fewshot.pair_loss(run.model, task, features, batch, pad_id)
             (loss_sum / len(batch)).backward()
             grad_norm = torch.nn.utils.clip_grad_norm_(run.model.parameters(), cfg.clip_norm or float("inf"))
             run.optimizer.step()
             run.scheduler.step()
             run.optimizer.zero_grad(set_to_none=True)
-            run.log.accumulate(
-                loss_sum.detach(),
-                None,
-                len(batch),
-                len(batch),
-                int(inputs["attention_mask"].sum()),
-                inputs["input_ids"].numel(),
-            )
+            run.log.accumulate(loss_sum.detach(), None, len(batch), len(batch), tokens, computed)
             state.step += 1
             state.train_seconds += time.perf_counter() - step_started
             progress.advance(state.step, len(batch), time.perf_counter() - step_started)
