@@ -488,6 +488,19 @@ def serve(
 
 
 @app.command()
+def review(
+    run: str = typer.Argument(..., help="run folder"),
+    host: str = Opt("127.0.0.1", help="address to listen on"),
+    port: int = Opt(0, min=0, max=65535, help="port to listen on [default: a free one, printed]"),
+):
+    """Review the training examples whose labels look wrong on a local page: accept the suggested label, keep or
+    drop each (keys a, k, d, u to undo); decisions land in RUN/review/decisions.jsonl for `train --corrections`."""
+    from bertfit.deploy.review import review as review_run
+
+    review_run(run, host, port)
+
+
+@app.command()
 def push(
     run: str = typer.Argument(..., help="run folder"),
     repo_id: str = Opt(..., "--repo-id", help="owner/name of the model repository (created if missing)"),

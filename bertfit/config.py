@@ -111,6 +111,12 @@ class Config(BaseModel):
         "validation) or a probability such as 0.5",
         json_schema_extra=recipe_field("data", results=True),
     )
+    corrections: str | None = Field(
+        None,
+        description="a review/decisions.jsonl of `bertfit review`: its labels corrected and examples dropped in "
+        "the training split at load time (refused if the data is not the data reviewed)",
+        json_schema_extra=recipe_field("data", results=True),
+    )
     train_split: str = Field(
         "train", description="split to train on", json_schema_extra=recipe_field("data", results=True)
     )

@@ -9,6 +9,7 @@ list), read as they are. A newer format is refused in one line that names it."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -440,6 +441,59 @@ def read_suspects(path: Path) -> list[Suspect]:
                 f"{path}:{number}: not a bertfit mislabeled line ({first_line(err, 120)}); rerun the training"
             ) from None
     return suspects
+
+
+# ---------------------------------------------------------------- review/decisions.jsonl (`bertfit review`)
+
+
+def text_hash(text: str) -> str:
+    """What a decision names its example's text by: a retrain with the decisions refuses data whose row differs."""
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+
+
+class Decision(Record):
+    """A reviewer's decision on one suspected training example, appended as it is made (a line of
+    review/decisions.jsonl). `undo` takes back the row's latest decision still standing."""
+
+    row: int  # the training example's row, as mislabeled.jsonl numbers it
+    text_sha256: str  # `text_hash` of its text as mislabeled.jsonl shows it
+    label: str  # the label it was given
+    action: Literal["relabel", "keep", "drop", "undo"]
+    new_label: str | None = None  # relabel: the label it gets
+    time: float
+
+
+def read_decisions(path: Path) -> list[Decision]:
+    """The decisions file, in the order they were made. A last line cut short (the process died mid-append) is
+    left out; any other line that is not a decision is refused with its number."""
+    lines = path.read_text(encoding="utf-8").split("\n")
+    decisions = []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            decisions.append(Decision.model_validate_json(line))
+        except ValidationError as err:
+            if number == len(lines):  # no newline after it: the append was torn
+                break
+            raise BertfitError(
+                f"{path}:{number}: not a bertfit review decision ({first_line(err, 120)}); give the "
+                "review/decisions.jsonl that `bertfit review` wrote"
+            ) from None
+    return decisions
+
+
+def standing(decisions: list[Decision]) -> dict[int, Decision]:
+    """Each row's decision in force: the latest, once the undos have taken theirs back."""
+    stacks: dict[int, list[Decision]] = {}
+    for decision in decisions:
+        stack = stacks.setdefault(decision.row, [])
+        if decision.action == "undo":
+            if stack:
+                stack.pop()
+        else:
+            stack.append(decision)
+    return {row: stack[-1] for row, stack in stacks.items() if stack}
 
 
 @dataclass

@@ -78,6 +78,10 @@ KINDS = (
     "1_Pooling",
     "1_Pooling/config.json",
     "model_head.pkl",
+    # bertfit review: the decisions, appended one by one, and the corrected copy of the training split
+    "review",
+    "review/decisions.jsonl",
+    "review/train.corrected.jsonl",
 )
 
 

@@ -268,7 +268,7 @@ def build_app(run_dir: str, limits: Limits = Limits(), workers: int | None = Non
     return app
 
 
-def _listen_advice(err: OSError) -> str:
+def listen_advice(err: OSError) -> str:
     if err.errno == errno.EADDRINUSE:
         return "another program listens there: choose another --port"
     if err.errno in (errno.EACCES, errno.EPERM):
@@ -288,7 +288,7 @@ def serve(
             probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             probe.bind((host, port))
         except OSError as err:
-            raise BertfitError(f"cannot listen on {host}:{port} ({err.strerror}); {_listen_advice(err)}") from None
+            raise BertfitError(f"cannot listen on {host}:{port} ({err.strerror}); {listen_advice(err)}") from None
         except (socket.gaierror, UnicodeError, OverflowError) as err:  # not an address this machine could have
             raise BertfitError(
                 f"--host {host} is not an address to listen on ({first_line(err)}); use 127.0.0.1, 0.0.0.0 or an "

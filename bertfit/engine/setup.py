@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from bertfit import models, tasks
+from bertfit import models, runfiles, tasks
 from bertfit.config import SETFIT_AUTO_ROWS, SETFIT_PAIR_BUDGET, Config
 from bertfit.data import schema, sources
 from bertfit.engine import batching, checkpoint, fewshot, tracking
@@ -139,7 +139,11 @@ def check_inputs(cfg: Config, device: torch.device) -> Inputs:
 def protected_inputs(cfg: Config) -> dict[str, Path | None]:
     """The user's own files a run must never write over: the data and the model, where they are local."""
     model = models.resolve_model(cfg.model)
-    return {"the data": sources.local_path(cfg.data), "the model": Path(model) if Path(model).exists() else None}
+    return {
+        "the data": sources.local_path(cfg.data),
+        "the model": Path(model) if Path(model).exists() else None,
+        "the corrections": Path(cfg.corrections) if cfg.corrections else None,
+    }
 
 
 def preflight(cfg: Config, resume: bool, overwrite: bool) -> None:
@@ -151,10 +155,9 @@ def preflight(cfg: Config, resume: bool, overwrite: bool) -> None:
         check_contents(inputs.out, resume, overwrite)
 
 
-def prepare_data(
-    cfg: Config, inputs: Inputs, tokenizer, ranks: Dist = Dist(), device: str = "cpu"
-) -> tuple[Config, sources.Splits, Task, dict, dict, dict]:
-    """Name the splits, subsample, resolve the recipe and tokenize (cached); returns the resolved recipe."""
+def split_frames(cfg: Config, inputs: Inputs) -> tuple[sources.Splits, tuple[str, str, str | None], dict]:
+    """The splits named (validation carved off train, seeded, where there is none) and subsampled as the recipe
+    says: the same rows for the same recipe, in a run, its resume and its review."""
     spec = inputs.spec
     splits, train_split, eval_split, test_split = sources.choose_splits(
         tasks.normalise(inputs.splits, spec),
@@ -171,6 +174,24 @@ def prepare_data(
     }
     if test_split:
         frames["test"] = sources.subsample(splits.frames[test_split], cfg.max_test_samples, cfg.seed)
+    return splits, (train_split, eval_split, test_split), frames
+
+
+def training_frame(cfg: Config) -> pd.DataFrame:
+    """A finished run's training split as it trained on it (its resolved recipe: subset, seed and corrections),
+    row for row as its mislabeled.jsonl numbers them."""
+    frame = split_frames(cfg, check_inputs(cfg, torch.device("cpu")))[2]["train"]
+    if cfg.corrections:
+        frame = correct(frame, task_for(cfg), cfg.corrections)[0]
+    return frame
+
+
+def prepare_data(
+    cfg: Config, inputs: Inputs, tokenizer, ranks: Dist = Dist(), device: str = "cpu"
+) -> tuple[Config, sources.Splits, Task, dict, dict, dict]:
+    """Name the splits, subsample, resolve the recipe and tokenize (cached); returns the resolved recipe."""
+    spec = inputs.spec
+    splits, (train_split, eval_split, test_split), frames = split_frames(cfg, inputs)
     facts = Facts(
         precision=inputs.precision,
         device=device,
@@ -185,12 +206,59 @@ def prepare_data(
     if notes:
         splits = replace(splits, notes=[*splits.notes, *notes])
     task = task_for(cfg)
+    if cfg.corrections:
+        frames["train"], note = correct(frames["train"], task, cfg.corrections)
+        splits = replace(splits, notes=[*splits.notes, note])
     tokenizing = time.perf_counter()
     with main_first(ranks):  # one rank tokenizes; the others memory-map its cache entry
         features = {name: task.encode_cached(frame, tokenizer, ranks.main) for name, frame in frames.items()}
     timings = {"load_seconds": inputs.seconds, "tokenize_seconds": time.perf_counter() - tokenizing}
     release_free_memory()
     return cfg, splits, task, frames, features, timings
+
+
+def correct(frame: pd.DataFrame, task: Task, source: str) -> tuple[pd.DataFrame, str]:
+    """The training split with a review's decisions in force applied: labels corrected, examples dropped. Each
+    decision names its row and the hash of its text, so data other than the data reviewed is refused, not
+    silently mislabeled."""
+    path = Path(source)
+    if not path.is_file():
+        raise BertfitError(f"corrections '{source}' not found; give the review/decisions.jsonl of `bertfit review`")
+    if not task.finds_mislabeled:
+        raise BertfitError(f"corrections '{source}': a {task.kind} task has no label review to apply")
+    decisions = runfiles.standing(runfiles.read_decisions(path))
+    changes = {row: d for row, d in decisions.items() if d.action in ("relabel", "drop")}
+    rows = sorted(changes)
+    if rows and rows[-1] >= len(frame):
+        raise BertfitError(
+            f"corrections '{source}' name training row {rows[-1]}, and this training split has {len(frame):,} rows; "
+            "train on the data (and subset and seed) of the run reviewed"
+        )
+    names = [task.label_names[i] for i in task.label_ids(frame)]
+    texts = task.profile_texts(frame.iloc[rows]).tolist()
+    for row, text in zip(rows, texts, strict=True):
+        if runfiles.text_hash(text) != changes[row].text_sha256 or names[row] != changes[row].label:
+            raise BertfitError(
+                f"corrections '{source}' do not match this data: training row {row} is not the example reviewed "
+                "(its text or label differs); train on the data (and subset and seed) of the run reviewed"
+            )
+    corrected = frame.copy()
+    column = corrected.columns.get_loc(task.label_column)
+    relabelled = [row for row in rows if changes[row].action == "relabel"]
+    for row in relabelled:
+        wanted = changes[row].new_label
+        if wanted not in names:
+            raise BertfitError(
+                f"corrections '{source}': row {row} is relabelled '{wanted}', a label no training example has"
+            )
+        corrected.iat[row, column] = frame.iat[names.index(wanted), column]  # in the column's own form
+    dropped = [row for row in rows if changes[row].action == "drop"]
+    corrected = corrected.drop(corrected.index[dropped]).reset_index(drop=True)
+    note = (
+        f"corrections from {source}: {len(relabelled):,} training labels corrected and {len(dropped):,} examples "
+        f"dropped, of {len(decisions):,} reviewed"
+    )
+    return corrected, note
 
 
 @dataclass(frozen=True)
