@@ -116,7 +116,7 @@ def bertfit_cell(train, validation, seed: int, method: str) -> dict:
     return {
         "accuracy": metrics["validation"]["accuracy"],
         "seconds": seconds,
-        "train_seconds": metrics["train"]["seconds"],
+        "train_seconds": metrics["train"]["train_seconds"],
     }
 
 
@@ -152,17 +152,15 @@ def compute(methods, names, sizes, seeds, fresh: bool) -> dict:
                     if key in results:
                         continue
                     env = {**os.environ, "OMP_NUM_THREADS": "2", "TOKENIZERS_PARALLELISM": "false"}
-                    line = (
-                        subprocess.run(
-                            [sys.executable, __file__, "--cell", method, name, str(size), str(seed)],
-                            check=True,
-                            capture_output=True,
-                            text=True,
-                            env=env,
-                        )
-                        .stdout.strip()
-                        .splitlines()[-1]
+                    done = subprocess.run(
+                        [sys.executable, __file__, "--cell", method, name, str(size), str(seed)],
+                        capture_output=True,
+                        text=True,
+                        env=env,
                     )
+                    if done.returncode != 0:
+                        sys.exit(f"{method} {name} {size} seed {seed} failed:\n{done.stderr[-3000:]}")
+                    line = done.stdout.strip().splitlines()[-1]
                     row = {"method": method, "data": name, "size": size, "seed": seed, **json.loads(line)}
                     results[key] = row
                     with open(RESULTS, "a", encoding="utf-8") as handle:
