@@ -524,8 +524,9 @@ def _mislabeled(events, evals, profile, summary, cfg, task) -> Finding | None:
             f"have a negative area under the margin; lowest: {shown}"
         ),
         advice=(
-            "review mislabeled.jsonl in the run folder (lowest margin first; the top of the list is the likeliest "
-            "to be wrong), fix or drop the wrong labels, and train again"
+            f"review them with `bertfit review {cfg.output}` (lowest margin first; the top of the list is the "
+            "likeliest to be wrong): accept the suggested label, keep or drop each, then train again with "
+            f"--corrections {cfg.output}/review/decisions.jsonl"
         ),
     )
 
