@@ -455,7 +455,8 @@ class Decision(Record):
     """A reviewer's decision on one suspected training example, appended as it is made (a line of
     review/decisions.jsonl). `undo` takes back the row's latest decision still standing."""
 
-    row: int  # the training example's row, as mislabeled.jsonl numbers it
+    row: int  # the example's row in its split, as mislabeled.jsonl (or the page's validation errors) number it
+    split: Literal["train", "validation"] = "train"
     text_sha256: str  # `text_hash` of its text as mislabeled.jsonl shows it
     label: str  # the label it was given
     action: Literal["relabel", "keep", "drop", "undo"]
@@ -483,10 +484,10 @@ def read_decisions(path: Path) -> list[Decision]:
     return decisions
 
 
-def standing(decisions: list[Decision]) -> dict[int, Decision]:
-    """Each row's decision in force: the latest, once the undos have taken theirs back."""
+def standing(decisions: list[Decision], split: str = "train") -> dict[int, Decision]:
+    """Each row's decision in force, in one split: the latest, once the undos have taken theirs back."""
     stacks: dict[int, list[Decision]] = {}
-    for decision in decisions:
+    for decision in (d for d in decisions if d.split == split):
         stack = stacks.setdefault(decision.row, [])
         if decision.action == "undo":
             if stack:

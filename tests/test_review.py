@@ -13,7 +13,7 @@ import pytest
 from conftest import free_port, run_cli, sample_run_args
 
 from bertfit.config import build_config
-from bertfit.engine.setup import training_frame
+from bertfit.engine.setup import run_frames
 from bertfit.runfiles import read_decisions, standing
 
 FINE_TUNING = ("--max-steps", 30, "--lr", "1e-3", "--no-probe")
@@ -99,9 +99,9 @@ def test_a_decision_made_with_the_keyboard_survives_a_reload_and_retrains_the_mo
         (first, text, given, suggested, _, _), (second, *_) = first_rows(browser)
         body = browser.find_element(By.TAG_NAME, "body")
         body.send_keys("a")  # accept the suggested label of the first row; the cursor moves on
-        wait_for(browser, lambda: f"saved: row {first}" in browser.find_element(By.ID, "status").text)
+        wait_for(browser, lambda: f"saved: train row {first}" in browser.find_element(By.ID, "status").text)
         body.send_keys("d")  # drop the second
-        wait_for(browser, lambda: f"saved: row {second} drop" in browser.find_element(By.ID, "status").text)
+        wait_for(browser, lambda: f"saved: train row {second} drop" in browser.find_element(By.ID, "status").text)
         browser.save_screenshot(str(tmp_path / "issues.png"))
 
         browser.refresh()  # what the page shows comes from the file, not from the tab
@@ -113,6 +113,15 @@ def test_a_decision_made_with_the_keyboard_survives_a_reload_and_retrains_the_mo
         wait_for(browser, lambda: browser.find_elements(By.CSS_SELECTOR, "#plots img"))
         assert browser.find_element(By.ID, "metrics").text.startswith("loss")
 
+        browser.find_element(By.CSS_SELECTOR, "nav button[data-view=errors]").click()
+        wait_for(browser, lambda: "validation errors" in browser.find_element(By.ID, "status").text)
+        errors = browser.find_elements(By.CSS_SELECTOR, "#error-rows tr")
+        assert errors, "the tiny model gets some validation examples wrong"
+        wrong_row, _, wrong_given, wrong_predicted = [c.text for c in errors[0].find_elements(By.TAG_NAME, "td")][:4]
+        assert wrong_given != wrong_predicted
+        browser.find_element(By.TAG_NAME, "body").send_keys("a")  # the validation label is wrong: take the prediction
+        wait_for(browser, lambda: f"saved: validation row {wrong_row}" in browser.find_element(By.ID, "status").text)
+
         browser.find_element(By.CSS_SELECTOR, "nav button[data-view=issues]").click()
         browser.find_element(By.ID, "export").click()
         wait_for(browser, lambda: "exported" in browser.find_element(By.ID, "status").text)
@@ -122,7 +131,7 @@ def test_a_decision_made_with_the_keyboard_survives_a_reload_and_retrains_the_mo
     decided = standing(read_decisions(reviewed / "review" / "decisions.jsonl"))
     assert decided[int(first)].new_label == suggested and decided[int(second)].action == "drop"
     exported = [json.loads(line) for line in (reviewed / "review" / "train.corrected.jsonl").read_text().splitlines()]
-    before = training_frame(build_config(str(reviewed / "recipe.yaml")))
+    before = run_frames(build_config(str(reviewed / "recipe.yaml")))["train"]
     assert len(exported) == len(before) - 1
     assert "review/decisions.jsonl" in json.loads((reviewed / ".bertfit-run.json").read_text())["owned"]
 
@@ -133,11 +142,14 @@ def test_a_decision_made_with_the_keyboard_survives_a_reload_and_retrains_the_mo
         sample_run_args(tiny_bert_of(reviewed), again, *FINE_TUNING, "--corrections", corrections), capsys
     )
     assert code == 0, err
-    retrained = training_frame(build_config(str(again / "recipe.yaml")))
+    retrained = run_frames(build_config(str(again / "recipe.yaml")))["train"]
     assert len(retrained) == len(before) - 1
     moved = retrained["sentence"].tolist().index(text)
     assert str(retrained["label"].iloc[moved]) == suggested != given
-    assert "1 training labels corrected and 1 examples dropped" in (again / "README.md").read_text()
+    card = (again / "README.md").read_text()
+    assert "1 training labels corrected and 1 examples dropped" in card and "1 validation labels corrected" in card
+    validation = run_frames(build_config(str(again / "recipe.yaml")))["validation"]
+    assert str(validation["label"].iloc[int(wrong_row)]) == wrong_predicted
 
 
 def tiny_bert_of(run: Path) -> str:

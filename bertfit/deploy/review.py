@@ -22,7 +22,7 @@ from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
 from pydantic import BaseModel
 
 from bertfit.deploy.serve import listen_advice
-from bertfit.engine.setup import training_frame
+from bertfit.engine.setup import correct_frames, run_frames
 from bertfit.errors import BertfitError, first_line
 from bertfit.files import to_json, writing
 from bertfit.runfiles import (
@@ -42,9 +42,10 @@ EXPORT = "review/train.corrected.jsonl"
 
 
 class Choice(BaseModel):
-    """What the page sends: a suspected example's row, and what to do with it."""
+    """What the page sends: a suspected training example's row (or a validation error's), and what to do."""
 
     row: int
+    split: str = "train"
     action: str
     new_label: str | None = None
 
@@ -63,13 +64,56 @@ class Review:
             )
         self.suspects = {s.row: s for s in read_suspects(mislabeled)}
         self.lock = threading.Lock()
+        self._errors: dict[int, dict] | None = None  # validation errors, computed when first asked for
+        self._scoring = threading.Lock()  # apart from `lock`: decisions on training examples go on meanwhile
 
     @property
     def decisions_path(self) -> Path:
         return self.folder.path / DECISIONS
 
-    def decisions(self) -> dict[int, Decision]:
-        return standing(read_decisions(self.decisions_path)) if self.decisions_path.is_file() else {}
+    def decisions(self, split: str = "train") -> dict[int, Decision]:
+        return standing(read_decisions(self.decisions_path), split) if self.decisions_path.is_file() else {}
+
+    def errors(self) -> dict[int, dict]:
+        """The validation examples the kept model gets wrong, by row, with the label it predicts: scored once,
+        through `bertfit predict`'s path, on the run's validation split as it read it."""
+        with self._scoring:
+            if self._errors is None:
+                from bertfit.engine.predict import load_run, predict
+                from bertfit.tasks import task_for
+
+                cfg = self.run.cfg
+                frame = run_frames(cfg)["validation"]
+                task = task_for(cfg)
+                given = [task.label_names[i] for i in task.label_ids(frame)]
+                texts = task.profile_texts(frame).tolist()
+                rows = frame[cfg.text_columns].astype(str).to_numpy().tolist()
+                predicted = predict(load_run(str(self.folder.path)), rows)
+                self._errors = {
+                    row: {
+                        "row": row,
+                        "text": texts[row],
+                        "label": given[row],
+                        "suspected": p["label"],
+                        "score": p["score"],
+                    }
+                    for row, p in enumerate(predicted)
+                    if p["label"] != given[row]
+                }
+            return self._errors
+
+    def error_state(self) -> dict:
+        decided = self.decisions("validation")
+        errors = sorted(self.errors().values(), key=lambda e: (e["label"], e["suspected"], -e["score"]))
+        pairs: dict[str, int] = {}
+        for error in errors:
+            pairs[f"{error['label']} → {error['suspected']}"] = (
+                pairs.get(f"{error['label']} → {error['suspected']}", 0) + 1
+            )
+        return {
+            "pairs": pairs,
+            "errors": [{**e, "decision": decided[e["row"]].dump() if e["row"] in decided else None} for e in errors],
+        }
 
     def state(self) -> dict:
         metrics = self.run.metrics
@@ -93,25 +137,34 @@ class Review:
         return read_file(path, Diagnosis).findings if path.is_file() else []
 
     def decide(self, choice: Choice) -> dict:
-        suspect = self.suspects.get(choice.row)
-        if suspect is None:
-            raise HTTPException(404, f"row {choice.row} is not among the suspected examples")
+        if choice.split not in ("train", "validation"):
+            raise HTTPException(422, f"split '{choice.split}' is not train or validation")
+        if choice.split == "train":
+            suspect = self.suspects.get(choice.row)
+            found = None if suspect is None else (suspect.text, suspect.label)
+        else:
+            error = self.errors().get(choice.row)
+            found = None if error is None else (error["text"], error["label"])
+        if found is None:
+            raise HTTPException(404, f"{choice.split} row {choice.row} is not among the examples to review")
+        text, label = found
         if choice.action not in ("relabel", "keep", "drop", "undo"):
             raise HTTPException(422, f"action '{choice.action}' is not relabel, keep, drop or undo")
         if choice.action == "relabel" and choice.new_label not in (self.run.cfg.label_names or []):
             raise HTTPException(422, f"label '{choice.new_label}' is not one of the run's labels")
         decision = Decision(
-            row=suspect.row,
-            text_sha256=text_hash(suspect.text),
-            label=suspect.label,
+            row=choice.row,
+            **({"split": "validation"} if choice.split == "validation" else {}),
+            text_sha256=text_hash(text),
+            label=label,
             action=choice.action,
             new_label=choice.new_label if choice.action == "relabel" else None,
             time=round(time.time(), 3),
         )
         with self.lock:
             self.append(to_json(decision.dump()) + "\n")
-            now = self.decisions().get(suspect.row)
-        return {"row": suspect.row, "decision": now.dump() if now is not None else None}
+            now = self.decisions(choice.split).get(choice.row)
+        return {"row": choice.row, "decision": now.dump() if now is not None else None}
 
     def append(self, line: str) -> None:
         """One write of one line with O_APPEND, flushed to disk before the page is told: whole or, if the process
@@ -128,15 +181,14 @@ class Review:
     def export(self) -> dict:
         """The run's training split with the decisions in force applied, as review/train.corrected.jsonl: inside
         the run folder, beside nothing of the user's and never over the original."""
-        from bertfit.engine.setup import correct
         from bertfit.tasks import task_for
 
         if not self.decisions_path.is_file():
             raise HTTPException(409, "no decisions yet: decide on some examples first")
         cfg = self.run.cfg
-        frame, note = correct(training_frame(cfg), task_for(cfg), str(self.decisions_path))
-        self.folder.write(EXPORT, frame.to_json(orient="records", lines=True, force_ascii=False))
-        return {"path": str(self.folder.path / EXPORT), "rows": len(frame), "note": note}
+        frames, note = correct_frames(run_frames(cfg), task_for(cfg), str(self.decisions_path))
+        self.folder.write(EXPORT, frames["train"].to_json(orient="records", lines=True, force_ascii=False))
+        return {"path": str(self.folder.path / EXPORT), "rows": len(frames["train"]), "note": note}
 
 
 def build_app(review: Review) -> FastAPI:
@@ -150,6 +202,10 @@ def build_app(review: Review) -> FastAPI:
     @app.get("/api/state")
     def state():
         return JSONResponse(review.state())
+
+    @app.get("/api/errors")
+    def errors():
+        return JSONResponse(review.error_state())
 
     @app.post("/api/decisions")
     def decide(choice: Choice):

@@ -177,13 +177,24 @@ def split_frames(cfg: Config, inputs: Inputs) -> tuple[sources.Splits, tuple[str
     return splits, (train_split, eval_split, test_split), frames
 
 
-def training_frame(cfg: Config) -> pd.DataFrame:
-    """A finished run's training split as it trained on it (its resolved recipe: subset, seed and corrections),
-    row for row as its mislabeled.jsonl numbers them."""
-    frame = split_frames(cfg, check_inputs(cfg, torch.device("cpu")))[2]["train"]
-    if cfg.corrections:
-        frame = correct(frame, task_for(cfg), cfg.corrections)[0]
-    return frame
+def run_frames(cfg: Config) -> dict[str, pd.DataFrame]:
+    """A finished run's splits as it read them (its resolved recipe: subset, seed and corrections), row for row as
+    its mislabeled.jsonl numbers the training examples."""
+    frames = split_frames(cfg, check_inputs(cfg, torch.device("cpu")))[2]
+    return correct_frames(frames, task_for(cfg), cfg.corrections)[0] if cfg.corrections else frames
+
+
+def correct_frames(frames: dict, task: Task, source: str) -> tuple[dict, str]:
+    """The training and validation splits with a review's decisions applied, and the note that says how many."""
+    corrected, counts = dict(frames), []
+    for split in ("train", "validation"):
+        corrected[split], relabelled, dropped, reviewed = correct(frames[split], task, source, split)
+        if reviewed or split == "train":
+            counts.append(
+                f"{relabelled:,} {'training' if split == 'train' else 'validation'} labels corrected and {dropped:,} "
+                f"examples dropped, of {reviewed:,} reviewed"
+            )
+    return corrected, f"corrections from {source}: " + "; ".join(counts)
 
 
 def prepare_data(
@@ -207,7 +218,7 @@ def prepare_data(
         splits = replace(splits, notes=[*splits.notes, *notes])
     task = task_for(cfg)
     if cfg.corrections:
-        frames["train"], note = correct(frames["train"], task, cfg.corrections)
+        frames, note = correct_frames(frames, task, cfg.corrections)
         splits = replace(splits, notes=[*splits.notes, note])
     tokenizing = time.perf_counter()
     with main_first(ranks):  # one rank tokenizes; the others memory-map its cache entry
@@ -217,21 +228,21 @@ def prepare_data(
     return cfg, splits, task, frames, features, timings
 
 
-def correct(frame: pd.DataFrame, task: Task, source: str) -> tuple[pd.DataFrame, str]:
-    """The training split with a review's decisions in force applied: labels corrected, examples dropped. Each
-    decision names its row and the hash of its text, so data other than the data reviewed is refused, not
-    silently mislabeled."""
+def correct(frame: pd.DataFrame, task: Task, source: str, split: str) -> tuple[pd.DataFrame, int, int, int]:
+    """One split with a review's decisions in force applied (labels corrected, examples dropped), and how many
+    were relabelled, dropped and reviewed. Each decision names its row and the hash of its text, so data other
+    than the data reviewed is refused, not silently mislabeled."""
     path = Path(source)
     if not path.is_file():
         raise BertfitError(f"corrections '{source}' not found; give the review/decisions.jsonl of `bertfit review`")
     if not task.finds_mislabeled:
         raise BertfitError(f"corrections '{source}': a {task.kind} task has no label review to apply")
-    decisions = runfiles.standing(runfiles.read_decisions(path))
+    decisions = runfiles.standing(runfiles.read_decisions(path), split)
     changes = {row: d for row, d in decisions.items() if d.action in ("relabel", "drop")}
     rows = sorted(changes)
     if rows and rows[-1] >= len(frame):
         raise BertfitError(
-            f"corrections '{source}' name training row {rows[-1]}, and this training split has {len(frame):,} rows; "
+            f"corrections '{source}' name {split} row {rows[-1]}, and this {split} split has {len(frame):,} rows; "
             "train on the data (and subset and seed) of the run reviewed"
         )
     names = [task.label_names[i] for i in task.label_ids(frame)]
@@ -239,7 +250,7 @@ def correct(frame: pd.DataFrame, task: Task, source: str) -> tuple[pd.DataFrame,
     for row, text in zip(rows, texts, strict=True):
         if runfiles.text_hash(text) != changes[row].text_sha256 or names[row] != changes[row].label:
             raise BertfitError(
-                f"corrections '{source}' do not match this data: training row {row} is not the example reviewed "
+                f"corrections '{source}' do not match this data: {split} row {row} is not the example reviewed "
                 "(its text or label differs); train on the data (and subset and seed) of the run reviewed"
             )
     corrected = frame.copy()
@@ -249,16 +260,12 @@ def correct(frame: pd.DataFrame, task: Task, source: str) -> tuple[pd.DataFrame,
         wanted = changes[row].new_label
         if wanted not in names:
             raise BertfitError(
-                f"corrections '{source}': row {row} is relabelled '{wanted}', a label no training example has"
+                f"corrections '{source}': row {row} is relabelled '{wanted}', a label no {split} example has"
             )
         corrected.iat[row, column] = frame.iat[names.index(wanted), column]  # in the column's own form
     dropped = [row for row in rows if changes[row].action == "drop"]
     corrected = corrected.drop(corrected.index[dropped]).reset_index(drop=True)
-    note = (
-        f"corrections from {source}: {len(relabelled):,} training labels corrected and {len(dropped):,} examples "
-        f"dropped, of {len(decisions):,} reviewed"
-    )
-    return corrected, note
+    return corrected, len(relabelled), len(dropped), len(decisions)
 
 
 @dataclass(frozen=True)
