@@ -492,12 +492,15 @@ def review(
     run: str = typer.Argument(..., help="run folder"),
     host: str = Opt("127.0.0.1", help="address to listen on"),
     port: int = Opt(0, min=0, max=65535, help="port to listen on [default: a free one, printed]"),
+    compare: list[str] = Opt(
+        [], "--compare", help="other runs (or a sweep folder) to compare with it, curves overlaid"
+    ),
 ):
     """Review the training examples whose labels look wrong on a local page: accept the suggested label, keep or
     drop each (keys a, k, d, u to undo); decisions land in RUN/review/decisions.jsonl for `train --corrections`."""
     from bertfit.deploy.review import review as review_run
 
-    review_run(run, host, port)
+    review_run(run, host, port, compare)
 
 
 @app.command()

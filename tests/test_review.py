@@ -31,10 +31,10 @@ def reviewed(tiny_bert, tmp_path, capsys) -> Path:
 class Server:
     """`bertfit review` as the user starts it: a process of its own, on a port of the test's choosing."""
 
-    def __init__(self, run: Path, port: int):
+    def __init__(self, run: Path, port: int, *options):
         self.url = f"http://127.0.0.1:{port}"
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "bertfit", "review", str(run), "--port", str(port)],
+            [sys.executable, "-m", "bertfit", "review", str(run), "--port", str(port), *map(str, options)],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
@@ -56,8 +56,10 @@ class Server:
 
 
 @pytest.fixture
-def server(reviewed):
-    started = Server(reviewed, free_port())
+def server(reviewed, tmp_path):
+    other = tmp_path / "sweep" / "trials" / "0000"  # a sweep's trial, as `--compare SWEEP` finds it
+    shutil.copytree(reviewed, other)
+    started = Server(reviewed, free_port(), "--compare", tmp_path / "sweep")
     yield started
     started.stop()
 
@@ -112,6 +114,11 @@ def test_a_decision_made_with_the_keyboard_survives_a_reload_and_retrains_the_mo
         browser.find_element(By.CSS_SELECTOR, "nav button[data-view=overview]").click()
         wait_for(browser, lambda: browser.find_elements(By.CSS_SELECTOR, "#plots img"))
         assert browser.find_element(By.ID, "metrics").text.startswith("loss")
+
+        browser.find_element(By.CSS_SELECTOR, "nav button[data-view=compare]").click()
+        wait_for(browser, lambda: browser.find_element(By.TAG_NAME, "body").get_attribute("data-compared") == "2")
+        assert len(browser.find_elements(By.CSS_SELECTOR, "#chart-evals polyline")) == 2
+        assert len(browser.find_elements(By.CSS_SELECTOR, "#chart-losses polyline")) == 2
 
         browser.find_element(By.CSS_SELECTOR, "nav button[data-view=errors]").click()
         wait_for(browser, lambda: "validation errors" in browser.find_element(By.ID, "status").text)

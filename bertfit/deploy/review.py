@@ -28,6 +28,7 @@ from bertfit.files import to_json, writing
 from bertfit.runfiles import (
     Decision,
     Diagnosis,
+    Train,
     read_decisions,
     read_file,
     read_run,
@@ -191,7 +192,38 @@ class Review:
         return {"path": str(self.folder.path / EXPORT), "rows": len(frames["train"]), "note": note}
 
 
-def build_app(review: Review) -> FastAPI:
+def compared_runs(paths: list[str]) -> list[Path]:
+    """Run folders to compare: each path a finished run, or a folder of them (a sweep's `trials/`, or the sweep)."""
+    runs = []
+    for given in paths:
+        path = Path(given)
+        if (path / "metrics.json").is_file():
+            runs.append(path)
+            continue
+        inside = sorted(p.parent for p in [*path.glob("*/metrics.json"), *path.glob("trials/*/metrics.json")])
+        if not inside:
+            raise BertfitError(f"--compare '{given}' is not a finished run, nor a folder of them (a sweep)")
+        runs.extend(inside)
+    return runs
+
+
+def curves(folder: Path) -> dict:
+    """What the compare view draws of one run: its validation metric and training loss by step."""
+    files = read_run(folder)
+    metric = files.metrics.metric_for_best or "loss"
+    return {
+        "run": str(folder),
+        "method": files.cfg.method,
+        "metric": metric,
+        "best": files.metrics.best_metric,
+        "validation": files.metrics.validation.dump() if files.metrics.validation is not None else {},
+        "probe": files.metrics.probe.metrics.metric(metric) if files.metrics.probe is not None else None,
+        "evals": [[e.step, e.metrics.metric(metric)] for e in files.events.evals],
+        "losses": [[t.step, t.loss] for t in files.events.of(Train) if t.loss is not None],
+    }
+
+
+def build_app(review: Review, compare: list[Path] = ()) -> FastAPI:
     app = FastAPI(title="bertfit review", docs_url=None, redoc_url=None, openapi_url=None)
     page = files("bertfit.deploy").joinpath("review.html").read_text(encoding="utf-8")
 
@@ -206,6 +238,10 @@ def build_app(review: Review) -> FastAPI:
     @app.get("/api/errors")
     def errors():
         return JSONResponse(review.error_state())
+
+    @app.get("/api/compare")
+    def compare_runs():
+        return JSONResponse([curves(folder) for folder in [review.folder.path, *compare]])
 
     @app.post("/api/decisions")
     def decide(choice: Choice):
@@ -242,14 +278,15 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
-def review(run_dir: str, host: str = "127.0.0.1", port: int = 0) -> None:
+def review(run_dir: str, host: str = "127.0.0.1", port: int = 0, compare: list[str] = ()) -> None:
     import uvicorn
 
+    others = compared_runs(list(compare))
     with RunFolder.update(Path(run_dir)) as folder:
         state = Review(folder)
         sock = bind(host, port)
         bound = sock.getsockname()[1]
-        server = uvicorn.Server(uvicorn.Config(build_app(state), log_level="warning", access_log=False))
+        server = uvicorn.Server(uvicorn.Config(build_app(state, others), log_level="warning", access_log=False))
         print(
             f"reviewing {run_dir} at http://{host}:{bound}/ ({len(state.suspects):,} suspected examples; decisions "
             f"in {folder.path / DECISIONS}); Ctrl-C to stop",
