@@ -59,10 +59,12 @@ class Review:
         self.run = read_run(folder.path)
         mislabeled = folder.path / "mislabeled.jsonl"
         if not mislabeled.is_file():
-            raise BertfitError(
-                f"'{folder.path}' has no mislabeled.jsonl to review (a classification run with find_mislabeled on "
-                "writes one); train with find_mislabeled: true"
+            why = (
+                "a setfit run ranks no examples: train with --method finetune"
+                if self.run.cfg.method == "setfit"
+                else "a classification run with find_mislabeled on writes one: train with find_mislabeled: true"
             )
+            raise BertfitError(f"'{folder.path}' has no mislabeled.jsonl to review ({why})")
         self.suspects = {s.row: s for s in read_suspects(mislabeled)}
         self.lock = threading.Lock()
         self._errors: dict[int, dict] | None = None  # validation errors, computed when first asked for
