@@ -214,6 +214,20 @@ def report(results: dict, names, sizes, seeds, command: str) -> list[str]:
                 lines.append(
                     f"| {name} | {size:,} | {labels[method]}{tag} | {mean:.4f} ± {spread:.4f} | {seconds:.0f} |"
                 )
+    lines += ["", "The targets, per row (bertfit's default against each; points of accuracy, means over seeds):", ""]
+    for name in names:
+        for size in sizes:
+            means = {m: summary(results, m, name, size, seeds) for m in METHODS}
+            default = means[auto_method(size)]
+            if default is None or means["setfit"] is None or means["probe"] is None:
+                continue
+            line = (
+                f"- {name} {size:,}: default − SetFit {100 * (default[0] - means['setfit'][0]):+.1f}, "
+                f"default − probe {100 * (default[0] - means['probe'][0]):+.1f}"
+            )
+            if means["finetune"] is not None:
+                line += f", default − today's fine-tuning {100 * (default[0] - means['finetune'][0]):+.1f}"
+            lines.append(line)
     return lines
 
 
