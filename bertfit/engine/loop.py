@@ -265,9 +265,10 @@ def run_setfit(run: Run, console, reporter: Reporter | None = None, judge: Judge
     run.timings["head_seconds"] = time.perf_counter() - fitting
     result = score(run, "validation")
     state.best_metric, state.best_step = result.metric(cfg.metric_for_best), state.step
-    run.log.eval_event(
-        state.step, epoch_position(run), result, state.best_step, False
-    )  # no head trains: no training accuracy
+    # No head trained during the steps, so there is no training accuracy to report.
+    run.log.eval_event(state.step, epoch_position(run), result, state.best_step, False)
+    if judge is not None:  # told the one evaluation, as a sweep's pruner is told each of a fine-tuning run's
+        state.stop_reason = judge(state.step, epoch_position(run), result)
     return finish(run, reporter)
 
 
