@@ -182,7 +182,7 @@ def summary(results: dict, method: str, name: str, size: int, seeds) -> tuple[fl
         return None
     scores = [r["accuracy"] for r in rows]
     spread = statistics.stdev(scores) if len(scores) > 1 else 0.0
-    return statistics.mean(scores), spread, statistics.mean(r["seconds"] for r in rows)
+    return statistics.mean(scores), spread, statistics.mean(r["seconds"] for r in rows), len(rows)
 
 
 def report(results: dict, names, sizes, seeds, command: str) -> list[str]:
@@ -209,10 +209,11 @@ def report(results: dict, names, sizes, seeds, command: str) -> list[str]:
                 value = summary(results, method, name, size, seeds)
                 if value is None:
                     continue
-                mean, spread, seconds = value
+                mean, spread, seconds, count = value
                 tag = " **(bertfit's default)**" if method == default else ""
+                short = f" (n={count})" if count < len(seeds) else ""
                 lines.append(
-                    f"| {name} | {size:,} | {labels[method]}{tag} | {mean:.4f} ± {spread:.4f} | {seconds:.0f} |"
+                    f"| {name} | {size:,} | {labels[method]}{tag} | {mean:.4f} ± {spread:.4f}{short} | {seconds:.0f} |"
                 )
     lines += ["", "The targets, per row (bertfit's default against each; points of accuracy, means over seeds):", ""]
     for name in names:
@@ -269,6 +270,7 @@ def main() -> None:
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
     parser.add_argument("--fresh", action="store_true", help="recompute every cell")
     parser.add_argument("--no-report", action="store_true", help="compute the cells only")
+    parser.add_argument("--remark", default="", help="a sentence for the report on how the cells ran")
     args = parser.parse_args()
     if args.cell:
         method, name, size, seed = args.cell
@@ -283,9 +285,9 @@ def main() -> None:
 
     plot(results, args.data, args.sizes, seeds)
     command = "python benchmarks/small_data.py " + " ".join(sys.argv[1:])
-    append(
-        "Small data: bertfit against SetFit and a frozen probe", report(results, args.data, args.sizes, seeds, command)
-    )
+    lines = report(results, args.data, args.sizes, seeds, command)
+    title = "Small data: bertfit against SetFit and a frozen probe"
+    append(title, [*lines, *(["", args.remark] if args.remark else [])])
 
 
 if __name__ == "__main__":

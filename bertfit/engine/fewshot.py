@@ -5,7 +5,7 @@ embeddings pulled to 1 for the same label, 0 for different ones: sentence-transf
 a logistic regression is fitted on its embeddings. The pairs are the `setfit` library's (its ContrastiveDataset,
 the same sampling as `setfit.Trainer`); the training steps are bertfit's own, on the tokens it already cached,
 each example of a step batch embedded once however many pairs it is in (the library embeds each side of each
-pair), which is why it is several times faster than the library on a CPU (benchmarks/small_data.py).
+pair); about twice as fast as the library on 2 CPU cores (benchmarks/small_data.py).
 
 The model is kept as SetFit saves one, so `setfit.SetFitModel.from_pretrained(RUN)` loads it: the encoder and
 tokenizer in `body/`, the sentence-transformers pooling module, `config_setfit.json` and the fitted head as
