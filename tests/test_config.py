@@ -176,6 +176,7 @@ def test_one_resolve_leaves_no_auto_in_the_recipe():
         "checkpoint_every",
         "test_split",
         "setfit_pairs",  # SetFit's own count for the data (capped), counted as the pairs are drawn
+        "corrections",  # none: no review applied
     }, left
     assert (cfg.task, cfg.text_columns, cfg.label_column) == ("classification", ["sentence"], "label")
     assert (cfg.precision, cfg.compile, cfg.max_length, cfg.metric_for_best) == ("fp32", False, 512, "matthews")
