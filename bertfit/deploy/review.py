@@ -128,12 +128,15 @@ class Review:
             "probe": metrics.probe.metrics.dump() if metrics.probe is not None else None,
             "findings": [f.dump() for f in self._findings()],
             "profile": self.run.events.start.profile if self.run.events.start is not None else [],
-            "plots": sorted(p.name for p in (self.folder.path / "plots").glob("*.png")),
+            "plots": self.plots(),
             "issues": [
                 {**s.dump(), "decision": decided[s.row].dump() if s.row in decided else None}
                 for s in self.suspects.values()
             ],
         }
+
+    def plots(self) -> list[str]:
+        return sorted(p.name for p in (self.folder.path / "plots").glob("*.png"))
 
     def _findings(self) -> list:
         path = self.folder.path / "diagnosis.json"
@@ -258,7 +261,7 @@ def build_app(review: Review, compare: list[Path] = ()) -> FastAPI:
 
     @app.get("/plots/{name}")
     def plot(name: str):
-        if name not in review.state()["plots"]:  # only the run's own plots, by name: no path reaches further
+        if name not in review.plots():  # only the run's own plots, by name: no path reaches further
             raise HTTPException(404, "no such plot")
         return FileResponse(review.folder.path / "plots" / name, media_type="image/png")
 

@@ -124,7 +124,8 @@ def pair_loss(model: MeanPooledClassifier, task: Task, features: Features, batch
         collated = task.collate(features, rows[chunk], pad_id)
         inputs = {k: v.to(device, non_blocking=True) for k, v in collated.items() if k in ENCODER_INPUTS}
         vectors.append(model.embed(**inputs).float())
-        tokens, computed = tokens + int(inputs["attention_mask"].sum()), computed + inputs["input_ids"].numel()
+        lengths = features.lengths[rows[chunk]]  # counted on the host: no wait for the device inside a step
+        tokens, computed = tokens + int(lengths.sum()), computed + len(chunk) * int(lengths.max())
     embedded = torch.empty((len(examples), vectors[0].shape[1]), device=device)
     embedded = embedded.index_copy(0, torch.as_tensor(order, device=device), torch.cat(vectors))
     u, v = embedded[positions[: len(left)]], embedded[positions[len(left) :]]
