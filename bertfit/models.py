@@ -110,20 +110,33 @@ def model_type(path: str, trust_remote_code: bool = False) -> str:
     return _from_pretrained(AutoConfig.from_pretrained, path, trust_remote_code=trust_remote_code).model_type
 
 
-def pooling(path: str) -> str:
-    """How the model's sentence embedding is made: "mean" for a sentence-transformers model whose pooling module
-    averages the tokens (its modules.json and pooling config say so), else "cls" (the first token, as a
-    classification head reads it)."""
+@dataclass(frozen=True)
+class Pooling:
+    """How a model makes its sentence embedding, as it was trained to: the mean of its token vectors
+    (sentence-transformers models whose pooling module says so) or the first token's ("cls", as a classification
+    head reads it), scaled to unit length where the model ends in a Normalize module (all-MiniLM-L6-v2 does: a
+    linear model on its unscaled vectors is another, less regularised model than the one SetFit fits)."""
+
+    mode: str = "cls"
+    normalize: bool = False
+
+
+def pooling(path: str) -> Pooling:
+    """The pooling a sentence-transformers folder's modules.json describes; "cls" for any other model."""
     folder = Path(path)
     try:
         modules = json.loads((folder / "modules.json").read_text(encoding="utf-8"))
+        types = [module.get("type", "") for module in modules]
         for module in modules:
             if module.get("type", "").endswith("Pooling"):
                 config = json.loads((folder / module["path"] / "config.json").read_text(encoding="utf-8"))
-                return "mean" if config.get("pooling_mode_mean_tokens") else "cls"
+                return Pooling(
+                    "mean" if config.get("pooling_mode_mean_tokens") else "cls",
+                    any(kind.endswith("Normalize") for kind in types),
+                )
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         pass  # not a sentence-transformers folder (or a hub id not downloaded as one)
-    return "cls"
+    return Pooling()
 
 
 def load_tokenizer(path: str, trust_remote_code: bool = False):

@@ -67,11 +67,15 @@ def markdown_table(columns: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
+def pooled(probe: ProbeResult) -> str:
+    return f"{probe.pooling}-pooled{' (unit-length)' if probe.normalized else ''}"
+
+
 def probe_line(probe: ProbeResult) -> str:
     """The frozen-probe baseline in one sentence, for results.md, the card and the console."""
     scores = ", ".join(f"{METRIC_TITLES.get(k, k)} {v:.4f}" for k, v in probe.metrics.named().items() if v is not None)
     return (
         f"Frozen probe (the baseline fine-tuning must beat): {scores}; a {probe.estimator} on the pretrained "
-        f"encoder's {probe.pooling}-pooled embeddings of {probe.train_rows:,} training examples, scored on "
+        f"encoder's {pooled(probe)} embeddings of {probe.train_rows:,} training examples, scored on "
         f"{probe.validation_rows:,} validation examples"
     )

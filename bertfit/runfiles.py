@@ -119,6 +119,7 @@ class ProbeResult(Record):
     train_rows: int
     validation_rows: int
     pooling: str  # "mean" (sentence-transformers models) or "cls"
+    normalized: bool = False  # each embedding scaled to unit length (the model ends in a Normalize module)
     estimator: str  # scikit-learn's class name
     fit_seconds: float  # embedding both splits and fitting
 

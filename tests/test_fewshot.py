@@ -7,6 +7,7 @@ import pandas as pd
 import pytest
 import torch
 from conftest import SAMPLES, run_cli, sample_run_args
+from transformers import AutoModel
 
 from bertfit.config import SETFIT_AUTO_ROWS, Config
 from bertfit.engine import fewshot
@@ -207,3 +208,41 @@ def test_a_setfit_run_exports_to_onnx_with_the_same_predictions(tiny_bert, tmp_p
         assert code == 0, err
         scored[folder] = json.loads(stdout)["accuracy"]
     assert scored[out] == scored[tmp_path / "onnx"]
+
+
+def test_a_sentence_model_that_normalizes_is_trained_and_saved_normalizing(tiny_bert, tmp_path, capsys):
+    """all-MiniLM-L6-v2 ends in a Normalize module: SetFit fits its head on unit-length embeddings, so bertfit does,
+    and says so in the saved modules for the library to do the same."""
+    import shutil
+
+    from setfit import SetFitModel
+
+    model = tmp_path / "sentence-model"
+    shutil.copytree(tiny_bert, model)
+    (model / "1_Pooling").mkdir()
+    (model / "1_Pooling" / "config.json").write_text(
+        json.dumps({"word_embedding_dimension": 32, "pooling_mode_mean_tokens": True})
+    )
+    modules = [
+        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+        {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
+        {"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"},
+    ]
+    (model / "modules.json").write_text(json.dumps(modules))
+    out = tmp_path / "run"
+    code, _, err = run_cli(sample_run_args(model, out, "--method", "setfit", "--setfit-pairs", 64), capsys)
+    assert code == 0, err
+    assert json.loads((out / "modules.json").read_text())[-1]["type"] == "sentence_transformers.models.Normalize"
+    assert fewshot.load(out, lambda path: AutoModel.from_pretrained(path)).pooling.normalize
+
+    texts = list(pd.read_csv(SAMPLES / "sst2_200.csv")["sentence"].iloc[:20])
+    inputs = tmp_path / "texts.txt"
+    inputs.write_text("\n".join(texts) + "\n")
+    code, _, err = run_cli(
+        ["predict", out, "--input", inputs, "--output", tmp_path / "p.jsonl", "--precision", "fp32"], capsys
+    )
+    assert code == 0, err
+    ours = [json.loads(line)["score"] for line in (tmp_path / "p.jsonl").read_text().splitlines()]
+    library = SetFitModel.from_pretrained(str(out))
+    assert np.allclose(np.linalg.norm(library.encode(texts), axis=1), 1, atol=1e-5)
+    assert np.allclose(ours, library.predict_proba(texts).numpy().max(1), atol=1e-4)

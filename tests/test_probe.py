@@ -14,8 +14,9 @@ from bertfit.runfiles import DataProfile, RunMetrics, parse_event
 
 
 def test_the_pooling_is_the_one_the_encoder_was_trained_with(tiny_bert):
-    assert models.pooling(models.resolve_model("minilm")) == "mean"  # sentence-transformers: modules.json says so
-    assert models.pooling(tiny_bert) == "cls" and models.pooling("no/such-model") == "cls"
+    # sentence-transformers: modules.json says so, and that all-MiniLM-L6-v2 ends in a Normalize module
+    assert models.pooling(models.resolve_model("minilm")) == models.Pooling("mean", normalize=True)
+    assert models.pooling(tiny_bert) == models.pooling("no/such-model") == models.Pooling("cls", normalize=False)
 
 
 @pytest.mark.slow
@@ -36,14 +37,19 @@ def test_the_probe_on_minilm_knows_sentiment_before_any_training(minilm_tokenize
         "validation": task.encode(frame.iloc[150:], minilm_tokenizer),
     }
     device, pad = torch.device("cpu"), minilm_tokenizer.pad_token_id
-    probe = frozen_probe(model, task, features, device, "fp32", pad, "mean", 42)
+    pooling = models.pooling(path)
+    probe = frozen_probe(model, task, features, device, "fp32", pad, pooling, 42)
     assert probe.metrics.metric("accuracy") > 0.65 and (probe.train_rows, probe.validation_rows) == (150, 50)
     # Pooled per example in the order asked, whatever order the batches ran in.
     some = np.array([3, 0, 7])
     assert np.allclose(
-        embed(model, task, features["train"], some, device, "fp32", pad, "mean")[1],
-        embed(model, task, features["train"], np.array([0]), device, "fp32", pad, "mean")[0],
+        embed(model, task, features["train"], some, device, "fp32", pad, pooling)[1],
+        embed(model, task, features["train"], np.array([0]), device, "fp32", pad, pooling)[0],
         atol=1e-5,
+    )
+    # Unit length, as sentence-transformers' encode() gives them (the model's Normalize module).
+    assert np.allclose(
+        np.linalg.norm(embed(model, task, features["train"], some, device, "fp32", pad, pooling), axis=1), 1
     )
 
 

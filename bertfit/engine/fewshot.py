@@ -27,10 +27,12 @@ from transformers.modeling_outputs import SequenceClassifierOutput
 
 from bertfit.engine.probe import embed
 from bertfit.errors import BertfitError
+from bertfit.models import Pooling, pooling
 from bertfit.tasks import Features, Task
 
 BODY = "body"
 POOLING = "1_Pooling"
+NORMALIZE = "2_Normalize"
 SETFIT_CONFIG = "config_setfit.json"
 SETFIT_HEAD = "model_head.pkl"
 HEAD_WEIGHTS = "head.safetensors"
@@ -38,19 +40,21 @@ PAIRS_PER_STEP = 16  # SetFit's default batch size
 EMBED_CHUNK = 8  # examples embedded together within a step (sorted by length): little padding, matrices still full
 ENCODER_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 WARMUP = 0.1  # SetFit's warmup_proportion
+WEIGHT_DECAY = 0.01  # SetFit's l2_weight, which its trainer gives the encoder's AdamW
 # The library's pair sampler walks every pair of examples: past a few thousand that is the wrong method anyway.
 MAX_ROWS = 4_096
 
 
 class MeanPooledClassifier(torch.nn.Module):
-    """A sentence-embedding encoder (the mean of its token vectors, as sentence-transformers pools) under a linear
-    head: the model `method: setfit` trains. `estimator` is the fitted scikit-learn head the linear layer copies,
-    kept for SetFit's own file."""
+    """A sentence-embedding encoder (the mean of its token vectors, as sentence-transformers pools, scaled to unit
+    length where the model was trained so) under a linear head: the model `method: setfit` trains. `estimator` is
+    the fitted scikit-learn head the linear layer copies, kept for SetFit's own file."""
 
-    def __init__(self, encoder: torch.nn.Module, outputs: int):
+    def __init__(self, encoder: torch.nn.Module, outputs: int, normalize: bool):
         super().__init__()
         self.encoder = encoder
         self.config = encoder.config
+        self.pooling = Pooling("mean", normalize)
         self.head = torch.nn.Linear(encoder.config.hidden_size, outputs)
         self.estimator = None
 
@@ -62,7 +66,8 @@ class MeanPooledClassifier(torch.nn.Module):
         extra = {} if token_type_ids is None else {"token_type_ids": token_type_ids}
         hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask, **extra).last_hidden_state
         mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
-        return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1)
+        pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1)
+        return torch.nn.functional.normalize(pooled, dim=-1) if self.pooling.normalize else pooled
 
     def forward(self, input_ids, attention_mask, token_type_ids=None, **_) -> SequenceClassifierOutput:
         return SequenceClassifierOutput(logits=self.head(self.embed(input_ids, attention_mask, token_type_ids)))
@@ -141,7 +146,7 @@ def fit_head(
     training example, copied into the linear head."""
     labels = task.example_labels(features)
     examples = np.arange(len(labels))
-    vectors = embed(model, task, features, examples, device, precision, pad_id, "mean")
+    vectors = embed(model, task, features, examples, device, precision, pad_id, model.pooling)
     estimator = task.probe_model()
     estimator.fit(vectors, labels)
     weight, bias = task.linear_head(estimator, vectors.shape[1])
@@ -176,6 +181,8 @@ def save(model: MeanPooledClassifier, tokenizer, folder: Path, label_names: list
         {"idx": 0, "name": "0", "path": BODY, "type": "sentence_transformers.models.Transformer"},
         {"idx": 1, "name": "1", "path": POOLING, "type": "sentence_transformers.models.Pooling"},
     ]
+    if model.pooling.normalize:  # a module without weights: sentence-transformers needs no folder for it
+        modules.append({"idx": 2, "name": "2", "path": NORMALIZE, "type": "sentence_transformers.models.Normalize"})
     (folder / "modules.json").write_text(json.dumps(modules, indent=2))
     (folder / SETFIT_CONFIG).write_text(json.dumps({"labels": list(label_names), "normalize_embeddings": False}))
     joblib.dump(model.estimator, folder / SETFIT_HEAD)
@@ -193,6 +200,6 @@ def load(folder: Path, load_encoder) -> MeanPooledClassifier:
     from safetensors.torch import load_file
 
     head = load_file(str(folder / HEAD_WEIGHTS))
-    model = MeanPooledClassifier(load_encoder(str(folder / BODY)), head["weight"].shape[0])
+    model = MeanPooledClassifier(load_encoder(str(folder / BODY)), head["weight"].shape[0], pooling(folder).normalize)
     model.head.load_state_dict(head)
     return model

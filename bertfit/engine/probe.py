@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from bertfit.engine.device import autocast
+from bertfit.models import Pooling
 from bertfit.runfiles import Probe, Scores
 from bertfit.tasks import Features, Task
 
@@ -27,9 +28,10 @@ def embed(
     device: torch.device,
     precision: str,
     pad_id: int,
-    pooling: str,
+    pooling: Pooling,
 ) -> np.ndarray:
-    """One pooled vector per example in `examples` (the mean of its windows' vectors where a text is windowed)."""
+    """One pooled vector per example in `examples` (the mean of its windows' vectors where a text is windowed:
+    each window's vector normalized first, as a linear head reading every window sees them)."""
     owners = np.asarray(features.example_ids)
     chosen = np.flatnonzero(np.isin(owners, examples))
     chosen = chosen[np.argsort(features.lengths[chosen], kind="stable")]  # similar lengths batched: less padding
@@ -45,11 +47,13 @@ def embed(
                 k: v.to(device) for k, v in batch.items() if k in ("input_ids", "attention_mask", "token_type_ids")
             }
             hidden = encoder(**inputs).last_hidden_state.float()
-            if pooling == "mean":
+            if pooling.mode == "mean":
                 mask = inputs["attention_mask"].unsqueeze(-1).float()
                 pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1)
             else:
                 pooled = hidden[:, 0]
+            if pooling.normalize:
+                pooled = torch.nn.functional.normalize(pooled, dim=-1)
             vectors[start : start + len(indices)] = pooled.cpu().numpy()
     model.train(was_training)
     position = {int(e): k for k, e in enumerate(examples)}
@@ -72,7 +76,7 @@ def frozen_probe(
     device: torch.device,
     precision: str,
     pad_id: int,
-    pooling: str,
+    pooling: Pooling,
     seed: int,
 ) -> Probe | None:
     """The probe's validation scores, or None for a kind without a probe."""
@@ -95,7 +99,8 @@ def frozen_probe(
         metrics=Scores(**metrics),
         train_rows=len(train_y),
         validation_rows=len(val_y),
-        pooling=pooling,
+        pooling=pooling.mode,
+        normalized=pooling.normalize,
         estimator=type(estimator).__name__,
         fit_seconds=round(time.perf_counter() - started, 2),
     )

@@ -413,13 +413,13 @@ def fit_to_data(values: dict, train_rows: int, reads_windows: bool) -> list[str]
     return notes
 
 
-def make_optimizer(cfg: Config, model: torch.nn.Module, lr: float) -> torch.optim.Optimizer:
+def make_optimizer(cfg: Config, model: torch.nn.Module, lr: float, weight_decay: float) -> torch.optim.Optimizer:
     """AdamW; biases and LayerNorm weights get no decay (as the HF Trainer does)."""
     decay, no_decay = [], []
     for param in model.parameters():
         if param.requires_grad:
             (no_decay if param.ndim < 2 else decay).append(param)
-    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     # Fused: one kernel for all parameters (on CPU too, about 10x faster than foreach here), and it can skip
     # a non-finite step on the device (see NonFiniteGuard).
     return torch.optim.AdamW(groups, lr=lr, betas=(cfg.adam_beta1, cfg.adam_beta2), eps=cfg.adam_epsilon, fused=True)
@@ -493,7 +493,7 @@ def setup(
         model = models.load_model(model_path, task.auto_model, task.head_config(), cfg.trust_remote_code)
     else:  # the encoder alone, under the head SetFit fits after training it
         encoder = models.load_model(model_path, "AutoModel", task.head_config(), cfg.trust_remote_code)
-        model = fewshot.MeanPooledClassifier(encoder, len(task.label_names))
+        model = fewshot.MeanPooledClassifier(encoder, len(task.label_names), models.pooling(model_path).normalize)
     model = model.to(device)
     probe = None
     if cfg.probe and not resume and ranks.main:  # the pretrained encoder, before anything trains or wraps it
@@ -531,10 +531,10 @@ def setup(
             forward, device_ids=[device.index] if device.type == "cuda" else None
         )
     if pairs is None:
-        optimizer = make_optimizer(cfg, model, cfg.lr)
+        optimizer = make_optimizer(cfg, model, cfg.lr, cfg.weight_decay)
         scheduler = make_scheduler(cfg, optimizer, total)
-    else:  # SetFit's schedule: its body learning rate, linear, 10% warmup
-        optimizer = make_optimizer(cfg, model.encoder, cfg.setfit_lr)
+    else:  # SetFit's optimiser and schedule: its body learning rate and weight decay, linear, 10% warmup
+        optimizer = make_optimizer(cfg, model.encoder, cfg.setfit_lr, fewshot.WEIGHT_DECAY)
         scheduler = make_scheduler(cfg, optimizer, total, math.ceil(fewshot.WARMUP * total))
     scaler = torch.amp.GradScaler(device.type, enabled=inputs.precision == "fp16")
     log = RunLog(inputs.out / "log.jsonl", enabled=ranks.main, device=device)

@@ -10,6 +10,7 @@ import math
 from dataclasses import dataclass
 
 from bertfit.config import SETFIT_AUTO_ROWS, Config
+from bertfit.records import pooled
 from bertfit.runfiles import BadStep, DataProfile, Diverged, Eval, Events, Finding, RunMetrics, Scores, Train
 from bertfit.tasks import LOWER_IS_BETTER, task_for
 
@@ -211,7 +212,7 @@ def _below_probe(events, evals, profile, summary, cfg, task) -> Finding | None:
         title="Training does not beat the frozen encoder",
         evidence=(
             f"the kept model's validation {metric} is {kept:.4f}; a {probe.estimator} on the pretrained encoder's "
-            f"{probe.pooling}-pooled embeddings of {probe.train_rows:,} training examples scores {base:.4f}"
+            f"{pooled(probe)} embeddings of {probe.train_rows:,} training examples scores {base:.4f}"
         ),
         advice=", ".join(advice) or "check the labels (`bertfit inspect`) and the recipe against a recipe that worked",
     )
