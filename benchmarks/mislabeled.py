@@ -1,16 +1,29 @@
-"""How well bertfit finds mislabeled training examples: flip a seeded 5% of the labels of an SST-2 subset, train
-all-MiniLM-L6-v2 on it, and score the examples bertfit flags (negative area under the margin) against the flipped
-ones. The same run without tracking (`find_mislabeled: false`) gives the cost.
+"""How well bertfit finds mislabeled training examples, side by side with cleanlab, and what fixing them is worth.
 
-    python benchmarks/mislabeled.py            # 4,000 sentences, 2 epochs; appends to BENCHMARKS.md
+A seeded share of the labels of 4,000 training examples is flipped (to another class at random), all-MiniLM-L6-v2
+is trained on them with bertfit's defaults, and the list bertfit writes (mislabeled.jsonl, most likely first) is
+scored against the flipped rows. Beside it, in the same run:
+- cleanlab (`cleanlab.filter.find_label_issues`, its defaults, ranked by self-confidence) on out-of-fold
+  probabilities of (a) a logistic regression on the frozen model's sentence embeddings (sentence-transformers,
+  5 folds) and (b) 5-fold fine-tuned minilm (five bertfit runs, each scoring the fold it did not train on);
+- the cost: the same bertfit run with `find_mislabeled: false`;
+- what a review is worth: the run retrained with its top-k suggestions accepted (`--corrections`, the decisions file
+  `bertfit review` writes), against the noisy run and a run on the clean labels.
+
+    python benchmarks/mislabeled.py                  # SST-2 and TweetEval sentiment, 5% and 10% flips
+    python benchmarks/mislabeled.py --data sst2 --noise 0.05
+
+Each cell's result is kept in benchmarks/results/mislabeled.jsonl, so an interrupted run goes on where it stopped;
+--fresh recomputes. k is the number of flipped labels; precision@k counts the flips among the k ranked first.
 """
 
 from __future__ import annotations
 
-import datetime
+import argparse
 import json
 import os
-import platform
+import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -20,82 +33,291 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-
-ROWS, NOISE, SEED, EPOCHS = 4000, 0.05, 7, 2
-
-
-def noisy_sst2(folder: Path) -> set[int]:
-    """Writes train.csv (labels of a seeded 5% flipped) and validation.csv; returns the flipped rows."""
-    from bertfit.data import sources
-
-    splits = sources.load_splits("sst2")
-    train = splits.frames["train"].sample(ROWS, random_state=SEED).reset_index(drop=True)
-    flipped = np.random.default_rng(SEED).choice(ROWS, int(ROWS * NOISE), replace=False)
-    train.loc[flipped, "label"] = 1 - train.loc[flipped, "label"]
-    train.to_csv(folder / "train.csv", index=False)
-    splits.frames["validation"].to_csv(folder / "validation.csv", index=False)
-    return {int(row) for row in flipped}
+RESULTS = REPO / "benchmarks" / "results" / "mislabeled.jsonl"
+DATA = Path(os.environ.get("BERTFIT_SHARED_DATA", REPO.parent / "shared" / "data"))
+DATASETS = {"sst2": "sentence", "tweet_sentiment": "text"}
+METHODS = ("bertfit", "bertfit-off", "clean", "cleanlab-embeddings", "cleanlab-5fold")
+ROWS, SEED, FOLDS = 4_000, 7, 5
+RECIPE = ["--model", "minilm", "--seed", "42", "--max-length", "64", "--method", "finetune", "--no-probe"]
 
 
-def train(folder: Path, out: Path, find: bool) -> dict:
-    from bertfit.cli import fit
-    from bertfit.config import build_config
+def noisy(name: str, noise: float, folder: Path) -> tuple[np.ndarray, np.ndarray]:
+    """Writes train.parquet (a seeded share of its labels flipped to another class) and validation.parquet into
+    `folder`; returns the flipped rows and the clean labels."""
+    import pandas as pd
 
-    cfg = build_config(
-        None,
-        {
-            "model": "minilm",
-            "data": str(folder),
-            "output": str(out),
-            "epochs": EPOCHS,
-            "batch_size": 32,
-            "lr": 5e-5,
-            "max_length": 64,
-            "seed": 42,
-            "find_mislabeled": find,
-            "eval_every": "epoch",
-        },
-    )
+    column = DATASETS[name]
+    train = pd.read_parquet(DATA / name / "train.parquet").sample(ROWS, random_state=SEED).reset_index(drop=True)
+    validation = pd.read_parquet(DATA / name / "validation.parquet")
+    rng = np.random.default_rng(SEED)
+    flipped = np.sort(rng.choice(ROWS, int(ROWS * noise), replace=False))
+    clean = train["label"].to_numpy().copy()
+    classes = np.unique(clean)
+    for row in flipped:
+        others = classes[classes != clean[row]]
+        train.loc[row, "label"] = others[rng.integers(len(others))]
+    train = train[[column, "label"]].rename(columns={column: "text"})
+    train.to_parquet(folder / "train.parquet")
+    validation[[column, "label"]].rename(columns={column: "text"}).to_parquet(folder / "validation.parquet")
+    return flipped, clean
+
+
+def bertfit(data: Path, out: Path, *extra: str) -> dict:
+    command = [sys.executable, "-m", "bertfit", "train", *RECIPE, "--data", str(data), "--output", str(out), *extra]
     started = time.perf_counter()
-    summary = fit(cfg, overwrite=True).metrics.dump()
-    return {"summary": summary, "seconds": time.perf_counter() - started}
+    subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
+    metrics = json.loads((out / "metrics.json").read_text())
+    return {
+        "accuracy": metrics["validation"]["accuracy"],
+        "train_seconds": metrics["train"]["train_seconds"],
+        "seconds": time.perf_counter() - started,
+    }
+
+
+def scored(flipped: np.ndarray, flagged, ranked) -> dict:
+    """Precision, recall and F1 of the flagged set, and precision among the k ranked first (k = flips)."""
+    truth, flagged = set(flipped.tolist()), {int(row) for row in flagged}
+    hits = len(truth & flagged)
+    precision, recall = hits / max(len(flagged), 1), hits / len(truth)
+    return {
+        "flagged": len(flagged),
+        "precision": precision,
+        "recall": recall,
+        "f1": 2 * precision * recall / max(precision + recall, 1e-12),
+        "precision_at_k": len(truth & {int(row) for row in ranked[: len(truth)]}) / len(truth),
+    }
+
+
+def bertfit_cell(data: Path, scratch: Path, flipped: np.ndarray) -> dict:
+    """bertfit's own list, then the run retrained with its top-k suggestions accepted as a reviewer would."""
+    from bertfit.runfiles import Decision, text_hash
+
+    run = bertfit(data, scratch / "run")
+    found = [json.loads(line) for line in (scratch / "run" / "mislabeled.jsonl").read_text().splitlines()]
+    result = {**run, **scored(flipped, [s["row"] for s in found], [s["row"] for s in found])}
+    decisions = scratch / "decisions.jsonl"
+    with open(decisions, "w", encoding="utf-8") as handle:
+        for suspect in found[: len(flipped)]:
+            decision = Decision(
+                row=suspect["row"],
+                text_sha256=text_hash(suspect["text"]),
+                label=suspect["label"],
+                action="relabel",
+                new_label=suspect["suspected"],
+                time=time.time(),
+            )
+            handle.write(decision.model_dump_json() + "\n")
+    result["retrained_accuracy"] = bertfit(data, scratch / "retrained", "--corrections", str(decisions))["accuracy"]
+    return result
+
+
+def cleanlab_rows(flipped: np.ndarray, labels: np.ndarray, probabilities: np.ndarray) -> dict:
+    from cleanlab.filter import find_label_issues
+    from cleanlab.rank import get_label_quality_scores
+
+    flagged = find_label_issues(labels, probabilities, return_indices_ranked_by="self_confidence")
+    ranked = np.argsort(get_label_quality_scores(labels, probabilities, method="self_confidence"), kind="stable")
+    return scored(flipped, flagged, ranked)
+
+
+def embeddings_cell(data: Path, flipped: np.ndarray) -> dict:
+    import pandas as pd
+    from sentence_transformers import SentenceTransformer
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import cross_val_predict
+
+    from bertfit.models import resolve_model
+
+    train = pd.read_parquet(data / "train.parquet")
+    started = time.perf_counter()
+    vectors = SentenceTransformer(resolve_model("minilm"), device="cpu").encode(list(train["text"]), batch_size=64)
+    labels = train["label"].to_numpy()
+    probabilities = cross_val_predict(
+        LogisticRegression(max_iter=1000), vectors, labels, cv=FOLDS, method="predict_proba"
+    )
+    return {**cleanlab_rows(flipped, labels, probabilities), "seconds": time.perf_counter() - started}
+
+
+def five_fold_cell(data: Path, scratch: Path, flipped: np.ndarray) -> dict:
+    """Out-of-fold probabilities from FOLDS bertfit runs, each scoring the fold it left out through
+    `transformers.pipeline()` (every class's probability)."""
+    import pandas as pd
+    from sklearn.model_selection import StratifiedKFold
+    from transformers import pipeline
+
+    train = pd.read_parquet(data / "train.parquet")
+    labels = train["label"].to_numpy()
+    classes = sorted(np.unique(labels).tolist())
+    probabilities = np.zeros((len(train), len(classes)))
+    started, train_seconds = time.perf_counter(), 0.0
+    for fold, (fit_rows, held_rows) in enumerate(
+        StratifiedKFold(FOLDS, shuffle=True, random_state=SEED).split(train, labels)
+    ):
+        folder = scratch / f"fold{fold}"
+        folder.mkdir()
+        train.iloc[fit_rows].to_parquet(folder / "train.parquet")
+        (folder / "validation.parquet").symlink_to(data / "validation.parquet")
+        train_seconds += bertfit(folder, folder / "run", "--set", "find_mislabeled=false")["train_seconds"]
+        classify = pipeline("text-classification", model=str(folder / "run"), top_k=None, device="cpu")
+        held = classify(list(train["text"].iloc[held_rows]), batch_size=64, truncation=True, max_length=64)
+        for row, scores in zip(held_rows, held, strict=True):
+            by_label = {score["label"]: score["score"] for score in scores}
+            probabilities[row] = [by_label[str(c)] for c in classes]
+    return {
+        **cleanlab_rows(flipped, labels, probabilities),
+        "seconds": time.perf_counter() - started,
+        "train_seconds": train_seconds,
+    }
+
+
+def cell(method: str, name: str, noise: float) -> dict:
+    import torch
+
+    torch.set_num_threads(2)
+    with tempfile.TemporaryDirectory(prefix="bertfit-noise-") as root:
+        scratch, data = Path(root), Path(root) / "data"
+        data.mkdir()
+        flipped, clean = noisy(name, noise, data)
+        result: dict = {"flips": len(flipped)}
+        if method == "bertfit":
+            result.update(bertfit_cell(data, scratch, flipped))
+        elif method == "bertfit-off":
+            result.update(bertfit(data, scratch / "run", "--set", "find_mislabeled=false"))
+        elif method == "clean":
+            import pandas as pd
+
+            train = pd.read_parquet(data / "train.parquet").assign(label=clean)
+            train.to_parquet(data / "train.parquet")
+            result.update(bertfit(data, scratch / "run", "--set", "find_mislabeled=false"))
+        elif method == "cleanlab-embeddings":
+            result.update(embeddings_cell(data, flipped))
+        else:
+            result.update(five_fold_cell(data, scratch, flipped))
+    return result
+
+
+def compute(methods, names, noises, fresh: bool) -> dict:
+    results = {}
+    if RESULTS.is_file() and not fresh:
+        for line in RESULTS.read_text().splitlines():
+            row = json.loads(line)
+            results[(row["method"], row["data"], row["noise"])] = row
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    for name in names:
+        for noise in noises:
+            for method in methods:
+                if (method, name, noise) in results:
+                    continue
+                env = {**os.environ, "OMP_NUM_THREADS": "2", "TOKENIZERS_PARALLELISM": "false"}
+                done = subprocess.run(
+                    [sys.executable, __file__, "--cell", method, name, str(noise)],
+                    capture_output=True,
+                    text=True,
+                    env=env,
+                )
+                if done.returncode != 0:
+                    sys.exit(f"{method} {name} {noise} failed:\n{done.stderr[-3000:]}")
+                row = {
+                    "method": method,
+                    "data": name,
+                    "noise": noise,
+                    **json.loads(done.stdout.strip().splitlines()[-1]),
+                }
+                results[(method, name, noise)] = row
+                with open(RESULTS, "a", encoding="utf-8") as handle:
+                    handle.write(json.dumps(row) + "\n")
+                print(json.dumps(row), flush=True)
+    return results
+
+
+TITLES = {
+    "bertfit": "bertfit (default)",
+    "cleanlab-embeddings": "cleanlab on frozen embeddings + logistic regression (5-fold)",
+    "cleanlab-5fold": "cleanlab on 5-fold fine-tuned minilm",
+}
+
+
+def report(results: dict, names, noises, command: str) -> list[str]:
+    from sections import machine
+
+    lines = [
+        f"- machine: {machine()}",
+        f"- command: `{command}`: all-MiniLM-L6-v2, {ROWS:,} seeded training examples (seed {SEED}) with the stated "
+        "share of labels flipped to another class at random, bertfit's default recipe (3 epochs, batch 16, lr 5e-5) "
+        "at max_length 64; k = the number of flips",
+        "",
+        "| data | flips | detector | flagged | precision | recall | F1 | precision@k | seconds |",
+        "|---|---:|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for name in names:
+        for noise in noises:
+            for method in TITLES:
+                row = results.get((method, name, noise))
+                if row is None:
+                    continue
+                seconds = row.get("train_seconds", row["seconds"])
+                if method == "bertfit":
+                    off = results.get(("bertfit-off", name, noise))
+                    extra = f"{seconds:.0f} (without: {off['train_seconds']:.0f})" if off else f"{seconds:.0f}"
+                else:
+                    extra = f"{seconds:.0f}"
+                lines.append(
+                    f"| {name} | {noise:.0%} ({row['flips']}) | {TITLES[method]} | {row['flagged']} | "
+                    f"{row['precision']:.3f} | {row['recall']:.3f} | {row['f1']:.3f} | {row['precision_at_k']:.3f} | "
+                    f"{extra} |"
+                )
+    lines += [
+        "",
+        "Fixing what the list shows (validation accuracy): the noisy run, the same run retrained with its top-k "
+        "suggestions accepted (`--corrections`, as `bertfit review` writes them), and the run on the clean labels.",
+        "",
+        "| data | flips | noisy | retrained after review | clean labels |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for name in names:
+        for noise in noises:
+            ours, off, clean = (results.get((m, name, noise)) for m in ("bertfit", "bertfit-off", "clean"))
+            if ours and off and clean:
+                lines.append(
+                    f"| {name} | {noise:.0%} | {off['accuracy']:.4f} | {ours['retrained_accuracy']:.4f} | "
+                    f"{clean['accuracy']:.4f} |"
+                )
+    overheads = [
+        results[("bertfit", n, x)]["train_seconds"] / results[("bertfit-off", n, x)]["train_seconds"] - 1
+        for n in names
+        for x in noises
+        if ("bertfit", n, x) in results and ("bertfit-off", n, x) in results
+    ]
+    if overheads:
+        lines += [
+            "",
+            f"Training time with the detection on, against off: {statistics.mean(overheads):+.1%} on average.",
+        ]
+    return lines
 
 
 def main() -> None:
-    import torch
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--cell", nargs=3, metavar=("METHOD", "DATA", "NOISE"), help=argparse.SUPPRESS)
+    parser.add_argument("--data", nargs="+", default=list(DATASETS), choices=list(DATASETS))
+    parser.add_argument("--noise", type=float, nargs="+", default=[0.05, 0.10])
+    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
+    parser.add_argument("--fresh", action="store_true", help="recompute every cell")
+    parser.add_argument("--no-report", action="store_true", help="compute the cells only")
+    args = parser.parse_args()
+    if args.cell:
+        method, name, noise = args.cell
+        print(json.dumps(cell(method, name, float(noise))))
+        return
+    os.environ.setdefault("BERTFIT_DATA_DIR", str(DATA))
+    results = compute(args.methods, args.data, args.noise, args.fresh)
+    if args.no_report:
+        return
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    from sections import append
 
-    os.environ.setdefault("BERTFIT_DATA_DIR", str(REPO.parent / "shared" / "data"))
-    with tempfile.TemporaryDirectory(prefix="bertfit-noise-") as root:
-        folder = Path(root) / "data"
-        folder.mkdir()
-        flipped = noisy_sst2(folder)
-        without = train(folder, Path(root) / "plain", find=False)
-        tracked = train(folder, Path(root) / "tracked", find=True)
-        found = [json.loads(line) for line in (Path(root) / "tracked" / "mislabeled.jsonl").read_text().splitlines()]
-    flagged = {example["row"] for example in found}
-    hits = len(flagged & flipped)
-    top = {example["row"] for example in found[: len(flipped)]}
-    train_s = (without["summary"]["train"]["train_seconds"], tracked["summary"]["train"]["train_seconds"])
-    lines = [
-        f"### mislabeled examples: {datetime.date.today().isoformat()}",
-        "",
-        f"- machine: {platform.machine()}, {os.cpu_count()} cores; torch {torch.__version__}",
-        f"- command: `python benchmarks/mislabeled.py`: all-MiniLM-L6-v2, {ROWS:,} seeded SST-2 training sentences "
-        f"with {len(flipped)} labels ({NOISE:.0%}) flipped at random (seed {SEED}), {EPOCHS} epochs, batch 32, "
-        "lr 5e-5, max_length 64",
-        "- method: area under the margin (Pleiss et al. 2020), accumulated during training; flagged when negative",
-        "",
-        "| flagged | flipped among them | precision | recall | precision of the lowest "
-        f"{len(flipped)} | train s without / with | validation accuracy without / with |",
-        "|---:|---:|---:|---:|---:|---:|---:|",
-        f"| {len(flagged)} | {hits} | {hits / max(1, len(flagged)):.3f} | {hits / len(flipped):.3f} | "
-        f"{len(top & flipped) / len(flipped):.3f} | {train_s[0]:.1f} / {train_s[1]:.1f} | "
-        f"{without['summary']['validation']['accuracy']:.4f} / {tracked['summary']['validation']['accuracy']:.4f} |",
-    ]
-    text = "\n".join(lines) + "\n"
-    print(text)
-    with open(REPO / "BENCHMARKS.md", "a", encoding="utf-8") as handle:
-        handle.write("\n" + text)
+    command = "python benchmarks/mislabeled.py " + " ".join(sys.argv[1:])
+    append("Mislabeled examples: bertfit against cleanlab", report(results, args.data, args.noise, command))
 
 
 if __name__ == "__main__":
