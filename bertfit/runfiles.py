@@ -101,7 +101,8 @@ class Suspect(Record):
     text: str
     label: str
     suspected: str
-    margin: float
+    margin: float  # the area under the margin: the mean of its given label's logit minus the largest other
+    probability: float | None = None  # the mean probability the model gave its given label over training
     seen: int
 
 

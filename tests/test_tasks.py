@@ -182,12 +182,25 @@ def test_mislabeled_examples_are_listed_lowest_margin_first(tiny_bert, tmp_path,
     listed = [json.loads(line) for line in (out / "mislabeled.jsonl").read_text().splitlines()]
     summary = json.loads((out / "metrics.json").read_text())["mislabeled"]
     assert summary["flagged"] == len(listed) and summary["lowest"] == listed[: len(summary["lowest"])]
-    assert [e["margin"] for e in listed] == sorted(e["margin"] for e in listed) and all(e["margin"] < 0 for e in listed)
-    assert {e["row"] for e in listed[:2]} == {80, 81} and summary["examined"] == 82
+    assert [e["margin"] for e in listed] == sorted(e["margin"] for e in listed)
+    # Confident learning flags the two and no more (a margin below 0 also flagged examples still being learnt).
+    assert {e["row"] for e in listed} == {80, 81} and summary["examined"] == 82
+    assert all(e["probability"] < 0.5 for e in listed)
     assert {(e["text"], e["label"], e["suspected"]) for e in listed[:2]} == {
         ("good film 80", "0", "1"),
         ("bad film 81", "1", "0"),
     }
+
+
+def test_confident_learning_flags_over_the_classes_the_examples_have():
+    from bertfit.engine.margins import confident_issues
+
+    # Class 1 of three has no example; row 3 is a confident "0" labelled 2.
+    labels = np.array([0, 0, 0, 2, 2, 2, 2, 0])
+    probabilities = np.array([[0.9, 0.05, 0.05]] * 4 + [[0.1, 0.05, 0.85]] * 4)
+    probabilities[7] = [0.8, 0.1, 0.1]
+    assert confident_issues(labels, probabilities).tolist() == [3]
+    assert confident_issues(np.zeros(4, dtype=int), probabilities[:4]).tolist() == []  # one class: no confusion
 
 
 def _same_features(a: Features, b: Features) -> bool:
