@@ -157,6 +157,31 @@ class Event(Record):
         }
 
 
+class Corrections(Record):
+    """The review decisions a run trained with (`--corrections`), and the run they were made on."""
+
+    source: str  # the decisions file
+    relabelled: int  # training labels corrected
+    dropped: int  # training examples dropped
+    reviewed: int  # training examples with a decision standing
+    validation_relabelled: int = 0
+    validation_dropped: int = 0
+    parent: str | None = None  # the reviewed run (the folder of RUN/review/decisions.jsonl), where it is one
+    parent_scores: Scores | None = None  # its kept model's validation scores, read when this run started
+
+    def note(self) -> str:
+        said = (
+            f"{self.relabelled:,} training labels corrected and {self.dropped:,} examples dropped, of "
+            f"{self.reviewed:,} reviewed"
+        )
+        if self.validation_relabelled or self.validation_dropped:
+            said += (
+                f"; {self.validation_relabelled:,} validation labels corrected and {self.validation_dropped:,} "
+                "examples dropped"
+            )
+        return f"corrections from {self.source}: {said}"
+
+
 class Start(Event):
     event: Literal["start"] = "start"
     format: int = 1  # the run files' format, absent before format 2
@@ -180,6 +205,7 @@ class Start(Event):
     notes: list[str] = []
     tag_scheme: str | None = None
     repaired_tags: int = 0
+    corrections: Corrections | None = None
     load_seconds: float | None = None
     tokenize_seconds: float | None = None
     profile_seconds: float | None = None

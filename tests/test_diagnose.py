@@ -353,3 +353,44 @@ def test_leakage_is_a_warning_only_when_it_can_move_the_scores(share, severity):
     profile = {"splits": {}, "leakage": {"validation": leak}}
     found = next(f for f in diagnose([], profile, {"train": {}}, BINARY) if f.id == "leakage")
     assert found.severity == severity and f"at most {share:.1%}" in found.evidence
+
+
+START = {
+    "event": "start",
+    "parameters": 1,
+    "task": "classification",
+    "dataset": "d",
+    "model": "m",
+    "examples": {"train": 4000},
+    "features": {"train": 4000},
+    "steps": 750,
+    "steps_per_epoch": 250,
+    "effective_batch_size": 16,
+    "world_size": 1,
+    "device": "cpu",
+    "hardware": "CPU",
+    "precision": "fp32",
+}
+
+
+@pytest.mark.parametrize(
+    "kept, validation_relabelled, severity",
+    [(0.85, 0, "info"), (0.81, 0, "warning"), (0.81, 3, "info")],
+)
+def test_a_run_retrained_with_corrections_is_compared_with_the_run_reviewed(kept, validation_relabelled, severity):
+    corrections = {
+        "source": "parent/review/decisions.jsonl",
+        "relabelled": 200,
+        "dropped": 5,
+        "reviewed": 260,
+        "validation_relabelled": validation_relabelled,
+        "parent": "parent",
+        "parent_scores": {"accuracy": 0.83},
+    }
+    summary = {"train": {}, "metric_for_best": "accuracy", "best_metric": kept}
+    events = [{**START, "corrections": corrections}, *evals([(750, 0.3, 0.3, kept)])]
+    found = next(f for f in diagnose(events, None, summary, BINARY) if f.id == "corrected")
+    assert found.severity == severity and "200 training labels corrected" in found.evidence
+    assert f"{kept:.4f}, against 0.8300" in found.evidence
+    assert ("different labels" in found.evidence) == bool(validation_relabelled)
+    assert "corrected" not in ids(diagnose([START, *evals([(750, 0.3, 0.3, kept)])], None, summary, BINARY))

@@ -157,6 +157,10 @@ def test_a_decision_made_with_the_keyboard_survives_a_reload_and_retrains_the_mo
     assert "1 training labels corrected and 1 examples dropped" in card and "1 validation labels corrected" in card
     validation = run_frames(build_config(str(again / "recipe.yaml")))["validation"]
     assert str(validation["label"].iloc[int(wrong_row)]) == wrong_predicted
+    # The doctor compares the retrained run with the run reviewed (its validation labels changed too: said).
+    findings = {f["id"]: f for f in json.loads((again / "diagnosis.json").read_text())["findings"]}
+    assert str(reviewed.resolve()) in findings["corrected"]["evidence"]
+    assert "different labels" in findings["corrected"]["evidence"]
 
 
 def tiny_bert_of(run: Path) -> str:

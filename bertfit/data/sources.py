@@ -14,6 +14,7 @@ import pandas as pd
 
 from bertfit.data.readers import READERS, read_file
 from bertfit.errors import BertfitError
+from bertfit.runfiles import Corrections
 
 SPLIT_NAMES = {
     "train": ("train",),
@@ -76,6 +77,7 @@ class Splits:
     files: dict[str, str]
     label_names: list[str] | None = None
     notes: list[str] = field(default_factory=list)
+    corrections: Corrections | None = None  # a review's decisions applied to them (`--corrections`)
 
 
 def _split_of(stem: str) -> str | None:

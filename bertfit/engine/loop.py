@@ -115,6 +115,7 @@ def log_start(run: Run) -> None:
             notes=run.splits.notes,
             tag_scheme=run.spec.tag_scheme,
             repaired_tags=run.spec.repaired_tags,
+            **({"corrections": run.splits.corrections} if run.splits.corrections is not None else {}),
             **run.timings,
         )
     )

@@ -184,17 +184,31 @@ def run_frames(cfg: Config) -> dict[str, pd.DataFrame]:
     return correct_frames(frames, task_for(cfg), cfg.corrections)[0] if cfg.corrections else frames
 
 
-def correct_frames(frames: dict, task: Task, source: str) -> tuple[dict, str]:
-    """The training and validation splits with a review's decisions applied, and the note that says how many."""
-    corrected, counts = dict(frames), []
-    for split in ("train", "validation"):
-        corrected[split], relabelled, dropped, reviewed = correct(frames[split], task, source, split)
-        if reviewed or split == "train":
-            counts.append(
-                f"{relabelled:,} {'training' if split == 'train' else 'validation'} labels corrected and {dropped:,} "
-                f"examples dropped, of {reviewed:,} reviewed"
-            )
-    return corrected, f"corrections from {source}: " + "; ".join(counts)
+def correct_frames(frames: dict, task: Task, source: str) -> tuple[dict, runfiles.Corrections]:
+    """The training and validation splits with a review's decisions applied, and what was changed, with the
+    reviewed run's validation scores for the doctor to compare against."""
+    corrected = dict(frames)
+    corrected["train"], relabelled, dropped, reviewed = correct(frames["train"], task, source, "train")
+    corrected["validation"], validation_relabelled, validation_dropped, _ = correct(
+        frames["validation"], task, source, "validation"
+    )
+    parent = reviewed_run(Path(source))
+    return corrected, runfiles.Corrections(
+        source=source,
+        relabelled=relabelled,
+        dropped=dropped,
+        reviewed=reviewed,
+        validation_relabelled=validation_relabelled,
+        validation_dropped=validation_dropped,
+        parent=str(parent) if parent is not None else None,
+        parent_scores=runfiles.read_file(parent / "metrics.json", runfiles.RunMetrics).validation if parent else None,
+    )
+
+
+def reviewed_run(decisions: Path) -> Path | None:
+    """The run a decisions file was written in (RUN/review/decisions.jsonl), if it is a finished one."""
+    run = decisions.resolve().parent.parent
+    return run if decisions.resolve().parent.name == "review" and (run / "metrics.json").is_file() else None
 
 
 def prepare_data(
@@ -218,8 +232,8 @@ def prepare_data(
         splits = replace(splits, notes=[*splits.notes, *notes])
     task = task_for(cfg)
     if cfg.corrections:
-        frames, note = correct_frames(frames, task, cfg.corrections)
-        splits = replace(splits, notes=[*splits.notes, note])
+        frames, corrections = correct_frames(frames, task, cfg.corrections)
+        splits = replace(splits, notes=[*splits.notes, corrections.note()], corrections=corrections)
     tokenizing = time.perf_counter()
     with main_first(ranks):  # one rank tokenizes; the others memory-map its cache entry
         features = {name: task.encode_cached(frame, tokenizer, ranks.main) for name, frame in frames.items()}

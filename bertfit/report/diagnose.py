@@ -112,6 +112,7 @@ def diagnose(events: list, profile: DataProfile | None, summary: RunMetrics | No
         _low_f1,
         _metric_noise,
         _mislabeled,
+        _corrected,
         _imbalance,
         _rare_classes,
         _unpredicted_labels,
@@ -506,6 +507,48 @@ def _low_f1(events, evals, profile, summary, cfg, task) -> Finding | None:
 
 def _shorten(text: str, width: int = 60) -> str:
     return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def _corrected(events, evals, profile, summary, cfg, task) -> Finding | None:
+    """A run retrained with a review's corrections, against the run reviewed: did fixing the labels pay?"""
+    start = events.start
+    corrections = start.corrections if start is not None else None
+    metric, kept = summary.metric_for_best, summary.best_metric
+    if corrections is None or corrections.parent_scores is None or kept is None or not metric:
+        return None
+    before = corrections.parent_scores.metric(metric)
+    if before is None:
+        return None
+    better = kept < before if metric in LOWER_IS_BETTER else kept > before
+    same_yardstick = not (corrections.validation_relabelled or corrections.validation_dropped)
+    evidence = (
+        f"trained with {corrections.relabelled:,} training labels corrected and {corrections.dropped:,} examples "
+        f"dropped (review of {corrections.parent}): validation {metric} {kept:.4f}, against {before:.4f} for the "
+        f"run reviewed ({kept - before:+.4f})"
+    )
+    if not same_yardstick:
+        evidence += (
+            f"; {corrections.validation_relabelled:,} validation labels were corrected and "
+            f"{corrections.validation_dropped:,} dropped too, so the two scores are on different labels"
+        )
+    if better or not same_yardstick:
+        return Finding(
+            id="corrected",
+            severity="info",
+            title="Retrained with reviewed labels",
+            evidence=evidence,
+            advice="review the next suggestions (`bertfit review` on this run) while the list still finds errors",
+        )
+    return Finding(
+        id="corrected",
+        severity="warning",
+        title="The reviewed labels did not help",
+        evidence=evidence,
+        advice=(
+            f"check the decisions in {corrections.source} (accepting suggestions unread relabels hard but correct "
+            "examples too), or compare the seeds' spread (`bertfit sweep`) before trusting a small difference"
+        ),
+    )
 
 
 def _mislabeled(events, evals, profile, summary, cfg, task) -> Finding | None:
