@@ -105,3 +105,23 @@ def test_a_run_reports_its_probe_and_no_probe_turns_it_off(tiny_bert, tmp_path, 
     assert code == 0, stderr
     assert "probe" not in json.loads((off / "metrics.json").read_text())
     assert "Frozen probe" not in (off / "README.md").read_text()
+
+
+def test_runs_of_one_model_on_one_data_set_in_a_process_fit_the_probe_once(tiny_bert, tmp_path, capsys, monkeypatch):
+    """A sweep's trials (one process, one model, one data set, other hyperparameters) share the probe; another
+    seed draws other examples for it, so it is fitted again."""
+    from bertfit.engine import probe
+
+    monkeypatch.setattr(probe, "_FITTED", {})  # what the process's earlier tests fitted
+    embedded = []
+    real_embed = probe.embed
+    monkeypatch.setattr(probe, "embed", lambda *args: embedded.append(1) or real_embed(*args))
+    quick = ("--method", "finetune", "--max-steps", 2, "--set", "find_mislabeled=false")
+    scores = []
+    for number, options in enumerate([("--lr", "1e-4"), ("--lr", "3e-4"), ("--seed", 7)]):
+        out = tmp_path / f"trial{number}"
+        code, _, err = run_cli(sample_run_args(tiny_bert, out, *quick, *options), capsys)
+        assert code == 0, err
+        scores.append(json.loads((out / "metrics.json").read_text())["probe"]["metrics"])
+        assert len(embedded) == (2 if number < 2 else 4)  # train and validation, embedded once per seed
+    assert scores[0] == scores[1]

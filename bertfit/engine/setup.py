@@ -27,7 +27,7 @@ from bertfit.engine.device import (
 )
 from bertfit.engine.evaluation import Scorer, packs
 from bertfit.engine.margins import MarginTracker
-from bertfit.engine.probe import frozen_probe
+from bertfit.engine.probe import frozen_probe, remembered_probe
 from bertfit.engine.runlog import RunLog
 from bertfit.errors import BertfitError
 from bertfit.runfiles import Probe
@@ -511,8 +511,12 @@ def setup(
     model = model.to(device)
     probe = None
     if cfg.probe and not resume and ranks.main:  # the pretrained encoder, before anything trains or wraps it
-        probe = frozen_probe(
-            model, task, features, device, cfg.precision, tokenizer.pad_token_id, models.pooling(model_path), cfg.seed
+        pooling = models.pooling(model_path)
+        probe = remembered_probe(
+            (model_path, data_fingerprint(features), pooling, cfg.precision, str(device), cfg.seed),
+            lambda: frozen_probe(
+                model, task, features, device, cfg.precision, tokenizer.pad_token_id, pooling, cfg.seed
+            ),
         )
     bias = task.head_bias(features["train"]) if pairs is None else None
     if bias is not None:  # a resumed run overwrites it with the checkpoint's weights
