@@ -132,6 +132,7 @@ def test_a_decision_made_with_the_keyboard_survives_a_reload_and_retrains_the_mo
         browser.find_element(By.CSS_SELECTOR, "nav button[data-view=issues]").click()
         browser.find_element(By.ID, "export").click()
         wait_for(browser, lambda: "exported" in browser.find_element(By.ID, "status").text)
+        assert "1 training labels corrected and 1 examples dropped" in browser.find_element(By.ID, "status").text
     finally:
         browser.quit()
 

@@ -192,9 +192,9 @@ class Review:
         if not self.decisions_path.is_file():
             raise HTTPException(409, "no decisions yet: decide on some examples first")
         cfg = self.run.cfg
-        frames, note = correct_frames(run_frames(cfg), task_for(cfg), str(self.decisions_path))
+        frames, corrections = correct_frames(run_frames(cfg), task_for(cfg), str(self.decisions_path))
         self.folder.write(EXPORT, frames["train"].to_json(orient="records", lines=True, force_ascii=False))
-        return {"path": str(self.folder.path / EXPORT), "rows": len(frames["train"]), "note": note}
+        return {"path": str(self.folder.path / EXPORT), "rows": len(frames["train"]), "note": corrections.note()}
 
 
 def compared_runs(paths: list[str]) -> list[Path]:
