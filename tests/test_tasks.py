@@ -193,14 +193,13 @@ def test_mislabeled_examples_are_listed_lowest_margin_first(tiny_bert, tmp_path,
 
 
 def test_confident_learning_flags_over_the_classes_the_examples_have():
-    from bertfit.engine.margins import confident_issues
-
+    task = ClassificationTask(["text"], "label", ["a", "b", "c"], 64)
     # Class 1 of three has no example; row 3 is a confident "0" labelled 2.
     labels = np.array([0, 0, 0, 2, 2, 2, 2, 0])
     probabilities = np.array([[0.9, 0.05, 0.05]] * 4 + [[0.1, 0.05, 0.85]] * 4)
     probabilities[7] = [0.8, 0.1, 0.1]
-    assert confident_issues(labels, probabilities).tolist() == [3]
-    assert confident_issues(np.zeros(4, dtype=int), probabilities[:4]).tolist() == []  # one class: no confusion
+    assert task.label_issues(labels, probabilities).tolist() == [3]
+    assert task.label_issues(np.zeros(4, dtype=int), probabilities[:4]).tolist() == []  # one class: no confusion
 
 
 def _same_features(a: Features, b: Features) -> bool:
@@ -408,3 +407,50 @@ def test_a_splits_cache_key_does_not_depend_on_whether_the_split_before_it_was_c
         pd.DataFrame({"sentence": ["a rather long sentence that is cut"] * 2, "label": [0, 1]}), minilm_tokenizer
     )
     assert tokenizer_fingerprint(minilm_tokenizer) == before
+
+
+def test_multi_label_lists_the_labels_in_doubt_and_a_review_corrects_them(tiny_bert, tmp_path, capsys):
+    """Per label: a label the model keeps denying is extra, one it keeps asserting is missing; the suggestion
+    flips them, and `--corrections` writes the suggested set back in the data's own form."""
+    from conftest import run_cli
+
+    from bertfit.config import build_config
+    from bertfit.engine.setup import run_frames
+    from bertfit.runfiles import Decision, text_hash
+
+    data = tmp_path / "data"
+    data.mkdir()
+    rows = [("good film", "pos")] * 40 + [("bad film", "neg")] * 40 + [("good film", "neg"), ("bad film", "neg|pos")]
+    (data / "train.csv").write_text("text,labels\n" + "".join(f"{t} {i},{y}\n" for i, (t, y) in enumerate(rows)))
+    (data / "validation.csv").write_text("text,labels\n" + "good film,pos\nbad film,neg\n" * 4)
+    out = tmp_path / "run"
+    args = ["train", "--model", tiny_bert, "--data", data, "--output", out, "--task", "multi_label"]
+    args += ["--method", "finetune", "--batch-size", 8, "--epochs", 6, "--lr", "2e-3"]
+    code, _, stderr = run_cli(args, capsys)
+    assert code == 0, stderr
+    listed = {e["row"]: e for e in map(json.loads, (out / "mislabeled.jsonl").read_text().splitlines())}
+    assert {80, 81} <= set(listed) and len(listed) <= 4
+    assert (listed[80]["label"], listed[80]["suspected"]) == ("neg", "pos")  # neg extra, pos missing
+    assert (listed[81]["label"], listed[81]["suspected"]) == ("neg|pos", "neg")  # pos extra
+    assert all(listed[row]["probability"] < 0.5 for row in (80, 81))
+
+    decisions = tmp_path / "decisions.jsonl"
+    decisions.write_text(
+        "".join(
+            Decision(
+                row=row,
+                text_sha256=text_hash(listed[row]["text"]),
+                label=listed[row]["label"],
+                action="relabel",
+                new_label=listed[row]["suspected"],
+                time=1.0,
+            ).model_dump_json()
+            + "\n"
+            for row in (80, 81)
+        )
+    )
+    again = tmp_path / "again"
+    code, _, stderr = run_cli([*args[:6], again, *args[7:], "--corrections", decisions], capsys)
+    assert code == 0, stderr
+    labels = run_frames(build_config(str(again / "recipe.yaml")))["train"]["labels"].tolist()
+    assert labels[80] == ["pos"] and labels[81] == ["neg"] and labels[0] == ["pos"]

@@ -37,6 +37,7 @@ from bertfit.runfiles import (
     text_hash,
 )
 from bertfit.runfolder import RunFolder
+from bertfit.tasks import task_for
 
 DECISIONS = "review/decisions.jsonl"
 EXPORT = "review/train.corrected.jsonl"
@@ -83,25 +84,18 @@ class Review:
         with self._scoring:
             if self._errors is None:
                 from bertfit.engine.predict import load_run, predict
-                from bertfit.tasks import task_for
 
                 cfg = self.run.cfg
                 frame = run_frames(cfg)["validation"]
                 task = task_for(cfg)
-                given = [task.label_names[i] for i in task.label_ids(frame)]
+                given = task.reviewed_labels(task.label_ids(frame))
                 texts = task.profile_texts(frame).tolist()
                 rows = frame[cfg.text_columns].astype(str).to_numpy().tolist()
-                predicted = predict(load_run(str(self.folder.path)), rows)
+                predicted = [task.reviewed_prediction(p) for p in predict(load_run(str(self.folder.path)), rows)]
                 self._errors = {
-                    row: {
-                        "row": row,
-                        "text": texts[row],
-                        "label": given[row],
-                        "suspected": p["label"],
-                        "score": p["score"],
-                    }
-                    for row, p in enumerate(predicted)
-                    if p["label"] != given[row]
+                    row: {"row": row, "text": texts[row], "label": given[row], "suspected": label, "score": score}
+                    for row, (label, score) in enumerate(predicted)
+                    if label != given[row]
                 }
             return self._errors
 
@@ -121,6 +115,7 @@ class Review:
     def state(self) -> dict:
         metrics = self.run.metrics
         decided = self.decisions()
+        task = task_for(self.run.cfg)
         return {
             "run": self.folder.path.name,
             "labels": self.run.cfg.label_names,
@@ -130,7 +125,11 @@ class Review:
             "profile": self.run.events.start.profile if self.run.events.start is not None else [],
             "plots": self.plots(),
             "issues": [
-                {**s.dump(), "decision": decided[s.row].dump() if s.row in decided else None}
+                {
+                    **s.dump(),
+                    "classes": task.filed_under(s.label, s.suspected),
+                    "decision": decided[s.row].dump() if s.row in decided else None,
+                }
                 for s in self.suspects.values()
             ],
         }
@@ -156,7 +155,7 @@ class Review:
         text, label = found
         if choice.action not in ("relabel", "keep", "drop", "undo"):
             raise HTTPException(422, f"action '{choice.action}' is not relabel, keep, drop or undo")
-        if choice.action == "relabel" and choice.new_label not in (self.run.cfg.label_names or []):
+        if choice.action == "relabel" and not task_for(self.run.cfg).knows_label(choice.new_label or ""):
             raise HTTPException(422, f"label '{choice.new_label}' is not one of the run's labels")
         decision = Decision(
             row=choice.row,
@@ -187,8 +186,6 @@ class Review:
     def export(self) -> dict:
         """The run's training split with the decisions in force applied, as review/train.corrected.jsonl: inside
         the run folder, beside nothing of the user's and never over the original."""
-        from bertfit.tasks import task_for
-
         if not self.decisions_path.is_file():
             raise HTTPException(409, "no decisions yet: decide on some examples first")
         cfg = self.run.cfg

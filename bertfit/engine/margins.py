@@ -23,10 +23,10 @@ SHOWN = 10  # examples kept in metrics.json (all of them go to mislabeled.jsonl)
 
 
 class MarginTracker:
-    def __init__(self, examples: int, classes: int, device: torch.device):
+    def __init__(self, examples: int, classes: int, margin_shape: tuple[int, ...], device: torch.device):
         # 4 bytes each: a sum of a few dozen margins needs no float64, nor a count of epochs int64 (ten million
         # examples: 160 MB with the probabilities, not 240)
-        self.margin = torch.zeros(examples, dtype=torch.float32, device=device)
+        self.margin = torch.zeros((examples, *margin_shape), dtype=torch.float32, device=device)
         self.seen = torch.zeros(examples, dtype=torch.int32, device=device)
         self.probabilities = torch.zeros(examples, classes, dtype=torch.float32, device=device)
 
@@ -60,50 +60,37 @@ class MarginTracker:
             getattr(self, name).copy_(state[name])
 
     def ranked(self, task: Task, frame: pd.DataFrame, labels: np.ndarray) -> tuple[MislabeledSummary, list[Suspect]]:
-        """Every rank's sums added up: a summary for metrics.json, and the flagged examples, lowest mean margin
+        """Every rank's sums added up: a summary for metrics.json, and the flagged examples, the most contradicted
         first, each with the label the model prefers."""
         margin, seen, probabilities = (t.cpu().numpy() for t in self.totals())
         trained = np.flatnonzero(seen > 0)  # an example never trained on is never flagged
-        aum = margin / np.maximum(seen, 1)
-        mean_probabilities = probabilities / np.maximum(seen, 1)[:, None]
-        flagged = trained[confident_issues(labels[trained], mean_probabilities[trained])]
-        order = flagged[np.argsort(aum[flagged], kind="stable")]
-        suspected = mean_probabilities[order].copy()  # the flagged rows only: the likeliest label other than the given
-        suspected[np.arange(len(order)), labels[order]] = -np.inf
-        texts = task.profile_texts(frame.iloc[order])  # the flagged rows only, not every training text
-        names = task.label_names
+        times = np.maximum(seen, 1).reshape(-1, *([1] * (margin.ndim - 1)))
+        aum, mean_probabilities = margin / times, probabilities / np.maximum(seen, 1)[:, None]
+        flagged = trained[task.label_issues(labels[trained], mean_probabilities[trained])]
+        suspicion = task.suspicion(aum)
+        order = flagged[np.argsort(suspicion[flagged], kind="stable")]
+        given = task.reviewed_labels(labels[order])  # the flagged rows only, not every training example
+        suggested = task.suggested_labels(labels[order], aum[order], mean_probabilities[order])
+        believed = task.given_probability(labels[order], mean_probabilities[order])
+        texts = task.profile_texts(frame.iloc[order])
         examples = [
             Suspect(
                 row=int(row),
                 text=str(text),
-                label=names[labels[row]],
-                suspected=names[int(other)],
-                margin=round(float(aum[row]), 4),
-                probability=round(float(mean_probabilities[row, labels[row]]), 4),
+                label=label,
+                suspected=other,
+                margin=round(float(suspicion[row]), 4),
+                probability=round(float(probability), 4),
                 seen=int(seen[row]),
             )
-            for row, text, other in zip(order, texts, suspected.argmax(-1), strict=True)
+            for row, text, label, other, probability in zip(order, texts, given, suggested, believed, strict=True)
         ]
         summary = MislabeledSummary(
             method="cleanlab's confident learning (find_label_issues, pruned by noise rate) on the mean predicted "
             "probabilities over training flags them; the area under the margin (Pleiss et al. 2020: the mean of "
-            "the given label's logit minus the largest other) ranks them",
+            "how far the logits side with the given label) ranks them",
             examined=len(trained),
             flagged=len(examples),
             lowest=examples[:SHOWN],
         )
         return summary, examples
-
-
-def confident_issues(labels: np.ndarray, probabilities: np.ndarray) -> np.ndarray:
-    """The positions cleanlab's confident learning finds mislabeled, over the classes the examples have (a class
-    no training example has would leave its per-class threshold undefined)."""
-    from cleanlab.filter import find_label_issues
-
-    present, dense = np.unique(labels, return_inverse=True)
-    if len(present) < 2:  # one class: nothing to confuse it with
-        return np.zeros(0, dtype=np.int64)
-    kept = probabilities[:, present].astype(np.float64)
-    kept /= np.maximum(kept.sum(1, keepdims=True), 1e-12)
-    # One process: cleanlab's default forks a worker per core, each with a copy of the probabilities.
-    return np.flatnonzero(find_label_issues(dense, kept, filter_by="prune_by_noise_rate", n_jobs=1, verbose=False))

@@ -259,7 +259,7 @@ def correct(frame: pd.DataFrame, task: Task, source: str, split: str) -> tuple[p
             f"corrections '{source}' name {split} row {rows[-1]}, and this {split} split has {len(frame):,} rows; "
             "train on the data (and subset and seed) of the run reviewed"
         )
-    names = [task.label_names[i] for i in task.label_ids(frame)]
+    names = task.reviewed_labels(task.label_ids(frame))
     texts = task.profile_texts(frame.iloc[rows]).tolist()
     for row, text in zip(rows, texts, strict=True):
         if runfiles.text_hash(text) != changes[row].text_sha256 or names[row] != changes[row].label:
@@ -267,16 +267,16 @@ def correct(frame: pd.DataFrame, task: Task, source: str, split: str) -> tuple[p
                 f"corrections '{source}' do not match this data: {split} row {row} is not the example reviewed "
                 "(its text or label differs); train on the data (and subset and seed) of the run reviewed"
             )
-    corrected = frame.copy()
-    column = corrected.columns.get_loc(task.label_column)
     relabelled = [row for row in rows if changes[row].action == "relabel"]
+    values = frame[task.label_column].tolist()
     for row in relabelled:
-        wanted = changes[row].new_label
-        if wanted not in names:
+        try:
+            values[row] = task.relabelled(frame, names, changes[row].new_label)
+        except ValueError as err:
             raise BertfitError(
-                f"corrections '{source}': row {row} is relabelled '{wanted}', a label no {split} example has"
-            )
-        corrected.iat[row, column] = frame.iat[names.index(wanted), column]  # in the column's own form
+                f"corrections '{source}': {split} row {row} cannot be relabelled '{changes[row].new_label}': {err}"
+            ) from None
+    corrected = frame.assign(**{task.label_column: values})
     dropped = [row for row in rows if changes[row].action == "drop"]
     corrected = corrected.drop(corrected.index[dropped]).reset_index(drop=True)
     return corrected, len(relabelled), len(dropped), len(decisions)
@@ -584,7 +584,7 @@ def setup(
         pairs=pairs,
     )
     if cfg.find_mislabeled and task.finds_mislabeled and pairs is None:  # margins are those of a head in training
-        run.margins = MarginTracker(len(features["train"]), len(task.label_names), device)
+        run.margins = MarginTracker(len(features["train"]), len(task.label_names), task.margin_shape, device)
     log_state = restore(run, allow_data_change) if resume else None
     if folder is not None:
         folder.begin(resume, overwrite)

@@ -303,8 +303,50 @@ class Task(ABC):
     @abstractmethod
     def loss_sum(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor: ...
 
+    # -- likely mislabeled examples and their review (tasks with `finds_mislabeled`)
+    margin_shape: tuple[int, ...] = ()  # a margin per example; a multi-label task keeps one per label
+
     def margins(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """Per example: the given label's logit minus the largest other one (for tasks that find mislabeled)."""
+        """Per example (of shape `margin_shape`): how far the logits side with the given label, negative where
+        they contradict it."""
+        raise NotImplementedError
+
+    def label_issues(self, labels: np.ndarray, probabilities: np.ndarray) -> np.ndarray:
+        """The positions of the examples cleanlab's confident learning finds mislabeled, from each example's mean
+        predicted probabilities over training."""
+        raise NotImplementedError
+
+    def suspicion(self, margins: np.ndarray) -> np.ndarray:
+        """One number per example from its mean margins, the most suspect lowest."""
+        return margins
+
+    def given_probability(self, labels: np.ndarray, probabilities: np.ndarray) -> np.ndarray:
+        """Per example, the mean probability the model gave its given label over training."""
+        raise NotImplementedError
+
+    def reviewed_labels(self, labels: np.ndarray) -> list[str]:
+        """Each example's label as a review shows it, records it and checks it against the data."""
+        raise NotImplementedError
+
+    def suggested_labels(self, labels: np.ndarray, margins: np.ndarray, probabilities: np.ndarray) -> list[str]:
+        """The label a review suggests for each (suspected) example, in `reviewed_labels`' form."""
+        raise NotImplementedError
+
+    def filed_under(self, given: str, suggested: str) -> list[str]:
+        """The classes a review's filter lists a suspect under."""
+        raise NotImplementedError
+
+    def knows_label(self, reviewed: str) -> bool:
+        """Whether `reviewed` names a label (or set of labels) of the task, in `reviewed_labels`' form."""
+        raise NotImplementedError
+
+    def relabelled(self, frame: pd.DataFrame, reviewed: list[str], wanted: str):
+        """The label column's value for the reviewed label `wanted`, in the column's own form; a label the task
+        does not know raises ValueError."""
+        raise NotImplementedError
+
+    def reviewed_prediction(self, prediction: dict) -> tuple[str, float]:
+        """A prediction (`decode_scores`' record) as a review compares it with the given label, and its score."""
         raise NotImplementedError
 
     def correct(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

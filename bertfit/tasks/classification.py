@@ -90,6 +90,44 @@ class ClassificationTask(SequenceTask):
         others = logits.scatter(1, labels[:, None], float("-inf")).amax(1)
         return given - others
 
+    def label_issues(self, labels, probabilities):
+        from cleanlab.filter import find_label_issues
+
+        # Over the classes the examples have: a class no training example has leaves its threshold undefined.
+        present, dense = np.unique(labels, return_inverse=True)
+        if len(present) < 2:  # one class: nothing to confuse it with
+            return np.zeros(0, dtype=np.int64)
+        kept = probabilities[:, present].astype(np.float64)
+        kept /= np.maximum(kept.sum(1, keepdims=True), 1e-12)
+        # One process: cleanlab's default forks a worker per core, each with a copy of the probabilities.
+        found = find_label_issues(dense, kept, filter_by="prune_by_noise_rate", n_jobs=1, verbose=False)
+        return np.flatnonzero(found)
+
+    def given_probability(self, labels, probabilities):
+        return probabilities[np.arange(len(labels)), labels]
+
+    def reviewed_labels(self, labels):
+        return [self.label_names[int(i)] for i in labels]
+
+    def suggested_labels(self, labels, margins, probabilities):
+        others = np.array(probabilities, dtype=np.float64)  # the likeliest label other than the given one
+        others[np.arange(len(labels)), labels] = -np.inf
+        return [self.label_names[int(i)] for i in others.argmax(-1)]
+
+    def filed_under(self, given, suggested):
+        return [given]
+
+    def knows_label(self, reviewed):
+        return reviewed in self.label_names
+
+    def relabelled(self, frame, reviewed, wanted):
+        if wanted not in reviewed:
+            raise ValueError("no example of the split has that label")
+        return frame[self.label_column].iat[reviewed.index(wanted)]  # in the column's own form (name or number)
+
+    def reviewed_prediction(self, prediction):
+        return prediction["label"], prediction["score"]
+
     def correct(self, logits, labels):
         return (logits.argmax(-1) == labels).sum()
 

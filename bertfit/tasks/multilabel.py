@@ -26,6 +26,11 @@ MIN_POSITIVES = 10
 RARE_SHARE = 0.005
 
 
+# How a review writes an example's set of labels (mislabeled.jsonl, decisions): "joy|love", or NO_LABELS.
+LABEL_SET = "|"
+NO_LABELS = "(none)"
+
+
 class MultiLabelTask(SequenceTask):
     kind = "multi_label"
     data_kind = "multi_label"
@@ -33,6 +38,7 @@ class MultiLabelTask(SequenceTask):
     stratifies = False
     decides_by_threshold = True
     few_shot = True
+    finds_mislabeled = True
 
     @classmethod
     def claims(cls, found: Found) -> bool:
@@ -110,6 +116,63 @@ class MultiLabelTask(SequenceTask):
 
     def probabilities(self, logits):
         return logits.float().sigmoid()
+
+    # -- likely mislabeled examples: per label, a label the model keeps denying (extra) or asserting (missing)
+    @property
+    def margin_shape(self):
+        return (len(self.label_names),)
+
+    def margins(self, logits, labels):
+        return logits.float() * (2 * labels.float() - 1)  # each label's logit, signed: positive sides with the data
+
+    def label_issues(self, labels, probabilities):
+        from cleanlab.multilabel_classification.filter import find_label_issues
+
+        # Over the labels some examples have and some lack: confident learning needs both sides of each.
+        counts = labels.sum(0)
+        kept = np.flatnonzero((counts > 0) & (counts < len(labels)))
+        if not len(kept):
+            return np.zeros(0, dtype=np.int64)
+        given = [np.flatnonzero(row).tolist() for row in labels[:, kept]]
+        chosen = probabilities[:, kept].astype(np.float64)
+        # One process: cleanlab's default forks a worker per core, each with a copy of the probabilities.
+        return np.flatnonzero(find_label_issues(given, chosen, n_jobs=1, verbose=False))
+
+    def suspicion(self, margins):
+        return margins.min(1)  # the most contradicted label's
+
+    def given_probability(self, labels, probabilities):
+        """Of the most doubted decision of the set: each label's probability where given, 1 - it where not."""
+        return np.where(labels == 1, probabilities, 1 - probabilities).min(1)
+
+    def reviewed_labels(self, labels):
+        return [self._label_set(row) for row in np.asarray(labels, dtype=bool)]
+
+    def suggested_labels(self, labels, margins, probabilities):
+        """Every label the model contradicted on average over training flipped (the most contradicted one where
+        none went below 0): added where it kept asserting it, removed where it kept denying it."""
+        flipped = margins < 0
+        none = ~flipped.any(1)
+        flipped[np.flatnonzero(none), margins[none].argmin(1)] = True
+        return [self._label_set(row) for row in np.asarray(labels, dtype=bool) ^ flipped]
+
+    def filed_under(self, given, suggested):
+        return sorted(set(_set_names(given)) ^ set(_set_names(suggested)))  # the labels in doubt
+
+    def knows_label(self, reviewed):
+        return all(name in self.label_names for name in _set_names(reviewed))
+
+    def relabelled(self, frame, reviewed, wanted):
+        if not self.knows_label(wanted):
+            raise ValueError(f"the labels are {', '.join(self.label_names)}")
+        return _set_names(wanted)
+
+    def reviewed_prediction(self, prediction):
+        scores = prediction["scores"]
+        return LABEL_SET.join(prediction["labels"]) or NO_LABELS, max(scores.values(), default=0.0)
+
+    def _label_set(self, row: np.ndarray) -> str:
+        return LABEL_SET.join(name for name, on in zip(self.label_names, row, strict=True) if on) or NO_LABELS
 
     # -- thresholds: tuned on validation by `example_metrics` (unless fixed), adopted with the kept weights
     def example_metrics(self, labels, predictions):
@@ -246,6 +309,10 @@ class MultiLabelTask(SequenceTask):
         ]
         columns = ["Label", "Threshold", "Precision", "Recall", "F1", "Support"]
         return [("Per label ({split}; thresholds chosen on validation)", columns, rows)]
+
+
+def _set_names(reviewed: str) -> list[str]:
+    return [] if reviewed == NO_LABELS else reviewed.split(LABEL_SET)
 
 
 def _best(values: np.ndarray) -> int:
