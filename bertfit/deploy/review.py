@@ -63,7 +63,8 @@ class Review:
             why = (
                 "a setfit run ranks no examples: train with --method finetune"
                 if self.run.cfg.method == "setfit"
-                else "a classification run with find_mislabeled on writes one: train with find_mislabeled: true"
+                else "classification and multi-label runs with find_mislabeled on write one: train with "
+                "find_mislabeled: true"
             )
             raise BertfitError(f"'{folder.path}' has no mislabeled.jsonl to review ({why})")
         self.suspects = {s.row: s for s in read_suspects(mislabeled)}
