@@ -371,8 +371,8 @@ class Config(BaseModel):
     )
     find_mislabeled: bool = Field(
         True,
-        description="rank training examples by their margin during training (area "
-        "under the margin) to list likely mislabeled ones; classification only",
+        description="list the training examples whose labels look wrong, from the margins and probabilities the "
+        "model gives them during training (classification and multi-label)",
         json_schema_extra=recipe_field("evaluation", results=False),
     )
 

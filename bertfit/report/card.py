@@ -351,8 +351,8 @@ def card_data(
         ],
         mislabeled=(
             (
-                f"{mislabeled.flagged:,} of {mislabeled.examined:,} training examples have a negative area "
-                "under the margin (the model kept preferring another label; Pleiss et al. 2020). The lowest "
+                f"{mislabeled.flagged:,} of {mislabeled.examined:,} training examples look mislabeled: the model "
+                f"kept preferring another label ({mislabeled.method}). The most contradicted "
                 f"{len(mislabeled.lowest)} (all of them are in `mislabeled.jsonl`):",
                 markdown_table(
                     ["Row", "Text", "Label", "Looks like", "Margin"],

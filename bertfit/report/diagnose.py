@@ -565,11 +565,11 @@ def _mislabeled(events, evals, profile, summary, cfg, task) -> Finding | None:
         title="Training examples whose label the model keeps contradicting",
         evidence=(
             f"{found.flagged:,} of {found.examined:,} training examples ({found.flagged / found.examined:.1%}) "
-            f"have a negative area under the margin; lowest: {shown}"
+            f"look mislabeled ({found.method}); the most contradicted: {shown}"
         ),
         advice=(
-            f"review them with `bertfit review {cfg.output}` (lowest margin first; the top of the list is the "
-            "likeliest to be wrong): accept the suggested label, keep or drop each, then train again with "
+            f"review them with `bertfit review {cfg.output}` (lowest area under the margin first; the top of the "
+            "list is the likeliest to be wrong): accept the suggested label, keep or drop each, then train again with "
             f"--corrections {cfg.output}/review/decisions.jsonl"
         ),
     )
