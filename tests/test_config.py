@@ -191,3 +191,36 @@ def test_one_resolve_leaves_no_auto_in_the_recipe():
     assert len(cfg.class_weights) == 2 and all(isinstance(w, float) for w in cfg.class_weights)
     again, _ = resolve(cfg, facts)
     assert again == cfg  # resolving a resolved recipe changes nothing
+
+
+def test_fine_tuning_on_little_data_takes_enough_steps_unless_the_recipe_chose():
+    """150 examples are 30 steps in 3 epochs: fine-tuning takes 400 with warmup, scored 8 times, and says so; a
+    recipe that sets epochs (or max_steps, or warmup) keeps its choice."""
+    import pandas as pd
+    from conftest import SAMPLES
+
+    from bertfit.data.schema import DataSpec
+    from bertfit.engine.setup import Facts, resolve
+
+    train = pd.read_csv(SAMPLES / "sst2_200.csv").head(150)
+    facts = Facts(
+        precision="fp32",
+        device="cpu",
+        world_size=1,
+        spec=DataSpec("classification", ["sentence"], "label", ["negative", "positive"]),
+        dataset="sst2",
+        splits=("train", "validation", None),
+        model_max=512,
+        train=train,
+    )
+    cfg, notes = resolve(Config(data="sst2", output="run", method="finetune"), facts)
+    assert (cfg.max_steps, cfg.warmup_ratio, cfg.eval_every) == (400, 0.1, 50)
+    assert notes == [
+        "150 training examples give 30 steps in 3 epochs, too few to fine-tune from a fresh head: training 400 steps "
+        "(40.0 epochs) with 10% warmup, scored every 50 steps (Mosbach et al. 2021); set epochs or max_steps to choose"
+    ]
+    assert resolve(cfg, facts)[0] == cfg
+    chosen, notes = resolve(Config(data="sst2", output="run", method="finetune", epochs=3), facts)
+    assert (chosen.max_steps, chosen.warmup_ratio, chosen.eval_every, notes) == (None, 0.0, "epoch", [])
+    warm, _ = resolve(Config(data="sst2", output="run", method="finetune", warmup_steps=5), facts)
+    assert (warm.max_steps, warm.warmup_ratio, warm.warmup_steps) == (400, 0.0, 5)

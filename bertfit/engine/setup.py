@@ -14,7 +14,14 @@ import pandas as pd
 import torch
 
 from bertfit import models, runfiles, tasks
-from bertfit.config import SETFIT_AUTO_ROWS, SETFIT_PAIR_BUDGET, Config
+from bertfit.config import (
+    MIN_FINE_TUNING_STEPS,
+    SETFIT_AUTO_ROWS,
+    SETFIT_PAIR_BUDGET,
+    SHORT_RUN_EVALUATIONS,
+    SHORT_RUN_WARMUP,
+    Config,
+)
 from bertfit.data import schema, sources
 from bertfit.engine import batching, checkpoint, fewshot, tracking
 from bertfit.engine.device import (
@@ -338,7 +345,9 @@ def resolve(cfg: Config, facts: Facts) -> tuple[Config, list[str]]:
     # About 25 log lines a run (at most every 50 steps), counted from the training rows (a task that reads long
     # texts as windows has more features than rows: its lines come a little more often).
     per_epoch = math.ceil(len(facts.train) / (values["batch_size"] * values["grad_accum"] * facts.world_size))
-    steps = cfg.max_steps or math.ceil(cfg.epochs * per_epoch)
+    if values["method"] == "finetune":
+        notes += enough_steps(values, cfg, per_epoch, len(facts.train))
+    steps = values["max_steps"] or math.ceil(cfg.epochs * per_epoch)
     if values["method"] == "setfit":  # its steps are batches of pairs, at most the budget's
         steps = fewshot.steps(cfg.setfit_pairs or SETFIT_PAIR_BUDGET)
     values["log_every"] = cfg.log_every or max(1, min(50, steps // 25))
@@ -401,6 +410,28 @@ def choose_method(cfg: Config, task: Task, train_rows: int, world_size: int) -> 
         )
         why = f"method auto: finetune, because {reason}"
     return method, [why]
+
+
+def enough_steps(values: dict, cfg: Config, per_epoch: int, train_rows: int) -> list[str]:
+    """Fine-tuning on little data: at least MIN_FINE_TUNING_STEPS steps with warmup (Mosbach et al. 2021), unless
+    the recipe chose its length; such a run is scored SHORT_RUN_EVALUATIONS times rather than at every brief
+    epoch. Returns the note that says so."""
+    chosen = cfg.model_fields_set
+    steps = math.ceil(cfg.epochs * per_epoch)
+    if "epochs" in chosen or "max_steps" in chosen or steps >= MIN_FINE_TUNING_STEPS:
+        return []
+    values["max_steps"] = MIN_FINE_TUNING_STEPS
+    said = f"{MIN_FINE_TUNING_STEPS} steps ({MIN_FINE_TUNING_STEPS / per_epoch:.1f} epochs)"
+    if not {"warmup_ratio", "warmup_steps"} & chosen:
+        values["warmup_ratio"] = SHORT_RUN_WARMUP
+        said += f" with {SHORT_RUN_WARMUP:.0%} warmup"
+    if "eval_every" not in chosen and MIN_FINE_TUNING_STEPS / per_epoch > SHORT_RUN_EVALUATIONS:
+        values["eval_every"] = math.ceil(MIN_FINE_TUNING_STEPS / SHORT_RUN_EVALUATIONS)
+        said += f", scored every {values['eval_every']} steps"
+    return [
+        f"{train_rows:,} training examples give {steps} steps in {cfg.epochs:g} epochs, too few to fine-tune from a "
+        f"fresh head: training {said} (Mosbach et al. 2021); set epochs or max_steps to choose"
+    ]
 
 
 def fit_to_data(values: dict, train_rows: int, reads_windows: bool) -> list[str]:
