@@ -275,6 +275,7 @@ def main() -> None:
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
     parser.add_argument("--fresh", action="store_true", help="recompute every cell")
     parser.add_argument("--no-report", action="store_true", help="compute the cells only")
+    parser.add_argument("--cached", action="store_true", help="report the cells computed so far, compute none")
     parser.add_argument("--remark", default="", help="a sentence for the report on how the cells ran")
     args = parser.parse_args()
     if args.cell:
@@ -282,7 +283,7 @@ def main() -> None:
         print(json.dumps(cell(method, name, int(size), int(seed))))
         return
     seeds = list(range(args.seeds))
-    results = compute(args.methods, args.data, args.sizes, seeds, args.fresh)
+    results = load_results() if args.cached else compute(args.methods, args.data, args.sizes, seeds, args.fresh)
     if args.no_report:
         return
     sys.path.insert(0, str(REPO / "benchmarks"))
