@@ -139,26 +139,32 @@ def test_every_recipe_field_says_its_group_and_whether_it_changes_results():
     assert not {"output", "report_to", "keep_checkpoints", "device", "log_every"} & set(RESULT_FIELDS)
 
 
-def test_one_resolve_leaves_no_auto_in_the_recipe():
-    """`resolve` fills in every auto field from what was measured (device, data, model) in one place: the recipe a
-    run records is the one it used."""
+def sample_facts(dataset: str):
+    """What `resolve` reads of a machine, a model and data: 150 SST-2 sentences on a CPU, named `dataset`."""
     import pandas as pd
     from conftest import SAMPLES
 
     from bertfit.data.schema import DataSpec
-    from bertfit.engine.setup import Facts, resolve
+    from bertfit.engine.setup import Facts
 
-    train = pd.read_csv(SAMPLES / "sst2_200.csv").head(150)
-    facts = Facts(
+    return Facts(
         precision="fp32",
         device="cpu",
         world_size=1,
         spec=DataSpec("classification", ["sentence"], "label", ["negative", "positive"]),
-        dataset="glue/cola",
+        dataset=dataset,
         splits=("train", "validation", None),
         model_max=512,
-        train=train,
+        train=pd.read_csv(SAMPLES / "sst2_200.csv").head(150),
     )
+
+
+def test_one_resolve_leaves_no_auto_in_the_recipe():
+    """`resolve` fills in every auto field from what was measured (device, data, model) in one place: the recipe a
+    run records is the one it used."""
+    from bertfit.engine.setup import resolve
+
+    facts = sample_facts("glue/cola")
     auto = Config(data="sst2", output="run", class_weights="balanced", batch_size=400, epochs=2)
     cfg, notes = resolve(auto, facts)
     left = {k for k, v in cfg.model_dump().items() if v is None or v == "auto"}
@@ -196,23 +202,9 @@ def test_one_resolve_leaves_no_auto_in_the_recipe():
 def test_fine_tuning_on_little_data_takes_enough_steps_unless_the_recipe_chose():
     """150 examples are 30 steps in 3 epochs: fine-tuning takes 400 with warmup, scored 8 times, and says so; a
     recipe that sets epochs (or max_steps, or warmup) keeps its choice."""
-    import pandas as pd
-    from conftest import SAMPLES
+    from bertfit.engine.setup import resolve
 
-    from bertfit.data.schema import DataSpec
-    from bertfit.engine.setup import Facts, resolve
-
-    train = pd.read_csv(SAMPLES / "sst2_200.csv").head(150)
-    facts = Facts(
-        precision="fp32",
-        device="cpu",
-        world_size=1,
-        spec=DataSpec("classification", ["sentence"], "label", ["negative", "positive"]),
-        dataset="sst2",
-        splits=("train", "validation", None),
-        model_max=512,
-        train=train,
-    )
+    facts = sample_facts("sst2")
     cfg, notes = resolve(Config(data="sst2", output="run", method="finetune"), facts)
     assert (cfg.max_steps, cfg.warmup_ratio, cfg.eval_every) == (400, 0.1, 50)
     assert notes == [

@@ -15,6 +15,19 @@ from bertfit.engine.setup import choose_method
 from bertfit.errors import BertfitError
 from bertfit.tasks import build_task
 
+
+def predicted(run, texts: list[str], tmp_path, capsys) -> list[dict]:
+    """`bertfit predict RUN` of `texts` (in fp32, as the library predicts), its records."""
+    inputs = tmp_path / "texts.txt"
+    inputs.write_text("\n".join(texts) + "\n")
+    code, _, err = run_cli(
+        ["predict", run, "--input", inputs, "--output", tmp_path / "p.jsonl", "--precision", "fp32", "--overwrite"],
+        capsys,
+    )
+    assert code == 0, err
+    return [json.loads(line) for line in (tmp_path / "p.jsonl").read_text().splitlines()]
+
+
 BINARY = build_task("classification", ["sentence"], "label", ["neg", "pos"], 64)
 
 
@@ -114,13 +127,7 @@ def test_a_setfit_run_is_a_setfit_model_that_bertfit_and_the_setfit_library_read
     assert not diagnosed & {"slow", "lr_too_low", "not_learning", "overfitting"}  # fine-tuning's dynamics only
 
     texts = list(pd.read_csv(SAMPLES / "sst2_200.csv")["sentence"].iloc[:40])
-    inputs = tmp_path / "texts.txt"
-    inputs.write_text("\n".join(texts) + "\n")
-    code, _, err = run_cli(
-        ["predict", out, "--input", inputs, "--output", tmp_path / "p.jsonl", "--precision", "fp32"], capsys
-    )
-    assert code == 0, err
-    ours = [json.loads(line) for line in (tmp_path / "p.jsonl").read_text().splitlines()]
+    ours = predicted(out, texts, tmp_path, capsys)
     library = SetFitModel.from_pretrained(str(out))
     theirs = library.predict_proba(texts).numpy()
     assert [o["label"] for o in ours] == [library.labels[i] for i in theirs.argmax(1)]
@@ -157,13 +164,7 @@ def test_multi_label_trains_the_setfit_way_with_thresholds_the_library_reads(tin
     thresholds = json.loads((out / "body" / "config.json").read_text())["bertfit_thresholds"]
     assert set(thresholds) == {"long", "neg", "pos"}
     texts = list(rows["sentence"].iloc[:20])
-    inputs = tmp_path / "texts.txt"
-    inputs.write_text("\n".join(texts) + "\n")
-    code, _, err = run_cli(
-        ["predict", out, "--input", inputs, "--output", tmp_path / "p.jsonl", "--precision", "fp32"], capsys
-    )
-    assert code == 0, err
-    ours = [json.loads(line)["scores"] for line in (tmp_path / "p.jsonl").read_text().splitlines()]
+    ours = [p["scores"] for p in predicted(out, texts, tmp_path, capsys)]
     theirs = np.asarray(SetFitModel.from_pretrained(str(out)).predict_proba(texts))
     assert np.allclose([[s[name] for name in ("long", "neg", "pos")] for s in ours], theirs, atol=1e-4)
 
@@ -236,13 +237,7 @@ def test_a_sentence_model_that_normalizes_is_trained_and_saved_normalizing(tiny_
     assert fewshot.load(out, lambda path: AutoModel.from_pretrained(path)).pooling.normalize
 
     texts = list(pd.read_csv(SAMPLES / "sst2_200.csv")["sentence"].iloc[:20])
-    inputs = tmp_path / "texts.txt"
-    inputs.write_text("\n".join(texts) + "\n")
-    code, _, err = run_cli(
-        ["predict", out, "--input", inputs, "--output", tmp_path / "p.jsonl", "--precision", "fp32"], capsys
-    )
-    assert code == 0, err
-    ours = [json.loads(line)["score"] for line in (tmp_path / "p.jsonl").read_text().splitlines()]
+    ours = [p["score"] for p in predicted(out, texts, tmp_path, capsys)]
     library = SetFitModel.from_pretrained(str(out))
     assert np.allclose(np.linalg.norm(library.encode(texts), axis=1), 1, atol=1e-5)
     assert np.allclose(ours, library.predict_proba(texts).numpy().max(1), atol=1e-4)
