@@ -120,20 +120,28 @@ class Pooling:
     mode: str = "cls"
     normalize: bool = False
 
+    def __call__(self, hidden, attention_mask):
+        """One vector per sequence from an encoder's last hidden states."""
+        import torch
+
+        if self.mode == "mean":
+            mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+            pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1)
+        else:
+            pooled = hidden[:, 0]
+        return torch.nn.functional.normalize(pooled, dim=-1) if self.normalize else pooled
+
 
 def pooling(path: str) -> Pooling:
     """The pooling a sentence-transformers folder's modules.json describes; "cls" for any other model."""
     folder = Path(path)
     try:
         modules = json.loads((folder / "modules.json").read_text(encoding="utf-8"))
-        types = [module.get("type", "") for module in modules]
+        normalize = any(module.get("type", "").endswith("Normalize") for module in modules)
         for module in modules:
             if module.get("type", "").endswith("Pooling"):
                 config = json.loads((folder / module["path"] / "config.json").read_text(encoding="utf-8"))
-                return Pooling(
-                    "mean" if config.get("pooling_mode_mean_tokens") else "cls",
-                    any(kind.endswith("Normalize") for kind in types),
-                )
+                return Pooling("mean" if config.get("pooling_mode_mean_tokens") else "cls", normalize)
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         pass  # not a sentence-transformers folder (or a hub id not downloaded as one)
     return Pooling()

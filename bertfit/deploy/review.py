@@ -68,6 +68,7 @@ class Review:
             )
             raise BertfitError(f"'{folder.path}' has no mislabeled.jsonl to review ({why})")
         self.suspects = {s.row: s for s in read_suspects(mislabeled)}
+        self.task = task_for(self.run.cfg)
         self.lock = threading.Lock()
         self._errors: dict[int, dict] | None = None  # validation errors, computed when first asked for
         self._scoring = threading.Lock()  # apart from `lock`: decisions on training examples go on meanwhile
@@ -86,9 +87,8 @@ class Review:
             if self._errors is None:
                 from bertfit.engine.predict import load_run, predict
 
-                cfg = self.run.cfg
+                cfg, task = self.run.cfg, self.task
                 frame = run_frames(cfg)["validation"]
-                task = task_for(cfg)
                 given = task.reviewed_labels(task.label_ids(frame))
                 texts = task.profile_texts(frame).tolist()
                 rows = frame[cfg.text_columns].astype(str).to_numpy().tolist()
@@ -116,7 +116,6 @@ class Review:
     def state(self) -> dict:
         metrics = self.run.metrics
         decided = self.decisions()
-        task = task_for(self.run.cfg)
         return {
             "run": self.folder.path.name,
             "labels": self.run.cfg.label_names,
@@ -128,7 +127,7 @@ class Review:
             "issues": [
                 {
                     **s.dump(),
-                    "classes": task.filed_under(s.label, s.suspected),
+                    "classes": self.task.filed_under(s.label, s.suspected),
                     "decision": decided[s.row].dump() if s.row in decided else None,
                 }
                 for s in self.suspects.values()
@@ -156,7 +155,7 @@ class Review:
         text, label = found
         if choice.action not in ("relabel", "keep", "drop", "undo"):
             raise HTTPException(422, f"action '{choice.action}' is not relabel, keep, drop or undo")
-        if choice.action == "relabel" and not task_for(self.run.cfg).knows_label(choice.new_label or ""):
+        if choice.action == "relabel" and not self.task.knows_label(choice.new_label or ""):
             raise HTTPException(422, f"label '{choice.new_label}' is not one of the run's labels")
         decision = Decision(
             row=choice.row,
@@ -190,7 +189,7 @@ class Review:
         if not self.decisions_path.is_file():
             raise HTTPException(409, "no decisions yet: decide on some examples first")
         cfg = self.run.cfg
-        frames, corrections = correct_frames(run_frames(cfg), task_for(cfg), str(self.decisions_path))
+        frames, corrections = correct_frames(run_frames(cfg), self.task, str(self.decisions_path))
         self.folder.write(EXPORT, frames["train"].to_json(orient="records", lines=True, force_ascii=False))
         return {"path": str(self.folder.path / EXPORT), "rows": len(frames["train"]), "note": corrections.note()}
 

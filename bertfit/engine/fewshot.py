@@ -65,9 +65,7 @@ class MeanPooledClassifier(torch.nn.Module):
     def embed(self, input_ids, attention_mask, token_type_ids=None) -> torch.Tensor:
         extra = {} if token_type_ids is None else {"token_type_ids": token_type_ids}
         hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask, **extra).last_hidden_state
-        mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
-        pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1)
-        return torch.nn.functional.normalize(pooled, dim=-1) if self.pooling.normalize else pooled
+        return self.pooling(hidden, attention_mask)
 
     def forward(self, input_ids, attention_mask, token_type_ids=None, **_) -> SequenceClassifierOutput:
         return SequenceClassifierOutput(logits=self.head(self.embed(input_ids, attention_mask, token_type_ids)))

@@ -51,14 +51,7 @@ def embed(
             inputs = {
                 k: v.to(device) for k, v in batch.items() if k in ("input_ids", "attention_mask", "token_type_ids")
             }
-            hidden = encoder(**inputs).last_hidden_state.float()
-            if pooling.mode == "mean":
-                mask = inputs["attention_mask"].unsqueeze(-1).float()
-                pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1)
-            else:
-                pooled = hidden[:, 0]
-            if pooling.normalize:
-                pooled = torch.nn.functional.normalize(pooled, dim=-1)
+            pooled = pooling(encoder(**inputs).last_hidden_state.float(), inputs["attention_mask"])
             vectors[start : start + len(indices)] = pooled.cpu().numpy()
     model.train(was_training)
     position = {int(e): k for k, e in enumerate(examples)}

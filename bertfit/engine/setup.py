@@ -214,8 +214,8 @@ def correct_frames(frames: dict, task: Task, source: str) -> tuple[dict, runfile
 
 def reviewed_run(decisions: Path) -> Path | None:
     """The run a decisions file was written in (RUN/review/decisions.jsonl), if it is a finished one."""
-    run = decisions.resolve().parent.parent
-    return run if decisions.resolve().parent.name == "review" and (run / "metrics.json").is_file() else None
+    folder = decisions.resolve().parent
+    return folder.parent if folder.name == "review" and (folder.parent / "metrics.json").is_file() else None
 
 
 def prepare_data(
@@ -534,15 +534,15 @@ def setup(
             f"use a value up to {total} or 'epoch'"
         )
     torch.manual_seed(cfg.seed)
+    pooling = models.pooling(model_path)
     if pairs is None:
         model = models.load_model(model_path, task.auto_model, task.head_config(), cfg.trust_remote_code)
     else:  # the encoder alone, under the head SetFit fits after training it
         encoder = models.load_model(model_path, "AutoModel", task.head_config(), cfg.trust_remote_code)
-        model = fewshot.MeanPooledClassifier(encoder, len(task.label_names), models.pooling(model_path).normalize)
+        model = fewshot.MeanPooledClassifier(encoder, len(task.label_names), pooling.normalize)
     model = model.to(device)
     probe = None
     if cfg.probe and not resume and ranks.main:  # the pretrained encoder, before anything trains or wraps it
-        pooling = models.pooling(model_path)
         probe = remembered_probe(
             (model_path, data_fingerprint(features), pooling, cfg.precision, str(device), cfg.seed),
             lambda: frozen_probe(
