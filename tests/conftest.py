@@ -14,6 +14,13 @@ import pytest
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["HF_DATASETS_OFFLINE"] = "1"
 
+# Before torch is imported: on several pytest workers (`make test` runs two on CI's two cores) each worker, and
+# every process it starts, takes its share of the cores. Left at torch's default, each takes them all and their
+# OpenMP threads fight: the minilm few-shot test took 274 s beside another worker against 61 s alone.
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+if _WORKERS > 1:
+    os.environ["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // _WORKERS))
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("BERTFIT_SHARED_DATA", REPO.parent / "shared" / "data")).resolve()
 SAMPLES = SHARED_DATA / "samples"

@@ -132,6 +132,7 @@ def _sharded_eval(rank, world, port, model_dir, result_file):
     if rank == 0:
         with open(result_file, "w") as handle:
             json.dump(result.model_dump(exclude={"runtime", "samples_per_second"}), handle)
+    dist.barrier()  # no rank tears gloo down while another still talks to it (a rare SIGABRT under load)
     dist.destroy_process_group()
 
 

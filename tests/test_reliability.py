@@ -219,6 +219,7 @@ def test_the_host_waits_for_the_device_per_log_line_not_per_step(tiny_bert, tmp_
         for flag, value in (("--max-steps", steps), ("--eval-every", steps), ("--checkpoint-every", steps)):
             args[args.index(flag) + 1] = value
         args[args.index("log_every=1")] = "log_every=10"
+        args.append("--no-probe")  # one forward pass before training, and fitted once per process: not per step
         reads["n"] = 0
         assert run_cli(args, capsys)[0] == 0
         return reads["n"]
