@@ -232,7 +232,9 @@ def report(hf: dict, ours: dict, trials: int, train_rows: int, command: str) -> 
         f"- minilm on {train_rows:,} seeded SST-2 training sentences, validation on SST-2's 872; {trials} trials per "
         "side; space lr 1e-5..2e-4 (log), batch size {16, 32}, epochs {1, 2}, warmup ratio 0..0.1; TPE sampler seed "
         "42, median pruner (2 start-up trials), evaluation after each epoch, max_length 128. Each side as a user gets "
-        "it: the Trainer in fp32, bertfit at its defaults (bf16 autocast where the CPU has it).",
+        "it: the Trainer in fp32, one trial at a time on both cores, as `hyperparameter_search` runs them; bertfit at "
+        "its defaults: bf16 autocast where the CPU has it, and on a CPU two trials side by side, a core each (the "
+        "sweep's default `--workers`; the second worker samples from seed 43).",
         "",
         "| | Trainer.hyperparameter_search | bertfit sweep |",
         "|---|---:|---:|",

@@ -139,7 +139,13 @@ def sweep(
     ),
     study_name: str | None = Opt(None, "--study-name", help="[default: the output folder's name]"),
     timeout: float | None = Opt(None, "--timeout", help="seconds after which no new trial starts"),
-    workers: int = Opt(1, "--workers", min=1, help="worker processes on this machine, sharing the study"),
+    workers: int | None = Opt(
+        None,
+        "--workers",
+        min=1,
+        help="worker processes on this machine, sharing the study and the cores [default: 2 on a CPU of 2 cores or "
+        "more, else 1]",
+    ),
     confirm: int | None = Opt(
         None,
         "--confirm",
@@ -156,7 +162,7 @@ def sweep(
 ):
     """Search a recipe's hyperparameters (Optuna): pruned trials, the best confirmed over seeds, a report."""
     from bertfit.config import SWEEP_BLOCK, load_recipe
-    from bertfit.sweep.study import prepare, work
+    from bertfit.sweep.study import default_workers, prepare, work
 
     given = {name: value.value if isinstance(value, Enum) else value for name, value in options.items()}
     given["text_columns"] = given.get("text_columns") or None
@@ -175,7 +181,10 @@ def sweep(
         keep_weights.value,
         nproc,
     )
-    helpers = [] if os.environ.get(SWEEP_WORKER) else start_sweep_workers(workers - 1)
+    if os.environ.get(SWEEP_WORKER):
+        helpers = []  # a worker another one started
+    else:
+        helpers = start_sweep_workers((workers or default_workers(plan)) - 1, plan.base.seed if plan.created else None)
     try:
         work(plan, console)
     finally:
@@ -183,9 +192,12 @@ def sweep(
             helper.wait()
 
 
-def start_sweep_workers(count: int) -> list:
-    """`--workers K`: K-1 more processes running the same command, sharing the study through its storage."""
+def start_sweep_workers(count: int, seed: int | None) -> list:
+    """`--workers K`: K-1 more processes running the same command, sharing the study through its storage; `seed`:
+    the sampler seed of a study this command created (worker i samples from seed + i)."""
     import subprocess
+
+    from bertfit.sweep import SWEEP_SEED
 
     if not count:
         return []
@@ -194,7 +206,13 @@ def start_sweep_workers(count: int) -> list:
     threads = max(1, (os.cpu_count() or 1) // (count + 1))  # the cores shared out, this process included
     torch.set_num_threads(threads)
     env = {**os.environ, SWEEP_WORKER: "1", "OMP_NUM_THREADS": str(threads)}
-    return [subprocess.Popen([sys.executable, "-m", "bertfit", *sys.argv[1:]], env=env) for _ in range(count)]
+    return [
+        subprocess.Popen(
+            [sys.executable, "-m", "bertfit", *sys.argv[1:]],
+            env={**env, **({SWEEP_SEED: str(seed + i)} if seed is not None else {})},
+        )
+        for i in range(1, count + 1)
+    ]
 
 
 def fit(

@@ -167,10 +167,22 @@ def test_two_workers_share_one_study_with_the_trial_count_exact(tiny_bert, tmp_p
     assert len(ran) == 5  # a trial created after the count was reached is failed at once, never run
 
 
+def test_a_cpu_sweep_runs_two_trials_side_by_side_unless_it_cannot(monkeypatch):
+    from bertfit.sweep.study import Sweep, default_workers
+
+    def workers(cores, **given):
+        monkeypatch.setattr(os, "cpu_count", lambda: cores)
+        plan = {"space": [], "trials": 12, "folder": Path("x"), "study_name": "x", "storage": None, **given}
+        return default_workers(Sweep(base=Config(device="cpu"), metric="accuracy", direction="maximize", **plan))
+
+    assert workers(2) == 2 and workers(16) == 2
+    assert workers(1) == 1 and workers(2, trials=1) == 1 and workers(2, nproc=2) == 1
+
+
 @pytest.mark.slow
 def test_a_worker_killed_mid_trial_has_its_trial_run_again(tiny_bert, tmp_path):
     out = tmp_path / "sweep"
-    args = sweep_args(tiny_bert, out, "--trials", 3, "--space", "lr=1e-5..1e-3:log", "--confirm", 0)
+    args = sweep_args(tiny_bert, out, "--trials", 3, "--space", "lr=1e-5..1e-3:log", "--confirm", 0, "--workers", 1)
     args[args.index("--max-steps") + 1] = 40
     process = run_sweep(args)
     log = out / "trials" / "0001" / "log.jsonl"
