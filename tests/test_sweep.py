@@ -167,6 +167,24 @@ def test_two_workers_share_one_study_with_the_trial_count_exact(tiny_bert, tmp_p
     assert len(ran) == 5  # a trial created after the count was reached is failed at once, never run
 
 
+def test_a_trial_is_pruned_between_evaluations_never_at_its_last():
+    """The median pruner on a real in-memory study: a trial below the others' median is stopped at an evaluation
+    before its end, and at its last one told nothing (its training is done: pruning would only lose its score)."""
+    import optuna
+
+    from bertfit.runfiles import Scores
+    from bertfit.sweep.study import Pruning, _pruner
+
+    study = optuna.create_study(direction="maximize", pruner=_pruner("median"))
+    for value in (0.8, 0.9):
+        trial = study.ask()
+        Pruning(trial, "accuracy")(50, 0.5, Scores(accuracy=value), False)
+        study.tell(trial, value)
+    judge = Pruning(study.ask(), "accuracy")
+    assert judge(50, 0.5, Scores(accuracy=0.6), False) == "pruned" and judge.last == (0.5, 0.6)
+    assert Pruning(study.ask(), "accuracy")(50, 0.5, Scores(accuracy=0.6), True) is None
+
+
 def test_a_cpu_sweep_runs_two_trials_side_by_side_unless_it_cannot(monkeypatch):
     from bertfit.sweep.study import Sweep, default_workers
 

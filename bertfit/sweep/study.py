@@ -261,19 +261,21 @@ def trial_recipe(sweep: Sweep, params: dict, number: int, seed: int) -> Config:
 
 class Pruning:
     """Tells Optuna each evaluation's score at the point of training it was reached (hundredths of an epoch, so
-    trials of other batch sizes line up) and ends the run when the pruner says so."""
+    trials of other batch sizes line up) and ends the run when the pruner says so, never at its last evaluation:
+    the training is done, so pruning would save nothing and throw a finished score away (the Trainer's search
+    prunes there too)."""
 
     def __init__(self, trial, metric: str):
         self.trial, self.metric = trial, metric
         self.last: tuple[float, float] | None = None
 
-    def __call__(self, step: int, epoch: float, scores: Scores) -> str | None:
+    def __call__(self, step: int, epoch: float, scores: Scores, last: bool) -> str | None:
         value = scores.metric(self.metric)
         if value is None or not math.isfinite(value):
             return None
         self.last = (epoch, value)
         self.trial.report(value, round(epoch * 100))
-        return "pruned" if self.trial.should_prune() else None
+        return "pruned" if not last and self.trial.should_prune() else None
 
 
 def verdict(findings: list[Finding]) -> str:
@@ -388,7 +390,7 @@ def trial_judge(reporting: str, writer: bool):
     return Pruning(optuna.trial.Trial(study, spec["trial"]), spec["metric"])
 
 
-def _follower(step: int, epoch: float, scores: Scores) -> None:
+def _follower(step: int, epoch: float, scores: Scores, last: bool) -> None:
     """A rank's judge that is not the writer's: the loop asks only the writer's, and this rank hears its verdict."""
     return None
 
