@@ -102,7 +102,7 @@ def test_a_sweep_prunes_confirms_and_leaves_a_best_run_and_a_report(tiny_bert, t
     assert len(search) == 5 and len({t["folder"] for t in trials}) == len(trials)
     assert search[0]["lr"] == "5e-05"  # the base recipe runs first: what the search must beat
     pruned = [t for t in search if t["state"] == "pruned"]
-    assert pruned and all("pruned at epoch" in t["verdict"] for t in pruned)
+    assert pruned and all("of its training" in t["verdict"] for t in pruned)
     stopped = json.loads((out / pruned[0]["folder"] / "metrics.json").read_text())
     assert stopped["stop_reason"] == "pruned" and stopped["train"]["steps"] < 8  # a whole run folder, cut short
     confirm = [t for t in trials if t["kind"].startswith("confirm of")]
@@ -120,7 +120,7 @@ def test_a_sweep_prunes_confirms_and_leaves_a_best_run_and_a_report(tiny_bert, t
     assert "## Best" in report and "± " in report and "![history](plots/history.png)" in report
     assert "The base recipe: loss" in report
     assert (out / "best.yaml").is_file() and "lr:" in (out / "best.yaml").read_text()
-    assert "pruned at epoch" in printed and "best: trial" in printed
+    assert "of its training" in printed and "best: trial" in printed
 
 
 @pytest.mark.slow
@@ -177,12 +177,13 @@ def test_a_trial_is_pruned_between_evaluations_never_at_its_last():
 
     study = optuna.create_study(direction="maximize", pruner=_pruner("median"))
     for value in (0.8, 0.9):
-        trial = study.ask()
-        Pruning(trial, "accuracy")(50, 0.5, Scores(accuracy=value), False)
+        trial, scores = study.ask(), Scores(accuracy=value)
+        for step, done in ((50, 0.5), (100, 1.0)):
+            assert Pruning(trial, "accuracy")(step, scores, done) is None
         study.tell(trial, value)
     judge = Pruning(study.ask(), "accuracy")
-    assert judge(50, 0.5, Scores(accuracy=0.6), False) == "pruned" and judge.last == (0.5, 0.6)
-    assert Pruning(study.ask(), "accuracy")(50, 0.5, Scores(accuracy=0.6), True) is None
+    assert judge(50, Scores(accuracy=0.6), 0.5) == "pruned" and judge.last == (0.5, 0.6)
+    assert Pruning(study.ask(), "accuracy")(100, Scores(accuracy=0.6), 1.0) is None  # below the median, but done
 
 
 def test_a_cpu_sweep_runs_two_trials_side_by_side_unless_it_cannot(monkeypatch):

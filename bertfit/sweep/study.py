@@ -260,22 +260,25 @@ def trial_recipe(sweep: Sweep, params: dict, number: int, seed: int) -> Config:
 
 
 class Pruning:
-    """Tells Optuna each evaluation's score at the point of training it was reached (hundredths of an epoch, so
-    trials of other batch sizes line up) and ends the run when the pruner says so, never at its last evaluation:
-    the training is done, so pruning would save nothing and throw a finished score away (the Trainer's search
-    prunes there too)."""
+    """Tells Optuna each evaluation's score at the share of the trial's training it was reached (in percent), and
+    ends the run when the pruner says so, never at its last evaluation: the training is done there, so pruning would
+    save nothing and throw a finished score away (the Trainer's search prunes there too).
+    The share, not the epoch: the learning rate decays over each trial's own length, so one epoch into a two-epoch
+    trial it is still high while a one-epoch trial has annealed; compared at the same epoch, as the Trainer's search
+    does, the longer trials look worse than they will be and are pruned (on the SST-2 benchmark, a 2-epoch trial at
+    0.805 after its first epoch, pruned there, where its neighbour in the space finished at 0.835)."""
 
     def __init__(self, trial, metric: str):
         self.trial, self.metric = trial, metric
-        self.last: tuple[float, float] | None = None
+        self.last: tuple[float, float] | None = None  # the share of training and the score last reported
 
-    def __call__(self, step: int, epoch: float, scores: Scores, last: bool) -> str | None:
+    def __call__(self, step: int, scores: Scores, done: float) -> str | None:
         value = scores.metric(self.metric)
         if value is None or not math.isfinite(value):
             return None
-        self.last = (epoch, value)
-        self.trial.report(value, round(epoch * 100))
-        return "pruned" if not last and self.trial.should_prune() else None
+        self.last = (done, value)
+        self.trial.report(value, round(done * 100))
+        return "pruned" if done < 1 and self.trial.should_prune() else None
 
 
 def verdict(findings: list[Finding]) -> str:
@@ -312,8 +315,8 @@ def objective(sweep: Sweep, study, trial) -> float:
     pruned = summary.stop_reason == "pruned"
     _shed(sweep, trial.number, keep=not pruned and _may_win(sweep, study, summary.best_metric, kind))
     if pruned:
-        epoch, value = judge.last
-        trial.set_user_attr("pruned_at", f"epoch {epoch:.2f} ({sweep.metric} {value:.4f})")
+        done, value = judge.last
+        trial.set_user_attr("pruned_at", f"{done:.0%} of its training ({sweep.metric} {value:.4f})")
         raise optuna.TrialPruned()
     if summary.best_metric is None or not math.isfinite(summary.best_metric):
         raise BertfitError(f"trial {trial.number} scored no {sweep.metric}")
@@ -390,7 +393,7 @@ def trial_judge(reporting: str, writer: bool):
     return Pruning(optuna.trial.Trial(study, spec["trial"]), spec["metric"])
 
 
-def _follower(step: int, epoch: float, scores: Scores, last: bool) -> None:
+def _follower(step: int, scores: Scores, done: float) -> None:
     """A rank's judge that is not the writer's: the loop asks only the writer's, and this rank hears its verdict."""
     return None
 
