@@ -202,6 +202,24 @@ def test_confident_learning_flags_over_the_classes_the_examples_have():
     assert task.label_issues(np.zeros(4, dtype=int), probabilities[:4]).tolist() == []  # one class: no confusion
 
 
+def test_multi_label_ranks_a_decision_against_the_same_decision_of_other_examples():
+    """A rare label the model denies on every example that has it (an ambiguous one) is no sign of a wrong label;
+    the model asserting a label on one example where every other example without it is denied is. The raw margins
+    would rank them the other way."""
+    from bertfit.tasks.multilabel import MultiLabelTask
+
+    task = MultiLabelTask(["text"], "labels", ["joy", "grief"], 64)
+    labels = np.array([[1, 0]] * 6 + [[0, 1]] * 4 + [[0, 0]] * 6 + [[0, 0]])  # row 16: joy dropped
+    probabilities = np.array(
+        [[0.9, 0.05]] * 6 + [[0.1, 0.2], [0.1, 0.25], [0.1, 0.15], [0.1, 0.05]] + [[0.1, 0.05]] * 6
+    )
+    probabilities = np.vstack([probabilities, [[0.6, 0.05]]])
+    margins = np.log(probabilities / (1 - probabilities)) * (2 * labels - 1)
+    assert np.argmin(task.suspicion(margins)) == 9  # the denied grief (logit -2.9) before the asserted joy's -0.4
+    assert np.argmin(task.ranking(labels, margins, probabilities)) == 16
+    assert "z-score" in task.ranked_by
+
+
 def _same_features(a: Features, b: Features) -> bool:
     def same(x, y):
         if x is None or y is None:

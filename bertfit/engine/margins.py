@@ -67,8 +67,9 @@ class MarginTracker:
         times = np.maximum(seen, 1).reshape(-1, *([1] * (margin.ndim - 1)))
         aum, mean_probabilities = margin / times, probabilities / np.maximum(seen, 1)[:, None]
         flagged = trained[task.label_issues(labels[trained], mean_probabilities[trained])]
-        suspicion = task.suspicion(aum)
-        order = flagged[np.argsort(suspicion[flagged], kind="stable")]
+        suspicion, rank = task.suspicion(aum), np.zeros(len(seen))
+        rank[trained] = task.ranking(labels[trained], aum[trained], mean_probabilities[trained])
+        order = flagged[np.argsort(rank[flagged], kind="stable")]
         given = task.reviewed_labels(labels[order])  # the flagged rows only, not every training example
         suggested = task.suggested_labels(labels[order], aum[order], mean_probabilities[order])
         believed = task.given_probability(labels[order], mean_probabilities[order])
@@ -87,8 +88,7 @@ class MarginTracker:
         ]
         summary = MislabeledSummary(
             method="cleanlab's confident learning (find_label_issues, pruned by noise rate) on the mean predicted "
-            "probabilities over training flags them; the area under the margin (Pleiss et al. 2020: the mean of "
-            "how far the logits side with the given label) ranks them",
+            f"probabilities over training flags them; {task.ranked_by} ranks them",
             examined=len(trained),
             flagged=len(examples),
             lowest=examples[:SHOWN],

@@ -568,8 +568,8 @@ def _mislabeled(events, evals, profile, summary, cfg, task) -> Finding | None:
             f"look mislabeled ({found.method}); the most contradicted: {shown}"
         ),
         advice=(
-            f"review them with `bertfit review {cfg.output}` (lowest area under the margin first; the top of the "
-            "list is the likeliest to be wrong): accept the suggested label, keep or drop each, then train again with "
+            f"review them with `bertfit review {cfg.output}` (the likeliest to be wrong first, in the order named "
+            "above): accept the suggested label, keep or drop each, then train again with "
             f"--corrections {cfg.output}/review/decisions.jsonl"
         ),
     )

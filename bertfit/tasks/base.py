@@ -317,8 +317,18 @@ class Task(ABC):
         raise NotImplementedError
 
     def suspicion(self, margins: np.ndarray) -> np.ndarray:
-        """One number per example from its mean margins, the most suspect lowest."""
+        """One number per example from its mean margins, the most suspect lowest: the margin a review shows."""
         return margins
+
+    # How `ranking` orders the flagged examples, in the words of the run's summary and card.
+    ranked_by = (
+        "the area under the margin (Pleiss et al. 2020: the mean of how far the logits side with the given label)"
+    )
+
+    def ranking(self, labels: np.ndarray, margins: np.ndarray, probabilities: np.ndarray) -> np.ndarray:
+        """One number per trained example (its given labels, mean margins and mean probabilities over training),
+        the likeliest to be mislabeled lowest: the order of the list."""
+        return self.suspicion(margins)
 
     def given_probability(self, labels: np.ndarray, probabilities: np.ndarray) -> np.ndarray:
         """Per example, the mean probability the model gave its given label over training."""
