@@ -498,7 +498,11 @@ class RunFolder:
                 os.unlink(self.path / LOCK)
             os.close(self._lock)
             self._lock = None
-        if self.created and not any(not p.name.startswith(BOOKKEEPING) for p in self.path.iterdir()):
+        if (
+            self.created
+            and self.path.is_dir()
+            and not any(not p.name.startswith(BOOKKEEPING) for p in self.path.iterdir())
+        ):
             # A folder this process made and nothing was written into (refused, or failed before its first file,
             # whose torn writes are cleaned up): removed again, so a failure leaves nothing behind.
             with contextlib.suppress(OSError):
@@ -510,8 +514,14 @@ class RunFolder:
     def __enter__(self) -> RunFolder:
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, kind, error, trace) -> None:
         self.release()
+        if isinstance(error, Exception) and not self.path.is_dir():
+            # Whatever failed first (a write, a read of the run's own files), the cause is the folder's removal.
+            raise BertfitError(
+                f"the run folder '{self.path}' was removed while the run was writing it, so nothing of the run is "
+                "left to resume; run the command again"
+            ) from error
 
 
 def _inside_a_run(path: Path) -> Path | None:

@@ -85,6 +85,17 @@ def test_a_killed_run_leaves_no_lock_behind(tiny_bert, tmp_path):
     assert resumed.returncode == 0, err.decode()[-2000:]
 
 
+def test_a_run_whose_folder_is_removed_mid_training_ends_in_one_line(tiny_bert, tmp_path):
+    out = tmp_path / "run"
+    process = spawn(recipe_args(tiny_bert, out))
+    wait_for_step(process, out / "log.jsonl", 4)
+    shutil.rmtree(out)
+    _, err = process.communicate(timeout=300)
+    lines = err.decode().strip().splitlines()
+    assert process.returncode == 2 and len(lines) == 1, err.decode()[-2000:]
+    assert f"the run folder '{out}' was removed while the run was writing it" in lines[0]
+
+
 def test_overwrite_removes_only_what_bertfit_wrote(tiny_bert, tmp_path, capsys):
     out = tmp_path / "run"
     args = sample_run_args(
