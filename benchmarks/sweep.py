@@ -3,6 +3,11 @@ a median pruner against `bertfit sweep`, on the same rows, space, trial count, s
 
     python benchmarks/sweep.py                       # minilm, 3,000 seeded SST-2 sentences, 12 trials (2 CPU cores)
     python benchmarks/sweep.py --trials 3 --train 300   # a quick look
+    python benchmarks/sweep.py --reuse trainer          # bertfit's side again, beside the Trainer's last measurement
+
+Each side's result is kept in benchmarks/results/sweep-<side>.json (with when it was measured); `--reuse trainer`
+reports the Trainer's from there (it does not depend on bertfit's code, and takes about 20 minutes on 2 cores),
+and the report says so.
 
 Space (both sides): lr 1e-5..2e-4 (log), batch size {16, 32}, epochs {1, 2}, warmup ratio 0..0.1; evaluation on
 SST-2's validation split (872 sentences) after each epoch, which is where both prune. Each side runs in its own
@@ -188,12 +193,29 @@ def _bertfit(*args) -> None:
     print(done.stdout, file=sys.stderr)
 
 
-def run_side(side: str, trials: int, train_rows: int) -> dict:
+def side_file(side: str) -> Path:
+    return REPO / "benchmarks" / "results" / f"sweep-{side}.json"
+
+
+def run_side(side: str, trials: int, train_rows: int, reuse: bool = False) -> dict:
+    if reuse:
+        kept = json.loads(side_file(side).read_text())
+        if (kept["trials"], kept["train"]) != (trials, train_rows):
+            raise SystemExit(f"{side_file(side)} holds {kept['trials']} trials on {kept['train']} rows; run it again")
+        return kept
     command = [sys.executable, __file__, "--side", side, "--trials", str(trials), "--train", str(train_rows)]
     done = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
     if done.returncode != 0:
         raise SystemExit(f"{side} side failed:\n{done.stderr[-3000:]}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    result = {
+        **json.loads(done.stdout.strip().splitlines()[-1]),
+        "trials": trials,
+        "train": train_rows,
+        "measured": datetime.datetime.now().isoformat(timespec="minutes"),
+    }
+    side_file(side).parent.mkdir(parents=True, exist_ok=True)
+    side_file(side).write_text(json.dumps(result) + "\n")
+    return result
 
 
 def plot(hf: dict, ours: dict, path: Path) -> None:
@@ -239,6 +261,7 @@ def report(hf: dict, ours: dict, trials: int, train_rows: int, command: str) -> 
         "| | Trainer.hyperparameter_search | bertfit sweep |",
         "|---|---:|---:|",
         f"| search wall time | {hf['search_seconds']:.0f} s | {ours['search_seconds']:.0f} s ({speed:.2f}× faster) |",
+        f"| measured | {hf['measured']} | {ours['measured']} |",
         f"| trials | {states(hf)} | {states(ours)} |",
         f"| best validation accuracy | {hf['best']:.4f} | {ours['best']:.4f} ({100 * (ours['best'] - hf['best']):+.2f} "
         "points) |",
@@ -261,16 +284,19 @@ def main() -> None:
     parser.add_argument("--trials", type=int, default=12)
     parser.add_argument("--train", type=int, default=3000, help="training sentences (a seeded subset of SST-2)")
     parser.add_argument("--no-write", action="store_true", help="print the section without appending it")
+    parser.add_argument("--reuse", choices=["trainer"], help="report this side's last measurement, not a new one")
     args = parser.parse_args()
     if args.side:
         side = trainer_side if args.side == "trainer" else bertfit_side
         print(json.dumps(side(args.trials, args.train)))
         return
     command = "python benchmarks/sweep.py" + "".join(
-        f" --{k} {v}" for k, v in (("trials", args.trials), ("train", args.train)) if v != parser.get_default(k)
+        f" --{k} {v}"
+        for k, v in (("trials", args.trials), ("train", args.train), ("reuse", args.reuse))
+        if v != parser.get_default(k)
     )
     ours = run_side("bertfit", args.trials, args.train)
-    hf = run_side("trainer", args.trials, args.train)
+    hf = run_side("trainer", args.trials, args.train, reuse=args.reuse == "trainer")
     plot(hf, ours, REPO / "benchmarks" / "results" / "sweep.png")
     section = report(hf, ours, args.trials, args.train, command)
     print(section)

@@ -184,7 +184,9 @@ def sweep(
     if os.environ.get(SWEEP_WORKER):
         helpers = []  # a worker another one started
     else:
-        helpers = start_sweep_workers((workers or default_workers(plan)) - 1, plan.base.seed if plan.created else None)
+        helpers = start_sweep_workers(
+            (workers or default_workers(plan)) - 1, plan.sampler_seed if plan.created else None
+        )
     try:
         work(plan, console)
     finally:
@@ -194,7 +196,7 @@ def sweep(
 
 def start_sweep_workers(count: int, seed: int | None) -> list:
     """`--workers K`: K-1 more processes running the same command, sharing the study through its storage; `seed`:
-    the sampler seed of a study this command created (worker i samples from seed + i)."""
+    the sampler seed of this worker, where it created the study (worker i samples from seed + i)."""
     import subprocess
 
     from bertfit.sweep import SWEEP_SEED

@@ -186,6 +186,36 @@ def test_a_trial_is_pruned_between_evaluations_never_at_its_last():
     assert Pruning(study.ask(), "accuracy")(100, Scores(accuracy=0.6), 1.0) is None  # below the median, but done
 
 
+def test_the_random_start_is_drawn_once_as_tpe_itself_would_draw_it():
+    import optuna
+
+    from bertfit.sweep.study import STARTUP, Sweep, startup_trials
+
+    specs = ["lr=1e-5..2e-4:log", "batch_size=16,32", "epochs=1..2", "warmup_ratio=0..0.1"]
+    space = build_space(specs, None, Config())
+    plan = Sweep(Config(seed=42), space, 12, Path("x"), "x", None, "accuracy", "maximize")
+    one_worker = optuna.create_study(sampler=optuna.samplers.TPESampler(seed=42), direction="maximize")
+    expected = []
+    for _ in range(STARTUP):
+        trial = one_worker.ask()
+        expected.append({d.key: d.suggest(trial) for d in space})
+        one_worker.tell(trial, 0.5)
+    assert startup_trials(plan, STARTUP) == expected and len({str(p) for p in expected}) == STARTUP
+
+
+@pytest.mark.slow
+def test_a_sweep_tries_the_same_configurations_on_one_worker_or_two(tiny_bert, tmp_path):
+    searched = {}
+    for workers in (1, 2):
+        out = tmp_path / f"workers{workers}"
+        args = sweep_args(tiny_bert, out, "--trials", 4, "--space", "lr=1e-5..1e-3:log", "--confirm", 0)
+        process = run_sweep([*args, "--workers", workers])
+        _, stderr = process.communicate(timeout=600)
+        assert process.returncode == 0, stderr.decode()[-3000:]
+        searched[workers] = sorted(float(t["lr"]) for t in trials_of(out))
+    assert searched[1] == searched[2] and len(set(searched[1])) == 4
+
+
 def test_a_cpu_sweep_runs_two_trials_side_by_side_unless_it_cannot(monkeypatch):
     from bertfit.sweep.study import Sweep, default_workers
 

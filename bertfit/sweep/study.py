@@ -61,6 +61,7 @@ class Sweep:
     started: float = field(default_factory=time.monotonic)
     study: object = None  # the Optuna study, once opened
     created: bool = False  # whether this command created the study (rather than continued or joined it)
+    sampler_seed: int | None = None  # the seed of this worker's sampler, where it has one
 
     @property
     def kept(self) -> int:
@@ -148,6 +149,24 @@ def _pruner(name: str):
     }[name]()
 
 
+STARTUP = 10  # the random trials before TPE models the results (Optuna's default)
+
+
+def startup_trials(sweep: Sweep, count: int) -> list[dict]:
+    """The search's random first trials, drawn once from the recipe's seed by the sampler TPE itself starts with,
+    and queued in the study: whichever worker takes each, the sweep tries the configurations one worker would,
+    whatever the number of workers and their timing (drawn by each worker, they depended on both)."""
+    import optuna
+
+    draw = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=sweep.base.seed))
+    drawn = []
+    for _ in range(max(0, count)):
+        trial = draw.ask()
+        drawn.append({d.key: d.suggest(trial) for d in sweep.space})
+        draw.tell(trial, 0.0)
+    return drawn
+
+
 def open_study(sweep: Sweep):
     """The study (created, or continued); one of another objective or space under the same name is refused."""
     import optuna
@@ -164,19 +183,22 @@ def open_study(sweep: Sweep):
     identity = {"metric": sweep.metric, "direction": sweep.direction, "space": space_key(sweep.space)}
     found = {k: study.user_attrs.get(k) for k in identity}
     sweep.created = not any(found.values())
-    # The worker that starts the study samples from the recipe's seed and the workers it starts from the seeds after
-    # it, so one worker's sweep is repeatable, and each of several proposes its own sequence (which worker runs how
-    # many trials is up to timing); any other (another machine, a continued study) samples from its own, or two
-    # workers would propose the same trials.
+    # The worker that starts the study samples from the seed after the recipe's and the workers it starts from the
+    # seeds after that, so each proposes its own sequence; any other (another machine, a continued study) samples
+    # from its own, or two workers would propose the same trials.
     helper_seed = os.environ.get(SWEEP_SEED)
-    seed = sweep.base.seed if sweep.created else int(helper_seed) if helper_seed else None
-    study.sampler = optuna.samplers.TPESampler(seed=seed)
+    sweep.sampler_seed = sweep.base.seed + 1 if sweep.created else int(helper_seed) if helper_seed else None
+    study.sampler = optuna.samplers.TPESampler(seed=sweep.sampler_seed, n_startup_trials=STARTUP)
     if sweep.created:
         for key, value in identity.items():
             study.set_user_attr(key, value)
         base = {d.key: getattr(sweep.base, d.key) for d in sweep.space}
+        first = []
         if all(d.holds(base[d.key]) for d in sweep.space):  # the base recipe first: what the search must beat
             study.enqueue_trial(base, user_attrs={"base": True})
+            first.append(base)
+        for params in startup_trials(sweep, min(STARTUP, sweep.trials - len(first))):
+            study.enqueue_trial(params)
     elif found != identity:
         changed = next(k for k in identity if found[k] != identity[k])
         raise BertfitError(
