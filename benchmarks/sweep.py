@@ -256,7 +256,9 @@ def report(hf: dict, ours: dict, trials: int, train_rows: int, command: str) -> 
         "42, median pruner (2 start-up trials), evaluation after each epoch, max_length 128. Each side as a user gets "
         "it: the Trainer in fp32, one trial at a time on both cores, as `hyperparameter_search` runs them; bertfit at "
         "its defaults: bf16 autocast where the CPU has it, and on a CPU two trials side by side, a core each (the "
-        "sweep's default `--workers`; the second worker samples from seed 43).",
+        "sweep's default `--workers`). bertfit's first 10 trials are TPE's random start drawn once from seed 42 and "
+        "queued (the Trainer's TPE draws the same ten); its later proposals come from each worker's TPE (seeds 43 and "
+        "44).",
         "",
         "| | Trainer.hyperparameter_search | bertfit sweep |",
         "|---|---:|---:|",

@@ -515,8 +515,9 @@ class RunFolder:
         return self
 
     def __exit__(self, kind, error, trace) -> None:
+        removed = isinstance(error, Exception) and not self.path.is_dir()  # asked before `release` tidies up
         self.release()
-        if isinstance(error, Exception) and not self.path.is_dir():
+        if removed:
             # Whatever failed first (a write, a read of the run's own files), the cause is the folder's removal.
             raise BertfitError(
                 f"the run folder '{self.path}' was removed while the run was writing it, so nothing of the run is "
