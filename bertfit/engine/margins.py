@@ -66,9 +66,10 @@ class MarginTracker:
         trained = np.flatnonzero(seen > 0)  # an example never trained on is never flagged
         times = np.maximum(seen, 1).reshape(-1, *([1] * (margin.ndim - 1)))
         aum, mean_probabilities = margin / times, probabilities / np.maximum(seen, 1)[:, None]
-        flagged = trained[task.label_issues(labels[trained], mean_probabilities[trained])]
-        suspicion, rank = task.suspicion(aum), np.zeros(len(seen))
-        rank[trained] = task.ranking(labels[trained], aum[trained], mean_probabilities[trained])
+        rows = slice(None) if len(trained) == len(seen) else trained  # every example trained on: views, not copies
+        flagged = trained[task.label_issues(labels[rows], mean_probabilities[rows])]
+        suspicion, rank = task.suspicion(aum), np.zeros(len(seen), dtype=np.float32)
+        rank[rows] = task.ranking(labels[rows], aum[rows], mean_probabilities[rows])
         order = flagged[np.argsort(rank[flagged], kind="stable")]
         given = task.reviewed_labels(labels[order])  # the flagged rows only, not every training example
         suggested = task.suggested_labels(labels[order], aum[order], mean_probabilities[order])
