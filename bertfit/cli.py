@@ -184,9 +184,7 @@ def sweep(
     if os.environ.get(SWEEP_WORKER):
         helpers = []  # a worker another one started
     else:
-        helpers = start_sweep_workers(
-            (workers or default_workers(plan)) - 1, plan.sampler_seed if plan.created else None
-        )
+        helpers = start_sweep_workers((workers or default_workers(plan)) - 1, plan.sampler_seed)
     try:
         work(plan, console)
     finally:
@@ -196,7 +194,7 @@ def sweep(
 
 def start_sweep_workers(count: int, seed: int | None) -> list:
     """`--workers K`: K-1 more processes running the same command, sharing the study through its storage; `seed`:
-    the sampler seed of this worker, where it created the study (worker i samples from seed + i)."""
+    this worker's sampler seed, which it has where it created the study (worker i samples from seed + i)."""
     import subprocess
 
     from bertfit.sweep import SWEEP_SEED

@@ -178,12 +178,12 @@ def test_a_trial_is_pruned_between_evaluations_never_at_its_last():
     study = optuna.create_study(direction="maximize", pruner=_pruner("median"))
     for value in (0.8, 0.9):
         trial, scores = study.ask(), Scores(accuracy=value)
-        for step, done in ((50, 0.5), (100, 1.0)):
-            assert Pruning(trial, "accuracy")(step, scores, done) is None
+        for done in (0.5, 1.0):
+            assert Pruning(trial, "accuracy")(scores, done) is None
         study.tell(trial, value)
     judge = Pruning(study.ask(), "accuracy")
-    assert judge(50, Scores(accuracy=0.6), 0.5) == "pruned" and judge.last == (0.5, 0.6)
-    assert Pruning(study.ask(), "accuracy")(100, Scores(accuracy=0.6), 1.0) is None  # below the median, but done
+    assert judge(Scores(accuracy=0.6), 0.5) == "pruned" and judge.last == (0.5, 0.6)
+    assert Pruning(study.ask(), "accuracy")(Scores(accuracy=0.6), 1.0) is None  # below the median, but done
 
 
 def test_the_random_start_is_drawn_once_as_tpe_itself_would_draw_it():

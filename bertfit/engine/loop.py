@@ -58,10 +58,10 @@ class Diverged(BertfitError):
 # Passed in by the caller, because reports are drawn from the files alone and the engine does not know how.
 Reporter = Callable[[RunFolder, bool], list[Finding]]
 
-# Told each evaluation (step, scores, the share of the run's steps done: 1.0 at the last); a reason it returns ends the
-# run there, as early stopping does: how a hyperparameter search stops a trial its pruner judges hopeless (the trial
-# keeps its log, metrics and reports).
-Judge = Callable[[int, Scores, float], str | None]
+# Told each evaluation (its scores, and the share of the run's steps done: 1.0 at the last); a reason it returns ends
+# the run there, as early stopping does: how a hyperparameter search stops a trial its pruner judges hopeless (the
+# trial keeps its log, metrics and reports).
+Judge = Callable[[Scores, float], str | None]
 
 
 def train(
@@ -270,7 +270,7 @@ def run_setfit(run: Run, console, reporter: Reporter | None = None, judge: Judge
     # No head trained during the steps, so there is no training accuracy to report.
     run.log.eval_event(state.step, epoch_position(run), result, state.best_step, False)
     if judge is not None:  # told the one evaluation, as a sweep's pruner is told each of a fine-tuning run's
-        state.stop_reason = judge(state.step, result, 1.0)
+        state.stop_reason = judge(result, 1.0)
     return finish(run, reporter)
 
 
@@ -392,8 +392,7 @@ def evaluate_and_select(run: Run, judge: Judge | None = None) -> None:
     run.log.eval_event(state.step, epoch_position(run), result, state.best_step, run.task.tracks_accuracy)
     if judge is not None and state.stop_reason is None:
         # The judge is the writing rank's (a sweep's trial lives there); every rank stops where it says.
-        done = state.step / run.total_steps
-        verdict = [judge(state.step, result, done) if run.dist.main else None]
+        verdict = [judge(result, state.step / run.total_steps) if run.dist.main else None]
         if run.dist.enabled:
             dist.broadcast_object_list(verdict, src=0)
         state.stop_reason = verdict[0]

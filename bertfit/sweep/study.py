@@ -60,7 +60,6 @@ class Sweep:
     timeout: float | None = None
     started: float = field(default_factory=time.monotonic)
     study: object = None  # the Optuna study, once opened
-    created: bool = False  # whether this command created the study (rather than continued or joined it)
     sampler_seed: int | None = None  # the seed of this worker's sampler, where it has one
 
     @property
@@ -182,14 +181,14 @@ def open_study(sweep: Sweep):
     )
     identity = {"metric": sweep.metric, "direction": sweep.direction, "space": space_key(sweep.space)}
     found = {k: study.user_attrs.get(k) for k in identity}
-    sweep.created = not any(found.values())
+    created = not any(found.values())
     # The worker that starts the study samples from the seed after the recipe's and the workers it starts from the
     # seeds after that, so each proposes its own sequence; any other (another machine, a continued study) samples
     # from its own, or two workers would propose the same trials.
     helper_seed = os.environ.get(SWEEP_SEED)
-    sweep.sampler_seed = sweep.base.seed + 1 if sweep.created else int(helper_seed) if helper_seed else None
+    sweep.sampler_seed = sweep.base.seed + 1 if created else int(helper_seed) if helper_seed else None
     study.sampler = optuna.samplers.TPESampler(seed=sweep.sampler_seed, n_startup_trials=STARTUP)
-    if sweep.created:
+    if created:
         for key, value in identity.items():
             study.set_user_attr(key, value)
         base = {d.key: getattr(sweep.base, d.key) for d in sweep.space}
@@ -293,7 +292,7 @@ class Pruning:
         self.trial, self.metric = trial, metric
         self.last: tuple[float, float] | None = None  # the share of training and the score last reported
 
-    def __call__(self, step: int, scores: Scores, done: float) -> str | None:
+    def __call__(self, scores: Scores, done: float) -> str | None:
         value = scores.metric(self.metric)
         if value is None or not math.isfinite(value):
             return None
@@ -414,7 +413,7 @@ def trial_judge(reporting: str, writer: bool):
     return Pruning(optuna.trial.Trial(study, spec["trial"]), spec["metric"])
 
 
-def _follower(step: int, scores: Scores, done: float) -> None:
+def _follower(scores: Scores, done: float) -> None:
     """A rank's judge that is not the writer's: the loop asks only the writer's, and this rank hears its verdict."""
     return None
 
