@@ -112,6 +112,11 @@ def test_a_sweep_prunes_confirms_and_leaves_a_best_run_and_a_report(tiny_bert, t
     assert not list((out / "trials").glob("*/model.safetensors"))[1:] and not list(
         (out / "trials").glob("*/checkpoints")
     )
+    # Plots only where they are read: the winner's copy draws them, the trials' cards go without.
+    assert (out / "best" / "plots" / "loss.png").is_file() and "![loss](plots/loss.png)" in (
+        out / "best" / "README.md"
+    ).read_text()
+    assert not list((out / "trials").glob("*/plots")) and (out / "trials" / "0000" / "README.md").is_file()
     from transformers import pipeline
 
     classify = pipeline("text-classification", model=str(out / "best"))

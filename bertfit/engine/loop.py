@@ -57,6 +57,10 @@ class Diverged(BertfitError):
 # Writes a run's reports (card, plots, diagnosis) from its files: reporter(folder, finished) returns the diagnosis.
 # Passed in by the caller, because reports are drawn from the files alone and the engine does not know how.
 Reporter = Callable[[RunFolder, bool], list[Finding]]
+# Seconds between hand-backs of freed heap to the system during training (malloc_trim: about 15 ms a call on a CPU):
+# often enough that a long run does not carry its transients, rarely enough not to cost a short one (a sweep's
+# trial called it at every log line: half a second a trial).
+TRIM_EVERY = 30.0
 
 # Told each evaluation (its scores, and the share of the run's steps done: 1.0 at the last); a reason it returns ends
 # the run there, as early stopping does: how a hyperparameter search stops a trial its pruner judges hopeless (the
@@ -143,6 +147,7 @@ def run_loop(run: Run, console, reporter: Reporter | None = None, judge: Judge |
         partial(plan_epoch, cfg, train_features), state.epoch, state.position, cfg.grad_accum, ranks.rank, ranks.world
     )
     prefetcher = batching.Prefetcher(collate, planned, pin=run.device.type == "cuda")
+    next_trim = time.monotonic() + TRIM_EVERY
     with progress, SignalGuard() as signals, prefetcher:
         while state.step < run.total_steps and state.stop_reason is None:
             step_started = time.perf_counter()
@@ -202,7 +207,9 @@ def run_loop(run: Run, console, reporter: Reporter | None = None, judge: Judge |
                     guard.last_norm,
                     state.train_seconds,
                 )
-                release_free_memory()
+                if time.monotonic() >= next_trim:
+                    release_free_memory()
+                    next_trim = time.monotonic() + TRIM_EVERY
             if state.stop_reason == "diverged":
                 break
             if evaluate_now:

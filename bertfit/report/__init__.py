@@ -21,9 +21,10 @@ def diagnosis(run: Path) -> list[Finding]:
     return diagnose(files.events, files.profile, files.metrics, files.cfg)
 
 
-def write_reports(folder: RunFolder, finished: bool = True) -> list[Finding]:
+def write_reports(folder: RunFolder, finished: bool = True, plots: bool = True) -> list[Finding]:
     """Diagnosis, plots and model card of a finished run; of a run that stopped without finishing (diverged), the
-    diagnosis alone. Every file through the run folder's ownership rule. Returns the findings."""
+    diagnosis alone. `plots=False`: the card without the plots (a sweep's trials, whose plots only the winner's copy
+    draws: about a second a trial). Every file through the run folder's ownership rule. Returns the findings."""
     if not finished:
         cfg = build_config(str(folder.path / "recipe.yaml"))
         findings = diagnose(read_events(folder.path / "log.jsonl"), None, None, cfg)
@@ -31,11 +32,11 @@ def write_reports(folder: RunFolder, finished: bool = True) -> list[Finding]:
         return findings
     files = read_run(folder.path)
     findings = diagnose(files.events, files.profile, files.metrics, files.cfg)
-    plots = draw_all(files.events, files.metrics, files.profile, files.cfg)
-    card = model_card(files.cfg, files.events, files.metrics, files.profile, findings, list(plots))
-    folder.check(["diagnosis.json", "README.md", *plots])  # all or nothing: one refused file writes none
+    drawn = draw_all(files.events, files.metrics, files.profile, files.cfg) if plots else {}
+    card = model_card(files.cfg, files.events, files.metrics, files.profile, findings, list(drawn))
+    folder.check(["diagnosis.json", "README.md", *drawn])  # all or nothing: one refused file writes none
     folder.write("diagnosis.json", to_json(Diagnosis(findings=findings).dump(), indent=2))
-    for path, png in plots.items():
+    for path, png in drawn.items():
         folder.write(path, png, "free space and run `bertfit card` on the run")
     folder.write("README.md", card)
     return findings

@@ -18,6 +18,7 @@ import statistics
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import yaml
@@ -344,11 +345,12 @@ def objective(sweep: Sweep, study, trial) -> float:
 
 
 def _train(cfg: Config, judge: Pruning | None):
-    """A trial's run, as `bertfit train` runs it (reports included), quiet: the sweep prints a line per trial."""
+    """A trial's run, as `bertfit train` runs it, quiet (the sweep prints a line per trial), its reports without
+    plots: the winner's copy in `best/` draws them (`bertfit card` draws any trial's)."""
     from bertfit.engine.loop import train
     from bertfit.report import write_reports
 
-    return train(cfg, overwrite=True, reporter=write_reports, judge=judge)
+    return train(cfg, overwrite=True, reporter=partial(write_reports, plots=False), judge=judge)
 
 
 def _train_launched(sweep: Sweep, study, trial, cfg: Config, judge: Pruning | None):
@@ -658,13 +660,17 @@ def write_report(sweep: Sweep, study, console) -> Configuration:
 
 
 def copy_run(source: Path, target: Path) -> None:
-    """A trial's run folder copied as a run folder of its own (its checkpoints aside), through the ownership rule."""
+    """A trial's run folder copied as a run folder of its own (its checkpoints aside), through the ownership rule,
+    with its reports drawn in full (a trial's card has no plots)."""
+    from bertfit.report import write_reports
+
     with RunFolder.claim(target, overwrite=True) as folder:
         folder.begin(resume=False, overwrite=True)
         for path in sorted(source.rglob("*")):
             rel = path.relative_to(source).as_posix()
-            if path.is_file() and not rel.startswith((".bertfit", "checkpoints/", "tensorboard/")):
+            if path.is_file() and not rel.startswith((".bertfit", "checkpoints/", "tensorboard/", "plots/")):
                 folder.write(rel, path.read_bytes())
+        write_reports(folder)
 
 
 def best_recipe(sweep: Sweep, best: Configuration) -> str:
