@@ -254,6 +254,7 @@ def test_real_runs_lr_too_high_flagged_and_healthy_silent(tmp_path, capsys):
             30,
             "--eval-every",
             15,
+            "--no-probe",  # what is checked is the divergence the doctor names
         ],
         capsys,
     )

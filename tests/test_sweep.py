@@ -117,6 +117,8 @@ def test_a_sweep_prunes_confirms_and_leaves_a_best_run_and_a_report(tiny_bert, t
         out / "best" / "README.md"
     ).read_text()
     assert not list((out / "trials").glob("*/plots")) and (out / "trials" / "0000" / "README.md").is_file()
+    assert run_cli(["card", out / "trials" / "0000"], capsys)[0] == 0
+    assert (out / "trials" / "0000" / "plots" / "loss.png").is_file()
     from transformers import pipeline
 
     classify = pipeline("text-classification", model=str(out / "best"))
