@@ -57,9 +57,9 @@ class Diverged(BertfitError):
 # Writes a run's reports (card, plots, diagnosis) from its files: reporter(folder, finished) returns the diagnosis.
 # Passed in by the caller, because reports are drawn from the files alone and the engine does not know how.
 Reporter = Callable[[RunFolder, bool], list[Finding]]
-# Seconds between hand-backs of freed heap to the system during training (malloc_trim: about 15 ms a call on a CPU):
-# often enough that a long run does not carry its transients, rarely enough not to cost a short one (a sweep's
-# trial called it at every log line: half a second a trial).
+# Seconds between hand-backs of freed heap to the system during training (malloc_trim): often enough that a long run
+# does not carry its transients, rarely enough that the steps after one do not fault their memory in again. At every
+# log line, one-thread minilm training on a CPU ran 7-15% slower (BENCHMARKS "sweep, two workers, cheaper trials").
 TRIM_EVERY = 30.0
 
 # Told each evaluation (its scores, and the share of the run's steps done: 1.0 at the last); a reason it returns ends
