@@ -74,27 +74,21 @@ def signals(sums) -> dict[str, tuple[np.ndarray, np.ndarray]]:
 
 
 def scores(sums) -> list[dict]:
+    """Each signal scored as benchmarks/mislabeled.py scores bertfit's list (`scored`): cleanlab's flagged set, ranked
+    by the signal's mean margin; and the k lowest margins of all examples, flagged or not."""
     from cleanlab.filter import find_label_issues
+    from mislabeled import scored
 
-    labels, truth = sums["labels"], set(sums["flipped"].tolist())
+    labels, flipped = sums["labels"], sums["flipped"]
     rows = []
     for name, (margin, probabilities) in signals(sums).items():
         normalized = probabilities / np.maximum(probabilities.sum(1, keepdims=True), 1e-12)
         flagged = np.flatnonzero(
             find_label_issues(labels, normalized, filter_by="prune_by_noise_rate", n_jobs=1, verbose=False)
         )
-        ranked = flagged[np.argsort(margin[flagged], kind="stable")]
-        hits = len(truth & set(flagged.tolist()))
-        precision, recall = hits / max(len(flagged), 1), hits / len(truth)
-        rows.append(
-            {
-                "signal": name,
-                "flagged": len(flagged),
-                "f1": 2 * precision * recall / max(precision + recall, 1e-12),
-                "precision_at_k": len(truth & set(ranked[: len(truth)].tolist())) / len(truth),
-                "precision_at_k_unflagged": len(truth & set(np.argsort(margin)[: len(truth)].tolist())) / len(truth),
-            }
-        )
+        found = scored(flipped, flagged, flagged[np.argsort(margin[flagged], kind="stable")])
+        unflagged = scored(flipped, flagged, np.argsort(margin, kind="stable"))["precision_at_k"]
+        rows.append({"signal": name, **found, "precision_at_k_unflagged": unflagged})
     return rows
 
 
