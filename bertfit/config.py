@@ -378,7 +378,7 @@ class Config(BaseModel):
     find_mislabeled: bool = Field(
         True,
         description="list the training examples whose labels look wrong, from the margins and probabilities the "
-        "model gives them during training (classification and multi-label)",
+        "model gives them during training (classification, multi-label, and token classification: per word's tag)",
         json_schema_extra=recipe_field("evaluation", results=False),
     )
 

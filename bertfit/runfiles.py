@@ -104,6 +104,7 @@ class Suspect(Record):
     margin: float  # the area under the margin: the mean of its given label's logit minus the largest other
     probability: float | None = None  # the mean probability the model gave its given label over training
     seen: int
+    words: list[str] | None = None  # a token task's: the sentence's words, one per tag of `label` and `suspected`
 
 
 class MislabeledSummary(Record):

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import free_port, run_cli, sample_run_args
+from conftest import SAMPLES, free_port, run_cli, sample_run_args
 
 from bertfit.config import build_config
 from bertfit.engine.setup import run_frames
@@ -233,3 +233,53 @@ def test_corrections_of_other_data_are_refused_in_one_line(reviewed, tmp_path, c
         capsys,
     )
     assert code == 2
+
+
+def test_a_token_run_is_reviewed_by_sentence_and_retrained_with_the_corrected_tags(tiny_bert, tmp_path, capsys):
+    """NER: the list names sentences with their doubted words, the page shows those words and their tags, the
+    validation errors are grouped by entity, and the accepted tags are in the retrained run's data."""
+    from selenium.webdriver.common.by import By
+
+    run, conll = tmp_path / "run", SAMPLES / "conll_50.conll"
+    code, _, err = run_cli(sample_run_args(tiny_bert, run, *FINE_TUNING, "--max-length", 32, data=conll), capsys)
+    assert code == 0, err
+    listed = [json.loads(line) for line in (run / "mislabeled.jsonl").read_text().splitlines()]
+    assert listed, "the tiny NER run flagged no sentence to review"
+    first = listed[0]
+    assert len(first["words"]) == len(first["label"].split(" ")) == len(first["suspected"].split(" "))
+    assert first["label"] != first["suspected"]
+    summary = json.loads((run / "metrics.json").read_text())["mislabeled"]
+    trained = run_frames(build_config(str(run / "recipe.yaml")))["train"]
+    assert summary["flagged"] == len(listed) and summary["examined"] == len(trained)  # sentences, not tokens
+    doubted = [w for w, a, b in zip(first["words"], first["label"].split(), first["suspected"].split()) if a != b]
+
+    server = Server(run, free_port())
+    browser = chromium()
+    try:
+        browser.get(server.url + "/")
+        wait_for(browser, lambda: browser.find_element(By.TAG_NAME, "body").get_attribute("data-ready") == "true")
+        row, text, given, suggested, _, _ = first_rows(browser, 1)[0]
+        assert f"[{doubted[0]}]" in text and given.startswith(doubted[0] + " ") and suggested.startswith(doubted[0])
+        browser.find_element(By.TAG_NAME, "body").send_keys("a")
+        wait_for(browser, lambda: f"saved: train row {row} relabel" in browser.find_element(By.ID, "status").text)
+        errors = httpx.get(server.url + "/api/errors", timeout=120).json()
+        assert errors["errors"] and all(" → " in pair and len(pair.split()) == 3 for pair in errors["pairs"])
+        assert all(set(e["pairs"]) <= set(errors["pairs"]) for e in errors["errors"])
+        assert (
+            httpx.post(
+                server.url + "/api/decisions", json={"row": int(row), "new_label": "O", "action": "relabel"}
+            ).status_code
+            == 422
+        )
+    finally:
+        browser.quit()
+        server.stop()
+
+    again = tmp_path / "again"
+    corrections = run / "review" / "decisions.jsonl"
+    args = sample_run_args(tiny_bert, again, *FINE_TUNING, "--max-length", 32, "--corrections", corrections, data=conll)
+    code, _, err = run_cli(args, capsys)
+    assert code == 0, err
+    retrained = run_frames(build_config(str(again / "recipe.yaml")))["train"]
+    assert list(retrained["ner_tags"].iloc[int(row)]) == first["suspected"].split(" ")
+    assert "1 training labels corrected" in (again / "README.md").read_text()

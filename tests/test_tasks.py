@@ -202,6 +202,55 @@ def test_confident_learning_flags_over_the_classes_the_examples_have():
     assert task.label_issues(np.zeros(4, dtype=int), probabilities[:4]).tolist() == []  # one class: no confusion
 
 
+@pytest.mark.parametrize("packed", [False, True])
+def test_a_token_task_lists_the_sentence_with_the_word_whose_tag_it_keeps_contradicting(minilm_tokenizer, packed):
+    """The sums are kept per labelled token, through windows (a long sentence read in overlapping pieces, each
+    word's tag in the one window that owns it) and packed batches; the list names the sentence, its words and the
+    doubted word's suggested tag, chosen to follow the tag before it."""
+    from bertfit.engine.margins import MarginTracker
+
+    task = token_task(max_length=12, stride=3, all_subtokens=True)
+    sentences = [["Paris", "is", "in", "France"], ["John", "Smith", "lives", "here"]] * 20
+    tags = [["B-LOC", "O", "O", "B-LOC"], ["B-PER", "I-PER", "O", "O"]] * 20
+    long = ["the", "mayor", "of", "Rome", "met", "John", "Smith", "and", "Anna", "Larsen", "in", "Paris", "today"]
+    sentences.append(long)
+    tags.append(["O", "O", "O", "B-LOC", "O", "B-PER", "I-PER", "O", "B-PER", "I-PER", "O", "B-LOC", "O"])
+    tags[-1][8] = "O"  # "Anna" is a person the data calls nothing; the model keeps saying B-PER
+    frame = pd.DataFrame({"tokens": sentences, "ner_tags": tags})
+    features = task.encode(frame, minilm_tokenizer)
+    assert (features.example_ids == 40).sum() > 1  # the long sentence is read in windows
+    truth = [list(t) for t in tags]
+    truth[-1][8] = "B-PER"
+    true_features = task.encode(frame.assign(ner_tags=truth), minilm_tokenizer)
+    collate = task.collate_packed if packed else task.collate
+    tracker = MarginTracker(features, len(TAGS), task.margin_shape, torch.device("cpu"))
+    for _ in range(3):  # epochs: the model predicts the true tags, confidently
+        for indices in np.array_split(np.random.default_rng(0).permutation(len(features)), 5):
+            predicted = collate(true_features, indices, 0)["labels"]
+            logits = torch.nn.functional.one_hot(predicted.clamp(min=0), len(TAGS)).float() * 6.0
+            tracker.add(task, indices, logits, collate(features, indices, 0)["labels"])
+    summary, suspects = tracker.ranked(task, frame, features)
+    assert summary.examined == 41 and [s.row for s in suspects] == [40]
+    suspect = suspects[0]
+    assert suspect.words == long and suspect.label == " ".join(tags[-1])
+    suggested = suspect.suspected.split(" ")
+    assert suggested[8] == "B-PER" and suggested[:8] + suggested[9:] == tags[-1][:8] + tags[-1][9:]
+    assert suspect.margin < 0 and suspect.probability < 0.5 and suspect.seen == 3
+    assert task.shown_review(suspect.text, suspect.label, suspect.suspected, suspect.words) == (
+        "the mayor of Rome met John Smith and [Anna] Larsen in Paris today",
+        "Anna O",
+        "Anna B-PER",
+    )
+    assert task.filed_under(suspect.label, suspect.suspected) == ["B-PER", "O"]
+    assert task.relabel_refusal(suspect.label, suspect.suspected) is None
+    assert task.relabelled(frame, task.reviewed_labels(task.label_ids(frame)), 40, suspect.suspected) == suggested
+    assert task.relabel_refusal(suspect.label, "O O") == "the sentence has 13 words and 2 tags were given"
+    assert "the tags are O, B-LOC" in task.relabel_refusal("O", "B-CITY")
+    # Entity-level: the person "Anna Larsen" is missed, and the data's lone I-PER on "Larsen" reads as an entity.
+    assert task.confusions(" ".join(truth[-1]), suspect.label) == ["PER → missed", "none → PER"]
+    assert task.confusions("B-PER I-PER O", "B-ORG I-ORG B-LOC") == ["PER → ORG", "none → LOC"]
+
+
 def test_multi_label_ranks_a_decision_against_the_same_decision_of_other_examples():
     """A rare label the model denies on every example that has it (an ambiguous one) is no sign of a wrong label;
     the model asserting a label on one example where every other example without it is denied is. The raw margins

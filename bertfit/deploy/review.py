@@ -63,8 +63,8 @@ class Review:
             why = (
                 "a setfit run ranks no examples: train with --method finetune"
                 if self.run.cfg.method == "setfit"
-                else "classification and multi-label runs with find_mislabeled on write one: train with "
-                "find_mislabeled: true"
+                else "classification, multi-label and token-classification runs with find_mislabeled on write one: "
+                "train with find_mislabeled: true"
             )
             raise BertfitError(f"'{folder.path}' has no mislabeled.jsonl to review ({why})")
         self.suspects = {s.row: s for s in read_suspects(mislabeled)}
@@ -81,37 +81,49 @@ class Review:
         return standing(read_decisions(self.decisions_path), split) if self.decisions_path.is_file() else {}
 
     def errors(self) -> dict[int, dict]:
-        """The validation examples the kept model gets wrong, by row, with the label it predicts: scored once,
-        through `bertfit predict`'s path, on the run's validation split as it read it."""
+        """The validation examples the kept model gets wrong, by row, with the label it predicts: scored once, as
+        `bertfit predict` scores, on the run's validation split as it read it."""
         with self._scoring:
             if self._errors is None:
-                from bertfit.engine.predict import load_run, predict
+                from bertfit.engine.evaluation import infer
+                from bertfit.engine.predict import load_run
 
-                cfg, task = self.run.cfg, self.task
-                frame = run_frames(cfg)["validation"]
+                task, loaded = self.task, load_run(str(self.folder.path))
+                frame = run_frames(self.run.cfg)["validation"]
+                features = loaded.task.encode(frame, loaded.tokenizer)
+                scores = infer(loaded.scorer(64), features, loaded.task.scores).outputs
                 given = task.reviewed_labels(task.label_ids(frame))
+                words = task.review_words(frame)
                 texts = task.profile_texts(frame).tolist()
-                rows = frame[cfg.text_columns].astype(str).to_numpy().tolist()
-                predicted = [task.reviewed_prediction(p) for p in predict(load_run(str(self.folder.path)), rows)]
                 self._errors = {
-                    row: {"row": row, "text": texts[row], "label": given[row], "suspected": label, "score": score}
-                    for row, (label, score) in enumerate(predicted)
+                    row: {
+                        "row": row,
+                        "text": texts[row],
+                        "label": given[row],
+                        "suspected": label,
+                        "score": score,
+                        "pairs": task.confusions(given[row], label),
+                        "shown": self.shown(texts[row], given[row], label, words[row] if words else None),
+                    }
+                    for row, (label, score) in enumerate(loaded.task.reviewed_predictions(features, frame, scores))
                     if label != given[row]
                 }
             return self._errors
 
     def error_state(self) -> dict:
         decided = self.decisions("validation")
-        errors = sorted(self.errors().values(), key=lambda e: (e["label"], e["suspected"], -e["score"]))
+        errors = sorted(self.errors().values(), key=lambda e: (e["pairs"][0], -e["score"]))
         pairs: dict[str, int] = {}
         for error in errors:
-            pairs[f"{error['label']} → {error['suspected']}"] = (
-                pairs.get(f"{error['label']} → {error['suspected']}", 0) + 1
-            )
+            for pair in error["pairs"]:
+                pairs[pair] = pairs.get(pair, 0) + 1
         return {
-            "pairs": pairs,
+            "pairs": dict(sorted(pairs.items(), key=lambda item: -item[1])),
             "errors": [{**e, "decision": decided[e["row"]].dump() if e["row"] in decided else None} for e in errors],
         }
+
+    def shown(self, text: str, label: str, other: str, words: list[str] | None) -> dict:
+        return dict(zip(("text", "label", "suspected"), self.task.shown_review(text, label, other, words), strict=True))
 
     def state(self) -> dict:
         metrics = self.run.metrics
@@ -127,6 +139,7 @@ class Review:
             "issues": [
                 {
                     **s.dump(),
+                    "shown": self.shown(s.text, s.label, s.suspected, s.words),
                     "classes": self.task.filed_under(s.label, s.suspected),
                     "decision": decided[s.row].dump() if s.row in decided else None,
                 }
@@ -155,8 +168,9 @@ class Review:
         text, label = found
         if choice.action not in ("relabel", "keep", "drop", "undo"):
             raise HTTPException(422, f"action '{choice.action}' is not relabel, keep, drop or undo")
-        if choice.action == "relabel" and not self.task.knows_label(choice.new_label or ""):
-            raise HTTPException(422, f"label '{choice.new_label}' is not one of the run's labels")
+        refusal = self.task.relabel_refusal(label, choice.new_label or "") if choice.action == "relabel" else None
+        if refusal is not None:
+            raise HTTPException(422, f"row {choice.row} cannot be relabelled '{choice.new_label}': {refusal}")
         decision = Decision(
             row=choice.row,
             **({"split": "validation"} if choice.split == "validation" else {}),

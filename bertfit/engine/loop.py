@@ -510,7 +510,7 @@ def finish(run: Run, reporter: Reporter | None = None) -> Outcome:
         )
     mislabeled = []
     if run.margins is not None:  # a collective: every rank calls it
-        summary.mislabeled, mislabeled = run.margins.ranked(run.task, run.frames["train"], run.features["train"].labels)
+        summary.mislabeled, mislabeled = run.margins.ranked(run.task, run.frames["train"], run.features["train"])
     outcome = Outcome(summary)
     if run.dist.main:
         save_model_folder(run)

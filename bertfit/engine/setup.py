@@ -277,11 +277,15 @@ def correct(frame: pd.DataFrame, task: Task, source: str, split: str) -> tuple[p
     relabelled = [row for row in rows if changes[row].action == "relabel"]
     values = frame[task.label_column].tolist()
     for row in relabelled:
+        wanted = changes[row].new_label or ""
         try:
-            values[row] = task.relabelled(frame, names, changes[row].new_label)
+            refusal = task.relabel_refusal(names[row], wanted)
+            if refusal is not None:
+                raise ValueError(refusal)
+            values[row] = task.relabelled(frame, names, row, wanted)
         except ValueError as err:
             raise BertfitError(
-                f"corrections '{source}': {split} row {row} cannot be relabelled '{changes[row].new_label}': {err}"
+                f"corrections '{source}': {split} row {row} cannot be relabelled '{wanted}': {err}"
             ) from None
     corrected = frame.assign(**{task.label_column: values})
     dropped = [row for row in rows if changes[row].action == "drop"]
@@ -615,7 +619,7 @@ def setup(
         pairs=pairs,
     )
     if cfg.find_mislabeled and task.finds_mislabeled and pairs is None:  # margins are those of a head in training
-        run.margins = MarginTracker(len(features["train"]), len(task.label_names), task.margin_shape, device)
+        run.margins = MarginTracker(features["train"], len(task.label_names), task.margin_shape, device)
     log_state = restore(run, allow_data_change) if resume else None
     if folder is not None:
         folder.begin(resume, overwrite)

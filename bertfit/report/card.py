@@ -295,6 +295,7 @@ def card_data(
     )
     with_accuracy = [e for e in evals if e.train_accuracy is not None]
     mislabeled = summary.mislabeled
+    task = task_for(cfg)
     train = summary.train
     uses, limits = intended_uses(cfg, dataset, sizes)
     return CardData(
@@ -347,7 +348,7 @@ def card_data(
         else None,
         task_tables=[
             (title.format(split=result_split), markdown_table(columns, rows))
-            for title, columns, rows in task_for(cfg).result_tables(shown)  # each kind's own detail
+            for title, columns, rows in task.result_tables(shown)  # each kind's own detail
         ],
         mislabeled=(
             (
@@ -356,7 +357,11 @@ def card_data(
                 f"{len(mislabeled.lowest)} (all of them are in `mislabeled.jsonl`):",
                 markdown_table(
                     ["Row", "Text", "Label", "Looks like", "Margin"],
-                    [[str(e.row), e.text[:80], e.label, e.suspected, f"{e.margin:.2f}"] for e in mislabeled.lowest],
+                    [
+                        [str(e.row), text[:80], label, suggested, f"{e.margin:.2f}"]
+                        for e in mislabeled.lowest
+                        for text, label, suggested in [task.shown_review(e.text, e.label, e.suspected, e.words)]
+                    ],
                 ),
             )
             if mislabeled is not None and mislabeled.lowest

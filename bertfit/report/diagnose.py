@@ -556,8 +556,9 @@ def _mislabeled(events, evals, profile, summary, cfg, task) -> Finding | None:
     if found is None or not found.flagged:
         return None
     shown = "; ".join(
-        f"'{_shorten(e.text)}' labelled {e.label}, looks {e.suspected} (margin {e.margin:.2f})"
+        f"'{_shorten(text)}' labelled {label}, looks {suggested} (margin {e.margin:.2f})"
         for e in found.lowest[:3]
+        for text, label, suggested in [task.shown_review(e.text, e.label, e.suspected, e.words)]
     )
     return Finding(
         id="mislabeled",

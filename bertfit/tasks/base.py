@@ -17,7 +17,7 @@ import torch
 from bertfit.data.schema import DataSpec, Found, single_label
 from bertfit.data.sources import Splits
 from bertfit.errors import BertfitError
-from bertfit.runfiles import Scores, SplitProfile
+from bertfit.runfiles import Scores, SplitProfile, Suspect
 from bertfit.tasks.features import (
     CACHE_FORMAT,
     Features,
@@ -34,6 +34,17 @@ LOWER_IS_BETTER = {"loss", "mse", "hamming_loss"}
 ENCODE_CHUNK = 50_000
 # Tokens per filler example in a lengthened packed stream: FlexAttention's block, so each is one block of work.
 FILLER_CHUNK = 128
+
+
+@dataclass(frozen=True)
+class UnitSums:
+    """What training added up for each tracked unit (engine/margins.py), as means over the times it was seen."""
+
+    labels: np.ndarray  # the given label(s)
+    margins: np.ndarray  # the area under the margin
+    probabilities: np.ndarray  # the mean predicted probabilities
+    seen: np.ndarray  # how many times it was trained on
+    rank: np.ndarray  # `ranking`: the likeliest to be mislabeled lowest
 
 
 @dataclass(frozen=True)
@@ -303,8 +314,56 @@ class Task(ABC):
     @abstractmethod
     def loss_sum(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor: ...
 
-    # -- likely mislabeled examples and their review (tasks with `finds_mislabeled`)
-    margin_shape: tuple[int, ...] = ()  # a margin per example; a multi-label task keeps one per label
+    # -- likely mislabeled examples and their review (tasks with `finds_mislabeled`). The sums are kept per tracked
+    # unit: a training feature's `items` of them (one per example, or one per labelled token), in the order its
+    # labels have in a batch.
+    margin_shape: tuple[int, ...] = ()  # a margin per unit; a multi-label task keeps one per label
+
+    def tracked(self, logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """A batch's logits and labels, one row per tracked unit in batch order."""
+        return logits, labels
+
+    def tracked_labels(self, features: Features) -> np.ndarray:
+        """The given label of every tracked unit of the training features, in feature order."""
+        return np.asarray(features.labels)
+
+    def suspects(self, frame: pd.DataFrame, features: Features, sums: UnitSums, flagged: np.ndarray) -> list[Suspect]:
+        """The examples to review, the likeliest to be mislabeled first, from the units cleanlab flagged. Here each
+        unit is an example, the frame's row of the same number."""
+        order = flagged[np.argsort(sums.rank[flagged], kind="stable")]
+        given = self.reviewed_labels(sums.labels[order])  # the flagged rows only, not every training example
+        suggested = self.suggested_labels(sums.labels[order], sums.margins[order], sums.probabilities[order])
+        believed = self.given_probability(sums.labels[order], sums.probabilities[order])
+        suspicion = self.suspicion(sums.margins[order])
+        texts = self.profile_texts(frame.iloc[order])
+        return [
+            Suspect(
+                row=int(row),
+                text=str(text),
+                label=label,
+                suspected=other,
+                margin=round(float(margin), 4),
+                probability=round(float(probability), 4),
+                seen=int(sums.seen[row]),
+            )
+            for row, text, label, other, margin, probability in zip(
+                order, texts, given, suggested, suspicion, believed, strict=True
+            )
+        ]
+
+    @classmethod
+    def shown_review(cls, text: str, label: str, other: str, words: list[str] | None = None) -> tuple[str, str, str]:
+        """An example under review (a suspect and its suggestion, or a validation error and its prediction) as the
+        card, the doctor and the review page show it: its text, its given label and the other label."""
+        return text, label, other
+
+    def review_words(self, frame: pd.DataFrame) -> list[list[str]] | None:
+        """Per example, the words its label names one by one (a token task's), or None: labels name examples."""
+        return None
+
+    def confusions(self, given: str, predicted: str) -> list[str]:
+        """What a validation error is grouped under on the review page, from its given and predicted labels."""
+        return [f"{given} → {predicted}"]
 
     def margins(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Per example (of shape `margin_shape`): how far the logits side with the given label, negative where
@@ -346,17 +405,19 @@ class Task(ABC):
         """The classes a review's filter lists a suspect under."""
         raise NotImplementedError
 
-    def knows_label(self, reviewed: str) -> bool:
-        """Whether `reviewed` names a label (or set of labels) of the task, in `reviewed_labels`' form."""
+    def relabel_refusal(self, given: str, wanted: str) -> str | None:
+        """Why an example labelled `given` cannot be relabelled `wanted` (both in `reviewed_labels`' form): a
+        label the task does not know, or tags that do not fit the sentence; None when it can."""
         raise NotImplementedError
 
-    def relabelled(self, frame: pd.DataFrame, reviewed: list[str], wanted: str):
-        """The label column's value for the reviewed label `wanted`, in the column's own form; a label the task
-        does not know raises ValueError."""
+    def relabelled(self, frame: pd.DataFrame, reviewed: list[str], row: int, wanted: str):
+        """The label column's value for `row` relabelled `wanted` (a reviewed label), in the column's own form; a
+        label the task does not know raises ValueError."""
         raise NotImplementedError
 
-    def reviewed_prediction(self, prediction: dict) -> tuple[str, float]:
-        """A prediction (`decode_scores`' record) as a review compares it with the given label, and its score."""
+    def reviewed_predictions(self, features: Features, frame: pd.DataFrame, scores) -> list[tuple[str, float]]:
+        """Each example of `frame` (encoded as `features`, scored by `scores`) predicted as a review compares it
+        with its given label, and how sure the model is of it."""
         raise NotImplementedError
 
     def correct(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -457,3 +518,26 @@ def counted(values: dict) -> str:
 def labels_not_in_train(train: SplitProfile, split: SplitProfile) -> dict:
     unseen = sorted(set(split.labels or {}) - set(train.labels or {}))
     return {"labels_not_in_train": unseen} if train.labels else {}
+
+
+def single_label_margins(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Per row: the logit of its given class minus the largest other."""
+    logits = logits.float()
+    given = logits.gather(1, labels[:, None]).squeeze(1)
+    others = logits.scatter(1, labels[:, None], float("-inf")).amax(1)
+    return given - others
+
+
+def single_label_issues(labels: np.ndarray, probabilities: np.ndarray) -> np.ndarray:
+    """The rows cleanlab's confident learning finds mislabeled, from their class ids and mean probabilities."""
+    from cleanlab.filter import find_label_issues
+
+    # Over the classes the rows have: a class no training row has leaves its threshold undefined.
+    present, dense = np.unique(labels, return_inverse=True)
+    if len(present) < 2:  # one class: nothing to confuse it with
+        return np.zeros(0, dtype=np.int64)
+    kept = probabilities[:, present].astype(np.float64)
+    kept /= np.maximum(kept.sum(1, keepdims=True), 1e-12)
+    # One process: cleanlab's default forks a worker per core, each with a copy of the probabilities.
+    found = find_label_issues(dense, kept, filter_by="prune_by_noise_rate", n_jobs=1, verbose=False)
+    return np.flatnonzero(found)

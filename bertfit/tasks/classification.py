@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from bertfit.data.schema import label_key
 from bertfit.errors import BertfitError
 from bertfit.runfiles import Scores, SplitProfile
-from bertfit.tasks.base import counted, labels_not_in_train
+from bertfit.tasks.base import counted, labels_not_in_train, single_label_issues, single_label_margins
 from bertfit.tasks.sequence import SequenceTask
 
 
@@ -85,23 +85,10 @@ class ClassificationTask(SequenceTask):
         return self._weights[device]
 
     def margins(self, logits, labels):
-        logits = logits.float()
-        given = logits.gather(1, labels[:, None]).squeeze(1)
-        others = logits.scatter(1, labels[:, None], float("-inf")).amax(1)
-        return given - others
+        return single_label_margins(logits, labels)
 
     def label_issues(self, labels, probabilities):
-        from cleanlab.filter import find_label_issues
-
-        # Over the classes the examples have: a class no training example has leaves its threshold undefined.
-        present, dense = np.unique(labels, return_inverse=True)
-        if len(present) < 2:  # one class: nothing to confuse it with
-            return np.zeros(0, dtype=np.int64)
-        kept = probabilities[:, present].astype(np.float64)
-        kept /= np.maximum(kept.sum(1, keepdims=True), 1e-12)
-        # One process: cleanlab's default forks a worker per core, each with a copy of the probabilities.
-        found = find_label_issues(dense, kept, filter_by="prune_by_noise_rate", n_jobs=1, verbose=False)
-        return np.flatnonzero(found)
+        return single_label_issues(labels, probabilities)
 
     def given_probability(self, labels, probabilities):
         return probabilities[np.arange(len(labels)), labels]
@@ -117,10 +104,10 @@ class ClassificationTask(SequenceTask):
     def filed_under(self, given, suggested):
         return [given]
 
-    def knows_label(self, reviewed):
-        return reviewed in self.label_names
+    def relabel_refusal(self, given, wanted):
+        return None if wanted in self.label_names else f"the labels are {', '.join(self.label_names)}"
 
-    def relabelled(self, frame, reviewed, wanted):
+    def relabelled(self, frame, reviewed, row, wanted):
         if wanted not in reviewed:
             raise ValueError("no example of the split has that label")
         return frame[self.label_column].iat[reviewed.index(wanted)]  # in the column's own form (name or number)

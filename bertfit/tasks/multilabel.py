@@ -180,13 +180,19 @@ class MultiLabelTask(SequenceTask):
     def filed_under(self, given, suggested):
         return sorted(set(_set_names(given)) ^ set(_set_names(suggested)))  # the labels in doubt
 
-    def knows_label(self, reviewed):
-        return all(name in self.label_names for name in _set_names(reviewed))
+    def relabel_refusal(self, given, wanted):
+        known = all(name in self.label_names for name in _set_names(wanted))
+        return None if known else f"the labels are {', '.join(self.label_names)}"
 
-    def relabelled(self, frame, reviewed, wanted):
-        if not self.knows_label(wanted):
-            raise ValueError(f"the labels are {', '.join(self.label_names)}")
+    def relabelled(self, frame, reviewed, row, wanted):
         return _set_names(wanted)
+
+    def confusions(self, given, predicted):
+        """Per label: one the data has and the model does not (missed), or the model adds (extra)."""
+        given_set, predicted_set = set(_set_names(given)), set(_set_names(predicted))
+        return [f"{name} missed" for name in sorted(given_set - predicted_set)] + [
+            f"{name} extra" for name in sorted(predicted_set - given_set)
+        ]
 
     def reviewed_prediction(self, prediction):
         scores = prediction["scores"]

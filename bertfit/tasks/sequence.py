@@ -160,6 +160,13 @@ class SequenceTask(Task):
     def decode(self, features, context, scores):
         return self.decode_scores(self.per_example(features, scores, self.probabilities))
 
+    def reviewed_predictions(self, features, frame, scores):
+        return [self.reviewed_prediction(record) for record in self.decode(features, None, scores)]
+
+    def reviewed_prediction(self, prediction: dict) -> tuple[str, float]:
+        """A prediction (`decode_scores`' record) as a review compares it with the given label, and its score."""
+        raise NotImplementedError
+
     def prediction_frame(self, rows):
         if len(rows[0]) != len(self.text_columns):
             raise BertfitError(

@@ -14,8 +14,8 @@ from bertfit.data.schema import DataSpec, Found, is_number
 from bertfit.data.sources import Splits
 from bertfit.data.tags import normalise_tags, order_tags
 from bertfit.errors import BertfitError
-from bertfit.runfiles import Scores, SplitProfile
-from bertfit.tasks.base import Task, counted
+from bertfit.runfiles import Scores, SplitProfile, Suspect
+from bertfit.tasks.base import Task, counted, single_label_issues, single_label_margins
 from bertfit.tasks.features import IGNORE, Features, Ragged
 
 # Words as BERT's pre-tokenizer sees them: runs of word characters, or single punctuation marks.
@@ -34,6 +34,7 @@ class TokenTask(Task):
     peft_task_type = "TOKEN_CLS"
     labels_tokens = True
     loss_unit = "labelled token"
+    finds_mislabeled = True  # per labelled token; a sentence is reviewed with the words it keeps being contradicted on
 
     @classmethod
     def claims(cls, found: Found) -> bool:
@@ -143,6 +144,134 @@ class TokenTask(Task):
 
     def metric_names(self):
         return ("precision", "recall", "f1", "accuracy")
+
+    # -- likely mislabeled tags: the sums are kept per labelled token (the first sub-token of a word, or every
+    # sub-token with label_all_subtokens), and a sentence is listed with the words whose tag cleanlab flags.
+    # Flattened tokens are what cleanlab.token_classification.filter.find_label_issues hands to confident learning
+    # too; called on the flat arrays here, without a Python list per sentence.
+    ranked_by = "the area under the margin of its most contradicted word's tag (Pleiss et al. 2020)"
+
+    def tracked(self, logits, labels):
+        labelled = labels != IGNORE
+        return logits[labelled], labels[labelled]
+
+    def tracked_labels(self, features):
+        flat = np.asarray(features.labels.flat)
+        return flat[flat != IGNORE]
+
+    def margins(self, logits, labels):
+        return single_label_margins(logits, labels)
+
+    def probabilities(self, logits):
+        return logits.float().softmax(-1)
+
+    def label_issues(self, labels, probabilities):
+        return single_label_issues(labels, probabilities)
+
+    def suspects(self, frame, features, sums, flagged):
+        """A sentence per flagged word, listed at its most contradicted word; the suggestion changes each flagged
+        word's tag to the likeliest other tag that may follow the tag before it (an I-X only inside an X entity)."""
+        order = flagged[np.argsort(sums.rank[flagged], kind="stable")]
+        ends = np.cumsum(features.items)
+        feature_of = np.searchsorted(ends, order, side="right")
+        doubted: dict[int, dict[int, int]] = {}  # sentence → {word: unit}, the most suspect sentence first
+        for unit, feature in zip(order.tolist(), feature_of.tolist(), strict=True):
+            labelled = np.flatnonzero(np.asarray(features.labels[feature]) != IGNORE)
+            word = int(features.word_ids[feature][labelled[unit - (ends[feature] - features.items[feature])]])
+            if word >= 0:  # a later sub-token's tag is its word's, reviewed through the first
+                doubted.setdefault(int(features.example_ids[feature]), {}).setdefault(word, unit)
+        rows = list(doubted)
+        sentences = self.review_words(frame.iloc[rows])
+        suspects = []
+        for row, words, tags in zip(rows, sentences, frame[self.label_column].iloc[rows], strict=True):
+            units, tags = doubted[row], [str(t) for t in tags]
+            suggested, flagged_units = list(tags), list(units.values())
+            for word in range(len(words)):
+                if word in units:
+                    suggested[word] = self._likeliest_other(
+                        sums.probabilities[units[word]], tags[word], suggested[word - 1] if word else "O"
+                    )
+            suspects.append(
+                Suspect(
+                    row=row,
+                    text=" ".join(words),
+                    label=" ".join(tags),
+                    suspected=" ".join(suggested),
+                    margin=round(float(sums.margins[flagged_units].min()), 4),
+                    probability=round(float(min(sums.probabilities[u, sums.labels[u]] for u in flagged_units)), 4),
+                    seen=int(sums.seen[flagged_units].min()),
+                    words=words,
+                )
+            )
+        return suspects
+
+    def _likeliest_other(self, probabilities: np.ndarray, given: str, before: str) -> str:
+        for index in np.argsort(-probabilities, kind="stable").tolist():
+            tag = self.label_names[index]
+            continues = tag[:2] not in ("I-", "E-") or (before[:2] in ("B-", "I-") and before[2:] == tag[2:])
+            if tag != given and continues:
+                return tag
+        return given
+
+    @classmethod
+    def shown_review(cls, text, label, other, words=None):
+        """The sentence with the words whose tags differ in brackets, and those words' given and other tags."""
+        words = words or text.split(" ")
+        given, others = label.split(" "), other.split(" ")
+        differ = [i for i, (a, b) in enumerate(zip(given, others, strict=True)) if a != b]
+        return (
+            " ".join(f"[{w}]" if i in differ else w for i, w in enumerate(words)),
+            ", ".join(f"{words[i]} {given[i]}" for i in differ),
+            ", ".join(f"{words[i]} {others[i]}" for i in differ),
+        )
+
+    def confusions(self, given, predicted):
+        """Entity-level: a type mistaken for another on the same words, an entity missed, or one found where the
+        data has none."""
+        from seqeval.metrics.sequence_labeling import get_entities
+
+        true, found = set(get_entities(given.split(" "))), set(get_entities(predicted.split(" ")))
+        found_spans = {(start, end): kind for kind, start, end in found}
+        true_spans = {(start, end) for _, start, end in true}
+        pairs = [f"{kind} → {found_spans.get((start, end), 'missed')}" for kind, start, end in sorted(true - found)]
+        pairs += [f"none → {kind}" for kind, start, end in sorted(found - true) if (start, end) not in true_spans]
+        return pairs or [f"{given} → {predicted}"]
+
+    def reviewed_predictions(self, features, frame, scores):
+        """Each sentence's tags as the model predicts them, one per word, and their mean probability."""
+        stitched = self.stitch(features, scores, [len(w) for w in frame[self.text_columns[0]]], 0.0)
+        outside = self.tag_index.get("O", 0)
+        predicted = []
+        for probabilities in stitched:
+            tags = [
+                self.label_names[int(i)] if p.any() else self.label_names[outside]
+                for i, p in zip(probabilities.argmax(-1), probabilities)
+            ]
+            predicted.append((" ".join(tags), float(probabilities.max(-1).mean()) if len(tags) else 0.0))
+        return predicted
+
+    def review_words(self, frame):
+        return [[str(w) for w in row] for row in frame[self.text_columns[0]]]
+
+    def label_ids(self, frame):
+        return [np.asarray([self.tag_index[t] for t in row], dtype=np.int64) for row in frame[self.label_column]]
+
+    def reviewed_labels(self, labels):
+        return [" ".join(self.label_names[int(t)] for t in row) for row in labels]
+
+    def filed_under(self, given, suggested):
+        return sorted(
+            {t for a, b in zip(given.split(" "), suggested.split(" "), strict=True) if a != b for t in (a, b)}
+        )
+
+    def relabel_refusal(self, given, wanted):
+        tags, words = wanted.split(" "), len(given.split(" "))
+        if not all(tag in self.tag_index for tag in tags):
+            return f"the tags are {', '.join(self.label_names)}, one per word between single spaces"
+        return None if len(tags) == words else f"the sentence has {words} words and {len(tags)} tags were given"
+
+    def relabelled(self, frame, reviewed, row, wanted):
+        return wanted.split(" ")
 
     def loss_sum(self, logits, labels):
         return F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=IGNORE, reduction="sum")
