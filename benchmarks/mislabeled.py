@@ -93,18 +93,27 @@ def targets(train) -> tuple[object, list, np.ndarray]:
     return labels, classes, labels
 
 
-def bertfit(data: Path, out: Path, *extra: str) -> dict:
-    command = [sys.executable, "-m", "bertfit", "train", *RECIPE, "--data", str(data), "--output", str(out), *extra]
-    started = time.perf_counter()
-    subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
-    metrics = json.loads((out / "metrics.json").read_text())
-    metric = metrics["metric_for_best"]
-    return {
-        "accuracy": metrics["validation"][metric],
-        "metric": metric,
-        "train_seconds": metrics["train"]["train_seconds"],
-        "seconds": time.perf_counter() - started,
-    }
+def bertfit_runner(recipe: list[str]):
+    """`bertfit train` of a recipe on a data folder, as a function of the data, the output and extra options; it
+    returns the validation score of the kept weights (under `accuracy`, whichever the metric) and the seconds."""
+
+    def run(data: Path, out: Path, *extra: str) -> dict:
+        command = [sys.executable, "-m", "bertfit", "train", *recipe, "--data", str(data), "--output", str(out), *extra]
+        started = time.perf_counter()
+        subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
+        metrics = json.loads((out / "metrics.json").read_text())
+        metric = metrics["metric_for_best"]
+        return {
+            "accuracy": metrics["validation"][metric],
+            "metric": metric,
+            "train_seconds": metrics["train"]["train_seconds"],
+            "seconds": time.perf_counter() - started,
+        }
+
+    return run
+
+
+bertfit = bertfit_runner(RECIPE)
 
 
 def scored(flipped: np.ndarray, flagged, ranked) -> dict:
