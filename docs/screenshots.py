@@ -1,6 +1,7 @@
 """The README's screenshots of `bertfit review`, one per view, from a real run, in headless Chromium.
 
     python docs/screenshots.py RUN [--compare OTHER ...]    # writes docs/review-{issues,errors,run,compare}.png
+    python docs/screenshots.py NER_RUN --prefix review-ner --views issues errors   # docs/review-ner-*.png
 
 Starts `bertfit review RUN` on a free loopback port, opens each view as a user would (Debian's chromium and
 chromium-driver, through Selenium) and saves it. Nothing is decided on the page, so the run is left as it was.
@@ -16,11 +17,11 @@ import sys
 from pathlib import Path
 
 DOCS = Path(__file__).resolve().parent
-VIEWS = {  # view → (file, what shows that it has drawn)
-    "issues": ("review-issues.png", "#rows tr"),
-    "errors": ("review-errors.png", "#error-rows tr"),
-    "overview": ("review-run.png", "#plots img"),
-    "compare": ("review-compare.png", "#chart-evals polyline"),
+VIEWS = {  # view → (the file's name after the prefix, what shows that it has drawn)
+    "issues": ("issues", "#rows tr"),
+    "errors": ("errors", "#error-rows tr"),
+    "overview": ("run", "#plots img"),
+    "compare": ("compare", "#chart-evals polyline"),
 }
 
 
@@ -39,6 +40,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("run")
     parser.add_argument("--compare", nargs="*", default=[])
+    parser.add_argument("--prefix", default="review", help="the files' names start with it")
+    parser.add_argument("--views", nargs="+", default=list(VIEWS), choices=list(VIEWS))
     args = parser.parse_args()
     command = [sys.executable, "-m", "bertfit", "review", args.run]
     for other in args.compare:
@@ -57,11 +60,12 @@ def main() -> None:
             page.get(found.group(0))
             wait = WebDriverWait(page, 300)  # the errors view scores the validation split first
             wait.until(lambda p: p.find_element(By.TAG_NAME, "body").get_attribute("data-ready") == "true")
-            for view, (name, drawn) in VIEWS.items():
+            for view in args.views:
+                suffix, drawn = VIEWS[view]
                 page.find_element(By.CSS_SELECTOR, f"nav button[data-view={view}]").click()
                 wait.until(lambda p, drawn=drawn: p.find_elements(By.CSS_SELECTOR, drawn))
-                page.save_screenshot(str(DOCS / name))
-                print(f"wrote {DOCS / name}")
+                page.save_screenshot(str(DOCS / f"{args.prefix}-{suffix}.png"))
+                print(f"wrote {DOCS / f'{args.prefix}-{suffix}.png'}")
         finally:
             page.quit()
     finally:
