@@ -13,6 +13,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from functools import partial
 
+import numpy as np
 import torch
 import torch.distributed as dist
 
@@ -136,6 +137,7 @@ def run_loop(run: Run, console, reporter: Reporter | None = None, judge: Judge |
     # only acts in training mode) would be off for the whole run. Evaluation restores the mode it finds.
     run.model.train()
     train_features = run.features["train"]
+    items_per_example = float(np.mean(train_features.items))
     packing = task.collate_packed if cfg.padding == "packed" else task.collate
     collate = partial(packing, train_features, pad_id=run.tokenizer.pad_token_id, pad_to=padding_rule(cfg, run.device))
     if ranks.main and console is not None:
@@ -154,9 +156,12 @@ def run_loop(run: Run, console, reporter: Reporter | None = None, judge: Judge |
             if planned_epoch != state.epoch:
                 planned_epoch, epoch_plan = state.epoch, plan_epoch(cfg, train_features, state.epoch)
             step_batch = epoch_plan[state.position]
-            # Normalise by the items of the whole step batch (all ranks, all micro-batches): the gradient is
-            # then that of one big batch, whatever the accumulation or world size.
-            step_items = int(train_features.items[step_batch].sum())
+            # Normalise by the loss terms a step batch of this many examples holds on average (all ranks, all
+            # micro-batches): the gradient is then that of one big batch, whatever the accumulation or world size,
+            # and every loss term weighs the same in every step. A token task's terms are its labelled tokens:
+            # divided by the step's own count, length-grouped batches of short sentences gave each of their
+            # tokens several times the weight of a long sentence's.
+            step_items = len(step_batch) * items_per_example
             micro = batching.micro_batches(step_batch, cfg.grad_accum, ranks.rank, ranks.world)
             for i, indices in enumerate(micro):
                 batch = {k: v.to(run.device, non_blocking=True) for k, v in prefetcher.next(indices).items()}
