@@ -179,7 +179,8 @@ def test_setfit_on_tags_is_refused_in_one_line(tiny_bert, tmp_path, capsys):
 @pytest.mark.slow
 def test_sixty_four_sst2_sentences_train_far_above_chance_with_minilm(tmp_path, capsys):
     """The small-data case that fine-tuned to chance (0.515 on 64 examples): the default now trains it the SetFit
-    way and beats the frozen probe's baseline."""
+    way, far above chance. Half SetFit's pairs and no probe, for the suite's time: BENCHMARKS.md measures the
+    default over seeds, beside the frozen probe."""
     frame = pd.read_parquet(SAMPLES.parent / "sst2" / "train.parquet")
     chosen = pd.concat([frame[frame["label"] == c].sample(32, random_state=0) for c in (0, 1)])
     folder = tmp_path / "data"
@@ -187,7 +188,9 @@ def test_sixty_four_sst2_sentences_train_far_above_chance_with_minilm(tmp_path, 
     chosen.to_parquet(folder / "train.parquet")
     pd.read_parquet(SAMPLES.parent / "sst2" / "validation.parquet").to_parquet(folder / "validation.parquet")
     out = tmp_path / "run"
-    code, _, err = run_cli(["train", "--model", "minilm", "--data", folder, "--output", out, "--seed", 0], capsys)
+    args = ["train", "--model", "minilm", "--data", folder, "--output", out, "--seed", 0, "--no-probe"]
+    args += ["--setfit-pairs", 1024]
+    code, _, err = run_cli(args, capsys)
     assert code == 0, err
     metrics = json.loads((out / "metrics.json").read_text())
     assert "method: setfit" in (out / "recipe.yaml").read_text()

@@ -19,7 +19,9 @@ from bertfit.runfiles import RunMetrics
 pytestmark = pytest.mark.slow
 
 
-@pytest.mark.parametrize("kill_at", [4, 14, 29])
+# Killed before the first evaluation (step 12), and after the second, with the best score and early stopping's
+# count to restore; a kill between the two adds nothing the second does not (dropped for the suite's time).
+@pytest.mark.parametrize("kill_at", [4, 29])
 def test_sigkill_then_resume_is_bit_identical(uninterrupted, tiny_bert, tmp_path, kill_at):
     out = tmp_path / "run"
     killed_after = killed_at_step(recipe_args(tiny_bert, out), out, kill_at)

@@ -4,7 +4,9 @@ kind of task it holds: it asks the task."""
 
 from __future__ import annotations
 
+import contextlib
 import shutil
+import warnings
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields
@@ -539,5 +541,15 @@ def single_label_issues(labels: np.ndarray, probabilities: np.ndarray) -> np.nda
     kept = probabilities[:, present].astype(np.float64)
     kept /= np.maximum(kept.sum(1, keepdims=True), 1e-12)
     # One process: cleanlab's default forks a worker per core, each with a copy of the probabilities.
-    found = find_label_issues(dense, kept, filter_by="prune_by_noise_rate", n_jobs=1, verbose=False)
+    with quiet_cleanlab():
+        found = find_label_issues(dense, kept, filter_by="prune_by_noise_rate", n_jobs=1, verbose=False)
     return np.flatnonzero(found)
+
+
+@contextlib.contextmanager
+def quiet_cleanlab():
+    """cleanlab warns that it "may not flag all label issues" of a class with few examples (a rare tag, a rare
+    emotion): a library's note, not a mistake of the user's, that would otherwise end every such run's output."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="May not flag all label issues", category=UserWarning)
+        yield

@@ -277,11 +277,20 @@ def cache_dir() -> Path:
 
 def tokenizer_fingerprint(tokenizer) -> bytes:
     """What the tokenizer does to text: its serialized form without the truncation and padding state, which encoding
-    a split sets on the tokenizer (so the next split's key would depend on whether the one before it was cached)."""
-    state = json.loads(tokenizer.backend_tokenizer.to_str())
-    state.pop("truncation", None)
-    state.pop("padding", None)
-    return hashlib.sha256(json.dumps(state, sort_keys=True).encode()).digest()
+    a split sets on the tokenizer (so the next split's key would depend on whether the one before it was cached).
+    Remembered per serialized form: serializing takes milliseconds, parsing and sorting it a quarter of a second
+    (a BERT vocabulary), paid by every split of every run in a process (a sweep's trials) but the first."""
+    serialized = tokenizer.backend_tokenizer.to_str()
+    seen = hashlib.sha256(serialized.encode()).digest()
+    if seen not in _FINGERPRINTS:
+        state = json.loads(serialized)
+        state.pop("truncation", None)
+        state.pop("padding", None)
+        _FINGERPRINTS[seen] = hashlib.sha256(json.dumps(state, sort_keys=True).encode()).digest()
+    return _FINGERPRINTS[seen]
+
+
+_FINGERPRINTS: dict[bytes, bytes] = {}  # a tokenizer's serialized form's digest → its fingerprint
 
 
 class _DigestSink:

@@ -15,7 +15,7 @@ from bertfit.data.schema import DataSpec, Found, check_rows, is_number
 from bertfit.data.sources import Splits
 from bertfit.errors import BertfitError
 from bertfit.runfiles import Scores, SplitProfile
-from bertfit.tasks.base import counted, labels_not_in_train
+from bertfit.tasks.base import counted, labels_not_in_train, quiet_cleanlab
 from bertfit.tasks.sequence import SequenceTask
 
 # Thresholds tried on validation; a label with fewer positives there than MIN_POSITIVES keeps the global one, since
@@ -136,7 +136,8 @@ class MultiLabelTask(SequenceTask):
         given = [np.flatnonzero(row).tolist() for row in labels[:, kept]]
         chosen = probabilities[:, kept].astype(np.float64)
         # One process: cleanlab's default forks a worker per core, each with a copy of the probabilities.
-        return np.flatnonzero(find_label_issues(given, chosen, n_jobs=1, verbose=False))
+        with quiet_cleanlab():
+            return np.flatnonzero(find_label_issues(given, chosen, n_jobs=1, verbose=False))
 
     def suspicion(self, margins):
         return margins.min(1)  # the most contradicted label's
