@@ -249,6 +249,7 @@ def test_a_token_task_lists_the_sentence_with_the_word_whose_tag_it_keeps_contra
     # Entity-level: the person "Anna Larsen" is missed, and the data's lone I-PER on "Larsen" reads as an entity.
     assert task.confusions(" ".join(truth[-1]), suspect.label) == ["PER → missed", "none → PER"]
     assert task.confusions("B-PER I-PER O", "B-ORG I-ORG B-LOC") == ["PER → ORG", "none → LOC"]
+    assert task.confusions("B-ORG O", "I-ORG O") == []  # other tags, the same entity: no error as F1 counts it
 
 
 def test_multi_label_ranks_a_decision_against_the_same_decision_of_other_examples():

@@ -102,11 +102,12 @@ class Review:
                         "label": given[row],
                         "suspected": label,
                         "score": score,
-                        "pairs": task.confusions(given[row], label),
+                        "pairs": pairs,
                         "shown": self.shown(texts[row], given[row], label, words[row] if words else None),
                     }
                     for row, (label, score) in enumerate(loaded.task.reviewed_predictions(features, frame, scores))
-                    if label != given[row]
+                    for pairs in [task.confusions(given[row], label)]
+                    if pairs
                 }
             return self._errors
 

@@ -364,8 +364,9 @@ class Task(ABC):
         return None
 
     def confusions(self, given: str, predicted: str) -> list[str]:
-        """What a validation error is grouped under on the review page, from its given and predicted labels."""
-        return [f"{given} → {predicted}"]
+        """What a validation example's prediction gets wrong, as the review page groups its errors: none where it
+        is right (as the metrics count it)."""
+        return [f"{given} → {predicted}"] if predicted != given else []
 
     def margins(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Per example (of shape `margin_shape`): how far the logits side with the given label, negative where

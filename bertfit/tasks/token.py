@@ -235,7 +235,7 @@ class TokenTask(Task):
         true_spans = {(start, end) for _, start, end in true}
         pairs = [f"{kind} → {found_spans.get((start, end), 'missed')}" for kind, start, end in sorted(true - found)]
         pairs += [f"none → {kind}" for kind, start, end in sorted(found - true) if (start, end) not in true_spans]
-        return pairs or [f"{given} → {predicted}"]
+        return pairs  # none where the tags differ and the entities, which the metrics count, do not
 
     def reviewed_predictions(self, features, frame, scores):
         """Each sentence's tags as the model predicts them, one per word, and their mean probability."""
