@@ -1,11 +1,11 @@
-"""Likely mislabeled training examples, from what training computes anyway. Each time an example (for NER, each
-labelled token) is trained on, its margin (the logit of its given label minus the largest other logit) and its
-predicted probabilities are added up on the device. The list is ranked by the mean margin, the area under the margin (AUM, Pleiss et al. 2020): an
-example the model keeps contradicting ranks first. Which examples are flagged is cleanlab's decision
-(`find_label_issues`, confident learning: per-class thresholds and an estimate of how many labels are wrong) on the
-mean probabilities, rather than a margin below 0, which flagged 2.6 times as many examples as were wrong on SST-2
-(benchmarks/mislabeled.py). Cost: a gather, a softmax and three index_adds per micro-batch; two floats per example
-(or labelled token) and one per class."""
+"""Likely mislabeled training examples, from what training computes anyway. Each time an example (for NER, each labelled
+token) is trained on, its margin (the logit of its given label minus the largest other logit) and its predicted
+probabilities are added up on the device. The list is ranked by the mean margin, the area under the margin (AUM,
+Pleiss et al. 2020): an example the model keeps contradicting ranks first. Which examples are flagged is cleanlab's
+decision (`find_label_issues`, confident learning: per-class thresholds and an estimate of how many labels are wrong)
+on the mean probabilities, rather than a margin below 0, which flagged 2.6 times as many examples as were wrong on
+SST-2 (benchmarks/mislabeled.py). Cost: a gather, a softmax and three index_adds per micro-batch; two floats per
+example (or labelled token) and one per class."""
 
 from __future__ import annotations
 
