@@ -268,6 +268,9 @@ def test_multi_label_ranks_a_decision_against_the_same_decision_of_other_example
     assert np.argmin(task.suspicion(margins)) == 9  # the denied grief (logit -2.9) before the asserted joy's -0.4
     assert np.argmin(task.ranking(labels, margins, probabilities)) == 16
     assert "z-score" in task.ranked_by
+    # A validation error is grouped by each label the model missed or added.
+    assert task.confusions("joy|grief", "joy") == ["grief missed"] and task.confusions("(none)", "joy") == ["joy extra"]
+    assert task.confusions("joy", "joy") == []
 
 
 def _same_features(a: Features, b: Features) -> bool:
