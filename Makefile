@@ -21,7 +21,7 @@ install: $(VENV)/.installed
 demo: install
 	$(BIN)/bertfit train recipes/sst2-minilm-demo.yaml --overwrite
 
-# The whole suite on two pytest workers (CI's two cores, a core each: see tests/conftest.py): about 13 minutes here.
+# The whole suite on two pytest workers (CI's two cores, a core each: see tests/conftest.py): about 12 minutes here.
 test: install
 	$(BIN)/python -m pytest -q -p no:cacheprovider -n 2
 
