@@ -130,16 +130,12 @@ def scored(flipped: np.ndarray, flagged, ranked) -> dict:
     }
 
 
-def bertfit_cell(data: Path, scratch: Path, flipped: np.ndarray) -> dict:
-    """bertfit's own list, then the run retrained with its top-k suggestions accepted as a reviewer would."""
+def accept_first(found: list[dict], k: int, path: Path) -> Path:
+    """A decisions file, as `bertfit review` writes it, that accepts the suggestions of the first k listed."""
     from bertfit.runfiles import Decision, text_hash
 
-    run = bertfit(data, scratch / "run")
-    found = [json.loads(line) for line in (scratch / "run" / "mislabeled.jsonl").read_text().splitlines()]
-    result = {**run, **scored(flipped, [s["row"] for s in found], [s["row"] for s in found])}
-    decisions = scratch / "decisions.jsonl"
-    with open(decisions, "w", encoding="utf-8") as handle:
-        for suspect in found[: len(flipped)]:
+    with open(path, "w", encoding="utf-8") as handle:
+        for suspect in found[:k]:
             decision = Decision(
                 row=suspect["row"],
                 text_sha256=text_hash(suspect["text"]),
@@ -149,6 +145,15 @@ def bertfit_cell(data: Path, scratch: Path, flipped: np.ndarray) -> dict:
                 time=time.time(),
             )
             handle.write(decision.model_dump_json() + "\n")
+    return path
+
+
+def bertfit_cell(data: Path, scratch: Path, flipped: np.ndarray) -> dict:
+    """bertfit's own list, then the run retrained with its top-k suggestions accepted as a reviewer would."""
+    run = bertfit(data, scratch / "run")
+    found = [json.loads(line) for line in (scratch / "run" / "mislabeled.jsonl").read_text().splitlines()]
+    result = {**run, **scored(flipped, [s["row"] for s in found], [s["row"] for s in found])}
+    decisions = accept_first(found, len(flipped), scratch / "decisions.jsonl")
     result["retrained_accuracy"] = bertfit(data, scratch / "retrained", "--corrections", str(decisions))["accuracy"]
     return result
 

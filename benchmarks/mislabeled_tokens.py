@@ -36,7 +36,7 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-from mislabeled import bertfit_runner, scored  # noqa: E402 (after the path that finds it)
+from mislabeled import accept_first, bertfit_runner, scored  # noqa: E402 (after the path that finds it)
 
 RESULTS = REPO / "benchmarks" / "results" / "mislabeled_tokens.jsonl"
 DATA = Path(os.environ.get("BERTFIT_SHARED_DATA", REPO.parent / "shared" / "data"))
@@ -83,8 +83,6 @@ def words_found(changed: dict, doubted: dict) -> float:
 
 def bertfit_cell(data: Path, scratch: Path, flipped: np.ndarray, changed: dict) -> dict:
     """bertfit's own list, then the run retrained with its top-k suggestions accepted as a reviewer would."""
-    from bertfit.runfiles import Decision, text_hash
-
     run = bertfit(data, scratch / "run")
     found = [json.loads(line) for line in (scratch / "run" / "mislabeled.jsonl").read_text().splitlines()]
     rows = [s["row"] for s in found]
@@ -93,18 +91,7 @@ def bertfit_cell(data: Path, scratch: Path, flipped: np.ndarray, changed: dict) 
         for s in found
     }
     result = {**run, **scored(flipped, rows, rows), "words_found": words_found(changed, doubted)}
-    decisions = scratch / "decisions.jsonl"
-    with open(decisions, "w", encoding="utf-8") as handle:
-        for suspect in found[: len(flipped)]:
-            decision = Decision(
-                row=suspect["row"],
-                text_sha256=text_hash(suspect["text"]),
-                label=suspect["label"],
-                action="relabel",
-                new_label=suspect["suspected"],
-                time=time.time(),
-            )
-            handle.write(decision.model_dump_json() + "\n")
+    decisions = accept_first(found, len(flipped), scratch / "decisions.jsonl")
     result["retrained_accuracy"] = bertfit(data, scratch / "retrained", "--corrections", str(decisions))["accuracy"]
     return result
 
