@@ -47,8 +47,9 @@ class MarginTracker:
         return np.repeat(self.first[indices] - starts, counts) + np.arange(int(counts.sum()))
 
     def add(self, task: Task, indices: np.ndarray, logits: torch.Tensor, labels: torch.Tensor) -> None:
-        logits, labels = task.tracked(logits, labels)
-        rows = torch.from_numpy(self.units(indices)).to(self.margin.device, non_blocking=True)
+        units = self.units(indices)
+        logits, labels = task.tracked(logits, labels, len(units))
+        rows = torch.from_numpy(units).to(self.margin.device, non_blocking=True)
         self.margin.index_add_(0, rows, task.margins(logits, labels).float())
         self.seen.index_add_(0, rows, torch.ones_like(rows, dtype=torch.int32))
         self.probabilities.index_add_(0, rows, task.probabilities(logits.float()))

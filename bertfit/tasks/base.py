@@ -321,8 +321,8 @@ class Task(ABC):
     # labels have in a batch.
     margin_shape: tuple[int, ...] = ()  # a margin per unit; a multi-label task keeps one per label
 
-    def tracked(self, logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """A batch's logits and labels, one row per tracked unit in batch order."""
+    def tracked(self, logits: torch.Tensor, labels: torch.Tensor, units: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """A batch's logits and labels, one row per tracked unit in batch order (`units` of them)."""
         return logits, labels
 
     def tracked_labels(self, features: Features) -> np.ndarray:

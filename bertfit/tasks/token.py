@@ -151,9 +151,12 @@ class TokenTask(Task):
     # too; called on the flat arrays here, without a Python list per sentence.
     ranked_by = "the area under the margin of its most contradicted word's tag (Pleiss et al. 2020)"
 
-    def tracked(self, logits, labels):
-        labelled = labels != IGNORE
-        return logits[labelled], labels[labelled]
+    def tracked(self, logits, labels, units):
+        # The labelled positions in batch order without waiting for the device (indexing by a boolean mask would,
+        # to count them, in every training step): a stable sort puts them first, and their count is known here.
+        flat = labels.flatten()
+        positions = torch.argsort((flat == IGNORE).to(torch.uint8), stable=True)[:units]
+        return logits.flatten(0, -2).index_select(0, positions), flat.index_select(0, positions)
 
     def tracked_labels(self, features):
         flat = np.asarray(features.labels.flat)
