@@ -475,11 +475,11 @@ def bertfit_throughput_side(recipe: dict, padding: str = "bucket") -> dict:
             "padding": padding,
         },
     )
-    summary = train(cfg, overwrite=True)
+    trained = train(cfg, overwrite=True).metrics.train
     events = [json.loads(line) for line in Path(out, "log.jsonl").read_text().splitlines()]
     times = [(e["step"], e["time"]) for e in events if e["event"] == "train"]
     rate = steady_rate(times, recipe["batch_size"])
-    tokens_per_sample = summary["train"]["tokens_per_second"] / summary["train"]["samples_per_second"]
+    tokens_per_sample = trained.tokens_per_second / trained.samples_per_second
     from bertfit.models import load_model
 
     parameters = sum(p.numel() for p in load_model(out, "AutoModelForSequenceClassification", {}).parameters())
@@ -487,7 +487,7 @@ def bertfit_throughput_side(recipe: dict, padding: str = "bucket") -> dict:
         "train_samples_per_second": rate,
         "train_tokens_per_second": rate * tokens_per_sample,
         "mfu": mfu(parameters, rate * tokens_per_sample),
-        "padding_ratio": summary["train"]["padding_ratio"],
+        "padding_ratio": trained.padding_ratio,
         "peak_memory_mb": peak_memory_mb(),
         "precision": events[0]["precision"],
     }

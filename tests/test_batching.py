@@ -114,7 +114,7 @@ def test_compiled_and_eager_give_the_same_loss(tiny_bert_no_dropout, minilm_toke
         minilm_tokenizer.pad_token_id,
         pad_to=batching.compile_length,
     )
-    device = "cuda" if torch.cuda.is_available() else "cpu"  # benchmarks/gpu_run.sh runs this on the GPU too
+    device = "cuda" if torch.cuda.is_available() else "cpu"  # benchmarks/gpu_check.py runs this on the GPU too
     batch = {k: v.to(device) for k, v in batch.items()}
     labels = batch.pop("labels")
     torch.manual_seed(0)
