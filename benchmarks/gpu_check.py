@@ -29,6 +29,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 import traceback
 from pathlib import Path
@@ -213,7 +214,7 @@ def host_synchronisations(device, data: str, size: dict) -> str:
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            out = Path(os.environ.get("TMPDIR", "/tmp")) / "gpu-check-sync"
+            out = Path(tempfile.mkdtemp(prefix="gpu-check-sync-")) / "run"
             steps = 60
             recipe = {"model": "minilm", "data": data, "output": str(out), "max_steps": steps, "eval_every": steps}
             recipe["method"] = "finetune"
@@ -250,7 +251,7 @@ def profile(device, data: str, size: dict, model: str) -> str:
     from bertfit.config import build_config
 
     steps = 10
-    out = Path(os.environ.get("TMPDIR", "/tmp")) / "gpu-check-profile"
+    out = Path(tempfile.mkdtemp(prefix="gpu-check-profile-")) / "run"
     recipe = {"model": model, "data": data, "output": str(out), "max_steps": steps, "eval_every": steps}
     recipe["method"] = "finetune"
     recipe.update({"max_train_samples": 32 * steps, "max_eval_samples": 16, "batch_size": 32, "test_split": "none"})
