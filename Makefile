@@ -21,14 +21,16 @@ install: $(VENV)/.installed
 demo: install
 	$(BIN)/bertfit train recipes/sst2-minilm-demo.yaml --overwrite
 
-# The whole suite on two pytest workers (CI's two cores, a core each: see tests/conftest.py): about 12 minutes here.
+# The whole suite on two pytest workers (CI's two cores, a core each: see tests/conftest.py): about 11 minutes here.
+# Work stealing: a worker that runs out takes queued tests from the other, rather than idling while the other ends
+# its share of minute-long tests (671 s against 758 s with xdist's default scheduling, the same 550 tests).
 test: install
-	$(BIN)/python -m pytest -q -p no:cacheprovider -n 2
+	$(BIN)/python -m pytest -q -p no:cacheprovider -n 2 --dist worksteal
 
 # The inner loop, about a minute on 2 cores: everything but training subprocesses, process groups, servers and the
 # real minilm (`slow`), on two pytest workers.
 test-fast: install
-	$(BIN)/python -m pytest -q -p no:cacheprovider -m "not slow" -n 2
+	$(BIN)/python -m pytest -q -p no:cacheprovider -m "not slow" -n 2 --dist worksteal
 
 # The house style (ruff) and the layers the code may import across (import-linter; contracts in pyproject.toml).
 lint: install
