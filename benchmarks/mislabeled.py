@@ -377,6 +377,38 @@ def report(results: dict, names, noises, command: str) -> list[str]:
     return lines
 
 
+# ---------------------------------------------------------------- what the studies of bertfit's list share
+# (mislabeled_signals.py, mislabeled_ensembles.py, mislabeled_threshold.py: other signals, pools and thresholds on
+# this benchmark's noisy data)
+
+
+def study_options(description: str) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", nargs="+", default=["sst2", "tweet_sentiment"])
+    parser.add_argument("--noise", type=float, default=0.05)
+    parser.add_argument("--scratch", help="keep the runs here (a run whose sums.npz is there is not run again)")
+    parser.add_argument("--no-write", action="store_true", help="print the section without appending it")
+    return parser
+
+
+def study_setup(args, prefix: str) -> tuple[Path, dict]:
+    """The scratch folder (--scratch, else a new temporary one) and the environment of the training processes."""
+    env = {**os.environ, "BERTFIT_DATA_DIR": str(DATA), "OMP_NUM_THREADS": "2"}
+    return Path(args.scratch or tempfile.mkdtemp(prefix=prefix)), env
+
+
+def publish(title: str, about: str, lines: list[str], no_write: bool) -> None:
+    """The section: the machine, the command that ran (with `about` after it), the table; appended unless no_write."""
+    from sections import append, machine
+
+    command = f"python benchmarks/{Path(sys.argv[0]).name} " + " ".join(sys.argv[1:])
+    header = [f"- machine: {machine()}", f"- command: `{command}`: {about}", ""]
+    if no_write:
+        print("\n".join(header + lines))
+    else:
+        append(title, header + lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--cell", nargs=3, metavar=("METHOD", "DATA", "NOISE"), help=argparse.SUPPRESS)

@@ -26,7 +26,6 @@ import json
 import os
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -197,19 +196,15 @@ def scores(folder: Path) -> list[dict]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    from mislabeled import publish, study_options, study_setup
+
+    parser = study_options(__doc__)
     parser.add_argument("--record", nargs=2, metavar=("FOLDER", "SEED"), help=argparse.SUPPRESS)
-    parser.add_argument("--data", nargs="+", default=["sst2", "tweet_sentiment"])
-    parser.add_argument("--noise", type=float, default=0.05)
-    parser.add_argument("--scratch", help="keep the runs here (a run whose sums.npz is there is not run again)")
-    parser.add_argument("--no-write", action="store_true", help="print the section without appending it")
     args = parser.parse_args()
     if args.record:
         record(Path(args.record[0]), int(args.record[1]))
         return
-    data_dir = Path(os.environ.get("BERTFIT_SHARED_DATA", REPO.parent / "shared" / "data"))
-    env = {**os.environ, "BERTFIT_DATA_DIR": str(data_dir), "OMP_NUM_THREADS": "2"}
-    scratch = Path(args.scratch or tempfile.mkdtemp(prefix="bertfit-ensembles-"))
+    scratch, env = study_setup(args, "bertfit-ensembles-")
     lines = [
         "| data | list from | flagged | precision | recall | F1 | precision@k | training s |",
         "|---|---|---:|---:|---:|---:|---:|---:|",
@@ -223,20 +218,12 @@ def main() -> None:
                 f"| {name} | {row['signal']} | {row['flagged']} | {row['precision']:.3f} | {row['recall']:.3f} | "
                 f"{row['f1']:.3f} | {row['precision_at_k']:.3f} | {row['train_seconds']:.0f} |"
             )
-    from sections import append, machine
-
-    command = "python benchmarks/mislabeled_ensembles.py " + " ".join(sys.argv[1:])
-    header = [
-        f"- machine: {machine()}",
-        f"- command: `{command}`: benchmarks/mislabeled.py's data ({args.noise:.0%} of 4,000 labels flipped, seed 7) "
-        "and recipe (minilm, 3 epochs, max_length 64); seeds 42-46 on all of it, five stratified folds on 4/5 each; "
-        "training s: the runs' training seconds added up",
-        "",
-    ]
-    if args.no_write:
-        print("\n".join(header + lines))
-    else:
-        append("Mislabeled examples: several runs pooled", header + lines)
+    about = (
+        f"benchmarks/mislabeled.py's data ({args.noise:.0%} of 4,000 labels flipped, seed 7) and recipe (minilm, "
+        "3 epochs, max_length 64); seeds 42-46 on all of it, five stratified folds on 4/5 each; training s: the "
+        "runs' training seconds added up"
+    )
+    publish("Mislabeled examples: several runs pooled", about, lines, args.no_write)
 
 
 if __name__ == "__main__":

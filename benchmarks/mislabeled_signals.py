@@ -16,10 +16,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -93,19 +91,15 @@ def scores(sums) -> list[dict]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    from mislabeled import publish, study_options, study_setup
+
+    parser = study_options(__doc__)
     parser.add_argument("--record", nargs=3, metavar=("DATA", "NOISE", "FOLDER"), help=argparse.SUPPRESS)
-    parser.add_argument("--data", nargs="+", default=["sst2", "tweet_sentiment"])
-    parser.add_argument("--noise", type=float, default=0.05)
-    parser.add_argument("--scratch", help="keep the runs here (a run whose sums.npz is there is not run again)")
-    parser.add_argument("--no-write", action="store_true", help="print the section without appending it")
     args = parser.parse_args()
     if args.record:
         record(args.record[0], float(args.record[1]), Path(args.record[2]))
         return
-    data_dir = Path(os.environ.get("BERTFIT_SHARED_DATA", REPO.parent / "shared" / "data"))
-    env = {**os.environ, "BERTFIT_DATA_DIR": str(data_dir), "OMP_NUM_THREADS": "2"}
-    scratch = Path(args.scratch or tempfile.mkdtemp(prefix="bertfit-signals-"))
+    scratch, env = study_setup(args, "bertfit-signals-")
     lines = [
         "| data | signal | flagged | F1 | precision@k (flagged, by margin) | precision@k (all, by margin) |",
         "|---|---|---:|---:|---:|---:|",
@@ -122,19 +116,11 @@ def main() -> None:
                 f"| {name} | {row['signal']} | {row['flagged']} | {row['f1']:.3f} | {row['precision_at_k']:.3f} | "
                 f"{row['precision_at_k_unflagged']:.3f} |"
             )
-    from sections import append, machine
-
-    command = "python benchmarks/mislabeled_signals.py " + " ".join(sys.argv[1:])
-    header = [
-        f"- machine: {machine()}",
-        f"- command: `{command}`: benchmarks/mislabeled.py's data ({args.noise:.0%} of 4,000 labels flipped, "
-        "seed 7) and recipe; bertfit's list uses all three epochs (the `epochs 1-3` row)",
-        "",
-    ]
-    if args.no_write:
-        print("\n".join(header + lines))
-    else:
-        append("Mislabeled examples: which signal of a run finds them", header + lines)
+    about = (
+        f"benchmarks/mislabeled.py's data ({args.noise:.0%} of 4,000 labels flipped, seed 7) and recipe; bertfit's "
+        "list uses all three epochs (the `epochs 1-3` row)"
+    )
+    publish("Mislabeled examples: which signal of a run finds them", about, lines, args.no_write)
 
 
 if __name__ == "__main__":

@@ -14,12 +14,9 @@ seed-42 run on the same folder when there is one.
 
 from __future__ import annotations
 
-import argparse
 import json
-import os
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -126,15 +123,10 @@ def scores(folder: Path) -> list[dict]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", nargs="+", default=["sst2", "tweet_sentiment"])
-    parser.add_argument("--noise", type=float, default=0.05)
-    parser.add_argument("--scratch", help="keep the runs here (a run whose sums.npz is there is not run again)")
-    parser.add_argument("--no-write", action="store_true", help="print the section without appending it")
-    args = parser.parse_args()
-    data_dir = Path(os.environ.get("BERTFIT_SHARED_DATA", REPO.parent / "shared" / "data"))
-    env = {**os.environ, "BERTFIT_DATA_DIR": str(data_dir), "OMP_NUM_THREADS": "2"}
-    scratch = Path(args.scratch or tempfile.mkdtemp(prefix="bertfit-threshold-"))
+    from mislabeled import publish, study_options, study_setup
+
+    args = study_options(__doc__).parse_args()
+    scratch, env = study_setup(args, "bertfit-threshold-")
     lines = [
         "| data | flagged by | flagged | precision | recall | F1 | precision@k | validation accuracy | training s |",
         "|---|---|---:|---:|---:|---:|---:|---:|---:|",
@@ -148,20 +140,12 @@ def main() -> None:
                 f"| {name} | {row['flagged by']} | {row['flagged']} | {row['precision']:.3f} | {row['recall']:.3f} | "
                 f"{row['f1']:.3f} | {row['precision_at_k']:.3f} | {row['accuracy']:.4f} | {row['train_seconds']:.0f} |"
             )
-    from sections import append, machine
-
-    command = "python benchmarks/mislabeled_threshold.py " + " ".join(sys.argv[1:])
-    header = [
-        f"- machine: {machine()}",
-        f"- command: `{command}`: benchmarks/mislabeled.py's data ({args.noise:.0%} of 4,000 labels flipped, seed 7) "
-        "and recipe (minilm, 3 epochs, max_length 64, seed 42); threshold samples: N/(C+1) examples moved to a fake "
-        "class in each of two runs, disjoint; validation accuracy: the run's (the mean of the two threshold runs)",
-        "",
-    ]
-    if args.no_write:
-        print("\n".join(header + lines))
-    else:
-        append("Mislabeled examples: AUM's threshold samples against confident learning", header + lines)
+    about = (
+        f"benchmarks/mislabeled.py's data ({args.noise:.0%} of 4,000 labels flipped, seed 7) and recipe (minilm, "
+        "3 epochs, max_length 64, seed 42); threshold samples: N/(C+1) examples moved to a fake class in each of "
+        "two runs, disjoint; validation accuracy: the run's (the mean of the two threshold runs)"
+    )
+    publish("Mislabeled examples: AUM's threshold samples against confident learning", about, lines, args.no_write)
 
 
 if __name__ == "__main__":
