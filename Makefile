@@ -23,7 +23,8 @@ demo: install
 
 # The whole suite on two pytest workers (CI's two cores, a core each: see tests/conftest.py): about 11 minutes here.
 # Work stealing: a worker that runs out takes queued tests from the other, rather than idling while the other ends
-# its share of minute-long tests (671 s against 758 s with xdist's default scheduling, the same 550 tests).
+# its share of minute-long tests (550 tests here: 671 s, and 720 s an hour later, against 758 s with xdist's default
+# scheduling; this machine's speed moves by up to 20% between hours, so the gain is a hint, not a measurement).
 test: install
 	$(BIN)/python -m pytest -q -p no:cacheprovider -n 2 --dist worksteal
 
