@@ -116,6 +116,15 @@ def bertfit_runner(recipe: list[str]):
 bertfit = bertfit_runner(RECIPE)
 
 
+# scored()'s measures as a study's table shows them (study_table's columns)
+SCORED = [
+    ("precision", "precision", ".3f"),
+    ("recall", "recall", ".3f"),
+    ("F1", "f1", ".3f"),
+    ("precision@k", "precision_at_k", ".3f"),
+]
+
+
 def scored(flipped: np.ndarray, flagged, ranked) -> dict:
     """Precision, recall and F1 of the flagged set, and precision among the k ranked first (k = flips)."""
     truth, flagged = set(flipped.tolist()), {int(row) for row in flagged}
@@ -391,10 +400,23 @@ def study_options(description: str) -> argparse.ArgumentParser:
     return parser
 
 
-def study_setup(args, prefix: str) -> tuple[Path, dict]:
-    """The scratch folder (--scratch, else a new temporary one) and the environment of the training processes."""
+def study_table(args, prefix: str, prepare, scores, columns: list[tuple[str, str, str]]) -> list[str]:
+    """The study's table over --data: each data set's runs made in SCRATCH/NAME-NOISE by `prepare(name, noise,
+    folder, env)` (--scratch keeps them; else a new temporary folder), then a row per entry of `scores(folder)`,
+    printed as JSON as it comes. `columns`: (title, key, format) after the data set's name; format "" is text."""
+    scratch = Path(args.scratch or tempfile.mkdtemp(prefix=prefix))
     env = {**os.environ, "BERTFIT_DATA_DIR": str(DATA), "OMP_NUM_THREADS": "2"}
-    return Path(args.scratch or tempfile.mkdtemp(prefix=prefix)), env
+    lines = [
+        "| data | " + " | ".join(title for title, _, _ in columns) + " |",
+        "|---|" + "|".join("---" if fmt == "" else "---:" for _, _, fmt in columns) + "|",
+    ]
+    for name in args.data:
+        folder = scratch / f"{name}-{args.noise}"
+        prepare(name, args.noise, folder, env)
+        for row in scores(folder):
+            print(json.dumps({"data": name, **row}), flush=True)
+            lines.append(f"| {name} | " + " | ".join(format(row[key], fmt) for _, key, fmt in columns) + " |")
+    return lines
 
 
 def publish(title: str, about: str, lines: list[str], no_write: bool) -> None:

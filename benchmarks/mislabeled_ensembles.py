@@ -196,7 +196,7 @@ def scores(folder: Path) -> list[dict]:
 
 
 def main() -> None:
-    from mislabeled import publish, study_options, study_setup
+    from mislabeled import SCORED, publish, study_options, study_table
 
     parser = study_options(__doc__)
     parser.add_argument("--record", nargs=2, metavar=("FOLDER", "SEED"), help=argparse.SUPPRESS)
@@ -204,20 +204,13 @@ def main() -> None:
     if args.record:
         record(Path(args.record[0]), int(args.record[1]))
         return
-    scratch, env = study_setup(args, "bertfit-ensembles-")
-    lines = [
-        "| data | list from | flagged | precision | recall | F1 | precision@k | training s |",
-        "|---|---|---:|---:|---:|---:|---:|---:|",
+    columns = [
+        ("list from", "signal", ""),
+        ("flagged", "flagged", "d"),
+        *SCORED,
+        ("training s", "train_seconds", ".0f"),
     ]
-    for name in args.data:
-        folder = scratch / f"{name}-{args.noise}"
-        train_all(name, args.noise, folder, env)
-        for row in scores(folder):
-            print(json.dumps({"data": name, **row}), flush=True)
-            lines.append(
-                f"| {name} | {row['signal']} | {row['flagged']} | {row['precision']:.3f} | {row['recall']:.3f} | "
-                f"{row['f1']:.3f} | {row['precision_at_k']:.3f} | {row['train_seconds']:.0f} |"
-            )
+    lines = study_table(args, "bertfit-ensembles-", train_all, scores, columns)
     about = (
         f"benchmarks/mislabeled.py's data ({args.noise:.0%} of 4,000 labels flipped, seed 7) and recipe (minilm, "
         "3 epochs, max_length 64); seeds 42-46 on all of it, five stratified folds on 4/5 each; training s: the "

@@ -15,7 +15,6 @@ k first (k = the flips) of the flagged examples ranked by the signal's mean marg
 from __future__ import annotations
 
 import argparse
-import json
 import subprocess
 import sys
 from pathlib import Path
@@ -90,8 +89,16 @@ def scores(sums) -> list[dict]:
     return rows
 
 
+def prepare(name: str, noise: float, folder: Path, env: dict) -> None:
+    """The recorded run in `folder`, unless its sums.npz is there."""
+    if not (folder / "sums.npz").is_file():
+        folder.mkdir(parents=True, exist_ok=True)
+        command = [sys.executable, __file__, "--record", name, str(noise), str(folder)]
+        subprocess.run(command, check=True, env=env, stdout=subprocess.DEVNULL)
+
+
 def main() -> None:
-    from mislabeled import publish, study_options, study_setup
+    from mislabeled import publish, study_options, study_table
 
     parser = study_options(__doc__)
     parser.add_argument("--record", nargs=3, metavar=("DATA", "NOISE", "FOLDER"), help=argparse.SUPPRESS)
@@ -99,23 +106,14 @@ def main() -> None:
     if args.record:
         record(args.record[0], float(args.record[1]), Path(args.record[2]))
         return
-    scratch, env = study_setup(args, "bertfit-signals-")
-    lines = [
-        "| data | signal | flagged | F1 | precision@k (flagged, by margin) | precision@k (all, by margin) |",
-        "|---|---|---:|---:|---:|---:|",
+    columns = [
+        ("signal", "signal", ""),
+        ("flagged", "flagged", "d"),
+        ("F1", "f1", ".3f"),
+        ("precision@k (flagged, by margin)", "precision_at_k", ".3f"),
+        ("precision@k (all, by margin)", "precision_at_k_unflagged", ".3f"),
     ]
-    for name in args.data:
-        folder = scratch / f"{name}-{args.noise}"
-        if not (folder / "sums.npz").is_file():
-            folder.mkdir(parents=True, exist_ok=True)
-            command = [sys.executable, __file__, "--record", name, str(args.noise), str(folder)]
-            subprocess.run(command, check=True, env=env, stdout=subprocess.DEVNULL)
-        for row in scores(np.load(folder / "sums.npz")):
-            print(json.dumps({"data": name, **row}), flush=True)
-            lines.append(
-                f"| {name} | {row['signal']} | {row['flagged']} | {row['f1']:.3f} | {row['precision_at_k']:.3f} | "
-                f"{row['precision_at_k_unflagged']:.3f} |"
-            )
+    lines = study_table(args, "bertfit-signals-", prepare, lambda folder: scores(np.load(folder / "sums.npz")), columns)
     about = (
         f"benchmarks/mislabeled.py's data ({args.noise:.0%} of 4,000 labels flipped, seed 7) and recipe; bertfit's "
         "list uses all three epochs (the `epochs 1-3` row)"

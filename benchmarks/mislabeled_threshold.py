@@ -123,23 +123,17 @@ def scores(folder: Path) -> list[dict]:
 
 
 def main() -> None:
-    from mislabeled import publish, study_options, study_setup
+    from mislabeled import SCORED, publish, study_options, study_table
 
     args = study_options(__doc__).parse_args()
-    scratch, env = study_setup(args, "bertfit-threshold-")
-    lines = [
-        "| data | flagged by | flagged | precision | recall | F1 | precision@k | validation accuracy | training s |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+    columns = [
+        ("flagged by", "flagged by", ""),
+        ("flagged", "flagged", "d"),
+        *SCORED,
+        ("validation accuracy", "accuracy", ".4f"),
+        ("training s", "train_seconds", ".0f"),
     ]
-    for name in args.data:
-        folder = scratch / f"{name}-{args.noise}"
-        prepare(name, args.noise, folder, env)
-        for row in scores(folder):
-            print(json.dumps({"data": name, **row}), flush=True)
-            lines.append(
-                f"| {name} | {row['flagged by']} | {row['flagged']} | {row['precision']:.3f} | {row['recall']:.3f} | "
-                f"{row['f1']:.3f} | {row['precision_at_k']:.3f} | {row['accuracy']:.4f} | {row['train_seconds']:.0f} |"
-            )
+    lines = study_table(args, "bertfit-threshold-", prepare, scores, columns)
     about = (
         f"benchmarks/mislabeled.py's data ({args.noise:.0%} of 4,000 labels flipped, seed 7) and recipe (minilm, "
         "3 epochs, max_length 64, seed 42); threshold samples: N/(C+1) examples moved to a fake class in each of "
