@@ -106,8 +106,7 @@ class Review:
                         "shown": self.shown(texts[row], given[row], label, words[row] if words else None),
                     }
                     for row, (label, score) in enumerate(loaded.task.reviewed_predictions(features, frame, scores))
-                    for pairs in [task.confusions(given[row], label)]
-                    if pairs
+                    if (pairs := task.confusions(given[row], label))
                 }
             return self._errors
 
